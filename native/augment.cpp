@@ -1,0 +1,140 @@
+#include "augment.h"
+
+#include <cmath>
+
+namespace tl {
+namespace F = torch::nn::functional;
+
+AugOptions augOptionsFromJs(const Napi::Value& v) {
+  AugOptions o;
+  if (!v.IsObject()) {
+    o.enabled = false;
+    return o;
+  }
+  auto obj = v.As<Napi::Object>();
+  auto num = [&](const char* k, double& dst) {
+    if (obj.Has(k) && obj.Get(k).IsNumber()) dst = obj.Get(k).As<Napi::Number>().DoubleValue();
+  };
+  if (obj.Has("doFlip")) o.doFlip = obj.Get("doFlip").ToBoolean();
+  num("maxRotate", o.maxRotate);
+  num("minZoom", o.minZoom);
+  num("maxZoom", o.maxZoom);
+  num("maxLighting", o.maxLighting);
+  num("maxWarp", o.maxWarp);
+  num("pAffine", o.pAffine);
+  num("pLighting", o.pLighting);
+  return o;
+}
+
+torch::Tensor identityAugParams(int64_t n) {
+  auto p = torch::zeros({n, 9}, torch::kFloat64);
+  p.select(1, 0).fill_(1);
+  p.select(1, 2).fill_(1);
+  p.select(1, 7).fill_(0.5);
+  p.select(1, 8).fill_(1);
+  return p;
+}
+
+torch::Tensor drawAugParams(int64_t n, const AugOptions& o, torch::Generator& gen) {
+  auto p = identityAugParams(n);
+  if (!o.enabled || n == 0) return p;
+  auto opts = torch::TensorOptions().dtype(torch::kFloat64);
+  auto u = [&](double lo, double hi) { return torch::rand({n}, gen, opts) * (hi - lo) + lo; };
+  auto mask = [&](double prob) { return (torch::rand({n}, gen, opts) < prob).to(torch::kFloat64); };
+  // Every draw is made whether or not it is used, so the random stream does not depend on the masks.
+  auto flip = mask(o.doFlip ? 0.5 : 0.0);
+  auto rotMask = mask(o.pAffine);
+  auto angle = u(-o.maxRotate, o.maxRotate) * (M_PI / 180.0);
+  auto zoomMask = mask(o.pAffine);
+  auto zoom = u(o.minZoom, o.maxZoom);
+  auto cx = u(0, 1), cy = u(0, 1);
+  auto warpMask = mask(o.pAffine);
+  auto wx = u(-o.maxWarp, o.maxWarp), wy = u(-o.maxWarp, o.maxWarp);
+  auto brightMask = mask(o.pLighting);
+  auto bright = u(0.5 * (1 - o.maxLighting), 0.5 * (1 + o.maxLighting));
+  auto contrastMask = mask(o.pLighting);
+  auto contrast = torch::exp(u(std::log(1 - o.maxLighting), -std::log(1 - o.maxLighting)));
+  // fast.ai Zoom: s = 1/U(min, max), centre (1-s)(2U-1) in each axis.
+  auto s = 1.0 / zoom;
+  p.select(1, 0).copy_(1 - 2 * flip);
+  p.select(1, 1).copy_(angle * rotMask);
+  p.select(1, 2).copy_(zoomMask * s + (1 - zoomMask));
+  p.select(1, 3).copy_(zoomMask * (1 - s) * (2 * cx - 1));
+  p.select(1, 4).copy_(zoomMask * (1 - s) * (2 * cy - 1));
+  p.select(1, 5).copy_(wx * warpMask);
+  p.select(1, 6).copy_(wy * warpMask);
+  p.select(1, 7).copy_(brightMask * bright + (1 - brightMask) * 0.5);
+  p.select(1, 8).copy_(contrastMask * contrast + (1 - contrastMask));
+  return p;
+}
+
+// fast.ai's find_coeffs: the 8 coefficients of the perspective transform taking p1 to p2 ([B, 4, 2]).
+static torch::Tensor findCoeffs(const torch::Tensor& p1, const torch::Tensor& p2) {
+  std::vector<torch::Tensor> rows;
+  auto one = torch::ones_like(p1.select(2, 0).select(1, 0));
+  auto zero = torch::zeros_like(one);
+  for (int64_t i = 0; i < 4; i++) {
+    auto x2 = p2.select(1, i).select(1, 0), y2 = p2.select(1, i).select(1, 1);
+    auto x1 = p1.select(1, i).select(1, 0), y1 = p1.select(1, i).select(1, 1);
+    rows.push_back(torch::stack({x2, y2, one, zero, zero, zero, -x1 * x2, -x1 * y2}, 1));
+    rows.push_back(torch::stack({zero, zero, zero, x2, y2, one, -y1 * x2, -y1 * y2}, 1));
+  }
+  auto A = torch::stack(rows, 1);          // [B, 8, 8]
+  auto B = p1.reshape({p1.size(0), 8, 1});  // [B, 8, 1]
+  return torch::linalg_solve(A, B).squeeze(-1);
+}
+
+torch::Tensor augmentImages(const torch::Tensor& images, const torch::Tensor& params, int64_t size) {
+  const auto dev = images.device();
+  const int64_t b = images.size(0), p = images.size(1);
+  // NHWC uint8 -> NCHW float view: the permuted tensor is already channels_last in memory.
+  auto x = images.permute({0, 3, 1, 2}).to(torch::kFloat32).div_(255.0);
+  auto prm = params.to(torch::kFloat32);
+  bool identity = torch::equal(params, identityAugParams(b));
+  if (!identity || p != size) {
+    // One 3x3 matrix per image: flip @ rotate @ zoom, as fast.ai's _get_affine_mat.
+    auto flip = prm.select(1, 0), ang = prm.select(1, 1), s = prm.select(1, 2), cx = prm.select(1, 3), cy = prm.select(1, 4);
+    auto c = torch::cos(ang), sn = torch::sin(ang);
+    // rows of (flip*rotate*zoom)[:2]: flip multiplies the first row.
+    auto t00 = flip * c * s, t01 = flip * (-sn) * s, t02 = flip * (c * cx - sn * cy);
+    auto t10 = sn * s, t11 = c * s, t12 = sn * cx + c * cy;
+    auto theta = torch::stack({torch::stack({t00, t01, t02}, 1), torch::stack({t10, t11, t12}, 1)}, 1).to(dev);
+    auto grid = F::affine_grid(theta, {b, 3, size, size}, /*align_corners=*/true);  // [B, S, S, 2]
+    auto wx = prm.select(1, 5), wy = prm.select(1, 6);
+    if (wx.abs().sum().item<double>() + wy.abs().sum().item<double>() > 0) {
+      // fast.ai Warp: move the corners by (x, y) magnitudes and apply the perspective to the grid.
+      auto orig = torch::tensor({-1.f, -1.f, -1.f, 1.f, 1.f, -1.f, 1.f, 1.f}).reshape({1, 4, 2}).expand({b, 4, 2});
+      auto targ = torch::stack({torch::stack({-1 - wy, -1 - wx}, 1), torch::stack({-1 + wy, 1 + wx}, 1),
+                                torch::stack({1 + wy, -1 + wx}, 1), torch::stack({1 - wy, 1 - wx}, 1)},
+                               1);
+      auto coeffs = findCoeffs(orig.to(torch::kFloat64), targ.to(torch::kFloat64)).to(torch::kFloat32);
+      auto m = torch::cat({coeffs, torch::ones({b, 1})}, 1).reshape({b, 3, 3}).to(dev);
+      auto flat = grid.reshape({b, -1, 2});
+      auto h = torch::matmul(flat, m.narrow(2, 0, 2).transpose(1, 2)) + m.select(2, 2).unsqueeze(1);
+      auto w = h.narrow(2, 2, 1);
+      w = torch::where(w.abs() < 1e-8, torch::full_like(w, 1e-8), w);
+      grid = (h.narrow(2, 0, 2) / w).reshape({b, size, size, 2});
+    }
+    x = F::grid_sample(x, grid.to(x.dtype()),
+                       F::GridSampleFuncOptions().mode(torch::kBilinear).padding_mode(torch::kReflection).align_corners(true));
+  }
+  auto bright = prm.select(1, 7), contrast = prm.select(1, 8);
+  bool lighting = (bright - 0.5).abs().sum().item<double>() + (contrast - 1).abs().sum().item<double>() > 0;
+  if (lighting) {
+    // fast.ai LightingTfm: sigmoid((logit(x) + logit(b)) * c), x clamped away from 0 and 1.
+    auto lb = torch::log(bright / (1 - bright)).to(dev).view({b, 1, 1, 1});
+    auto cc = contrast.to(dev).view({b, 1, 1, 1});
+    auto xc = x.clamp(1e-7, 1 - 1e-7);
+    x = torch::sigmoid((torch::log(xc / (1 - xc)) + lb) * cc);
+  }
+  return x.contiguous(torch::MemoryFormat::ChannelsLast);
+}
+
+torch::Tensor normalizeBatch(const torch::Tensor& x, const Normalize& n) {
+  auto opts = torch::TensorOptions().dtype(x.dtype()).device(x.device());
+  auto mean = torch::tensor({n.mean[0], n.mean[1], n.mean[2]}, opts.dtype(torch::kFloat64)).to(opts).view({1, 3, 1, 1});
+  auto std = torch::tensor({n.std[0], n.std[1], n.std[2]}, opts.dtype(torch::kFloat64)).to(opts).view({1, 3, 1, 1});
+  return (x - mean) / std;
+}
+
+}  // namespace tl

@@ -1,0 +1,35 @@
+// Batch assembly on the training device: index the uint8 image cache, then one affine grid per image
+// (flip, rotate, zoom, perspective warp), lighting in logit space, float conversion and normalisation:
+// fast.ai v2's aug_transforms design (one grid_sample, one lighting transform), done in C++.
+#pragma once
+#include "common.h"
+
+namespace tl {
+
+struct AugOptions {
+  bool enabled = true;
+  bool doFlip = true;
+  double maxRotate = 10.0;  // degrees
+  double minZoom = 1.0, maxZoom = 1.1;
+  double maxLighting = 0.2;
+  double maxWarp = 0.2;
+  double pAffine = 0.75;
+  double pLighting = 0.75;
+};
+AugOptions augOptionsFromJs(const Napi::Value& v);
+
+// Per-image random draws: [B, 9] = flip(±1), angle(rad), zoom scale s (<= 1), centre x, centre y,
+// warp x, warp y, brightness change, contrast scale. Identity row: 1,0,1,0,0,0,0,0.5,1.
+torch::Tensor drawAugParams(int64_t n, const AugOptions& o, torch::Generator& gen);
+torch::Tensor identityAugParams(int64_t n);
+
+struct Normalize {
+  std::array<double, 3> mean{0.485, 0.456, 0.406};
+  std::array<double, 3> std{0.229, 0.224, 0.225};
+};
+
+// images: uint8 [B, P, P, 3] on the device. Returns float [B, 3, size, size] in [0, 1] (channels_last).
+torch::Tensor augmentImages(const torch::Tensor& images, const torch::Tensor& params, int64_t size);
+torch::Tensor normalizeBatch(const torch::Tensor& x, const Normalize& n);
+
+}  // namespace tl

@@ -1,0 +1,211 @@
+#include "common.h"
+
+#include <cstring>
+
+#if __has_include(<c10/cuda/CUDACachingAllocator.h>) && __has_include(<cuda_runtime_api.h>)
+#include <c10/cuda/CUDACachingAllocator.h>
+#define TL_HAS_CUDA_HEADERS 1
+#endif
+
+namespace tl {
+
+void releaseDeviceCache() {
+#ifdef TL_HAS_CUDA_HEADERS
+  if (torch::cuda::is_available()) c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+}
+
+std::string describeException(const std::exception& e) {
+  std::string msg;
+  if (auto* c10err = dynamic_cast<const c10::Error*>(&e)) {
+    msg = c10err->what_without_backtrace();
+  } else {
+    msg = e.what();
+  }
+  // LibTorch appends "Exception raised from ..." lines; users need the first part only.
+  auto cut = msg.find("\nException raised from");
+  if (cut != std::string::npos) msg = msg.substr(0, cut);
+  if (msg.find("CUDA out of memory") != std::string::npos || msg.find("out of memory") != std::string::npos) {
+    releaseDeviceCache();
+    msg = "CUDA out of memory: " + msg +
+          "\nTry a smaller batch size (bs) or image size; the device memory cache was released and the learner can go on.";
+  }
+  return msg;
+}
+
+ProgressSink::ProgressSink(Napi::Env env, Napi::Value callback) {
+  if (!callback.IsFunction()) return;
+  tsfn_ = Napi::ThreadSafeFunction::New(env, callback.As<Napi::Function>(), "torchlearn-progress", 0, 1);
+  active_ = true;
+}
+
+ProgressSink::~ProgressSink() {
+  if (active_) tsfn_.Release();
+}
+
+void ProgressSink::emit(std::function<Napi::Value(Napi::Env)> fill) {
+  if (!active_) return;
+  auto* payload = new std::function<Napi::Value(Napi::Env)>(std::move(fill));
+  auto status = tsfn_.NonBlockingCall(payload, [](Napi::Env env, Napi::Function cb, std::function<Napi::Value(Napi::Env)>* p) {
+    std::unique_ptr<std::function<Napi::Value(Napi::Env)>> owned(p);
+    if (env == nullptr || cb.IsEmpty()) return;
+    Napi::HandleScope scope(env);
+    try {
+      cb.Call({(*owned)(env)});
+    } catch (...) {
+      // A throwing progress callback must not take training down; the error surfaces in JS.
+    }
+  });
+  if (status != napi_ok) delete payload;
+}
+
+std::vector<int64_t> toShape(const Napi::Value& v, const char* what) {
+  if (!v.IsArray()) throw UserError(std::string(what) + " must be an array of positive integers");
+  auto arr = v.As<Napi::Array>();
+  std::vector<int64_t> shape;
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    Napi::Value d = arr.Get(i);
+    if (!d.IsNumber()) throw UserError(std::string(what) + " must be an array of positive integers");
+    double x = d.As<Napi::Number>().DoubleValue();
+    if (!(x >= 0) || x != static_cast<double>(static_cast<int64_t>(x)))
+      throw UserError(std::string(what) + " must be an array of non-negative integers, got " + std::to_string(x));
+    shape.push_back(static_cast<int64_t>(x));
+  }
+  return shape;
+}
+
+torch::Tensor float32ArrayToTensor(const Napi::Value& data, const std::vector<int64_t>& shape, const char* what) {
+  if (!data.IsTypedArray() || data.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw UserError(std::string(what) + " must be a Float32Array");
+  auto arr = data.As<Napi::Float32Array>();
+  int64_t numel = 1;
+  for (auto d : shape) numel *= d;
+  if (static_cast<int64_t>(arr.ElementLength()) != numel) {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); i++) s += (i ? "," : "") + std::to_string(shape[i]);
+    s += "]";
+    throw UserError(std::string(what) + " has " + std::to_string(arr.ElementLength()) + " values but shape " + s +
+                    " needs " + std::to_string(numel));
+  }
+  // Copied on the JavaScript thread: the worker thread must not touch V8-owned memory.
+  return torch::from_blob(arr.Data(), shape, torch::kFloat32).clone();
+}
+
+Napi::Float32Array tensorToFloat32Array(Napi::Env env, const torch::Tensor& t) {
+  auto c = t.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  auto out = Napi::Float32Array::New(env, c.numel());
+  if (c.numel() > 0) std::memcpy(out.Data(), c.data_ptr<float>(), c.numel() * sizeof(float));
+  return out;
+}
+
+Napi::Array shapeToJs(Napi::Env env, const torch::Tensor& t) {
+  auto arr = Napi::Array::New(env, t.dim());
+  for (int64_t i = 0; i < t.dim(); i++) arr.Set(static_cast<uint32_t>(i), Napi::Number::New(env, static_cast<double>(t.size(i))));
+  return arr;
+}
+
+torch::Device parseDevice(const std::string& spec) {
+  if (spec == "cpu") return torch::Device(torch::kCPU);
+  if (spec == "cuda" || spec.rfind("cuda:", 0) == 0) {
+    if (!torch::cuda::is_available()) {
+      throw UserError("device '" + spec +
+                      "' was asked for, but this LibTorch has no usable CUDA (torch::cuda::is_available() is false). "
+                      "Use device 'cpu', or rebuild against a CUDA LibTorch: LIBTORCH=/path/to/libtorch npm run build:native");
+    }
+    int index = 0;
+    if (spec.size() > 5) {
+      try {
+        index = std::stoi(spec.substr(5));
+      } catch (...) {
+        throw UserError("device '" + spec + "' is not valid: use 'cpu', 'cuda' or 'cuda:N'");
+      }
+    }
+    auto count = static_cast<int>(torch::cuda::device_count());
+    if (index < 0 || index >= count)
+      throw UserError("device '" + spec + "' does not exist: this machine has " + std::to_string(count) + " CUDA device(s)");
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  throw UserError("device '" + spec + "' is not valid: use 'cpu', 'cuda' or 'cuda:N'");
+}
+
+std::string deviceString(const torch::Device& d) {
+  if (d.is_cpu()) return "cpu";
+  return "cuda:" + std::to_string(d.has_index() ? d.index() : 0);
+}
+
+std::string dtypeName(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32: return "F32";
+    case torch::kFloat64: return "F64";
+    case torch::kFloat16: return "F16";
+    case torch::kBFloat16: return "BF16";
+    case torch::kInt64: return "I64";
+    case torch::kInt32: return "I32";
+    case torch::kInt16: return "I16";
+    case torch::kInt8: return "I8";
+    case torch::kUInt8: return "U8";
+    case torch::kBool: return "BOOL";
+    default: throw UserError(std::string("unsupported tensor dtype ") + c10::toString(t));
+  }
+}
+
+torch::ScalarType dtypeFromName(const std::string& n) {
+  if (n == "F32") return torch::kFloat32;
+  if (n == "F64") return torch::kFloat64;
+  if (n == "F16") return torch::kFloat16;
+  if (n == "BF16") return torch::kBFloat16;
+  if (n == "I64") return torch::kInt64;
+  if (n == "I32") return torch::kInt32;
+  if (n == "I16") return torch::kInt16;
+  if (n == "I8") return torch::kInt8;
+  if (n == "U8") return torch::kUInt8;
+  if (n == "BOOL") return torch::kBool;
+  throw UserError("unsupported tensor dtype '" + n + "'");
+}
+
+int64_t dtypeSize(torch::ScalarType t) { return static_cast<int64_t>(c10::elementSize(t)); }
+
+NamedTensors namedTensorsFromJs(const Napi::Value& v) {
+  if (!v.IsArray()) throw UserError("expected an array of named tensors");
+  auto arr = v.As<Napi::Array>();
+  NamedTensors out;
+  out.reserve(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    auto o = arr.Get(i).As<Napi::Object>();
+    std::string name = o.Get("name").As<Napi::String>();
+    auto dtype = dtypeFromName(o.Get("dtype").As<Napi::String>());
+    auto shape = toShape(o.Get("shape"), ("shape of tensor '" + name + "'").c_str());
+    Napi::Value dataV = o.Get("data");
+    if (!dataV.IsTypedArray()) throw UserError("tensor '" + name + "' has no data");
+    auto data = dataV.As<Napi::TypedArray>();
+    int64_t numel = 1;
+    for (auto d : shape) numel *= d;
+    if (static_cast<int64_t>(data.ByteLength()) != numel * dtypeSize(dtype))
+      throw UserError("tensor '" + name + "' holds " + std::to_string(data.ByteLength()) + " bytes but its dtype and shape need " +
+                      std::to_string(numel * dtypeSize(dtype)));
+    auto* base = static_cast<uint8_t*>(data.ArrayBuffer().Data()) + data.ByteOffset();
+    torch::Tensor t = torch::empty(shape, torch::TensorOptions().dtype(dtype));
+    // memcpy, not from_blob: the bytes may be unaligned inside a file buffer.
+    if (numel > 0) std::memcpy(t.data_ptr(), base, static_cast<size_t>(numel * dtypeSize(dtype)));
+    out.emplace_back(std::move(name), std::move(t));
+  }
+  return out;
+}
+
+Napi::Array namedTensorsToJs(Napi::Env env, const NamedTensors& tensors) {
+  auto arr = Napi::Array::New(env, tensors.size());
+  for (size_t i = 0; i < tensors.size(); i++) {
+    auto c = tensors[i].second.detach().to(torch::kCPU).contiguous();
+    auto o = Napi::Object::New(env);
+    o.Set("name", tensors[i].first);
+    o.Set("dtype", dtypeName(c.scalar_type()));
+    o.Set("shape", shapeToJs(env, c));
+    auto bytes = Napi::Uint8Array::New(env, static_cast<size_t>(c.numel() * dtypeSize(c.scalar_type())));
+    if (c.numel() > 0) std::memcpy(bytes.Data(), c.data_ptr(), bytes.ByteLength());
+    o.Set("data", bytes);
+    arr.Set(static_cast<uint32_t>(i), o);
+  }
+  return arr;
+}
+
+}  // namespace tl

@@ -1,0 +1,124 @@
+// Shared by every native entry point: error conversion, async execution, tensor <-> JS conversion.
+#pragma once
+#include <torch/torch.h>
+#include <napi.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if TORCH_VERSION_MAJOR >= 2
+#define TL_TORCH2 1
+#else
+#define TL_TORCH2 0
+#endif
+
+namespace tl {
+
+// An error caused by the caller's input: its message is shown to the user as it is.
+struct UserError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// One place that turns any C++ exception into a message for a JavaScript Error: strips LibTorch's
+// C++ backtraces and explains CUDA out-of-memory.
+std::string describeException(const std::exception& e);
+
+// Frees cached, unused CUDA memory (after an out-of-memory error, so that the process stays usable).
+void releaseDeviceCache();
+
+// Every entry point called from JavaScript is wrapped in TL_TRY / TL_CATCH so that no C++ exception
+// can cross into Node (it would abort the process).
+#define TL_TRY try {
+#define TL_CATCH(env)                                                                     \
+  }                                                                                       \
+  catch (const Napi::Error&) {                                                            \
+    throw;                                                                                \
+  }                                                                                       \
+  catch (const std::exception& e) {                                                       \
+    throw Napi::Error::New(env, ::tl::describeException(e));                              \
+  }                                                                                       \
+  catch (...) {                                                                           \
+    throw Napi::Error::New(env, "torchlearn: unknown native error");                     \
+  }
+
+// Runs `work` on a dedicated native thread (not libuv's shared pool, which sharp also uses) and
+// settles the returned Promise on the JavaScript thread with `toJs(result)`, or rejects it with the
+// exception's message. The thread-safe function keeps the event loop alive meanwhile.
+template <typename R>
+Napi::Promise runAsync(Napi::Env env, std::function<R()> work,
+                       std::function<Napi::Value(Napi::Env, R&)> toJs) {
+  struct State {
+    Napi::Promise::Deferred deferred;
+    std::function<Napi::Value(Napi::Env, R&)> toJs;
+    std::unique_ptr<R> result;
+    std::string error;
+  };
+  auto state = std::make_shared<State>(State{Napi::Promise::Deferred::New(env), std::move(toJs), nullptr, ""});
+  auto noop = Napi::Function::New(env, [](const Napi::CallbackInfo&) {});
+  auto tsfn = Napi::ThreadSafeFunction::New(env, noop, "torchlearn-async", 0, 1);
+  std::thread([tsfn, state, work = std::move(work)]() mutable {
+    try {
+      state->result = std::make_unique<R>(work());
+    } catch (const std::exception& e) {
+      state->error = describeException(e);
+    } catch (...) {
+      state->error = "torchlearn: unknown native error";
+    }
+    tsfn.BlockingCall([state](Napi::Env env, Napi::Function) {
+      Napi::HandleScope scope(env);
+      if (!state->error.empty()) {
+        state->deferred.Reject(Napi::Error::New(env, state->error).Value());
+        return;
+      }
+      try {
+        state->deferred.Resolve(state->toJs(env, *state->result));
+      } catch (const Napi::Error& e) {
+        state->deferred.Reject(e.Value());
+      } catch (const std::exception& e) {
+        state->deferred.Reject(Napi::Error::New(env, describeException(e)).Value());
+      }
+    });
+    tsfn.Release();
+  }).detach();
+  return state->deferred.Promise();
+}
+
+// Progress events from a native thread to a JavaScript callback. Calls are non-blocking: a slow
+// JavaScript side never stalls training (events queue up).
+class ProgressSink {
+ public:
+  ProgressSink() = default;
+  ProgressSink(Napi::Env env, Napi::Value callback);
+  ~ProgressSink();
+  ProgressSink(const ProgressSink&) = delete;
+  ProgressSink& operator=(const ProgressSink&) = delete;
+  // `fill` runs on the JavaScript thread and builds the event object.
+  void emit(std::function<Napi::Value(Napi::Env)> fill);
+
+ private:
+  bool active_ = false;
+  Napi::ThreadSafeFunction tsfn_;
+};
+
+// --- conversions --------------------------------------------------------------------------------
+std::vector<int64_t> toShape(const Napi::Value& v, const char* what);
+torch::Tensor float32ArrayToTensor(const Napi::Value& data, const std::vector<int64_t>& shape, const char* what);
+Napi::Float32Array tensorToFloat32Array(Napi::Env env, const torch::Tensor& t);
+Napi::Array shapeToJs(Napi::Env env, const torch::Tensor& t);
+torch::Device parseDevice(const std::string& spec);
+std::string deviceString(const torch::Device& d);
+std::string dtypeName(torch::ScalarType t);
+torch::ScalarType dtypeFromName(const std::string& name);
+int64_t dtypeSize(torch::ScalarType t);
+
+// Named tensors (a state dict) crossing the boundary: [{ name, dtype, shape, data: Uint8Array }].
+using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
+NamedTensors namedTensorsFromJs(const Napi::Value& v);
+Napi::Array namedTensorsToJs(Napi::Env env, const NamedTensors& tensors);
+
+}  // namespace tl

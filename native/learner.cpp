@@ -1,0 +1,724 @@
+#include "learner.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
+
+#include <chrono>
+#include <cmath>
+
+namespace tl {
+namespace F = torch::nn::functional;
+
+// bf16 autocast on CUDA for the scope of a native task (autocast state is per thread).
+struct AutocastScope {
+  bool on;
+  explicit AutocastScope(bool enable) : on(enable) {
+    if (!on) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+#else
+    at::autocast::set_enabled(true);
+    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+#endif
+  }
+  ~AutocastScope() {
+    if (!on) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+#else
+    at::autocast::set_enabled(false);
+#endif
+    at::autocast::clear_cache();
+  }
+};
+
+struct Learner::Core {
+  std::shared_ptr<NetState> net;
+  FastAdam opt;
+  torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0);
+  ImageCache train, valid;
+  int64_t bs = 64, size = 224;
+  AugOptions aug;
+  Normalize norm;
+  double wd = 0.01;
+  bool trainBn = true;
+  bool bf16 = false;
+  torch::Tensor classWeights;
+  double labelSmoothing = 0;
+  int frozenIdx = 0;
+  std::atomic<bool> stopRequested{false};
+  bool disposed = false;
+
+  void check() const {
+    if (disposed) throw UserError("this learner was disposed: create a new one");
+    net->check();
+  }
+  bool onCuda() const { return net->device.is_cuda(); }
+
+  ImageCache& cache(const std::string& split) {
+    if (split == "train") return train;
+    if (split == "valid") return valid;
+    throw UserError("split must be 'train' or 'valid', got '" + split + "'");
+  }
+
+  // Float, normalised, channels_last batch on the device from cached uint8 images.
+  torch::Tensor inputs(const torch::Tensor& images, const torch::Tensor& params) {
+    auto x = augmentImages(images, params, size);
+    return normalizeBatch(x, norm);
+  }
+
+  torch::Tensor lossFn(const torch::Tensor& logits, const torch::Tensor& y, bool perItem) {
+    auto o = F::CrossEntropyFuncOptions().label_smoothing(labelSmoothing);
+    if (classWeights.defined()) o = o.weight(classWeights.to(logits.device()));
+    if (perItem) o = o.reduction(torch::kNone);
+    return F::cross_entropy(logits.to(torch::kFloat32), y, o);
+  }
+
+  std::vector<Hyper> hypers(const Schedule& s, double pos) const {
+    std::vector<Hyper> h;
+    for (int g = 0; g < net->numGroups; g++) h.push_back({s.lr(static_cast<size_t>(g), pos), s.mom(pos), wd});
+    return h;
+  }
+
+  void zeroGrad() {
+    for (auto& p : net->params)
+      if (p.tensor.grad().defined()) p.tensor.mutable_grad() = torch::Tensor();
+  }
+
+  // Forward + loss in training mode; the caller checks the loss, then calls backwardAndStep.
+  torch::Tensor forwardLoss(const torch::Tensor& x, const torch::Tensor& y) {
+    net->module->train();
+    zeroGrad();
+    AutocastScope ac(bf16 && onCuda());
+    return lossFn(net->forward(x), y, false);
+  }
+
+  void backwardAndStep(torch::Tensor& loss, const std::vector<Hyper>& h) {
+    loss.backward();
+    opt.step(net->params, h);
+  }
+
+  void applyFreeze() {
+    for (auto& p : net->params) p.tensor.requires_grad_(p.group >= frozenIdx || (trainBn && p.isNorm));
+    opt.clear();
+  }
+
+  // Training batches for one pass: a fresh permutation, drop_last (fast.ai's train loader), except
+  // that a set smaller than one batch still gives one batch.
+  std::vector<torch::Tensor> trainBatches() {
+    const int64_t n = train.size();
+    if (n == 0) throw UserError("no training data: call setData first");
+    auto perm = torch::randperm(n, gen, torch::kInt64);
+    std::vector<torch::Tensor> out;
+    const int64_t nb = std::max<int64_t>(1, n / bs);
+    for (int64_t i = 0; i < nb; i++) out.push_back(perm.slice(0, i * bs, std::min(n, (i + 1) * bs)));
+    return out;
+  }
+
+  NamedTensors fullState(bool withOpt) {
+    NamedTensors out;
+    for (auto& kv : stateDict(*net->module)) out.emplace_back("model." + kv.first, kv.second.contiguous());
+    if (withOpt) {
+      for (auto& kv : opt.state(net->params)) out.push_back(kv);
+      out.emplace_back("rng.learner", gen.get_state());
+    }
+    return out;
+  }
+
+  void loadFullState(const NamedTensors& tensors, bool withOpt) {
+    NamedTensors model;
+    torch::Tensor rng;
+    for (auto& kv : tensors) {
+      if (kv.first.rfind("model.", 0) == 0) model.emplace_back(kv.first.substr(6), kv.second);
+      if (kv.first == "rng.learner") rng = kv.second;
+    }
+    loadNamed(*net->module, model, true, {}, "the checkpoint");
+    if (withOpt) {
+      opt.loadState(net->params, tensors);
+      if (rng.defined()) gen.set_state(rng);
+    }
+  }
+};
+
+static double nowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+Napi::Function Learner::Init(Napi::Env env) {
+  return DefineClass(env, "Learner",
+                     {InstanceMethod("setData", &Learner::SetData), InstanceMethod("setOptions", &Learner::SetOptions),
+                      InstanceMethod("freezeTo", &Learner::FreezeTo), InstanceMethod("trainEpoch", &Learner::TrainEpoch),
+                      InstanceMethod("validate", &Learner::Validate), InstanceMethod("lrFind", &Learner::LrFind),
+                      InstanceMethod("predict", &Learner::Predict), InstanceMethod("gradCam", &Learner::GradCam),
+                      InstanceMethod("showBatch", &Learner::ShowBatch), InstanceMethod("getState", &Learner::GetState),
+                      InstanceMethod("setState", &Learner::SetState), InstanceMethod("requestStop", &Learner::RequestStop),
+                      InstanceMethod("dispose", &Learner::Dispose)});
+}
+
+// new Learner(net, { device, seed })
+Learner::Learner(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Learner>(info) {
+  auto env = info.Env();
+  TL_TRY
+  if (!info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(Net::constructor.Value()))
+    throw UserError("Learner needs a Net");
+  auto net = Napi::ObjectWrap<Net>::Unwrap(info[0].As<Napi::Object>())->state();
+  if (net->kind != "fastai") throw UserError("a Learner trains a fast.ai classifier (body + head)");
+  auto o = info[1].As<Napi::Object>();
+  core_ = std::make_shared<Core>();
+  core_->net = net;
+  auto device = parseDevice(o.Get("device").As<Napi::String>());
+  std::lock_guard<std::mutex> lock(net->mutex);
+  net->check();
+  if (device.is_cuda()) {
+    net->channelsLast = true;
+    at::globalContext().setBenchmarkCuDNN(true);
+  }
+  net->moveTo(device);
+  if (o.Has("seed") && o.Get("seed").IsNumber()) core_->gen.set_current_seed(o.Get("seed").As<Napi::Number>().Int64Value());
+  TL_CATCH(env)
+}
+
+static torch::Tensor uint8Images(const Napi::Value& v, int64_t n, int64_t p, const char* what) {
+  if (!v.IsTypedArray()) throw UserError(std::string(what) + " must be a Uint8Array");
+  auto a = v.As<Napi::TypedArray>();
+  if (static_cast<int64_t>(a.ByteLength()) != n * p * p * 3)
+    throw UserError(std::string(what) + " holds " + std::to_string(a.ByteLength()) + " bytes, expected " + std::to_string(n) + " images of " +
+                    std::to_string(p) + "x" + std::to_string(p) + "x3");
+  auto* base = static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset();
+  return torch::from_blob(base, {n, p, p, 3}, torch::kUInt8).clone();
+}
+
+// setData(split, images: Uint8Array [N*P*P*3], labels: Int32Array, presize P)
+Napi::Value Learner::SetData(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  core_->check();
+  std::string split = info[0].As<Napi::String>();
+  auto labelsArr = info[2].As<Napi::Int32Array>();
+  int64_t n = static_cast<int64_t>(labelsArr.ElementLength());
+  int64_t p = info[3].As<Napi::Number>().Int64Value();
+  auto images = uint8Images(info[1], n, p, "images");
+  auto labels = torch::from_blob(labelsArr.Data(), {n}, torch::kInt32).to(torch::kInt64);
+  std::lock_guard<std::mutex> lock(core_->net->mutex);
+  auto& c = core_->cache(split);
+  // Resident on the training device: no per-batch host-to-device image traffic.
+  c.images = images.to(core_->net->device);
+  c.labels = labels.to(core_->net->device);
+  return env.Undefined();
+  TL_CATCH(env)
+}
+
+Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  core_->check();
+  auto o = info[0].As<Napi::Object>();
+  std::lock_guard<std::mutex> lock(core_->net->mutex);
+  auto& c = *core_;
+  if (o.Has("bs")) c.bs = o.Get("bs").As<Napi::Number>().Int64Value();
+  if (o.Has("size")) c.size = o.Get("size").As<Napi::Number>().Int64Value();
+  if (o.Has("aug")) c.aug = augOptionsFromJs(o.Get("aug"));
+  if (o.Has("wd")) c.wd = o.Get("wd").As<Napi::Number>().DoubleValue();
+  if (o.Has("trainBn")) c.trainBn = o.Get("trainBn").ToBoolean();
+  if (o.Has("bf16")) c.bf16 = o.Get("bf16").ToBoolean();
+  if (o.Has("labelSmoothing")) c.labelSmoothing = o.Get("labelSmoothing").As<Napi::Number>().DoubleValue();
+  if (o.Has("classWeights")) {
+    auto v = o.Get("classWeights");
+    if (v.IsTypedArray()) {
+      auto w = v.As<Napi::Float32Array>();
+      c.classWeights = torch::from_blob(w.Data(), {static_cast<int64_t>(w.ElementLength())}, torch::kFloat32).clone();
+    } else {
+      c.classWeights = torch::Tensor();
+    }
+  }
+  if (o.Has("mean")) {
+    auto m = o.Get("mean").As<Napi::Array>(), s = o.Get("std").As<Napi::Array>();
+    for (uint32_t i = 0; i < 3; i++) {
+      c.norm.mean[i] = m.Get(i).As<Napi::Number>().DoubleValue();
+      c.norm.std[i] = s.Get(i).As<Napi::Number>().DoubleValue();
+    }
+  }
+  if (o.Has("seed") && o.Get("seed").IsNumber()) c.gen.set_current_seed(o.Get("seed").As<Napi::Number>().Int64Value());
+  if (o.Has("sqrMom")) c.opt.sqrMom = o.Get("sqrMom").As<Napi::Number>().DoubleValue();
+  if (o.Has("eps")) c.opt.eps = o.Get("eps").As<Napi::Number>().DoubleValue();
+  if (c.bs < 1) throw UserError("bs must be at least 1");
+  if (c.size < 32) throw UserError("size must be at least 32 pixels for a ResNet");
+  return env.Undefined();
+  TL_CATCH(env)
+}
+
+// freezeTo(n): groups [:n] frozen (BatchNorm still trains when trainBn), [n:] trainable; n < 0 counts
+// from the end. Clears the optimizer state, as fast.ai does.
+Napi::Value Learner::FreezeTo(const Napi::CallbackInfo& info) {
+  TL_TRY
+  core_->check();
+  int n = info[0].As<Napi::Number>().Int32Value();
+  std::lock_guard<std::mutex> lock(core_->net->mutex);
+  const int g = core_->net->numGroups;
+  int idx = n >= 0 ? n : g + n;
+  if (idx < 0 || idx > g) throw UserError("freezeTo(" + std::to_string(n) + "): there are " + std::to_string(g) + " layer groups");
+  core_->frozenIdx = idx;
+  core_->applyFreeze();
+  return info.Env().Undefined();
+  TL_CATCH(info.Env())
+}
+
+struct EpochResult {
+  std::vector<float> losses;       // raw loss per batch
+  std::vector<float> smoothLosses; // fast.ai's smoothed loss after each batch
+  std::vector<double> lrs;         // [batch][group]
+  std::vector<double> moms;
+  double smoothVal = 0, smoothCount = 0;
+  int64_t nIter = 0, done = 0;
+  bool stopped = false;
+  double seconds = 0;
+};
+
+// trainEpoch({ schedule, epoch, nEpochs, smoothVal, smoothCount, reportEvery, onProgress })
+Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  core_->check();
+  auto o = info[0].As<Napi::Object>();
+  auto sched = scheduleFromJs(o.Get("schedule").As<Napi::Object>(), core_->net->numGroups);
+  int64_t epoch = o.Get("epoch").As<Napi::Number>().Int64Value();
+  int64_t nEpochs = o.Get("nEpochs").As<Napi::Number>().Int64Value();
+  double smoothVal = o.Get("smoothVal").As<Napi::Number>().DoubleValue();
+  double smoothCount = o.Get("smoothCount").As<Napi::Number>().DoubleValue();
+  int64_t reportEvery = o.Has("reportEvery") ? o.Get("reportEvery").As<Napi::Number>().Int64Value() : 0;
+  auto progress = std::make_shared<ProgressSink>(env, o.Get("onProgress"));
+  auto c = core_;
+  c->stopRequested = false;
+  return runAsync<EpochResult>(
+      env,
+      [c, sched, epoch, nEpochs, smoothVal, smoothCount, reportEvery, progress]() {
+        std::lock_guard<std::mutex> lock(c->net->mutex);
+        c->check();
+        const double t0 = nowSeconds();
+        EpochResult r;
+        r.smoothVal = smoothVal;
+        r.smoothCount = smoothCount;
+        auto batches = c->trainBatches();
+        r.nIter = static_cast<int64_t>(batches.size());
+        const bool cuda = c->onCuda();
+        // On CUDA, losses stay on the device and are read every `every` batches (a host sync).
+        const int64_t every = reportEvery > 0 ? reportEvery : (cuda ? 25 : 1);
+        auto lossBuf = torch::zeros({r.nIter}, torch::TensorOptions().dtype(torch::kFloat32).device(c->net->device));
+        int64_t synced = 0;
+        auto sync = [&](int64_t upto) {
+          if (upto <= synced) return;
+          auto host = lossBuf.slice(0, synced, upto).to(torch::kCPU);
+          auto* d = host.data_ptr<float>();
+          for (int64_t k = 0; k < upto - synced; k++) {
+            const double l = d[k];
+            if (!std::isfinite(l)) {
+              const int64_t b = synced + k;
+              std::ostringstream m;
+              m << "training diverged: the loss is " << l << " at batch " << (b + 1) << " of epoch " << (epoch + 1)
+                << " (lr " << r.lrs[static_cast<size_t>(b * c->net->numGroups + c->net->numGroups - 1)]
+                << "). Lower the learning rate (run lrFind) or check the inputs for NaN.";
+              throw UserError(m.str());
+            }
+            // fast.ai AvgSmoothLoss: val = lerp(loss, val, 0.98); value = val / (1 - 0.98^count)
+            r.smoothVal = 0.98 * r.smoothVal + 0.02 * l;
+            r.smoothCount += 1;
+            r.losses.push_back(static_cast<float>(l));
+            r.smoothLosses.push_back(static_cast<float>(r.smoothVal / (1 - std::pow(0.98, r.smoothCount))));
+          }
+          synced = upto;
+          const float sm = r.smoothLosses.back();
+          const int64_t it = upto, n = r.nIter;
+          progress->emit([it, n, sm, epoch](Napi::Env env) {
+            auto e = Napi::Object::New(env);
+            e.Set("epoch", Napi::Number::New(env, static_cast<double>(epoch)));
+            e.Set("iter", Napi::Number::New(env, static_cast<double>(it)));
+            e.Set("total", Napi::Number::New(env, static_cast<double>(n)));
+            e.Set("smoothLoss", Napi::Number::New(env, sm));
+            return e;
+          });
+        };
+        for (int64_t i = 0; i < r.nIter; i++) {
+          if (c->stopRequested) {
+            r.stopped = true;
+            break;
+          }
+          const double pos = static_cast<double>(epoch * r.nIter + i) / static_cast<double>(nEpochs * r.nIter);
+          auto h = c->hypers(sched, pos);
+          for (auto& g : h) r.lrs.push_back(g.lr);
+          r.moms.push_back(h[0].mom);
+          auto idx = batches[static_cast<size_t>(i)];
+          auto dIdx = idx.to(c->net->device);
+          auto params = drawAugParams(idx.size(0), c->aug, c->gen);
+          auto x = c->inputs(c->train.images.index_select(0, dIdx), params);
+          auto y = c->train.labels.index_select(0, dIdx);
+          auto loss = c->forwardLoss(x, y);
+          lossBuf[i].copy_(loss.detach());
+          // On the CPU the loss is checked before the step, so a NaN never reaches the weights.
+          if (!cuda) sync(i + 1);
+          c->backwardAndStep(loss, h);
+          r.done = i + 1;
+          if (cuda && ((i + 1) % every == 0)) sync(i + 1);
+        }
+        sync(r.done);
+        c->zeroGrad();
+        r.seconds = nowSeconds() - t0;
+        return r;
+      },
+      [](Napi::Env env, EpochResult& r) -> Napi::Value {
+        auto o = Napi::Object::New(env);
+        auto f32 = [&](const std::vector<float>& v) {
+          auto a = Napi::Float32Array::New(env, v.size());
+          std::copy(v.begin(), v.end(), a.Data());
+          return a;
+        };
+        auto f64 = [&](const std::vector<double>& v) {
+          auto a = Napi::Float64Array::New(env, v.size());
+          std::copy(v.begin(), v.end(), a.Data());
+          return a;
+        };
+        o.Set("losses", f32(r.losses));
+        o.Set("smoothLosses", f32(r.smoothLosses));
+        o.Set("lrs", f64(r.lrs));
+        o.Set("moms", f64(r.moms));
+        o.Set("smoothVal", r.smoothVal);
+        o.Set("smoothCount", r.smoothCount);
+        o.Set("nIter", Napi::Number::New(env, static_cast<double>(r.nIter)));
+        o.Set("done", Napi::Number::New(env, static_cast<double>(r.done)));
+        o.Set("stopped", r.stopped);
+        o.Set("seconds", r.seconds);
+        return o;
+      });
+  TL_CATCH(env)
+}
+
+struct PredsResult {
+  torch::Tensor probs, targets, losses;
+  double seconds = 0;
+};
+
+static Napi::Value predsToJs(Napi::Env env, PredsResult& r) {
+  auto o = Napi::Object::New(env);
+  o.Set("probs", tensorToFloat32Array(env, r.probs));
+  o.Set("numClasses", Napi::Number::New(env, static_cast<double>(r.probs.size(1))));
+  if (r.targets.defined()) {
+    auto t = r.targets.to(torch::kInt32).contiguous();
+    auto a = Napi::Int32Array::New(env, static_cast<size_t>(t.numel()));
+    std::memcpy(a.Data(), t.data_ptr<int32_t>(), static_cast<size_t>(t.numel()) * 4);
+    o.Set("targets", a);
+    o.Set("losses", tensorToFloat32Array(env, r.losses));
+  }
+  o.Set("seconds", r.seconds);
+  return o;
+}
+
+// validate({ split: 'valid' | 'train', augment: bool, onProgress }) -> { probs, targets, losses }
+Napi::Value Learner::Validate(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  core_->check();
+  auto o = info[0].As<Napi::Object>();
+  std::string split = o.Get("split").As<Napi::String>();
+  bool augment = o.Get("augment").ToBoolean();
+  auto progress = std::make_shared<ProgressSink>(env, o.Get("onProgress"));
+  auto c = core_;
+  c->cache(split);
+  return runAsync<PredsResult>(
+      env,
+      [c, split, augment, progress]() {
+        std::lock_guard<std::mutex> lock(c->net->mutex);
+        c->check();
+        const double t0 = nowSeconds();
+        auto& data = c->cache(split);
+        const int64_t n = data.size();
+        if (n == 0) throw UserError("no " + split + " data to validate on");
+        torch::NoGradGuard ng;
+        c->net->module->eval();
+        AutocastScope ac(c->bf16 && c->onCuda());
+        std::vector<torch::Tensor> logits;
+        const int64_t nb = (n + c->bs - 1) / c->bs;
+        for (int64_t b = 0; b < nb; b++) {
+          auto idx = torch::arange(b * c->bs, std::min(n, (b + 1) * c->bs), torch::kInt64);
+          auto params = augment ? drawAugParams(idx.size(0), c->aug, c->gen) : identityAugParams(idx.size(0));
+          auto x = c->inputs(data.images.index_select(0, idx.to(c->net->device)), params);
+          logits.push_back(c->net->forward(x).to(torch::kFloat32));
+          const int64_t it = b + 1;
+          progress->emit([it, nb](Napi::Env env) {
+            auto e = Napi::Object::New(env);
+            e.Set("iter", Napi::Number::New(env, static_cast<double>(it)));
+            e.Set("total", Napi::Number::New(env, static_cast<double>(nb)));
+            return e;
+          });
+        }
+        auto all = torch::cat(logits, 0);
+        PredsResult r;
+        r.losses = c->lossFn(all, data.labels, true).to(torch::kCPU);
+        r.probs = torch::softmax(all, 1).to(torch::kCPU);
+        r.targets = data.labels.to(torch::kCPU);
+        r.seconds = nowSeconds() - t0;
+        return r;
+      },
+      predsToJs);
+  TL_CATCH(env)
+}
+
+struct LrFindResult {
+  std::vector<double> lrs, losses;
+};
+
+// lrFind({ startLr: number[], endLr: number[], numIt, stopDiv, mom, onProgress }): exponential ramp,
+// smoothed loss, stop at 4x the best; the weights, optimizer state and random state are restored.
+Napi::Value Learner::LrFind(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  core_->check();
+  auto o = info[0].As<Napi::Object>();
+  Schedule sched;
+  sched.kind = "exp";
+  auto sObj = Napi::Object::New(env);
+  sObj.Set("kind", "exp");
+  sObj.Set("lrMax", o.Get("startLr"));
+  sObj.Set("lrEnd", o.Get("endLr"));
+  auto mom = o.Get("mom").As<Napi::Number>().DoubleValue();
+  auto momArr = Napi::Array::New(env, 3);
+  for (uint32_t i = 0; i < 3; i++) momArr.Set(i, mom);
+  sObj.Set("moms", momArr);
+  sched = scheduleFromJs(sObj, core_->net->numGroups);
+  int64_t numIt = o.Get("numIt").As<Napi::Number>().Int64Value();
+  bool stopDiv = o.Get("stopDiv").ToBoolean();
+  if (numIt < 6) throw UserError("lrFind: numIt must be at least 6 (fast.ai's minimum)");
+  auto progress = std::make_shared<ProgressSink>(env, o.Get("onProgress"));
+  auto c = core_;
+  c->stopRequested = false;
+  return runAsync<LrFindResult>(
+      env,
+      [c, sched, numIt, stopDiv, progress]() {
+        std::lock_guard<std::mutex> lock(c->net->mutex);
+        c->check();
+        // Snapshot: every parameter and buffer, the optimizer state and the random state.
+        NamedTensors snapshot;
+        for (auto& kv : c->fullState(true)) snapshot.emplace_back(kv.first, kv.second.clone());
+        LrFindResult r;
+        double val = 0, best = INFINITY;
+        int64_t it = 0;
+        try {
+          while (it < numIt) {
+            auto batches = c->trainBatches();
+            bool stop = false;
+            for (auto& idx : batches) {
+              if (it >= numIt || c->stopRequested) {
+                stop = true;
+                break;
+              }
+              const double pos = static_cast<double>(it) / static_cast<double>(numIt);
+              auto h = c->hypers(sched, pos);
+              auto dIdx = idx.to(c->net->device);
+              auto params = drawAugParams(idx.size(0), c->aug, c->gen);
+              auto x = c->inputs(c->train.images.index_select(0, dIdx), params);
+              auto y = c->train.labels.index_select(0, dIdx);
+              auto loss = c->forwardLoss(x, y);
+              const double l = loss.item<double>();
+              it++;
+              val = 0.98 * val + 0.02 * l;
+              const double smooth = val / (1 - std::pow(0.98, static_cast<double>(it)));
+              r.lrs.push_back(h.back().lr);
+              r.losses.push_back(smooth);
+              if (std::isfinite(l)) c->backwardAndStep(loss, h);
+              best = std::min(best, smooth);
+              const double lr = h.back().lr;
+              progress->emit([it, numIt, smooth, lr](Napi::Env env) {
+                auto e = Napi::Object::New(env);
+                e.Set("iter", Napi::Number::New(env, static_cast<double>(it)));
+                e.Set("total", Napi::Number::New(env, static_cast<double>(numIt)));
+                e.Set("smoothLoss", smooth);
+                e.Set("lr", lr);
+                return e;
+              });
+              if (!std::isfinite(smooth) || (stopDiv && smooth > 4 * best)) {
+                stop = true;
+                break;
+              }
+            }
+            if (stop) break;
+          }
+        } catch (...) {
+          c->loadFullState(snapshot, true);
+          throw;
+        }
+        c->zeroGrad();
+        c->loadFullState(snapshot, true);
+        return r;
+      },
+      [](Napi::Env env, LrFindResult& r) -> Napi::Value {
+        auto o = Napi::Object::New(env);
+        auto lrs = Napi::Float64Array::New(env, r.lrs.size());
+        auto losses = Napi::Float64Array::New(env, r.losses.size());
+        std::copy(r.lrs.begin(), r.lrs.end(), lrs.Data());
+        std::copy(r.losses.begin(), r.losses.end(), losses.Data());
+        o.Set("lrs", lrs);
+        o.Set("losses", losses);
+        return o;
+      });
+  TL_CATCH(env)
+}
+
+// predict(images: Uint8Array [N*P*P*3], n, presize, { augment }) -> { probs }
+Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  core_->check();
+  int64_t n = info[1].As<Napi::Number>().Int64Value();
+  int64_t p = info[2].As<Napi::Number>().Int64Value();
+  bool augment = info[3].IsObject() && info[3].As<Napi::Object>().Get("augment").ToBoolean();
+  auto images = uint8Images(info[0], n, p, "images");
+  auto c = core_;
+  return runAsync<PredsResult>(
+      env,
+      [c, images, augment]() {
+        std::lock_guard<std::mutex> lock(c->net->mutex);
+        c->check();
+        const double t0 = nowSeconds();
+        torch::NoGradGuard ng;
+        c->net->module->eval();
+        AutocastScope ac(c->bf16 && c->onCuda());
+        std::vector<torch::Tensor> probs;
+        const int64_t n = images.size(0);
+        for (int64_t s = 0; s < n; s += c->bs) {
+          auto chunk = images.slice(0, s, std::min(n, s + c->bs)).to(c->net->device);
+          auto params = augment ? drawAugParams(chunk.size(0), c->aug, c->gen) : identityAugParams(chunk.size(0));
+          probs.push_back(torch::softmax(c->net->forward(c->inputs(chunk, params)).to(torch::kFloat32), 1).to(torch::kCPU));
+        }
+        PredsResult r;
+        r.probs = torch::cat(probs, 0);
+        r.seconds = nowSeconds() - t0;
+        return r;
+      },
+      predsToJs);
+  TL_CATCH(env)
+}
+
+struct CamResult {
+  torch::Tensor map, probs;
+};
+
+// gradCam(image: Uint8Array [P*P*3], presize, classIdx) -> { map: Float32Array [h*w], h, w, probs }
+// fast.ai v1's Grad-CAM: activations and gradients of layer4 for the class's raw logit; channel
+// weights = spatial mean of the gradients; map = ReLU(sum_c w_c * A_c), not normalised.
+Napi::Value Learner::GradCam(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  core_->check();
+  int64_t p = info[1].As<Napi::Number>().Int64Value();
+  int64_t cls = info[2].As<Napi::Number>().Int64Value();
+  auto image = uint8Images(info[0], 1, p, "image");
+  auto c = core_;
+  return runAsync<CamResult>(
+      env,
+      [c, image, cls]() {
+        std::lock_guard<std::mutex> lock(c->net->mutex);
+        c->check();
+        c->net->module->eval();
+        torch::Tensor acts, logits;
+        {
+          torch::NoGradGuard ng;
+          acts = c->net->features(c->inputs(image.to(c->net->device), identityAugParams(1))).to(torch::kFloat32);
+        }
+        acts = acts.detach().contiguous().requires_grad_(true);
+        logits = c->net->classify(acts);
+        if (cls < 0 || cls >= logits.size(1))
+          throw UserError("gradcam: class index " + std::to_string(cls) + " is out of range (0.." + std::to_string(logits.size(1) - 1) + ")");
+        auto grad = torch::autograd::grad({logits[0][cls]}, {acts})[0];
+        auto w = grad.mean({2, 3}, true);
+        CamResult r;
+        r.map = torch::relu((w * acts).sum(1)).squeeze(0).detach().to(torch::kCPU);
+        r.probs = torch::softmax(logits.detach(), 1).squeeze(0).to(torch::kCPU);
+        return r;
+      },
+      [](Napi::Env env, CamResult& r) -> Napi::Value {
+        auto o = Napi::Object::New(env);
+        o.Set("map", tensorToFloat32Array(env, r.map));
+        o.Set("h", Napi::Number::New(env, static_cast<double>(r.map.size(0))));
+        o.Set("w", Napi::Number::New(env, static_cast<double>(r.map.size(1))));
+        o.Set("probs", tensorToFloat32Array(env, r.probs));
+        return o;
+      });
+  TL_CATCH(env)
+}
+
+// showBatch({ split, n, augment, params?: Float64Array [n*9] }) -> { images: Uint8Array [n*S*S*3], labels, size }
+// The augmented images before normalisation, for pictures and for tests of the geometry.
+Napi::Value Learner::ShowBatch(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  core_->check();
+  auto o = info[0].As<Napi::Object>();
+  std::string split = o.Get("split").As<Napi::String>();
+  int64_t n = o.Get("n").As<Napi::Number>().Int64Value();
+  bool augment = o.Get("augment").ToBoolean();
+  std::lock_guard<std::mutex> lock(core_->net->mutex);
+  auto& data = core_->cache(split);
+  n = std::min(n, data.size());
+  if (n <= 0) throw UserError("showBatch: the " + split + " set is empty");
+  torch::Tensor idx = split == "train" ? torch::randperm(data.size(), core_->gen, torch::kInt64).slice(0, 0, n) : torch::arange(n);
+  torch::Tensor params;
+  if (o.Get("params").IsTypedArray()) {
+    auto a = o.Get("params").As<Napi::Float64Array>();
+    if (static_cast<int64_t>(a.ElementLength()) != n * 9) throw UserError("showBatch: params must hold 9 values per image");
+    params = torch::from_blob(a.Data(), {n, 9}, torch::kFloat64).clone();
+  } else {
+    params = augment ? drawAugParams(n, core_->aug, core_->gen) : identityAugParams(n);
+  }
+  torch::NoGradGuard ng;
+  auto x = augmentImages(data.images.index_select(0, idx.to(core_->net->device)), params, core_->size);
+  auto u8 = x.mul(255).round_().clamp_(0, 255).to(torch::kUInt8).permute({0, 2, 3, 1}).contiguous().to(torch::kCPU);
+  auto out = Napi::Object::New(env);
+  auto bytes = Napi::Uint8Array::New(env, static_cast<size_t>(u8.numel()));
+  std::memcpy(bytes.Data(), u8.data_ptr<uint8_t>(), bytes.ByteLength());
+  out.Set("images", bytes);
+  auto labels = data.labels.index_select(0, idx.to(data.labels.device())).to(torch::kCPU).to(torch::kInt32).contiguous();
+  auto la = Napi::Int32Array::New(env, static_cast<size_t>(n));
+  std::memcpy(la.Data(), labels.data_ptr<int32_t>(), static_cast<size_t>(n) * 4);
+  out.Set("labels", la);
+  out.Set("size", Napi::Number::New(env, static_cast<double>(core_->size)));
+  return out;
+  TL_CATCH(env)
+}
+
+// getState(withOpt) -> named tensors: model.*, opt.* and rng.* (the TypeScript side writes the file).
+Napi::Value Learner::GetState(const Napi::CallbackInfo& info) {
+  TL_TRY
+  core_->check();
+  std::lock_guard<std::mutex> lock(core_->net->mutex);
+  return namedTensorsToJs(info.Env(), core_->fullState(info[0].ToBoolean()));
+  TL_CATCH(info.Env())
+}
+
+Napi::Value Learner::SetState(const Napi::CallbackInfo& info) {
+  TL_TRY
+  core_->check();
+  auto tensors = namedTensorsFromJs(info[0]);
+  std::lock_guard<std::mutex> lock(core_->net->mutex);
+  core_->loadFullState(tensors, info[1].ToBoolean());
+  return info.Env().Undefined();
+  TL_CATCH(info.Env())
+}
+
+Napi::Value Learner::RequestStop(const Napi::CallbackInfo& info) {
+  core_->stopRequested = true;
+  return info.Env().Undefined();
+}
+
+Napi::Value Learner::Dispose(const Napi::CallbackInfo& info) {
+  TL_TRY
+  core_->stopRequested = true;
+  std::lock_guard<std::mutex> lock(core_->net->mutex);
+  core_->disposed = true;
+  core_->train = ImageCache{};
+  core_->valid = ImageCache{};
+  core_->opt.clear();
+  releaseDeviceCache();
+  return info.Env().Undefined();
+  TL_CATCH(info.Env())
+}
+
+}  // namespace tl

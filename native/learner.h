@@ -1,0 +1,41 @@
+// The native half of a Learner: the image caches, the training loop (batch assembly, forward,
+// loss, backward, fast.ai Adam, schedule), validation, the LR finder and Grad-CAM. The TypeScript
+// Learner drives it epoch by epoch; nothing per batch crosses into JavaScript except progress.
+#pragma once
+#include "augment.h"
+#include "net.h"
+#include "optimizer.h"
+
+namespace tl {
+
+struct ImageCache {
+  torch::Tensor images;  // uint8 [N, P, P, 3] on the training device
+  torch::Tensor labels;  // int64 [N] on the training device
+  int64_t size() const { return images.defined() ? images.size(0) : 0; }
+};
+
+class Learner : public Napi::ObjectWrap<Learner> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  explicit Learner(const Napi::CallbackInfo& info);
+
+ private:
+  Napi::Value SetData(const Napi::CallbackInfo& info);
+  Napi::Value SetOptions(const Napi::CallbackInfo& info);
+  Napi::Value FreezeTo(const Napi::CallbackInfo& info);
+  Napi::Value TrainEpoch(const Napi::CallbackInfo& info);
+  Napi::Value Validate(const Napi::CallbackInfo& info);
+  Napi::Value LrFind(const Napi::CallbackInfo& info);
+  Napi::Value Predict(const Napi::CallbackInfo& info);
+  Napi::Value GradCam(const Napi::CallbackInfo& info);
+  Napi::Value ShowBatch(const Napi::CallbackInfo& info);
+  Napi::Value GetState(const Napi::CallbackInfo& info);
+  Napi::Value SetState(const Napi::CallbackInfo& info);
+  Napi::Value RequestStop(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+
+  struct Core;
+  std::shared_ptr<Core> core_;
+};
+
+}  // namespace tl

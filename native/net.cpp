@@ -1,0 +1,328 @@
+#include "net.h"
+
+namespace tl {
+namespace nn = torch::nn;
+
+ClassifierImpl::ClassifierImpl(const std::string& arch, const HeadOptions& h) {
+  body = register_module("body", ResNet(arch, 0, /*withClassifier=*/false));
+  HeadOptions ho = h;
+  ho.numFeatures = body->numFeatures();
+  head = register_module("head", makeHead(ho));
+}
+
+void NetState::check() const {
+  if (disposed) throw UserError("this network was disposed: create a new one (dispose() frees it for good)");
+}
+
+void NetState::moveTo(const torch::Device& d) {
+  module->to(d);
+  if (channelsLast) {
+    torch::NoGradGuard ng;
+    for (auto& p : module->parameters())
+      if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+  device = d;
+}
+
+static bool startsWith(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
+
+LoadReport loadNamed(nn::Module& module, const NamedTensors& tensors, bool strict, const std::vector<std::string>& skip,
+                     const std::string& source) {
+  auto skipped = [&](const std::string& k) {
+    for (auto& p : skip)
+      if (startsWith(k, p)) return true;
+    return false;
+  };
+  auto own = stateDict(module);
+  std::unordered_map<std::string, const torch::Tensor*> given;
+  for (auto& kv : tensors) given[kv.first] = &kv.second;
+  LoadReport r;
+  std::unordered_map<std::string, bool> known;
+  std::vector<std::pair<torch::Tensor, const torch::Tensor*>> plan;
+  for (auto& kv : own) {
+    known[kv.first] = true;
+    if (skipped(kv.first)) continue;
+    auto it = given.find(kv.first);
+    if (it == given.end()) {
+      r.missing.push_back(kv.first);
+      continue;
+    }
+    const auto& src = *it->second;
+    if (src.sizes() != kv.second.sizes()) {
+      std::ostringstream m;
+      m << kv.first << " (file " << src.sizes() << ", model " << kv.second.sizes() << ")";
+      r.mismatched.push_back(m.str());
+      continue;
+    }
+    if (src.is_floating_point() != kv.second.is_floating_point()) {
+      r.mismatched.push_back(kv.first + " (file dtype " + std::string(c10::toString(src.scalar_type())) + ", model dtype " +
+                             std::string(c10::toString(kv.second.scalar_type())) + ")");
+      continue;
+    }
+    plan.emplace_back(kv.second, &src);
+  }
+  for (auto& kv : tensors)
+    if (!known.count(kv.first) && !skipped(kv.first)) r.unexpected.push_back(kv.first);
+  bool problems = !r.missing.empty() || !r.unexpected.empty() || !r.mismatched.empty();
+  if (problems && strict) {
+    std::ostringstream m;
+    m << source << " does not match this network";
+    auto list = [&](const char* what, const std::vector<std::string>& v) {
+      if (v.empty()) return;
+      m << "\n  " << what << " (" << v.size() << "): ";
+      for (size_t i = 0; i < v.size(); i++) m << (i ? ", " : "") << v[i];
+    };
+    list("missing keys", r.missing);
+    list("unexpected keys", r.unexpected);
+    list("shape or dtype mismatches", r.mismatched);
+    m << "\nIs it a weight file for another architecture? For transfer learning with another number of classes, "
+         "load with { skipClassifier: true } (or { strict: false } to load what matches).";
+    throw UserError(m.str());
+  }
+  torch::NoGradGuard ng;
+  for (auto& pr : plan) {
+    pr.first.copy_(pr.second->to(pr.first.device(), pr.first.scalar_type()));
+    r.loaded++;
+  }
+  return r;
+}
+
+Napi::FunctionReference Net::constructor;
+
+Napi::Function Net::Init(Napi::Env env) {
+  auto fn = DefineClass(env, "Net",
+                        {InstanceMethod("numParams", &Net::NumParams), InstanceMethod("stateDictKeys", &Net::StateDictKeys),
+                         InstanceMethod("stateDict", &Net::StateDict), InstanceMethod("loadStateDict", &Net::LoadStateDict),
+                         InstanceMethod("forward", &Net::Forward), InstanceMethod("to", &Net::To),
+                         InstanceMethod("setTraining", &Net::SetTraining), InstanceMethod("isTraining", &Net::IsTraining),
+                         InstanceMethod("device", &Net::Device), InstanceMethod("paramTable", &Net::ParamTable),
+                         InstanceMethod("dispose", &Net::Dispose)});
+  constructor = Napi::Persistent(fn);
+  constructor.SuppressDestruct();
+  return fn;
+}
+
+// new Net({ arch, kind: 'torchvision' | 'fastai', numClasses, head?: { hidden, ps, concatPool, linearBias } })
+Net::Net(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Net>(info) {
+  auto env = info.Env();
+  TL_TRY
+  auto o = info[0].As<Napi::Object>();
+  auto s = std::make_shared<NetState>();
+  s->arch = o.Get("arch").As<Napi::String>();
+  s->kind = o.Get("kind").As<Napi::String>();
+  int64_t numClasses = o.Get("numClasses").As<Napi::Number>().Int64Value();
+  if (s->kind == "torchvision") {
+    auto m = ResNet(s->arch, numClasses, true);
+    s->module = m.ptr();
+    s->forward = [m](const torch::Tensor& x) mutable { return m->forward(x); };
+    s->features = [m](const torch::Tensor& x) mutable { return m->features(x); };
+    s->classify = [m](const torch::Tensor& a) mutable { return m->fc(torch::flatten(m->avgpool(a), 1)); };
+    s->numGroups = 1;
+    for (auto& p : m->named_parameters()) {
+      bool norm = p.key().find("bn") != std::string::npos || p.key().find("downsample.1") != std::string::npos;
+      s->params.push_back({p.key(), p.value(), 0, norm, norm || p.key().find(".bias") != std::string::npos});
+    }
+  } else if (s->kind == "fastai") {
+    HeadOptions ho{0, numClasses};
+    Napi::Value hv = o.Get("head");
+    if (hv.IsObject()) {
+      auto h = hv.As<Napi::Object>();
+      if (h.Has("hidden")) ho.hidden = h.Get("hidden").As<Napi::Number>().Int64Value();
+      if (h.Has("ps")) ho.ps = h.Get("ps").As<Napi::Number>().DoubleValue();
+      if (h.Has("concatPool")) ho.concatPool = h.Get("concatPool").As<Napi::Boolean>();
+      if (h.Has("linearBias")) ho.linearBias = h.Get("linearBias").As<Napi::Boolean>();
+    }
+    if (numClasses < 1) throw UserError("numClasses must be a positive integer, got " + std::to_string(numClasses));
+    auto m = Classifier(s->arch, ho);
+    s->module = m.ptr();
+    s->forward = [m](const torch::Tensor& x) mutable { return m->forward(x); };
+    s->features = [m](const torch::Tensor& x) mutable { return m->body->features(x); };
+    s->classify = [m](const torch::Tensor& a) mutable { return m->head->forward(a); };
+    s->numGroups = 3;
+    // Layer groups as fast.ai's _resnet_split: body[:6] (stem..layer2), body[6:] (layer3, layer4), head.
+    for (auto& sub : m->named_modules()) {
+      const auto& name = sub.key();
+      bool isBn = sub.value()->as<nn::BatchNorm2d>() || sub.value()->as<nn::BatchNorm1d>();
+      for (auto& p : sub.value()->named_parameters(false)) {
+        std::string full = name.empty() ? p.key() : name + "." + p.key();
+        int g = 2;
+        if (full.rfind("body.", 0) == 0) g = (full.rfind("body.layer3", 0) == 0 || full.rfind("body.layer4", 0) == 0) ? 1 : 0;
+        s->params.push_back({full, p.value(), g, isBn, isBn || p.key() == "bias"});
+      }
+    }
+  } else {
+    throw UserError("Net kind must be 'torchvision' or 'fastai'");
+  }
+  s->module->eval();
+  state_ = s;
+  TL_CATCH(env)
+}
+
+Napi::Value Net::NumParams(const Napi::CallbackInfo& info) {
+  TL_TRY
+  state_->check();
+  int64_t n = 0;
+  for (auto& p : state_->module->parameters()) n += p.numel();
+  return Napi::Number::New(info.Env(), static_cast<double>(n));
+  TL_CATCH(info.Env())
+}
+
+Napi::Value Net::StateDictKeys(const Napi::CallbackInfo& info) {
+  TL_TRY
+  state_->check();
+  auto sd = stateDict(*state_->module);
+  auto arr = Napi::Array::New(info.Env(), sd.size());
+  for (size_t i = 0; i < sd.size(); i++) arr.Set(static_cast<uint32_t>(i), sd[i].first);
+  return arr;
+  TL_CATCH(info.Env())
+}
+
+Napi::Value Net::StateDict(const Napi::CallbackInfo& info) {
+  TL_TRY
+  state_->check();
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  auto sd = stateDict(*state_->module);
+  for (auto& kv : sd) kv.second = kv.second.contiguous();  // channels_last weights are saved in NCHW order
+  return namedTensorsToJs(info.Env(), sd);
+  TL_CATCH(info.Env())
+}
+
+// loadStateDict(tensors, { strict, skipPrefixes: string[], source })
+Napi::Value Net::LoadStateDict(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  state_->check();
+  auto tensors = namedTensorsFromJs(info[0]);
+  auto o = info[1].As<Napi::Object>();
+  bool strict = o.Get("strict").ToBoolean();
+  std::vector<std::string> skip;
+  if (o.Get("skipPrefixes").IsArray()) {
+    auto a = o.Get("skipPrefixes").As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); i++) skip.push_back(a.Get(i).As<Napi::String>());
+  }
+  std::string source = o.Get("source").IsString() ? std::string(o.Get("source").As<Napi::String>()) : "the weights";
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  auto r = loadNamed(*state_->module, tensors, strict, skip, source);
+  auto out = Napi::Object::New(env);
+  auto toArr = [&](const std::vector<std::string>& v) {
+    auto a = Napi::Array::New(env, v.size());
+    for (size_t i = 0; i < v.size(); i++) a.Set(static_cast<uint32_t>(i), v[i]);
+    return a;
+  };
+  out.Set("missing", toArr(r.missing));
+  out.Set("unexpected", toArr(r.unexpected));
+  out.Set("mismatched", toArr(r.mismatched));
+  out.Set("loaded", Napi::Number::New(env, static_cast<double>(r.loaded)));
+  return out;
+  TL_CATCH(env)
+}
+
+struct ForwardResult {
+  torch::Tensor out;
+};
+
+// forward(data: Float32Array, shape: number[]) -> Promise<{ data, shape }>, eval mode, no grad.
+Napi::Value Net::Forward(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  state_->check();
+  auto shape = toShape(info[1], "shape");
+  if (shape.size() != 4 || shape[1] != 3)
+    throw UserError("forward: input shape must be [batch, 3, height, width], got " + std::to_string(shape.size()) + " dimensions" +
+                    (shape.size() >= 2 ? " with " + std::to_string(shape[1]) + " channels" : ""));
+  if (shape[2] < 32 || shape[3] < 32) throw UserError("forward: images must be at least 32x32 for a ResNet");
+  auto input = float32ArrayToTensor(info[0], shape, "forward: input");
+  auto s = state_;
+  return runAsync<ForwardResult>(
+      env,
+      [s, input]() {
+        std::lock_guard<std::mutex> lock(s->mutex);
+        s->check();
+        torch::NoGradGuard ng;
+        bool wasTraining = s->module->is_training();
+        s->module->eval();
+        auto x = input.to(s->device);
+        if (s->channelsLast) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+        auto y = s->forward(x).to(torch::kCPU, torch::kFloat32).contiguous();
+        if (wasTraining) s->module->train();
+        return ForwardResult{y};
+      },
+      [](Napi::Env env, ForwardResult& r) -> Napi::Value {
+        auto o = Napi::Object::New(env);
+        o.Set("data", tensorToFloat32Array(env, r.out));
+        o.Set("shape", shapeToJs(env, r.out));
+        return o;
+      });
+  TL_CATCH(env)
+}
+
+Napi::Value Net::To(const Napi::CallbackInfo& info) {
+  TL_TRY
+  state_->check();
+  auto d = parseDevice(info[0].As<Napi::String>());
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  state_->moveTo(d);
+  return info.This();
+  TL_CATCH(info.Env())
+}
+
+Napi::Value Net::SetTraining(const Napi::CallbackInfo& info) {
+  TL_TRY
+  state_->check();
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  state_->module->train(info[0].ToBoolean());
+  return info.This();
+  TL_CATCH(info.Env())
+}
+
+Napi::Value Net::IsTraining(const Napi::CallbackInfo& info) {
+  TL_TRY
+  state_->check();
+  return Napi::Boolean::New(info.Env(), state_->module->is_training());
+  TL_CATCH(info.Env())
+}
+
+Napi::Value Net::Device(const Napi::CallbackInfo& info) {
+  TL_TRY
+  return Napi::String::New(info.Env(), deviceString(state_->device));
+  TL_CATCH(info.Env())
+}
+
+// [{ name, group, isNorm, noDecay, requiresGrad, numel }] in parameter order.
+Napi::Value Net::ParamTable(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  state_->check();
+  auto arr = Napi::Array::New(env, state_->params.size());
+  for (size_t i = 0; i < state_->params.size(); i++) {
+    auto& p = state_->params[i];
+    auto o = Napi::Object::New(env);
+    o.Set("name", p.name);
+    o.Set("group", p.group);
+    o.Set("isNorm", p.isNorm);
+    o.Set("noDecay", p.noDecay);
+    o.Set("requiresGrad", p.tensor.requires_grad());
+    o.Set("numel", Napi::Number::New(env, static_cast<double>(p.tensor.numel())));
+    arr.Set(static_cast<uint32_t>(i), o);
+  }
+  return arr;
+  TL_CATCH(env)
+}
+
+Napi::Value Net::Dispose(const Napi::CallbackInfo& info) {
+  TL_TRY
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  if (!state_->disposed) {
+    state_->disposed = true;
+    state_->params.clear();
+    state_->forward = nullptr;
+    state_->features = nullptr;
+    state_->classify = nullptr;
+    state_->module.reset();
+    releaseDeviceCache();
+  }
+  return info.Env().Undefined();
+  TL_CATCH(info.Env())
+}
+
+}  // namespace tl

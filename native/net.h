@@ -1,0 +1,74 @@
+// A network held by JavaScript: a torchvision ResNet, or fast.ai's body + head (what a Learner trains).
+#pragma once
+#include "resnet.h"
+
+namespace tl {
+
+// fast.ai's model: the ResNet body cut before the pool, then the head. Layer groups (for freezing and
+// discriminative learning rates): [stem..layer2], [layer3, layer4], [head].
+struct ClassifierImpl : torch::nn::Module {
+  ClassifierImpl(const std::string& arch, const HeadOptions& head);
+  torch::Tensor forward(torch::Tensor x) { return head->forward(body->features(x)); }
+  ResNet body{nullptr};
+  torch::nn::Sequential head{nullptr};
+};
+TORCH_MODULE(Classifier);
+
+struct ParamInfo {
+  std::string name;
+  torch::Tensor tensor;
+  int group;        // layer group
+  bool isNorm;      // a BatchNorm weight/bias: trains even in frozen groups (fast.ai's train_bn)
+  bool noDecay;     // BatchNorm parameters and biases get no weight decay (fast.ai v2)
+};
+
+// The native state behind a JavaScript Net object; shared with a Learner.
+struct NetState {
+  std::string arch;
+  std::string kind;  // "torchvision" or "fastai"
+  std::shared_ptr<torch::nn::Module> module;
+  std::function<torch::Tensor(const torch::Tensor&)> forward;
+  std::function<torch::Tensor(const torch::Tensor&)> features;  // activations of layer4
+  std::function<torch::Tensor(const torch::Tensor&)> classify;  // from layer4 activations to logits
+  torch::Device device{torch::kCPU};
+  bool channelsLast = false;
+  int numGroups = 1;
+  std::vector<ParamInfo> params;
+  std::mutex mutex;  // one native operation at a time on a network
+  bool disposed = false;
+
+  void moveTo(const torch::Device& d);
+  void check() const;
+};
+
+class Net : public Napi::ObjectWrap<Net> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  static Napi::FunctionReference constructor;
+  explicit Net(const Napi::CallbackInfo& info);
+  std::shared_ptr<NetState> state() const { return state_; }
+
+ private:
+  Napi::Value NumParams(const Napi::CallbackInfo& info);
+  Napi::Value StateDictKeys(const Napi::CallbackInfo& info);
+  Napi::Value StateDict(const Napi::CallbackInfo& info);
+  Napi::Value LoadStateDict(const Napi::CallbackInfo& info);
+  Napi::Value Forward(const Napi::CallbackInfo& info);
+  Napi::Value To(const Napi::CallbackInfo& info);
+  Napi::Value SetTraining(const Napi::CallbackInfo& info);
+  Napi::Value IsTraining(const Napi::CallbackInfo& info);
+  Napi::Value Device(const Napi::CallbackInfo& info);
+  Napi::Value ParamTable(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+  std::shared_ptr<NetState> state_;
+};
+
+// Loads named tensors into a module by name. Checks everything before changing anything.
+struct LoadReport {
+  std::vector<std::string> missing, unexpected, mismatched;
+  int64_t loaded = 0;
+};
+LoadReport loadNamed(torch::nn::Module& module, const NamedTensors& tensors, bool strict,
+                     const std::vector<std::string>& skipPrefixes, const std::string& source);
+
+}  // namespace tl

@@ -1,0 +1,138 @@
+#include "optimizer.h"
+
+#include <cmath>
+#include <map>
+
+namespace tl {
+
+void FastAdam::step(const std::vector<ParamInfo>& params, const std::vector<Hyper>& groups) {
+  torch::NoGradGuard ng;
+  // Bucket by (group, decays?, step count): every parameter in a bucket shares its scalars.
+  std::map<std::tuple<int, bool, int64_t>, std::vector<const ParamInfo*>> buckets;
+  for (auto& p : params) {
+    if (!p.tensor.requires_grad() || !p.tensor.grad().defined()) continue;
+    auto& st = step_[p.name];
+    if (!gradAvg_.count(p.name)) {
+      gradAvg_[p.name] = torch::zeros_like(p.tensor, torch::MemoryFormat::Preserve);
+      sqrAvg_[p.name] = torch::zeros_like(p.tensor, torch::MemoryFormat::Preserve);
+      st = 0;
+    }
+    st += 1;
+    buckets[{p.group, !p.noDecay, st}].push_back(&p);
+  }
+  for (auto& kv : buckets) {
+    auto [g, decays, stepCount] = kv.first;
+    const Hyper& h = groups.at(static_cast<size_t>(g));
+    std::vector<torch::Tensor> ps, grads, avgs, sqrs;
+    for (auto* p : kv.second) {
+      ps.push_back(p->tensor.data());
+      grads.push_back(p->tensor.grad());
+      avgs.push_back(gradAvg_[p->name]);
+      sqrs.push_back(sqrAvg_[p->name]);
+    }
+    if (decays && h.wd != 0) at::_foreach_mul_(ps, 1.0 - h.lr * h.wd);
+    at::_foreach_mul_(avgs, h.mom);
+    at::_foreach_add_(avgs, grads, 1.0 - h.mom);
+    at::_foreach_mul_(sqrs, sqrMom);
+    at::_foreach_addcmul_(sqrs, grads, grads, 1.0 - sqrMom);
+    const double debias1 = 1.0 - std::pow(h.mom, static_cast<double>(stepCount));
+    const double debias2 = 1.0 - std::pow(sqrMom, static_cast<double>(stepCount));
+    auto denom = at::_foreach_sqrt(sqrs);
+    at::_foreach_div_(denom, std::sqrt(debias2));
+    at::_foreach_add_(denom, eps);
+    at::_foreach_addcdiv_(ps, avgs, denom, -h.lr / debias1);
+  }
+}
+
+void FastAdam::clear() {
+  gradAvg_.clear();
+  sqrAvg_.clear();
+  step_.clear();
+}
+
+NamedTensors FastAdam::state(const std::vector<ParamInfo>& params) const {
+  NamedTensors out;
+  for (auto& p : params) {
+    auto it = gradAvg_.find(p.name);
+    if (it == gradAvg_.end()) continue;
+    out.emplace_back("opt." + p.name + ".grad_avg", it->second.contiguous());
+    out.emplace_back("opt." + p.name + ".sqr_avg", sqrAvg_.at(p.name).contiguous());
+    out.emplace_back("opt." + p.name + ".step", torch::tensor({step_.at(p.name)}, torch::kInt64));
+  }
+  return out;
+}
+
+void FastAdam::loadState(const std::vector<ParamInfo>& params, const NamedTensors& tensors) {
+  std::unordered_map<std::string, const torch::Tensor*> byName;
+  for (auto& kv : tensors) byName[kv.first] = &kv.second;
+  clear();
+  for (auto& p : params) {
+    auto a = byName.find("opt." + p.name + ".grad_avg");
+    auto s = byName.find("opt." + p.name + ".sqr_avg");
+    auto n = byName.find("opt." + p.name + ".step");
+    if (a == byName.end() || s == byName.end() || n == byName.end()) continue;
+    if (a->second->sizes() != p.tensor.sizes() || s->second->sizes() != p.tensor.sizes())
+      throw UserError("optimizer state for '" + p.name + "' has the wrong shape: the checkpoint is for another network");
+    gradAvg_[p.name] = a->second->to(p.tensor.device(), p.tensor.scalar_type()).contiguous(p.tensor.suggest_memory_format());
+    sqrAvg_[p.name] = s->second->to(p.tensor.device(), p.tensor.scalar_type()).contiguous(p.tensor.suggest_memory_format());
+    step_[p.name] = n->second->to(torch::kInt64).item<int64_t>();
+  }
+}
+
+double schedCos(double start, double end, double pos) { return start + (1 + std::cos(M_PI * (1 - pos))) * (end - start) / 2; }
+
+double combinedCos(double pct, double start, double middle, double end, double pos) {
+  // combine_scheds([pct, 1-pct], [SchedCos(start, middle), SchedCos(middle, end)]): the phase is the
+  // last boundary not above pos, and pos is rescaled inside it.
+  if (pos < pct) return schedCos(start, middle, pos / pct);
+  const double w = 1 - pct;
+  return schedCos(middle, end, w > 0 ? (pos - pct) / w : 1.0);
+}
+
+double Schedule::lr(size_t g, double pos) const {
+  const double top = lrMax.at(g);
+  if (kind == "onecycle") return combinedCos(pctStart, top / div, top, top / divFinal, pos);
+  if (kind == "constant") return top;
+  if (kind == "flatcos") return combinedCos(pctStart, top, top, top / divFinal, pos);
+  if (kind == "exp") return top * std::pow(lrEnd.at(g) / top, pos);
+  throw UserError("unknown schedule '" + kind + "'");
+}
+
+double Schedule::mom(double pos) const {
+  if (kind == "onecycle") return combinedCos(pctStart, moms[0], moms[1], moms[2], pos);
+  return moms[0];  // constant momentum for the other schedules
+}
+
+static std::vector<double> numbers(const Napi::Value& v, int n, const char* what) {
+  std::vector<double> out;
+  if (v.IsNumber()) {
+    out.assign(static_cast<size_t>(n), v.As<Napi::Number>().DoubleValue());
+  } else if (v.IsArray()) {
+    auto a = v.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); i++) out.push_back(a.Get(i).As<Napi::Number>().DoubleValue());
+  }
+  if (static_cast<int>(out.size()) != n)
+    throw UserError(std::string(what) + " needs one value per layer group (" + std::to_string(n) + ")");
+  for (double x : out)
+    if (!(x > 0) || !std::isfinite(x)) throw UserError(std::string(what) + " must be positive and finite, got " + std::to_string(x));
+  return out;
+}
+
+Schedule scheduleFromJs(const Napi::Object& o, int numGroups) {
+  Schedule s;
+  s.kind = o.Get("kind").As<Napi::String>();
+  s.lrMax = numbers(o.Get("lrMax"), numGroups, "lrMax");
+  if (s.kind == "exp") s.lrEnd = numbers(o.Get("lrEnd"), numGroups, "endLr");
+  if (o.Has("div")) s.div = o.Get("div").As<Napi::Number>().DoubleValue();
+  if (o.Has("divFinal")) s.divFinal = o.Get("divFinal").As<Napi::Number>().DoubleValue();
+  if (o.Has("pctStart")) s.pctStart = o.Get("pctStart").As<Napi::Number>().DoubleValue();
+  if (o.Has("moms")) {
+    auto m = o.Get("moms").As<Napi::Array>();
+    for (uint32_t i = 0; i < 3 && i < m.Length(); i++) s.moms[i] = m.Get(i).As<Napi::Number>().DoubleValue();
+  }
+  if (!(s.pctStart >= 0 && s.pctStart <= 1)) throw UserError("pctStart must be in [0, 1]");
+  if (!(s.div > 0) || !(s.divFinal > 0)) throw UserError("div and divFinal must be positive");
+  return s;
+}
+
+}  // namespace tl

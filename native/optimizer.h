@@ -1,0 +1,50 @@
+// fast.ai's Adam (v2 optimizer.py) and its schedules, in one place.
+#pragma once
+#include "net.h"
+
+namespace tl {
+
+// Hyper-parameters of one layer group for one step.
+struct Hyper {
+  double lr;
+  double mom;  // beta1, cycled by fitOneCycle
+  double wd;
+};
+
+// fast.ai v2 Adam: decoupled weight decay p *= 1 - lr*wd (not on BatchNorm parameters or biases),
+// grad_avg = mom*grad_avg + (1-mom)*g, sqr_avg = sqr_mom*sqr_avg + (1-sqr_mom)*g^2,
+// p -= lr/(1-mom^step) * grad_avg / (sqrt(sqr_avg/(1-sqr_mom^step)) + eps), debiased with the
+// *current* mom. Applied with multi-tensor (_foreach) kernels, one call per bucket of parameters.
+class FastAdam {
+ public:
+  double sqrMom = 0.99;
+  double eps = 1e-5;
+  void step(const std::vector<ParamInfo>& params, const std::vector<Hyper>& groups);
+  void clear();  // fast.ai clears the state on every freeze/unfreeze
+  NamedTensors state(const std::vector<ParamInfo>& params) const;
+  void loadState(const std::vector<ParamInfo>& params, const NamedTensors& tensors);
+
+ private:
+  std::unordered_map<std::string, torch::Tensor> gradAvg_, sqrAvg_;
+  std::unordered_map<std::string, int64_t> step_;
+};
+
+// A schedule of the learning rate (per layer group) and momentum over a fit, pos in [0, 1).
+struct Schedule {
+  std::string kind = "onecycle";  // onecycle | constant | flatcos | exp
+  std::vector<double> lrMax;      // per group (exp: the start lr per group)
+  std::vector<double> lrEnd;      // exp only: the end lr per group
+  double div = 25.0;
+  double divFinal = 1e5;
+  double pctStart = 0.25;
+  std::array<double, 3> moms{0.95, 0.85, 0.95};
+  double lr(size_t group, double pos) const;
+  double mom(double pos) const;
+};
+Schedule scheduleFromJs(const Napi::Object& o, int numGroups);
+
+// fast.ai's sched_cos and combined_cos (schedule.py).
+double schedCos(double start, double end, double pos);
+double combinedCos(double pct, double start, double middle, double end, double pos);
+
+}  // namespace tl

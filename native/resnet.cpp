@@ -1,0 +1,163 @@
+#include "resnet.h"
+
+namespace tl {
+namespace nn = torch::nn;
+
+static nn::Conv2d conv3x3(int64_t in, int64_t out, int64_t stride) {
+  return nn::Conv2d(nn::Conv2dOptions(in, out, 3).stride(stride).padding(1).bias(false));
+}
+static nn::Conv2d conv1x1(int64_t in, int64_t out, int64_t stride) {
+  return nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false));
+}
+
+BasicBlockImpl::BasicBlockImpl(int64_t inplanes, int64_t planes, int64_t stride, nn::Sequential ds) {
+  // Registration order is torchvision's, so that state_dict keys come out in its order.
+  conv1 = register_module("conv1", conv3x3(inplanes, planes, stride));
+  bn1 = register_module("bn1", nn::BatchNorm2d(planes));
+  relu = register_module("relu", nn::ReLU(nn::ReLUOptions(true)));
+  conv2 = register_module("conv2", conv3x3(planes, planes, 1));
+  bn2 = register_module("bn2", nn::BatchNorm2d(planes));
+  if (ds) downsample = register_module("downsample", ds);
+}
+
+torch::Tensor BasicBlockImpl::forward(torch::Tensor x) {
+  auto identity = downsample ? downsample->forward(x) : x;
+  auto out = relu(bn1(conv1(x)));
+  out = bn2(conv2(out));
+  return relu(out + identity);
+}
+
+BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride, nn::Sequential ds) {
+  conv1 = register_module("conv1", conv1x1(inplanes, planes, 1));
+  bn1 = register_module("bn1", nn::BatchNorm2d(planes));
+  conv2 = register_module("conv2", conv3x3(planes, planes, stride));  // v1.5: stride here
+  bn2 = register_module("bn2", nn::BatchNorm2d(planes));
+  conv3 = register_module("conv3", conv1x1(planes, planes * expansion, 1));
+  bn3 = register_module("bn3", nn::BatchNorm2d(planes * expansion));
+  relu = register_module("relu", nn::ReLU(nn::ReLUOptions(true)));
+  if (ds) downsample = register_module("downsample", ds);
+}
+
+torch::Tensor BottleneckImpl::forward(torch::Tensor x) {
+  auto identity = downsample ? downsample->forward(x) : x;
+  auto out = relu(bn1(conv1(x)));
+  out = relu(bn2(conv2(out)));
+  out = bn3(conv3(out));
+  return relu(out + identity);
+}
+
+ArchSpec archSpec(const std::string& arch) {
+  if (arch == "resnet18") return {false, {2, 2, 2, 2}};
+  if (arch == "resnet34") return {false, {3, 4, 6, 3}};
+  if (arch == "resnet50") return {true, {3, 4, 6, 3}};
+  if (arch == "resnet101") return {true, {3, 4, 23, 3}};
+  if (arch == "resnet152") return {true, {3, 8, 36, 3}};
+  throw UserError("unknown architecture '" + arch + "': use resnet18, resnet34, resnet50, resnet101 or resnet152");
+}
+
+nn::Sequential ResNetImpl::makeLayer(bool bottleneck, int64_t& inplanes, int64_t planes, int64_t blocks, int64_t stride) {
+  const int64_t expansion = bottleneck ? BottleneckImpl::expansion : BasicBlockImpl::expansion;
+  nn::Sequential ds{nullptr};
+  if (stride != 1 || inplanes != planes * expansion) {
+    ds = nn::Sequential(conv1x1(inplanes, planes * expansion, stride), nn::BatchNorm2d(planes * expansion));
+  }
+  nn::Sequential layer;
+  for (int64_t i = 0; i < blocks; i++) {
+    auto s = i == 0 ? stride : 1;
+    auto d = i == 0 ? ds : nn::Sequential{nullptr};
+    if (bottleneck)
+      layer->push_back(Bottleneck(inplanes, planes, s, d));
+    else
+      layer->push_back(BasicBlock(inplanes, planes, s, d));
+    inplanes = planes * expansion;
+  }
+  return layer;
+}
+
+ResNetImpl::ResNetImpl(const std::string& arch, int64_t numClasses, bool withClassifier) : withClassifier_(withClassifier) {
+  auto spec = archSpec(arch);
+  if (withClassifier && numClasses < 1) throw UserError("numClasses must be a positive integer, got " + std::to_string(numClasses));
+  int64_t inplanes = 64;
+  conv1 = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(3, 64, 7).stride(2).padding(3).bias(false)));
+  bn1 = register_module("bn1", nn::BatchNorm2d(64));
+  relu = register_module("relu", nn::ReLU(nn::ReLUOptions(true)));
+  maxpool = register_module("maxpool", nn::MaxPool2d(nn::MaxPool2dOptions(3).stride(2).padding(1)));
+  layer1 = register_module("layer1", makeLayer(spec.bottleneck, inplanes, 64, spec.layers[0], 1));
+  layer2 = register_module("layer2", makeLayer(spec.bottleneck, inplanes, 128, spec.layers[1], 2));
+  layer3 = register_module("layer3", makeLayer(spec.bottleneck, inplanes, 256, spec.layers[2], 2));
+  layer4 = register_module("layer4", makeLayer(spec.bottleneck, inplanes, 512, spec.layers[3], 2));
+  numFeatures_ = inplanes;
+  if (withClassifier) {
+    avgpool = register_module("avgpool", nn::AdaptiveAvgPool2d(nn::AdaptiveAvgPool2dOptions({1, 1})));
+    fc = register_module("fc", nn::Linear(inplanes, numClasses));
+  }
+  // torchvision's initialisation.
+  torch::NoGradGuard ng;
+  for (auto& m : modules(/*include_self=*/false)) {
+    if (auto* c = m->as<nn::Conv2d>()) {
+      nn::init::kaiming_normal_(c->weight, 0.0, torch::kFanOut, torch::kReLU);
+    } else if (auto* b = m->as<nn::BatchNorm2d>()) {
+      nn::init::ones_(b->weight);
+      nn::init::zeros_(b->bias);
+    }
+  }
+}
+
+torch::Tensor ResNetImpl::features(torch::Tensor x) {
+  x = maxpool(relu(bn1(conv1(x))));
+  return layer4->forward(layer3->forward(layer2->forward(layer1->forward(x))));
+}
+
+torch::Tensor ResNetImpl::forward(torch::Tensor x) {
+  x = features(x);
+  if (!withClassifier_) return x;
+  return fc(torch::flatten(avgpool(x), 1));
+}
+
+torch::Tensor AdaptiveConcatPool2dImpl::forward(const torch::Tensor& x) {
+  // max first, then avg: fast.ai's order (weights trained by fast.ai depend on it)
+  return torch::cat({std::get<0>(torch::adaptive_max_pool2d(x, {1, 1})), torch::adaptive_avg_pool2d(x, {1, 1})}, 1);
+}
+
+nn::Sequential makeHead(const HeadOptions& o) {
+  const int64_t nf = o.concatPool ? o.numFeatures * 2 : o.numFeatures;
+  nn::Sequential head;
+  if (o.concatPool)
+    head->push_back(AdaptiveConcatPool2d());
+  else
+    head->push_back(nn::AdaptiveAvgPool2d(nn::AdaptiveAvgPool2dOptions({1, 1})));
+  head->push_back(nn::Flatten());
+  head->push_back(nn::BatchNorm1d(nf));
+  head->push_back(nn::Dropout(o.ps / 2));
+  head->push_back(nn::Linear(nn::LinearOptions(nf, o.hidden).bias(o.linearBias)));
+  head->push_back(nn::ReLU(nn::ReLUOptions(true)));
+  head->push_back(nn::BatchNorm1d(o.hidden));
+  head->push_back(nn::Dropout(o.ps));
+  head->push_back(nn::Linear(nn::LinearOptions(o.hidden, o.numClasses).bias(o.linearBias)));
+  // fast.ai: kaiming_normal_ on the linears (bias 0), BatchNorm weight 1 and bias 1e-3.
+  torch::NoGradGuard ng;
+  for (auto& m : head->modules(false)) {
+    if (auto* l = m->as<nn::Linear>()) {
+      nn::init::kaiming_normal_(l->weight);
+      if (l->bias.defined()) nn::init::zeros_(l->bias);
+    } else if (auto* b = m->as<nn::BatchNorm1d>()) {
+      nn::init::ones_(b->weight);
+      nn::init::constant_(b->bias, 1e-3);
+    }
+  }
+  return head;
+}
+
+static void collect(const nn::Module& m, const std::string& prefix, NamedTensors& out) {
+  for (const auto& p : m.named_parameters(/*recurse=*/false)) out.emplace_back(prefix + p.key(), p.value());
+  for (const auto& b : m.named_buffers(/*recurse=*/false)) out.emplace_back(prefix + b.key(), b.value());
+  for (const auto& c : m.named_children()) collect(*c.value(), prefix + c.key() + ".", out);
+}
+
+NamedTensors stateDict(const nn::Module& m, const std::string& prefix) {
+  NamedTensors out;
+  collect(m, prefix, out);
+  return out;
+}
+
+}  // namespace tl

@@ -1,0 +1,80 @@
+// torchvision-compatible ResNets (v1.5: the stride sits on the 3x3 conv of the bottleneck) with
+// exactly torchvision's parameter and buffer names, and fast.ai's classification head.
+#pragma once
+#include "common.h"
+
+namespace tl {
+
+struct BasicBlockImpl : torch::nn::Module {
+  static constexpr int64_t expansion = 1;
+  BasicBlockImpl(int64_t inplanes, int64_t planes, int64_t stride, torch::nn::Sequential downsample);
+  torch::Tensor forward(torch::Tensor x);
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
+  torch::nn::ReLU relu{nullptr};
+  torch::nn::Sequential downsample{nullptr};
+};
+TORCH_MODULE(BasicBlock);
+
+struct BottleneckImpl : torch::nn::Module {
+  static constexpr int64_t expansion = 4;
+  BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride, torch::nn::Sequential downsample);
+  torch::Tensor forward(torch::Tensor x);
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
+  torch::nn::ReLU relu{nullptr};
+  torch::nn::Sequential downsample{nullptr};
+};
+TORCH_MODULE(Bottleneck);
+
+// The architectures torchvision names resnet18 ... resnet152.
+struct ArchSpec {
+  bool bottleneck;
+  std::array<int64_t, 4> layers;
+};
+ArchSpec archSpec(const std::string& arch);
+
+// With `withClassifier` false the network stops after layer4 (fast.ai's body: cut at -2), and has no
+// avgpool/fc, so its state dict is torchvision's minus `fc.*`.
+struct ResNetImpl : torch::nn::Module {
+  ResNetImpl(const std::string& arch, int64_t numClasses, bool withClassifier);
+  torch::Tensor features(torch::Tensor x);  // up to and including layer4
+  torch::Tensor forward(torch::Tensor x);
+  int64_t numFeatures() const { return numFeatures_; }
+
+  torch::nn::Conv2d conv1{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr};
+  torch::nn::ReLU relu{nullptr};
+  torch::nn::MaxPool2d maxpool{nullptr};
+  torch::nn::Sequential layer1{nullptr}, layer2{nullptr}, layer3{nullptr}, layer4{nullptr};
+  torch::nn::AdaptiveAvgPool2d avgpool{nullptr};
+  torch::nn::Linear fc{nullptr};
+
+ private:
+  torch::nn::Sequential makeLayer(bool bottleneck, int64_t& inplanes, int64_t planes, int64_t blocks, int64_t stride);
+  bool withClassifier_;
+  int64_t numFeatures_ = 0;
+};
+TORCH_MODULE(ResNet);
+
+// fast.ai v2's create_head: AdaptiveConcatPool2d (max, then avg) -> Flatten -> BN -> Dropout(ps/2) ->
+// Linear(2nf, 512, no bias) -> ReLU -> BN -> Dropout(ps) -> Linear(512, n, no bias).
+struct HeadOptions {
+  int64_t numFeatures;
+  int64_t numClasses;
+  int64_t hidden = 512;
+  double ps = 0.5;
+  bool concatPool = true;
+  bool linearBias = false;  // fast.ai v1 used biased linears
+};
+torch::nn::Sequential makeHead(const HeadOptions& opts);
+
+struct AdaptiveConcatPool2dImpl : torch::nn::Module {
+  torch::Tensor forward(const torch::Tensor& x);
+};
+TORCH_MODULE(AdaptiveConcatPool2d);
+
+// PyTorch's state_dict order: for each module in pre-order, its own parameters then its own buffers.
+NamedTensors stateDict(const torch::nn::Module& m, const std::string& prefix = "");
+
+}  // namespace tl
