@@ -1,0 +1,209 @@
+// The only module that touches the compiled addon: it loads it, checks that it matches these
+// sources, and declares its typed surface. Every other file imports from here.
+import { createRequire } from 'node:module';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export type DType = 'F32' | 'F64' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
+
+/** A tensor crossing the boundary: raw little-endian bytes, C order. */
+export interface NamedTensor {
+  name: string;
+  dtype: DType;
+  shape: number[];
+  data: Uint8Array;
+}
+
+export interface TorchInfo {
+  torchVersion: string;
+  torchSource: string;
+  cuda: boolean;
+  cudnn: boolean;
+  deviceCount: number;
+  deviceName?: string;
+  threads: number;
+}
+
+export interface LoadReport {
+  missing: string[];
+  unexpected: string[];
+  mismatched: string[];
+  loaded: number;
+}
+
+export interface ParamRow {
+  name: string;
+  group: number;
+  isNorm: boolean;
+  noDecay: boolean;
+  requiresGrad: boolean;
+  numel: number;
+}
+
+export interface NativeNet {
+  numParams(): number;
+  stateDictKeys(): string[];
+  stateDict(): NamedTensor[];
+  loadStateDict(t: NamedTensor[], o: { strict: boolean; skipPrefixes?: string[]; source?: string }): LoadReport;
+  forward(data: Float32Array, shape: number[]): Promise<{ data: Float32Array; shape: number[] }>;
+  to(device: string): NativeNet;
+  setTraining(on: boolean): NativeNet;
+  isTraining(): boolean;
+  device(): string;
+  paramTable(): ParamRow[];
+  dispose(): void;
+}
+
+export interface NativeSchedule {
+  kind: 'onecycle' | 'constant' | 'flatcos' | 'exp';
+  lrMax: number[];
+  lrEnd?: number[];
+  div?: number;
+  divFinal?: number;
+  pctStart?: number;
+  moms?: [number, number, number];
+}
+
+export interface NativeEpochResult {
+  losses: Float32Array;
+  smoothLosses: Float32Array;
+  lrs: Float64Array;
+  moms: Float64Array;
+  smoothVal: number;
+  smoothCount: number;
+  nIter: number;
+  done: number;
+  stopped: boolean;
+  seconds: number;
+}
+
+export interface NativePreds {
+  probs: Float32Array;
+  numClasses: number;
+  targets?: Int32Array;
+  losses?: Float32Array;
+  seconds: number;
+}
+
+export interface NativeAugOptions {
+  doFlip: boolean;
+  maxRotate: number;
+  minZoom: number;
+  maxZoom: number;
+  maxLighting: number;
+  maxWarp: number;
+  pAffine: number;
+  pLighting: number;
+}
+
+export interface NativeLearnerOptions {
+  bs?: number;
+  size?: number;
+  aug?: NativeAugOptions | null;
+  wd?: number;
+  trainBn?: boolean;
+  bf16?: boolean;
+  labelSmoothing?: number;
+  classWeights?: Float32Array | null;
+  mean?: number[];
+  std?: number[];
+  seed?: number;
+  sqrMom?: number;
+  eps?: number;
+}
+
+export interface NativeLearner {
+  setData(split: 'train' | 'valid', images: Uint8Array, labels: Int32Array, presize: number): void;
+  setOptions(o: NativeLearnerOptions): void;
+  freezeTo(n: number): void;
+  trainEpoch(o: {
+    schedule: NativeSchedule;
+    epoch: number;
+    nEpochs: number;
+    smoothVal: number;
+    smoothCount: number;
+    reportEvery?: number;
+    onProgress?: (e: { epoch: number; iter: number; total: number; smoothLoss: number }) => void;
+  }): Promise<NativeEpochResult>;
+  validate(o: {
+    split: 'train' | 'valid';
+    augment: boolean;
+    onProgress?: (e: { iter: number; total: number }) => void;
+  }): Promise<NativePreds & { targets: Int32Array; losses: Float32Array }>;
+  lrFind(o: {
+    startLr: number[];
+    endLr: number[];
+    numIt: number;
+    stopDiv: boolean;
+    mom: number;
+    onProgress?: (e: { iter: number; total: number; smoothLoss: number; lr: number }) => void;
+  }): Promise<{ lrs: Float64Array; losses: Float64Array }>;
+  predict(images: Uint8Array, n: number, presize: number, o?: { augment: boolean }): Promise<NativePreds>;
+  gradCam(image: Uint8Array, presize: number, classIdx: number): Promise<{ map: Float32Array; h: number; w: number; probs: Float32Array }>;
+  showBatch(o: { split: 'train' | 'valid'; n: number; augment: boolean; params?: Float64Array }): {
+    images: Uint8Array;
+    labels: Int32Array;
+    size: number;
+  };
+  getState(withOpt: boolean): NamedTensor[];
+  setState(t: NamedTensor[], withOpt: boolean): void;
+  requestStop(): void;
+  dispose(): void;
+}
+
+interface Addon {
+  abiVersion: number;
+  torchInfo(): TorchInfo;
+  setNumThreads(n: number): void;
+  manualSeed(seed: number): void;
+  Net: new (o: {
+    arch: string;
+    kind: 'torchvision' | 'fastai';
+    numClasses: number;
+    head?: { hidden?: number; ps?: number; concatPool?: boolean; linearBias?: boolean };
+  }) => NativeNet;
+  Learner: new (net: NativeNet, o: { device: string; seed?: number }) => NativeLearner;
+}
+
+const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+const addonPath = process.env.TORCHLEARN_ADDON ?? join(packageRoot, 'build', 'Release', 'torchlearn.node');
+const expectedAbi = Number(readFileSync(join(packageRoot, 'native', 'ABI_VERSION'), 'utf8').trim());
+const rebuild = 'npm run build:native';
+
+function loadAddon(): Addon {
+  const require = createRequire(import.meta.url);
+  if (!existsSync(addonPath)) {
+    throw new Error(
+      `torchlearn: the native addon is not built (looked for ${addonPath}).\n` +
+        `Possible solutions:\n` +
+        `  - build it: ${rebuild}  (needs cmake, g++ and LibTorch: sudo apt-get install libtorch-dev)\n` +
+        `  - or run the setup of the README: bash scripts/setup.sh`,
+    );
+  }
+  let addon: Addon;
+  try {
+    addon = require(addonPath) as Addon;
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    const msg = String(err.message);
+    const hint = /lib(torch|c10)[^ ]*\.so/.test(msg)
+      ? `  - a LibTorch library could not be found: reinstall it (sudo apt-get install libtorch-dev) or rebuild against the one you have: ${rebuild}`
+      : `  - rebuild the addon for this machine and Node.js ${process.version}: ${rebuild}`;
+    throw new Error(
+      `torchlearn: the native addon at ${addonPath} could not be loaded on ${process.platform}-${process.arch} (${err.code ?? 'error'}):\n  ${msg}\n` +
+        `Possible solutions:\n${hint}`,
+    );
+  }
+  if (addon.abiVersion !== expectedAbi) {
+    throw new Error(
+      `torchlearn: the native addon is stale (built for interface version ${addon.abiVersion}, these sources need ${expectedAbi}).\n` +
+        `Rebuild it: ${rebuild}`,
+    );
+  }
+  const threads = Number(process.env.TORCHLEARN_THREADS);
+  if (Number.isInteger(threads) && threads > 0) addon.setNumThreads(threads);
+  return addon;
+}
+
+export const native: Addon = loadAddon();

@@ -1,0 +1,25 @@
+import { native, type TorchInfo } from './binding.js';
+
+export type { TorchInfo };
+
+/** LibTorch's version, where it came from, CUDA/cuDNN availability and the CPU thread count. */
+export function torchInfo(): TorchInfo {
+  return native.torchInfo();
+}
+
+/** LibTorch's CPU threads (default: every core; the TORCHLEARN_THREADS environment variable also sets it). */
+export function setNumThreads(n: number): void {
+  if (!Number.isInteger(n) || n < 1) throw new Error(`setNumThreads: threads must be a positive integer, got ${n}`);
+  native.setNumThreads(n);
+}
+
+/** Seeds LibTorch's global generator (weight initialisation, dropout). */
+export function manualSeed(seed: number): void {
+  native.manualSeed(seed);
+}
+
+/** 'auto' is CUDA when LibTorch has it, otherwise the CPU. */
+export function resolveDevice(device: string | undefined): string {
+  if (!device || device === 'auto') return native.torchInfo().cuda ? 'cuda' : 'cpu';
+  return device;
+}

@@ -1,0 +1,34 @@
+// Files the user makes are never left half-written: write a temp file beside the target, fsync it,
+// then rename over the target (atomic on POSIX file systems), and fsync the folder.
+import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+export function writeFileAtomic(path: string, chunks: Uint8Array[]): void {
+  mkdirSync(dirname(path), { recursive: true });
+  const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
+  const fd = openSync(tmp, 'w');
+  try {
+    for (const c of chunks) {
+      let off = 0;
+      while (off < c.byteLength) off += writeSync(fd, c, off, c.byteLength - off);
+    }
+    fsyncSync(fd);
+  } catch (e) {
+    closeSync(fd);
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* already gone */
+    }
+    throw e;
+  }
+  closeSync(fd);
+  renameSync(tmp, path);
+  try {
+    const dfd = openSync(dirname(path), 'r');
+    fsyncSync(dfd);
+    closeSync(dfd);
+  } catch {
+    /* some file systems cannot fsync a directory */
+  }
+}

@@ -1,0 +1,119 @@
+// torchvision's ResNets as TypeScript objects: build, load/save weights, run forward off the main thread.
+import { native, type LoadReport, type NativeNet } from './binding.js';
+import { readWeightFile, writeWeightFile } from './weights/index.js';
+
+export type Arch = 'resnet18' | 'resnet34' | 'resnet50' | 'resnet101' | 'resnet152';
+export const ARCHS: readonly Arch[] = ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152'];
+
+export interface LoadWeightsOptions {
+  /** Every key must match (default true); otherwise loads what matches and reports the rest. */
+  strict?: boolean;
+  /** Ignore the classifier (`fc.*`) of the file: transfer learning to another number of classes. */
+  skipClassifier?: boolean;
+}
+
+export function checkArch(arch: string): Arch {
+  if (!(ARCHS as readonly string[]).includes(arch)) throw new Error(`unknown architecture '${arch}': use one of ${ARCHS.join(', ')}`);
+  return arch as Arch;
+}
+
+/** A native network with a dispose-once guard shared by Model and Learner. */
+export class NetHandle {
+  #net: NativeNet | null;
+  constructor(net: NativeNet, readonly what: string) {
+    this.#net = net;
+  }
+  get net(): NativeNet {
+    if (!this.#net) throw new Error(`${this.what} was disposed: create a new one`);
+    return this.#net;
+  }
+  get disposed(): boolean {
+    return this.#net === null;
+  }
+  dispose(): void {
+    this.#net?.dispose();
+    this.#net = null;
+  }
+}
+
+/** A torchvision ResNet with torchvision's exact parameter names. */
+export class Model {
+  readonly arch: Arch;
+  readonly numClasses: number;
+  readonly #h: NetHandle;
+
+  constructor(arch: Arch, numClasses = 1000) {
+    this.arch = checkArch(arch);
+    if (!Number.isInteger(numClasses) || numClasses < 1) throw new Error(`numClasses must be a positive integer, got ${numClasses}`);
+    this.numClasses = numClasses;
+    this.#h = new NetHandle(new native.Net({ arch, kind: 'torchvision', numClasses }), `this ${arch}`);
+  }
+
+  numParams(): number {
+    return this.#h.net.numParams();
+  }
+
+  stateDictKeys(): string[] {
+    return this.#h.net.stateDictKeys();
+  }
+
+  /** Loads a torchvision `.pth` or a `.safetensors` file by parameter name. */
+  loadWeights(path: string, opts: LoadWeightsOptions = {}): LoadReport {
+    const file = readWeightFile(path);
+    return this.#h.net.loadStateDict(file.tensors, {
+      strict: opts.strict ?? true,
+      skipPrefixes: opts.skipClassifier ? ['fc.'] : [],
+      source: path,
+    });
+  }
+
+  /** Writes `.safetensors`, or `.pth` (loadable by torch.load / torchvision) by extension; atomically. */
+  saveWeights(path: string): void {
+    writeWeightFile(path, this.#h.net.stateDict(), { format: 'pt', arch: this.arch });
+  }
+
+  /** Eval-mode forward pass on a [batch, 3, H, W] float tensor, on a native thread. */
+  async forward(input: Float32Array, shape: number[]): Promise<{ data: Float32Array; shape: number[] }> {
+    return this.#h.net.forward(input, shape);
+  }
+
+  to(device: 'cpu' | 'cuda' | `cuda:${number}` | string): this {
+    this.#h.net.to(device);
+    return this;
+  }
+
+  get device(): string {
+    return this.#h.net.device();
+  }
+
+  train(): this {
+    this.#h.net.setTraining(true);
+    return this;
+  }
+
+  eval(): this {
+    this.#h.net.setTraining(false);
+    return this;
+  }
+
+  get training(): boolean {
+    return this.#h.net.isTraining();
+  }
+
+  dispose(): void {
+    this.#h.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+export interface ResNetOptions {
+  numClasses?: number;
+}
+export const resnet18 = (o: ResNetOptions = {}) => new Model('resnet18', o.numClasses);
+export const resnet34 = (o: ResNetOptions = {}) => new Model('resnet34', o.numClasses);
+export const resnet50 = (o: ResNetOptions = {}) => new Model('resnet50', o.numClasses);
+export const resnet101 = (o: ResNetOptions = {}) => new Model('resnet101', o.numClasses);
+export const resnet152 = (o: ResNetOptions = {}) => new Model('resnet152', o.numClasses);

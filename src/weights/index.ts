@@ -1,0 +1,38 @@
+// Weight files by format: .pth (torch.save zip) or .safetensors, chosen by content, not name.
+import { readFileSync } from 'node:fs';
+import type { NamedTensor } from '../binding.js';
+import { writeFileAtomic } from '../io/atomic.js';
+import { encodePth, readPth } from './pth.js';
+import { encodeSafetensors, readSafetensors } from './safetensors.js';
+
+export interface WeightFile {
+  tensors: NamedTensor[];
+  metadata: Record<string, string>;
+  format: 'pth' | 'safetensors';
+}
+
+export function readWeightFile(path: string): WeightFile {
+  let buf: Buffer;
+  try {
+    buf = readFileSync(path);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'ENOENT') throw new Error(`${path}: weight file not found. Check the path (torchlearn downloads nothing: give it a torchvision .pth or .safetensors file)`);
+    throw new Error(`${path}: cannot read the weight file (${err.code ?? err.message})`);
+  }
+  if (buf.length === 0) throw new Error(`${path}: the weight file is empty`);
+  if (buf.length >= 4 && (buf.readUInt32LE(0) === 0x04034b50 || buf[0] === 0x80)) {
+    return { tensors: readPth(buf, path), metadata: {}, format: 'pth' };
+  }
+  if (buf.length >= 9 && buf[8] === 0x7b) {
+    const f = readSafetensors(buf, path);
+    return { ...f, format: 'safetensors' };
+  }
+  throw new Error(`${path}: not a weight file torchlearn can read (neither a torch.save .pth zip nor .safetensors)`);
+}
+
+/** Writes .safetensors or .pth (by extension), atomically. */
+export function writeWeightFile(path: string, tensors: NamedTensor[], metadata: Record<string, string> = {}): void {
+  if (path.endsWith('.pth') || path.endsWith('.pt')) writeFileAtomic(path, encodePth(tensors));
+  else writeFileAtomic(path, encodeSafetensors(tensors, metadata));
+}
