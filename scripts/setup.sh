@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Sets torchlearn up on a fresh Debian 12 machine, then runs the bundled example.
+#   bash scripts/setup.sh               # install, build, run the COVID-19 X-ray example
+#   bash scripts/setup.sh --no-example  # install and build only (what CI does)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+run_example=1
+[ "${1:-}" = "--no-example" ] && run_example=0
+
+# System packages: LibTorch (CPU) to build against, a compiler and CMake, and Debian's PyTorch and
+# torchvision, which the tests use as references. Installed only when missing, and only where we can.
+need=()
+for pkg in libtorch-dev python3-torch python3-torchvision cmake g++ make; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ -z "${LIBTORCH:-}" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing ${need[*]} with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  elif [ -z "${LIBTORCH:-}" ]; then
+    echo "setup: missing Debian packages: ${need[*]}" >&2
+    echo "setup: run as root, or: sudo apt-get install ${need[*]}  (or set LIBTORCH to a LibTorch 2.x folder)" >&2
+    exit 1
+  fi
+fi
+
+npm ci --no-audit --no-fund
+CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" npm run build
+
+if [ "$run_example" = 1 ]; then
+  npm run example
+fi
