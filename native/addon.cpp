@@ -1,6 +1,10 @@
 // The addon's entry point: registers the native classes and the few free functions.
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cstring>
 #include <thread>
 
+#include "augment.h"
 #include "common.h"
 #include "learner.h"
 #include "net.h"
@@ -47,6 +51,38 @@ static Napi::Value ManualSeed(const Napi::CallbackInfo& info) {
   TL_CATCH(info.Env())
 }
 
+// augmentImages(images: Uint8Array [N*P*P*3], n, presize, size, { params?: Float64Array [N*9], aug?, seed? })
+//   -> Uint8Array [N*size*size*3]: the batch transform before normalisation, for showBatch and tests.
+static Napi::Value AugmentImagesJs(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  int64_t n = info[1].As<Napi::Number>().Int64Value();
+  int64_t p = info[2].As<Napi::Number>().Int64Value();
+  int64_t size = info[3].As<Napi::Number>().Int64Value();
+  auto o = info[4].As<Napi::Object>();
+  auto a = info[0].As<Napi::TypedArray>();
+  if (static_cast<int64_t>(a.ByteLength()) != n * p * p * 3) throw UserError("augmentImages: images must hold n*presize*presize*3 bytes");
+  auto images = torch::from_blob(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset(), {n, p, p, 3}, torch::kUInt8).clone();
+  torch::Tensor params;
+  if (o.Get("params").IsTypedArray()) {
+    auto pa = o.Get("params").As<Napi::Float64Array>();
+    if (static_cast<int64_t>(pa.ElementLength()) != n * 9) throw UserError("augmentImages: params must hold 9 values per image");
+    params = torch::from_blob(pa.Data(), {n, 9}, torch::kFloat64).clone();
+  } else if (o.Get("aug").IsObject()) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(o.Get("seed").IsNumber() ? o.Get("seed").As<Napi::Number>().Int64Value() : 0);
+    params = drawAugParams(n, augOptionsFromJs(o.Get("aug")), gen);
+  } else {
+    params = identityAugParams(n);
+  }
+  torch::NoGradGuard ng;
+  auto x = augmentImages(images, params, size);
+  auto u8 = x.mul(255).round_().clamp_(0, 255).to(torch::kUInt8).permute({0, 2, 3, 1}).contiguous();
+  auto out = Napi::Uint8Array::New(env, static_cast<size_t>(u8.numel()));
+  std::memcpy(out.Data(), u8.data_ptr<uint8_t>(), out.ByteLength());
+  return out;
+  TL_CATCH(env)
+}
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // LibTorch's OpenMP pool defaults to one thread on some builds: use every core unless the user
   // says otherwise (torchlearn's setNumThreads / TORCHLEARN_THREADS, read by the TypeScript side).
@@ -55,6 +91,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("torchInfo", Napi::Function::New(env, TorchInfo));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   exports.Set("manualSeed", Napi::Function::New(env, ManualSeed));
+  exports.Set("augmentImages", Napi::Function::New(env, AugmentImagesJs));
   exports.Set("Net", Net::Init(env));
   exports.Set("Learner", Learner::Init(env));
   return exports;

@@ -151,7 +151,7 @@ Napi::Function Learner::Init(Napi::Env env) {
                       InstanceMethod("freezeTo", &Learner::FreezeTo), InstanceMethod("trainEpoch", &Learner::TrainEpoch),
                       InstanceMethod("validate", &Learner::Validate), InstanceMethod("lrFind", &Learner::LrFind),
                       InstanceMethod("predict", &Learner::Predict), InstanceMethod("gradCam", &Learner::GradCam),
-                      InstanceMethod("showBatch", &Learner::ShowBatch), InstanceMethod("getState", &Learner::GetState),
+                      InstanceMethod("getState", &Learner::GetState),
                       InstanceMethod("setState", &Learner::SetState), InstanceMethod("requestStop", &Learner::RequestStop),
                       InstanceMethod("dispose", &Learner::Dispose)});
 }
@@ -642,45 +642,6 @@ Napi::Value Learner::GradCam(const Napi::CallbackInfo& info) {
         o.Set("probs", tensorToFloat32Array(env, r.probs));
         return o;
       });
-  TL_CATCH(env)
-}
-
-// showBatch({ split, n, augment, params?: Float64Array [n*9] }) -> { images: Uint8Array [n*S*S*3], labels, size }
-// The augmented images before normalisation, for pictures and for tests of the geometry.
-Napi::Value Learner::ShowBatch(const Napi::CallbackInfo& info) {
-  auto env = info.Env();
-  TL_TRY
-  core_->check();
-  auto o = info[0].As<Napi::Object>();
-  std::string split = o.Get("split").As<Napi::String>();
-  int64_t n = o.Get("n").As<Napi::Number>().Int64Value();
-  bool augment = o.Get("augment").ToBoolean();
-  std::lock_guard<std::mutex> lock(core_->net->mutex);
-  auto& data = core_->cache(split);
-  n = std::min(n, data.size());
-  if (n <= 0) throw UserError("showBatch: the " + split + " set is empty");
-  torch::Tensor idx = split == "train" ? torch::randperm(data.size(), core_->gen, torch::kInt64).slice(0, 0, n) : torch::arange(n);
-  torch::Tensor params;
-  if (o.Get("params").IsTypedArray()) {
-    auto a = o.Get("params").As<Napi::Float64Array>();
-    if (static_cast<int64_t>(a.ElementLength()) != n * 9) throw UserError("showBatch: params must hold 9 values per image");
-    params = torch::from_blob(a.Data(), {n, 9}, torch::kFloat64).clone();
-  } else {
-    params = augment ? drawAugParams(n, core_->aug, core_->gen) : identityAugParams(n);
-  }
-  torch::NoGradGuard ng;
-  auto x = augmentImages(data.images.index_select(0, idx.to(core_->net->device)), params, core_->size);
-  auto u8 = x.mul(255).round_().clamp_(0, 255).to(torch::kUInt8).permute({0, 2, 3, 1}).contiguous().to(torch::kCPU);
-  auto out = Napi::Object::New(env);
-  auto bytes = Napi::Uint8Array::New(env, static_cast<size_t>(u8.numel()));
-  std::memcpy(bytes.Data(), u8.data_ptr<uint8_t>(), bytes.ByteLength());
-  out.Set("images", bytes);
-  auto labels = data.labels.index_select(0, idx.to(data.labels.device())).to(torch::kCPU).to(torch::kInt32).contiguous();
-  auto la = Napi::Int32Array::New(env, static_cast<size_t>(n));
-  std::memcpy(la.Data(), labels.data_ptr<int32_t>(), static_cast<size_t>(n) * 4);
-  out.Set("labels", la);
-  out.Set("size", Napi::Number::New(env, static_cast<double>(core_->size)));
-  return out;
   TL_CATCH(env)
 }
 

@@ -28,7 +28,6 @@ class Learner : public Napi::ObjectWrap<Learner> {
   Napi::Value LrFind(const Napi::CallbackInfo& info);
   Napi::Value Predict(const Napi::CallbackInfo& info);
   Napi::Value GradCam(const Napi::CallbackInfo& info);
-  Napi::Value ShowBatch(const Napi::CallbackInfo& info);
   Napi::Value GetState(const Napi::CallbackInfo& info);
   Napi::Value SetState(const Napi::CallbackInfo& info);
   Napi::Value RequestStop(const Napi::CallbackInfo& info);

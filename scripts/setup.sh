@@ -11,7 +11,7 @@ run_example=1
 # System packages: LibTorch (CPU) to build against, a compiler and CMake, and Debian's PyTorch and
 # torchvision, which the tests use as references. Installed only when missing, and only where we can.
 need=()
-for pkg in libtorch-dev python3-torch python3-torchvision cmake g++ make; do
+for pkg in libtorch-dev python3-torch python3-torchvision cmake g++ make fonts-dejavu-core; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -141,11 +141,6 @@ export interface NativeLearner {
   }): Promise<{ lrs: Float64Array; losses: Float64Array }>;
   predict(images: Uint8Array, n: number, presize: number, o?: { augment: boolean }): Promise<NativePreds>;
   gradCam(image: Uint8Array, presize: number, classIdx: number): Promise<{ map: Float32Array; h: number; w: number; probs: Float32Array }>;
-  showBatch(o: { split: 'train' | 'valid'; n: number; augment: boolean; params?: Float64Array }): {
-    images: Uint8Array;
-    labels: Int32Array;
-    size: number;
-  };
   getState(withOpt: boolean): NamedTensor[];
   setState(t: NamedTensor[], withOpt: boolean): void;
   requestStop(): void;
@@ -157,6 +152,13 @@ interface Addon {
   torchInfo(): TorchInfo;
   setNumThreads(n: number): void;
   manualSeed(seed: number): void;
+  augmentImages(
+    images: Uint8Array,
+    n: number,
+    presize: number,
+    size: number,
+    o: { params?: Float64Array; aug?: NativeAugOptions | null; seed?: number },
+  ): Uint8Array;
   Net: new (o: {
     arch: string;
     kind: 'torchvision' | 'fastai';

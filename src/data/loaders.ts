@@ -1,0 +1,206 @@
+// fast.ai's ImageDataLoaders: items -> labelled, split, presized uint8 images ready for the native
+// batch pipeline (augmentation, normalisation and batching happen in C++ on the training device).
+import { readdirSync, statSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { native } from '../binding.js';
+import { writeGrid } from '../plot/grid.js';
+import { decodeAll } from './images.js';
+import { groupSplit, randomSplit, rng, shuffle } from './split.js';
+import { augTransforms, defaultPresize, imagenetStats, type AugOptions, type ResizeMethod } from './transforms.js';
+
+export interface Item {
+  path: string;
+  label: string;
+  [key: string]: unknown;
+}
+
+export interface DataLoadersOptions {
+  validPct?: number;
+  seed?: number;
+  size?: number;
+  bs?: number;
+  /** Side of the cached square images (default: size*1.25, rounded up to a multiple of 8). */
+  presize?: number;
+  method?: ResizeMethod;
+  /** Augmentation (default: augTransforms()); `false` or null for none. */
+  augment?: AugOptions | false | null;
+  normalize?: { mean: readonly number[]; std: readonly number[] };
+  /** A key of the items (e.g. 'patient') or a function of the file path: every image of a group stays on one side. */
+  splitBy?: string | ((path: string) => string);
+  /** Fixed class order (default: the sorted labels). */
+  vocab?: string[];
+  /** Called while decoding: (done, total). */
+  onProgress?: (done: number, total: number) => void;
+  /** Silence the per-file warnings for skipped images (they are still counted in `skipped`). */
+  quiet?: boolean;
+}
+
+export interface Skipped {
+  path: string;
+  reason: string;
+}
+
+export class DataSplit {
+  constructor(
+    readonly items: Item[],
+    readonly labels: Int32Array,
+    /** uint8 [n, presize, presize, 3] */
+    readonly images: Uint8Array,
+    readonly bs: number,
+    readonly train: boolean,
+  ) {}
+  /** number of items */
+  get n(): number {
+    return this.items.length;
+  }
+  /** number of batches, as len(dl) in fast.ai (the training loader drops the last partial batch) */
+  get length(): number {
+    if (this.n === 0) return 0;
+    return this.train ? Math.max(1, Math.floor(this.n / this.bs)) : Math.ceil(this.n / this.bs);
+  }
+  classCounts(vocab: string[]): Record<string, number> {
+    const c: Record<string, number> = Object.fromEntries(vocab.map((v) => [v, 0]));
+    this.labels.forEach((l) => c[vocab[l]]++);
+    return c;
+  }
+}
+
+const IMAGE_EXT = /\.(jpe?g|png|webp|tiff?|gif|bmp|avif)$/i;
+
+export class ImageDataLoaders {
+  private constructor(
+    readonly vocab: string[],
+    readonly train: DataSplit,
+    readonly valid: DataSplit,
+    readonly size: number,
+    readonly bs: number,
+    readonly presize: number,
+    readonly method: ResizeMethod,
+    readonly augment: AugOptions | null,
+    readonly normalize: { mean: number[]; std: number[] },
+    readonly seed: number,
+    readonly skipped: Skipped[],
+    readonly groups: { train: number; valid: number } | null,
+  ) {}
+
+  /** One sub-folder per class (fast.ai's from_folder with valid_pct); the folder names are the labels. */
+  static async fromFolder(dir: string, opts: DataLoadersOptions = {}): Promise<ImageDataLoaders> {
+    let classes: string[];
+    try {
+      classes = readdirSync(dir, { withFileTypes: true })
+        .filter((d) => (d.isDirectory() || d.isSymbolicLink()) && !d.name.startsWith('.'))
+        .map((d) => d.name)
+        .sort();
+    } catch (e) {
+      throw new Error(`${dir}: cannot read the image folder (${(e as NodeJS.ErrnoException).code ?? e})`);
+    }
+    if (classes.length === 0) throw new Error(`${dir}: no class sub-folders found (expected one folder per class, e.g. ${dir}/covid_positive)`);
+    const items: Item[] = [];
+    for (const c of classes) {
+      const files = readdirSync(join(dir, c))
+        .filter((f) => !f.startsWith('.'))
+        .sort()
+        .map((f) => join(dir, c, f))
+        .filter((p) => statSync(p).isFile());
+      if (files.length === 0) throw new Error(`${join(dir, c)}: the class '${c}' has no images`);
+      for (const p of files) items.push({ path: p, label: c });
+    }
+    return ImageDataLoaders.fromItems(items, opts);
+  }
+
+  /** Items with a path and a label (and any keys to split by, e.g. patient). */
+  static async fromItems(items: Item[], opts: DataLoadersOptions = {}): Promise<ImageDataLoaders> {
+    const size = opts.size ?? 224;
+    const bs = opts.bs ?? 64;
+    const validPct = opts.validPct ?? 0.2;
+    const seed = opts.seed ?? 42;
+    const method = opts.method ?? 'crop';
+    const presize = opts.presize ?? defaultPresize(size);
+    if (!Number.isInteger(size) || size < 32) throw new Error(`size must be an integer of at least 32 pixels, got ${size}`);
+    if (!Number.isInteger(bs) || bs < 1) throw new Error(`bs must be a positive integer, got ${bs}`);
+    if (!Number.isInteger(presize) || presize < size) throw new Error(`presize must be an integer >= size (${size}), got ${presize}`);
+    if (!(validPct >= 0 && validPct < 1)) throw new Error(`validPct must be in [0, 1), got ${validPct}`);
+    if (!['crop', 'squish', 'pad'].includes(method)) throw new Error(`method must be 'crop', 'squish' or 'pad', got '${method}'`);
+    if (items.length === 0) throw new Error('no images: the item list is empty');
+    const augment = opts.augment === false || opts.augment === null ? null : (opts.augment ?? augTransforms());
+    const normalize = { mean: [...(opts.normalize ?? imagenetStats).mean], std: [...(opts.normalize ?? imagenetStats).std] };
+
+    // Decode everything once; bad files are skipped and counted, never fatal.
+    const decoded = await decodeAll(items.map((i) => i.path), presize, method, opts.onProgress);
+    const skipped: Skipped[] = [];
+    const good: { item: Item; data: Buffer }[] = [];
+    decoded.forEach((d, i) => {
+      if (d.ok) good.push({ item: items[i], data: d.data });
+      else {
+        skipped.push({ path: items[i].path, reason: d.reason });
+        if (!opts.quiet) console.warn(`torchlearn: skipping ${items[i].path}: ${d.reason}`);
+      }
+    });
+    if (good.length === 0) throw new Error(`none of the ${items.length} images could be read (first: ${skipped[0].path}: ${skipped[0].reason})`);
+    const vocab = opts.vocab ?? [...new Set(items.map((i) => i.label))].sort();
+    for (const v of new Set(items.map((i) => i.label))) if (!vocab.includes(v)) throw new Error(`label '${v}' is not in the vocab [${vocab.join(', ')}]`);
+    for (const v of vocab) if (!good.some((g) => g.item.label === v)) throw new Error(`the class '${v}' has no readable images`);
+    const labels = good.map((g) => vocab.indexOf(g.item.label));
+
+    let split: { train: number[]; valid: number[] };
+    let groups: { train: number; valid: number } | null = null;
+    if (opts.splitBy !== undefined) {
+      const key = opts.splitBy;
+      const gs = good.map((g) => {
+        const v = typeof key === 'function' ? key(g.item.path) : g.item[key];
+        if (v === undefined || v === null || v === '') throw new Error(`splitBy: ${g.item.path} has no group (${typeof key === 'string' ? `item key '${key}'` : 'function returned nothing'})`);
+        return String(v);
+      });
+      const s = groupSplit(gs, labels, validPct, seed);
+      split = s;
+      groups = { train: s.trainGroups.size, valid: s.validGroups.size };
+    } else {
+      split = randomSplit(good.length, validPct, seed);
+    }
+    const make = (idx: number[], train: boolean) => {
+      const img = new Uint8Array(idx.length * presize * presize * 3);
+      idx.forEach((i, k) => img.set(good[i].data, k * presize * presize * 3));
+      return new DataSplit(idx.map((i) => good[i].item), Int32Array.from(idx.map((i) => labels[i])), img, bs, train);
+    };
+    return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, presize, method, augment, normalize, seed, skipped, groups);
+  }
+
+  get c(): number {
+    return this.vocab.length;
+  }
+
+  /**
+   * Writes a PNG grid of `n` training images as the model sees them (augmented, before
+   * normalisation), each titled with its label. Returns the file's size in pixels.
+   */
+  async showBatch(o: { n?: number; path: string; split?: 'train' | 'valid'; augment?: boolean; seed?: number }): Promise<{ width: number; height: number }> {
+    const split = o.split === 'valid' ? this.valid : this.train;
+    const n = Math.min(o.n ?? 9, split.n);
+    if (n === 0) throw new Error(`showBatch: the ${o.split ?? 'train'} set is empty`);
+    const p = this.presize;
+    // a random batch from the training set (seeded), the first items of the validation set
+    const pick = split.train ? shuffle([...Array(split.n).keys()], rng(o.seed ?? this.seed)).slice(0, n) : [...Array(n).keys()];
+    const imgs = new Uint8Array(n * p * p * 3);
+    pick.forEach((j, k) => imgs.set(split.images.subarray(j * p * p * 3, (j + 1) * p * p * 3), k * p * p * 3));
+    const augment = (o.augment ?? split.train) && this.augment;
+    const out = native.augmentImages(imgs, n, p, this.size, augment ? { aug: this.augment, seed: o.seed ?? this.seed } : {});
+    const s = this.size;
+    const tiles = Array.from({ length: n }, (_, i) => ({
+      rgb: out.subarray(i * s * s * 3, (i + 1) * s * s * 3),
+      size: s,
+      title: this.vocab[split.labels[pick[i]]],
+    }));
+    return writeGrid(tiles, o.path);
+  }
+
+  /** A short description: sizes per split and class, skipped files. */
+  summary(): string {
+    const cc = (s: DataSplit) => Object.entries(s.classCounts(this.vocab)).map(([k, v]) => `${k} ${v}`).join(', ');
+    const lines = [
+      `train: ${this.train.n} images (${cc(this.train)})${this.groups ? `, ${this.groups.train} groups` : ''}`,
+      `valid: ${this.valid.n} images (${cc(this.valid)})${this.groups ? `, ${this.groups.valid} groups` : ''}`,
+    ];
+    if (this.skipped.length) lines.push(`skipped: ${this.skipped.length} unreadable file(s): ${this.skipped.map((s) => basename(s.path)).join(', ')}`);
+    return lines.join('\n');
+  }
+}

@@ -1,0 +1,69 @@
+// Image grids with titles drawn as SVG text over the pictures (showBatch, plotTopLosses).
+import sharp, { type OverlayOptions } from 'sharp';
+
+export interface Tile {
+  rgb: Uint8Array; // size*size*3
+  size: number;
+  title: string;
+  /** optional heat map drawn over the image, values >= 0, [h*w] */
+  heat?: { map: Float32Array; h: number; w: number; alpha?: number };
+}
+
+const escapeXml = (s: string) => s.replace(/[<>&'"]/g, (c) => `&#${c.charCodeAt(0)};`);
+
+/** matplotlib's 'magma' colour map, at 9 stops (interpolated linearly). */
+const MAGMA = [
+  [0, 0, 4], [28, 16, 68], [79, 18, 123], [129, 37, 129], [181, 54, 122],
+  [229, 80, 100], [251, 135, 97], [254, 194, 135], [252, 253, 191],
+];
+
+export function colormap(t: number): [number, number, number] {
+  const x = Math.min(1, Math.max(0, t)) * (MAGMA.length - 1);
+  const i = Math.min(MAGMA.length - 2, Math.floor(x));
+  const f = x - i;
+  return [0, 1, 2].map((c) => Math.round(MAGMA[i][c] * (1 - f) + MAGMA[i + 1][c] * f)) as [number, number, number];
+}
+
+async function heatOverlay(t: Tile): Promise<Buffer> {
+  const { map, h, w } = t.heat!;
+  const max = Math.max(1e-12, ...map);
+  const rgba = Buffer.alloc(h * w * 4);
+  for (let i = 0; i < h * w; i++) {
+    const [r, g, b] = colormap(map[i] / max);
+    rgba.set([r, g, b, Math.round(255 * (t.heat!.alpha ?? 0.6))], i * 4);
+  }
+  // bilinear upsampling of the coarse map, as matplotlib's imshow(interpolation='bilinear')
+  return sharp(rgba, { raw: { width: w, height: h, channels: 4 } }).resize(t.size, t.size, { kernel: 'linear' }).png().toBuffer();
+}
+
+/** A grid of tiles, `ncols` wide, each with its title above it; writes a PNG to `path`. */
+export async function writeGrid(tiles: Tile[], path: string, ncols = Math.ceil(Math.sqrt(tiles.length))): Promise<{ width: number; height: number }> {
+  const size = Math.max(...tiles.map((t) => t.size));
+  const titleH = Math.max(18, Math.round(size * 0.12));
+  const lines = Math.max(...tiles.map((t) => t.title.split('\n').length));
+  const cellW = size + 8;
+  const cellH = size + titleH * lines + 8;
+  const nrows = Math.ceil(tiles.length / ncols);
+  const width = cellW * ncols;
+  const height = cellH * nrows;
+  const composites: OverlayOptions[] = [];
+  const fontSize = Math.max(10, Math.round(titleH * 0.6));
+  for (let i = 0; i < tiles.length; i++) {
+    const t = tiles[i];
+    const left = (i % ncols) * cellW + 4;
+    const top = Math.floor(i / ncols) * cellH + titleH * lines + 4;
+    composites.push({ input: Buffer.from(t.rgb), raw: { width: t.size, height: t.size, channels: 3 }, left, top });
+    if (t.heat) composites.push({ input: await heatOverlay(t), left, top });
+    const text = t.title
+      .split('\n')
+      .map((l, k) => `<text x="${cellW / 2}" y="${titleH * (k + 0.75)}" font-family="DejaVu Sans, sans-serif" font-size="${fontSize}" text-anchor="middle" fill="#111">${escapeXml(l)}</text>`)
+      .join('');
+    const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${cellW}" height="${titleH * lines}">${text}</svg>`;
+    composites.push({ input: Buffer.from(svg), left: (i % ncols) * cellW, top: Math.floor(i / ncols) * cellH });
+  }
+  await sharp({ create: { width, height, channels: 3, background: { r: 255, g: 255, b: 255 } } })
+    .composite(composites)
+    .png()
+    .toFile(path);
+  return { width, height };
+}
