@@ -8,6 +8,7 @@
 #include "common.h"
 #include "learner.h"
 #include "net.h"
+#include "optimizer.h"
 
 #if __has_include(<ATen/cuda/CUDAContext.h>) && __has_include(<cuda_runtime_api.h>)
 #include <ATen/cuda/CUDAContext.h>
@@ -91,6 +92,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("torchInfo", Napi::Function::New(env, TorchInfo));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   exports.Set("manualSeed", Napi::Function::New(env, ManualSeed));
+  exports.Set("fastAdamSteps", Napi::Function::New(env, FastAdamSteps));
+  exports.Set("scheduleValues", Napi::Function::New(env, ScheduleValues));
   exports.Set("augmentImages", Napi::Function::New(env, AugmentImagesJs));
   exports.Set("Net", Net::Init(env));
   exports.Set("Learner", Learner::Init(env));

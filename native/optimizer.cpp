@@ -136,3 +136,58 @@ Schedule scheduleFromJs(const Napi::Object& o, int numGroups) {
 }
 
 }  // namespace tl
+
+namespace tl {
+
+// fastAdamSteps({ params: NamedTensors, noDecay: boolean[], steps: [{ grads: NamedTensors, lr, mom, wd }] })
+//   -> NamedTensors: runs FastAdam::step exactly as training does, on given tensors (for the tests'
+//   comparison with the reference formula).
+Napi::Value FastAdamSteps(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  auto o = info[0].As<Napi::Object>();
+  auto ps = namedTensorsFromJs(o.Get("params"));
+  auto nd = o.Get("noDecay").As<Napi::Array>();
+  std::vector<ParamInfo> params;
+  for (size_t i = 0; i < ps.size(); i++) {
+    auto t = ps[i].second.to(torch::kFloat32).set_requires_grad(true);
+    bool noDecay = nd.Get(static_cast<uint32_t>(i)).ToBoolean();
+    params.push_back({ps[i].first, t, 0, false, noDecay});
+  }
+  FastAdam opt;
+  auto steps = o.Get("steps").As<Napi::Array>();
+  for (uint32_t s = 0; s < steps.Length(); s++) {
+    auto st = steps.Get(s).As<Napi::Object>();
+    auto grads = namedTensorsFromJs(st.Get("grads"));
+    for (size_t i = 0; i < params.size(); i++) params[i].tensor.mutable_grad() = grads.at(i).second.to(torch::kFloat32);
+    Hyper h{st.Get("lr").As<Napi::Number>().DoubleValue(), st.Get("mom").As<Napi::Number>().DoubleValue(),
+            st.Get("wd").As<Napi::Number>().DoubleValue()};
+    opt.step(params, {h});
+  }
+  NamedTensors out;
+  for (auto& p : params) out.emplace_back(p.name, p.tensor.detach());
+  return namedTensorsToJs(env, out);
+  TL_CATCH(env)
+}
+
+// scheduleValues(schedule, numGroups, positions: Float64Array) -> { lrs: Float64Array [n*groups], moms }
+Napi::Value ScheduleValues(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  int groups = info[1].As<Napi::Number>().Int32Value();
+  auto s = scheduleFromJs(info[0].As<Napi::Object>(), groups);
+  auto pos = info[2].As<Napi::Float64Array>();
+  auto lrs = Napi::Float64Array::New(env, pos.ElementLength() * groups);
+  auto moms = Napi::Float64Array::New(env, pos.ElementLength());
+  for (size_t i = 0; i < pos.ElementLength(); i++) {
+    for (int g = 0; g < groups; g++) lrs[i * groups + g] = s.lr(static_cast<size_t>(g), pos[i]);
+    moms[i] = s.mom(pos[i]);
+  }
+  auto out = Napi::Object::New(env);
+  out.Set("lrs", lrs);
+  out.Set("moms", moms);
+  return out;
+  TL_CATCH(env)
+}
+
+}  // namespace tl

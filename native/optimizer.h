@@ -43,6 +43,10 @@ struct Schedule {
 };
 Schedule scheduleFromJs(const Napi::Object& o, int numGroups);
 
+// For the tests: FastAdam on given tensors, and a schedule evaluated at given positions.
+Napi::Value FastAdamSteps(const Napi::CallbackInfo& info);
+Napi::Value ScheduleValues(const Napi::CallbackInfo& info);
+
 // fast.ai's sched_cos and combined_cos (schedule.py).
 double schedCos(double start, double end, double pos);
 double combinedCos(double pct, double start, double middle, double end, double pos);

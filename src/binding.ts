@@ -152,6 +152,8 @@ interface Addon {
   torchInfo(): TorchInfo;
   setNumThreads(n: number): void;
   manualSeed(seed: number): void;
+  fastAdamSteps(o: { params: NamedTensor[]; noDecay: boolean[]; steps: { grads: NamedTensor[]; lr: number; mom: number; wd: number }[] }): NamedTensor[];
+  scheduleValues(s: NativeSchedule, groups: number, positions: Float64Array): { lrs: Float64Array; moms: Float64Array };
   augmentImages(
     images: Uint8Array,
     n: number,

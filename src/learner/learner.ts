@@ -1,0 +1,458 @@
+// fast.ai's Learner for vision: the hub that owns the network, the data, the optimizer state and
+// the training loop's JavaScript half (epochs, metrics, callbacks, the table). Each batch runs in
+// C++ on a native thread; this file only orchestrates.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { native, type NativeLearner, type NativeNet, type NativeSchedule, type NamedTensor } from '../binding.js';
+import type { ImageDataLoaders } from '../data/loaders.js';
+import { manualSeed, resolveDevice, torchInfo } from '../info.js';
+import { checkArch, NetHandle, type Arch } from '../model.js';
+import { lrFindSpec, renderChart } from '../plot/charts.js';
+import { readWeightFile, writeWeightFile } from '../weights/index.js';
+import type { Metric } from '../metrics.js';
+import type { Callback, EpochInfo } from './callbacks.js';
+import { suggest, type Suggestions } from './lrfind.js';
+import { formatTime, formatValue, ProgressBar, ResultsTable } from './progress.js';
+import { Recorder } from './recorder.js';
+import { lrPerGroup, type LrSpec } from './schedule.js';
+
+export interface LossOptions {
+  /** per-class weights of the cross-entropy (e.g. inverse class frequency for imbalance) */
+  classWeights?: number[];
+  labelSmoothing?: number;
+}
+
+export interface VisionLearnerOptions {
+  /** torchvision weights for the body (.pth or .safetensors); without them the body trains from scratch */
+  pretrained?: string | null;
+  metrics?: Metric[];
+  /** decoupled weight decay (fast.ai: 0.01), not applied to BatchNorm parameters and biases */
+  wd?: number;
+  lossFunc?: LossOptions;
+  /** BatchNorm layers of frozen groups keep training (fast.ai's train_bn, default true) */
+  trainBn?: boolean;
+  /** 'auto' (default) = CUDA when LibTorch has it, else the CPU */
+  device?: string;
+  /** 'auto' (default) = bf16 autocast on CUDA, fp32 on the CPU */
+  precision?: 'auto' | 'fp32' | 'bf16';
+  seed?: number;
+  /** where save/load put checkpoints (default 'models') */
+  modelDir?: string;
+  /** the head: hidden units (512), dropout ps (0.5), concat pooling (true), biased linears (false = fast.ai v2) */
+  head?: { hidden?: number; ps?: number; concatPool?: boolean; linearBias?: boolean };
+  /** print the table and progress (default true) */
+  verbose?: boolean;
+  /** where log lines go (default console.log) */
+  logger?: (line: string) => void;
+}
+
+export interface FitOptions {
+  wd?: number;
+  cbs?: Callback[];
+  signal?: AbortSignal;
+}
+
+export interface OneCycleOptions extends FitOptions {
+  /** a number, [max] (slice(max)) or [min, max] (slice(min, max)); default 1e-3 */
+  lrMax?: LrSpec;
+  div?: number;
+  divFinal?: number;
+  pctStart?: number;
+  moms?: [number, number, number];
+}
+
+export interface FitResult {
+  epochs: number;
+  stopped: boolean;
+  /** per epoch: train_loss, valid_loss, metrics */
+  values: number[][];
+  names: string[];
+  seconds: number;
+}
+
+export interface LrFindResult {
+  lrs: number[];
+  losses: number[];
+  suggestions: Suggestions;
+  plot(path: string): Promise<{ width: number; height: number }>;
+}
+
+export interface Preds {
+  probs: Float32Array;
+  numClasses: number;
+  targets: Int32Array;
+  losses: Float32Array;
+}
+
+/** fast.ai's defaults that are not about data. */
+export const DEFAULTS = {
+  lr: 1e-3,
+  wd: 0.01,
+  moms: [0.95, 0.85, 0.95] as [number, number, number],
+  adamMom: 0.9,
+  sqrMom: 0.99,
+  eps: 1e-5,
+  div: 25,
+  divFinal: 1e5,
+  pctStart: 0.25,
+};
+
+export class Learner {
+  readonly arch: Arch;
+  readonly dls: ImageDataLoaders;
+  readonly metrics: Metric[];
+  readonly device: string;
+  readonly bf16: boolean;
+  readonly modelDir: string;
+  readonly recorder = new Recorder();
+  readonly pretrained: boolean;
+  wd: number;
+  #h: NetHandle;
+  #native: NativeLearner | null;
+  #frozenTo = 0;
+  #verbose: boolean;
+  #logger: (line: string) => void;
+  #lossOpts: LossOptions;
+  #busy = false;
+
+  constructor(dls: ImageDataLoaders, arch: Arch, opts: VisionLearnerOptions = {}) {
+    this.arch = checkArch(arch);
+    this.dls = dls;
+    this.metrics = opts.metrics ?? [];
+    this.wd = opts.wd ?? DEFAULTS.wd;
+    if (!(this.wd >= 0)) throw new Error(`wd must be >= 0, got ${this.wd}`);
+    this.device = resolveDevice(opts.device);
+    const precision = opts.precision ?? 'auto';
+    this.bf16 = precision === 'bf16' || (precision === 'auto' && this.device.startsWith('cuda'));
+    if (this.bf16 && !this.device.startsWith('cuda')) throw new Error("precision 'bf16' is for CUDA; on the CPU use 'fp32' (or 'auto')");
+    this.modelDir = opts.modelDir ?? 'models';
+    this.#verbose = opts.verbose ?? true;
+    this.#logger = opts.logger ?? ((l) => console.log(l));
+    this.#lossOpts = opts.lossFunc ?? {};
+    if (opts.seed !== undefined) manualSeed(opts.seed);
+    const net = new native.Net({ arch, kind: 'fastai', numClasses: dls.c, head: opts.head });
+    this.#h = new NetHandle(net, 'this learner');
+    this.pretrained = Boolean(opts.pretrained);
+    if (opts.pretrained) loadBody(net, opts.pretrained);
+    else if (this.#verbose) this.log(`torchlearn: no pretrained weights given: the ${arch} body trains from scratch (transfer learning needs torchvision weights: pretrained: 'resnet50.pth')`);
+    this.#native = new native.Learner(net, { device: this.device, seed: opts.seed ?? dls.seed });
+    const cw = this.#lossOpts.classWeights;
+    if (cw && cw.length !== dls.c) throw new Error(`lossFunc.classWeights needs ${dls.c} values (one per class), got ${cw.length}`);
+    this.#native.setOptions({
+      bs: dls.bs,
+      size: dls.size,
+      aug: dls.augment,
+      wd: this.wd,
+      trainBn: opts.trainBn ?? true,
+      bf16: this.bf16,
+      labelSmoothing: this.#lossOpts.labelSmoothing ?? 0,
+      classWeights: cw ? Float32Array.from(cw) : null,
+      mean: dls.normalize.mean,
+      std: dls.normalize.std,
+      sqrMom: DEFAULTS.sqrMom,
+      eps: DEFAULTS.eps,
+    });
+    this.#native.setData('train', dls.train.images, dls.train.labels, dls.presize);
+    if (dls.valid.n) this.#native.setData('valid', dls.valid.images, dls.valid.labels, dls.presize);
+    if (this.pretrained) this.freeze();
+    else this.#native.freezeTo(0);
+  }
+
+  get numGroups(): number {
+    return 3;
+  }
+
+  private get nat(): NativeLearner {
+    if (!this.#native) throw new Error('this learner was disposed: create a new one');
+    return this.#native;
+  }
+
+  /** @internal */
+  get net(): NativeNet {
+    return this.#h.net;
+  }
+
+  log(line: string): void {
+    if (this.#verbose) this.#logger(line);
+  }
+
+  // --- freezing ---------------------------------------------------------------------------------
+  /** Groups [:n] frozen except their BatchNorm layers; [n:] train. Clears the optimizer state. */
+  freezeTo(n: number): void {
+    if (!Number.isInteger(n)) throw new Error(`freezeTo: n must be an integer, got ${n}`);
+    this.nat.freezeTo(n);
+    this.#frozenTo = n >= 0 ? n : this.numGroups + n;
+  }
+  freeze(): void {
+    this.freezeTo(-1);
+  }
+  unfreeze(): void {
+    this.freezeTo(0);
+  }
+  /** The parameters that get gradients now. */
+  trainableParams(): { name: string; group: number; numel: number }[] {
+    return this.#h.net.paramTable().filter((p) => p.requiresGrad).map(({ name, group, numel }) => ({ name, group, numel }));
+  }
+  get frozenTo(): number {
+    return this.#frozenTo;
+  }
+
+  // --- training ---------------------------------------------------------------------------------
+  /** fast.ai's fit_one_cycle: cosine warm-up to lrMax over pctStart, then cosine annealing to lrMax/divFinal. */
+  fitOneCycle(nEpoch: number, o: OneCycleOptions = {}): Promise<FitResult> {
+    return this.#fit(nEpoch, {
+      kind: 'onecycle',
+      lrMax: lrPerGroup(o.lrMax ?? DEFAULTS.lr, this.numGroups),
+      div: o.div ?? DEFAULTS.div,
+      divFinal: o.divFinal ?? DEFAULTS.divFinal,
+      pctStart: o.pctStart ?? DEFAULTS.pctStart,
+      moms: o.moms ?? DEFAULTS.moms,
+    }, o);
+  }
+
+  /** Constant learning rate (fast.ai's fit), Adam's default momentum. */
+  fit(nEpoch: number, o: FitOptions & { lr?: LrSpec } = {}): Promise<FitResult> {
+    const m = DEFAULTS.adamMom;
+    return this.#fit(nEpoch, { kind: 'constant', lrMax: lrPerGroup(o.lr ?? DEFAULTS.lr, this.numGroups, 'lr'), moms: [m, m, m] }, o);
+  }
+
+  /** fast.ai's fit_flat_cos: flat at lr until pctStart (0.75), then cosine to lr/divFinal. */
+  fitFlatCos(nEpoch: number, o: FitOptions & { lr?: LrSpec; divFinal?: number; pctStart?: number } = {}): Promise<FitResult> {
+    const m = DEFAULTS.adamMom;
+    return this.#fit(nEpoch, {
+      kind: 'flatcos',
+      lrMax: lrPerGroup(o.lr ?? DEFAULTS.lr, this.numGroups, 'lr'),
+      divFinal: o.divFinal ?? DEFAULTS.divFinal,
+      pctStart: o.pctStart ?? 0.75,
+      moms: [m, m, m],
+    }, o);
+  }
+
+  /** fast.ai's fine_tune: one frozen cycle, then unfreeze and a discriminative cycle. */
+  async fineTune(epochs: number, o: FitOptions & { baseLr?: number; freezeEpochs?: number; lrMult?: number; pctStart?: number; div?: number } = {}): Promise<FitResult> {
+    let baseLr = o.baseLr ?? 2e-3;
+    this.freeze();
+    await this.fitOneCycle(o.freezeEpochs ?? 1, { ...o, lrMax: [baseLr], pctStart: 0.99 });
+    baseLr /= 2;
+    this.unfreeze();
+    return this.fitOneCycle(epochs, { ...o, lrMax: [baseLr / (o.lrMult ?? 100), baseLr], pctStart: o.pctStart ?? 0.3, div: o.div ?? 5 });
+  }
+
+  async #fit(nEpoch: number, schedule: NativeSchedule, o: FitOptions): Promise<FitResult> {
+    if (!Number.isInteger(nEpoch) || nEpoch < 1) throw new Error(`the number of epochs must be a positive integer, got ${nEpoch}`);
+    const wd = o.wd ?? this.wd;
+    if (!(wd >= 0)) throw new Error(`wd must be >= 0, got ${wd}`);
+    this.#enter();
+    const nat = this.nat;
+    const cbs = o.cbs ?? [];
+    const names = ['train_loss', 'valid_loss', ...this.metrics.map((m) => m.name)];
+    this.recorder.reset(names);
+    const table = new ResultsTable((l) => this.log(l));
+    const bar = new ProgressBar(process.stdout, this.#verbose && Boolean(process.stdout.isTTY));
+    const onAbort = () => nat.requestStop();
+    o.signal?.addEventListener('abort', onAbort);
+    const t0 = Date.now();
+    let stopped = false;
+    let epochs = 0;
+    try {
+      nat.setOptions({ wd });
+      if (this.#verbose) this.log(this.#deviceLine());
+      for (const cb of cbs) await cb.beforeFit?.(this);
+      table.header(['epoch', ...names, 'time']);
+      let smoothVal = 0;
+      let smoothCount = 0;
+      for (let epoch = 0; epoch < nEpoch; epoch++) {
+        if (o.signal?.aborted) {
+          stopped = true;
+          break;
+        }
+        const te = Date.now();
+        const r = await nat.trainEpoch({
+          schedule, epoch, nEpochs: nEpoch, smoothVal, smoothCount,
+          onProgress: (e) => {
+            bar.update(`epoch ${epoch + 1}/${nEpoch} train`, e.iter, e.total, `loss ${e.smoothLoss.toFixed(4)}`);
+            for (const cb of cbs) cb.onBatchEnd?.({ epoch, iter: e.iter, total: e.total, smoothLoss: e.smoothLoss });
+          },
+        });
+        smoothVal = r.smoothVal;
+        smoothCount = r.smoothCount;
+        const g = this.numGroups;
+        for (let i = 0; i < r.done; i++) this.recorder.lrs.push(Array.from(r.lrs.subarray(i * g, (i + 1) * g)));
+        this.recorder.moms.push(...Array.from(r.moms).slice(0, r.done));
+        this.recorder.losses.push(...r.smoothLosses);
+        this.recorder.rawLosses.push(...r.losses);
+        this.recorder.iters.push(this.recorder.losses.length);
+        if (r.stopped) {
+          bar.clear();
+          stopped = true;
+          this.log(`stopped after batch ${r.done} of epoch ${epoch}`);
+          break;
+        }
+        const trainLoss = r.smoothLosses.length ? r.smoothLosses[r.smoothLosses.length - 1] : NaN;
+        const v = this.dls.valid.n ? await this.#validateRaw((e) => bar.update(`epoch ${epoch + 1}/${nEpoch} valid`, e.iter, e.total)) : null;
+        bar.clear();
+        const values = [trainLoss, v ? v.loss : NaN, ...this.metrics.map((m) => (v ? m.fn(v.probs, v.targets, v.numClasses) : NaN))];
+        this.recorder.values.push(values);
+        table.row([String(epoch), ...values.map(formatValue), formatTime((Date.now() - te) / 1000)]);
+        epochs++;
+        const info: EpochInfo = { epoch, values: Object.fromEntries(names.map((n, i) => [n, values[i]])) };
+        let stop = false;
+        for (const cb of cbs) if (await cb.onEpochEnd?.(info, this)) stop = true;
+        if (stop) break;
+      }
+      for (const cb of cbs) await cb.afterFit?.(this);
+    } finally {
+      o.signal?.removeEventListener('abort', onAbort);
+      this.#busy = false;
+    }
+    return { epochs, stopped, values: this.recorder.values, names, seconds: (Date.now() - t0) / 1000 };
+  }
+
+  #deviceLine(): string {
+    const info = torchInfo();
+    const dev = this.device.startsWith('cuda') ? `${this.device} (${info.deviceName ?? 'CUDA'})` : `cpu (${info.threads} threads)`;
+    return `torchlearn: training ${this.arch} on ${dev}, ${this.bf16 ? 'bf16 autocast' : 'fp32'}, LibTorch ${info.torchVersion}${info.cuda ? '' : ', no CUDA in this LibTorch'}`;
+  }
+
+  #enter(): void {
+    if (this.#busy) throw new Error('this learner is already running a fit, lrFind or validation: await it first');
+    this.nat; // throws when disposed
+    this.#busy = true;
+  }
+
+  async #validateRaw(onProgress?: (e: { iter: number; total: number }) => void, augment = false) {
+    const r = await this.nat.validate({ split: 'valid', augment, onProgress });
+    let sum = 0;
+    let weight = 0;
+    const cw = this.#lossOpts.classWeights;
+    r.losses.forEach((l, i) => {
+      sum += l;
+      weight += cw ? cw[r.targets[i]] : 1;
+    });
+    return { ...r, loss: sum / weight };
+  }
+
+  /** The validation loss and metrics, as in the table. */
+  async validate(): Promise<Record<string, number>> {
+    this.#enter();
+    try {
+      const v = await this.#validateRaw();
+      return Object.fromEntries([['valid_loss', v.loss], ...this.metrics.map((m) => [m.name, m.fn(v.probs, v.targets, v.numClasses)])]);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /** Probabilities, targets and per-item losses on the validation set (or the training set, unaugmented). */
+  async getPreds(o: { split?: 'train' | 'valid'; augment?: boolean } = {}): Promise<Preds> {
+    this.#enter();
+    try {
+      const r = await this.nat.validate({ split: o.split ?? 'valid', augment: o.augment ?? false });
+      return { probs: r.probs, numClasses: r.numClasses, targets: r.targets, losses: r.losses };
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /** fast.ai v2's tta: n passes with the training transforms, averaged, then lerp with the plain pass. */
+  async tta(o: { n?: number; beta?: number } = {}): Promise<Preds> {
+    const n = o.n ?? 4;
+    const beta = o.beta ?? 0.25;
+    const plain = await this.getPreds();
+    const acc = new Float32Array(plain.probs.length);
+    for (let k = 0; k < n; k++) {
+      const a = await this.getPreds({ augment: true });
+      a.probs.forEach((p, i) => (acc[i] += p / n));
+    }
+    const probs = acc.map((a, i) => (1 - beta) * a + beta * plain.probs[i]);
+    const losses = Float32Array.from(plain.targets, (t, i) => -Math.log(Math.max(1e-12, probs[i * plain.numClasses + t])));
+    return { probs, numClasses: plain.numClasses, targets: plain.targets, losses };
+  }
+
+  /** fast.ai's lr_find: exponential ramp from startLr to endLr over numIt batches; everything is restored after. */
+  async lrFind(o: { startLr?: number; endLr?: number; numIt?: number; stopDiv?: boolean; signal?: AbortSignal } = {}): Promise<LrFindResult> {
+    const startLr = o.startLr ?? 1e-7;
+    const endLr = o.endLr ?? 10;
+    const numIt = o.numIt ?? 100;
+    if (!(startLr > 0) || !(endLr > startLr)) throw new Error(`lrFind: need 0 < startLr < endLr, got ${startLr} and ${endLr}`);
+    if (!Number.isInteger(numIt) || numIt < 6) throw new Error(`lrFind: numIt must be an integer >= 6, got ${numIt}`);
+    this.#enter();
+    const nat = this.nat;
+    const bar = new ProgressBar(process.stdout, this.#verbose && Boolean(process.stdout.isTTY));
+    const onAbort = () => nat.requestStop();
+    o.signal?.addEventListener('abort', onAbort);
+    try {
+      const g = this.numGroups;
+      const r = await nat.lrFind({
+        startLr: new Array(g).fill(startLr),
+        endLr: new Array(g).fill(endLr),
+        numIt,
+        stopDiv: o.stopDiv ?? true,
+        mom: DEFAULTS.adamMom,
+        onProgress: (e) => bar.update('lr_find', e.iter, e.total, `loss ${e.smoothLoss.toFixed(4)}`),
+      });
+      bar.clear();
+      const lrs = Array.from(r.lrs);
+      const losses = Array.from(r.losses);
+      const suggestions = suggest(lrs, losses, numIt);
+      return { lrs, losses, suggestions, plot: (path: string) => renderChart(lrFindSpec(lrs, losses, { ...suggestions }), path) };
+    } finally {
+      o.signal?.removeEventListener('abort', onAbort);
+      this.#busy = false;
+    }
+  }
+
+  // --- checkpoints -------------------------------------------------------------------------------
+  #checkpointPath(name: string): string {
+    return name.endsWith('.safetensors') || name.includes('/') ? name : join(this.modelDir, `${name}.safetensors`);
+  }
+
+  /** Model and optimizer state in one .safetensors file, written atomically (temp + fsync + rename). */
+  async save(name: string, o: { withOpt?: boolean } = {}): Promise<string> {
+    const path = this.#checkpointPath(name);
+    const tensors = this.nat.getState(o.withOpt ?? true);
+    writeWeightFile(path, tensors, {
+      format: 'torchlearn-checkpoint',
+      arch: this.arch,
+      vocab: JSON.stringify(this.dls.vocab),
+      frozenTo: String(this.#frozenTo),
+    });
+    return path;
+  }
+
+  async load(name: string, o: { withOpt?: boolean } = {}): Promise<void> {
+    const path = this.#checkpointPath(name);
+    if (!existsSync(path)) throw new Error(`${path}: no such checkpoint (learn.save('${name}') writes it)`);
+    const f = readWeightFile(path);
+    if (f.metadata.arch && f.metadata.arch !== this.arch) throw new Error(`${path} is a ${f.metadata.arch} checkpoint; this learner is a ${this.arch}`);
+    if (f.metadata.frozenTo !== undefined) this.freezeTo(Number(f.metadata.frozenTo));
+    this.nat.setState(f.tensors, o.withOpt ?? true);
+  }
+
+  /** @internal the state tensors (model.*, opt.*, rng.*) */
+  state(withOpt: boolean): NamedTensor[] {
+    return this.nat.getState(withOpt);
+  }
+
+  dispose(): void {
+    this.#native?.dispose();
+    this.#native = null;
+    this.#h.dispose();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+  }
+}
+
+/** Loads torchvision ResNet weights into the body (the classifier fc.* of the file is not used). */
+function loadBody(net: NativeNet, path: string): void {
+  const file = readWeightFile(path);
+  const tensors = file.tensors.filter((t) => !t.name.startsWith('fc.')).map((t) => ({ ...t, name: `body.${t.name}` }));
+  net.loadStateDict(tensors, { strict: true, skipPrefixes: ['head.'], source: path });
+}
+
+/** fast.ai's vision_learner: a ResNet body (pretrained from a file), fast.ai's head, frozen when pretrained. */
+export function visionLearner(dls: ImageDataLoaders, arch: Arch, opts: VisionLearnerOptions = {}): Learner {
+  return new Learner(dls, arch, opts);
+}

@@ -1,0 +1,195 @@
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { native } from '../src/binding.js';
+import { accuracy, DEFAULTS, ImageDataLoaders, lrPerGroup, visionLearner, type Learner } from '../src/index.js';
+import { makeStripes } from './helpers/fixtures.js';
+import { runPython, tempDir } from './helpers/python.js';
+
+// fast.ai's formulas, written out here as the reference (schedule.py)
+const schedCos = (start: number, end: number, pos: number) => start + ((1 + Math.cos(Math.PI * (1 - pos))) * (end - start)) / 2;
+const combinedCos = (pct: number, start: number, middle: number, end: number) => (pos: number) =>
+  pos < pct ? schedCos(start, middle, pos / pct) : schedCos(middle, end, (pos - pct) / (1 - pct));
+
+let dir: string;
+let dls: ImageDataLoaders;
+const quiet = { verbose: false };
+
+beforeAll(async () => {
+  dir = tempDir();
+  await makeStripes(join(dir, 'stripes'), 24, 48);
+  dls = await ImageDataLoaders.fromFolder(join(dir, 'stripes'), { size: 32, presize: 40, bs: 8, seed: 3 });
+});
+
+function sameBytes(a: Learner, b: ReturnType<Learner['state']>) {
+  const now = a.state(true);
+  expect(now.map((t) => t.name)).toEqual(b.map((t) => t.name));
+  now.forEach((t, i) => expect(Buffer.from(t.data).equals(Buffer.from(b[i].data)), t.name).toBe(true));
+}
+
+describe('schedules', () => {
+  it('slice semantics: number, slice(b), slice(a, b)', () => {
+    expect(lrPerGroup(1e-3, 3)).toEqual([1e-3, 1e-3, 1e-3]);
+    expect(lrPerGroup([1e-3], 3)).toEqual([1e-4, 1e-4, 1e-3]);
+    const s = lrPerGroup([1e-6, 1e-4], 3);
+    [1e-6, 1e-5, 1e-4].forEach((v, i) => expect(s[i]).toBeCloseTo(v, 15));
+    expect(() => lrPerGroup(-1, 3)).toThrow(/positive/);
+  });
+
+  it("fitOneCycle's per-batch lr and momentum equal fast.ai's combined_cos over the whole run (1e-9), and PyTorch's OneCycleLR closely", async () => {
+    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    const lrMax: [number, number] = [1e-5, 1e-3];
+    await learn.fitOneCycle(2, { lrMax });
+    const groups = lrPerGroup(lrMax, 3);
+    const n = learn.recorder.lrs.length;
+    expect(n).toBe(2 * dls.train.length);
+    let worst = 0;
+    learn.recorder.lrs.forEach((row, i) => {
+      groups.forEach((top, g) => {
+        const ref = combinedCos(0.25, top / 25, top, top / 1e5)(i / n);
+        worst = Math.max(worst, Math.abs(row[g] - ref) / ref);
+      });
+      const m = combinedCos(0.25, 0.95, 0.85, 0.95)(i / n);
+      expect(Math.abs(learn.recorder.moms[i] - m)).toBeLessThan(1e-12);
+    });
+    expect(worst).toBeLessThan(1e-9);
+    // PyTorch's OneCycleLR as a second reference, over a 1000-batch run of the same native schedule
+    // (it places the phase boundary one step earlier: a discretisation difference)
+    const steps = 1000;
+    const pos = Float64Array.from({ length: steps }, (_, i) => i / steps);
+    const ours = native.scheduleValues({ kind: 'onecycle', lrMax: [lrMax[1]], div: 25, divFinal: 1e5, pctStart: 0.25, moms: DEFAULTS.moms }, 1, pos);
+    const torchLrs = JSON.parse(
+      runPython(`import sys, json, torch
+n, top = int(sys.argv[1]), float(sys.argv[2])
+opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=top)
+s = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=top, total_steps=n, pct_start=0.25, div_factor=25, final_div_factor=4000, anneal_strategy='cos', cycle_momentum=False)
+out = []
+for i in range(n):
+    out.append(opt.param_groups[0]['lr']); opt.step(); s.step()
+print(json.dumps(out))`, [String(steps), String(lrMax[1])]),
+    ) as number[];
+    const diff = Math.max(...torchLrs.map((v, i) => Math.abs(v - ours.lrs[i]) / lrMax[1]));
+    console.log(`largest difference from PyTorch OneCycleLR over ${steps} batches: ${(diff * 100).toFixed(3)}% of lrMax`);
+    expect(torchLrs[0]).toBeCloseTo(ours.lrs[0], 12);
+    expect(diff).toBeLessThan(0.01);
+    learn.dispose();
+  });
+
+  it('flat-cos and constant schedules', () => {
+    const pos = Float64Array.from([0, 0.5, 0.74, 0.8, 0.99]);
+    const f = native.scheduleValues({ kind: 'flatcos', lrMax: [1e-3], divFinal: 1e5, pctStart: 0.75, moms: [0.9, 0.9, 0.9] }, 1, pos);
+    pos.forEach((p, i) => expect(f.lrs[i]).toBeCloseTo(combinedCos(0.75, 1e-3, 1e-3, 1e-8)(p), 15));
+    const c = native.scheduleValues({ kind: 'constant', lrMax: [2e-3, 1e-3], moms: [0.9, 0.9, 0.9] }, 2, pos);
+    expect(Array.from(c.lrs.slice(0, 2))).toEqual([2e-3, 1e-3]);
+  });
+});
+
+describe("fast.ai's Adam", () => {
+  it('matches the reference formula to 1e-6 over 20 steps with changing beta1 and weight decay, no decay on norm/bias', () => {
+    let seed = 7;
+    const rand = () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1;
+    const shapes = [[4, 3], [5]];
+    const noDecay = [false, true];
+    const params = shapes.map((s) => Float64Array.from({ length: s.reduce((a, b) => a * b, 1) }, rand));
+    const f32 = (a: Float64Array) => new Uint8Array(Float32Array.from(a).buffer);
+    const asTensors = (arrs: Float64Array[]) => arrs.map((a, i) => ({ name: `p${i}`, dtype: 'F32' as const, shape: shapes[i], data: f32(a) }));
+    const steps = Array.from({ length: 20 }, (_, k) => ({
+      grads: params.map((p) => Float64Array.from(p, () => rand())),
+      lr: 1e-2 * (1 + k / 10),
+      mom: 0.95 - 0.005 * k,
+      wd: k % 2 ? 0.1 : 0.01,
+    }));
+    // the same float32 inputs the native side sees
+    const round = (a: Float64Array) => Float64Array.from(Float32Array.from(a));
+    const ref = params.map(round);
+    const avg = ref.map((p) => new Float64Array(p.length));
+    const sqr = ref.map((p) => new Float64Array(p.length));
+    steps.forEach((s, k) => {
+      const step = k + 1;
+      ref.forEach((p, i) => {
+        const g = round(s.grads[i]);
+        for (let j = 0; j < p.length; j++) {
+          if (!noDecay[i]) p[j] *= 1 - s.lr * s.wd;
+          avg[i][j] = s.mom * avg[i][j] + (1 - s.mom) * g[j];
+          sqr[i][j] = 0.99 * sqr[i][j] + 0.01 * g[j] * g[j];
+          const d1 = 1 - s.mom ** step;
+          const d2 = 1 - 0.99 ** step;
+          p[j] -= ((s.lr / d1) * avg[i][j]) / (Math.sqrt(sqr[i][j] / d2) + 1e-5);
+        }
+      });
+    });
+    const out = native.fastAdamSteps({ params: asTensors(params), noDecay, steps: steps.map((s) => ({ ...s, grads: asTensors(s.grads) })) });
+    let worst = 0;
+    out.forEach((t, i) => {
+      const got = new Float32Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.byteLength));
+      got.forEach((v, j) => (worst = Math.max(worst, Math.abs(v - ref[i][j]))));
+    });
+    expect(worst).toBeLessThan(1e-6);
+    expect(DEFAULTS.sqrMom).toBe(0.99);
+    expect(DEFAULTS.eps).toBe(1e-5);
+  });
+});
+
+describe('freeze, unfreeze, lrFind', () => {
+  let weights: string;
+  beforeAll(() => {
+    weights = join(dir, 'r18.pth');
+    runPython(`import sys, torch, torchvision
+torch.manual_seed(0); torch.save(torchvision.models.resnet18().state_dict(), sys.argv[1])`, [weights]);
+  });
+
+  it('pretrained: frozen body except BatchNorm; unfreeze trains everything; a frozen conv is bit-identical after an epoch, a BN weight is not', async () => {
+    const learn = visionLearner(dls, 'resnet18', { ...quiet, pretrained: weights, seed: 0 });
+    const all = learn.net.paramTable();
+    const trainable = learn.trainableParams().map((p) => p.name);
+    const expected = all.filter((p) => p.name.startsWith('head.') || p.isNorm).map((p) => p.name);
+    expect(trainable).toEqual(expected);
+    expect(trainable).toContain('body.bn1.weight');
+    expect(trainable).not.toContain('body.conv1.weight');
+    const get = (name: string) => Buffer.from(learn.state(false).find((t) => t.name === `model.${name}`)!.data);
+    const conv = get('body.layer1.0.conv1.weight');
+    const bn = get('body.layer1.0.bn1.weight');
+    const headW = get('head.4.weight');
+    await learn.fitOneCycle(1, { lrMax: 1e-2 });
+    expect(get('body.layer1.0.conv1.weight').equals(conv)).toBe(true);
+    expect(get('body.layer1.0.bn1.weight').equals(bn)).toBe(false);
+    expect(get('head.4.weight').equals(headW)).toBe(false);
+    learn.unfreeze();
+    expect(learn.trainableParams().length).toBe(all.length);
+    learn.freezeTo(-2);
+    expect(new Set(learn.trainableParams().filter((p) => !learn.net.paramTable().find((q) => q.name === p.name)!.isNorm).map((p) => p.group))).toEqual(new Set([1, 2]));
+    learn.dispose();
+  });
+
+  it('lrFind leaves weights, optimizer state and random state bit-identical; suggestions lie inside the ramp', async () => {
+    const learn = visionLearner(dls, 'resnet18', { ...quiet, pretrained: weights, seed: 0 });
+    await learn.fitOneCycle(1); // so that there is optimizer state to preserve
+    const before = learn.state(true);
+    expect(before.some((t) => t.name.startsWith('opt.'))).toBe(true);
+    const r = await learn.lrFind({ numIt: 20, stopDiv: false });
+    expect(r.lrs.length).toBe(20);
+    expect(r.lrs[0]).toBeCloseTo(1e-7, 20);
+    for (let i = 1; i < r.lrs.length; i++) expect(r.lrs[i] / r.lrs[i - 1]).toBeCloseTo((10 / 1e-7) ** (1 / 20), 9);
+    for (const v of Object.values(r.suggestions)) {
+      expect(v).toBeGreaterThanOrEqual(1e-8);
+      expect(v).toBeLessThanOrEqual(10);
+    }
+    sameBytes(learn, before);
+    const png = join(dir, 'lr.png');
+    const size = await r.plot(png);
+    expect(size.width).toBeGreaterThan(300);
+    learn.dispose();
+  });
+});
+
+describe('learning', () => {
+  it('a ResNet from scratch tells stripes apart: validation accuracy >= 0.95 on the CPU', async () => {
+    await makeStripes(join(dir, 'stripes-big'), 50, 48, 11);
+    const d = await ImageDataLoaders.fromFolder(join(dir, 'stripes-big'), { size: 32, presize: 40, bs: 16, seed: 5, validPct: 0.2 });
+    const learn = visionLearner(d, 'resnet18', { ...quiet, metrics: [accuracy()], seed: 0 });
+    const r = await learn.fitOneCycle(8, { lrMax: 5e-3 });
+    const acc = r.values.at(-1)![2];
+    console.log(`stripes: valid accuracy ${acc} after ${r.epochs} epochs (${r.seconds.toFixed(1)} s)`);
+    expect(acc).toBeGreaterThanOrEqual(0.95);
+    learn.dispose();
+  });
+});
