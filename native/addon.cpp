@@ -1,6 +1,7 @@
 // The addon's entry point: registers the native classes and the few free functions.
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <chrono>
 #include <cstring>
 #include <thread>
 
@@ -12,7 +13,9 @@
 
 #if __has_include(<ATen/cuda/CUDAContext.h>) && __has_include(<cuda_runtime_api.h>)
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #define TL_CUDA_PROPS 1
+#define TL_HAS_CUDA_HEADERS 1
 #endif
 
 namespace tl {
@@ -84,6 +87,59 @@ static Napi::Value AugmentImagesJs(const Napi::CallbackInfo& info) {
   TL_CATCH(env)
 }
 
+// cudaMemory(reset?) -> { allocated, reserved, peakAllocated } in bytes for device 0 (zeros without CUDA).
+static Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  auto o = Napi::Object::New(env);
+  double allocated = 0, reserved = 0, peak = 0;
+#ifdef TL_HAS_CUDA_HEADERS
+  if (torch::cuda::is_available()) {
+    using namespace c10::cuda::CUDACachingAllocator;
+    auto stats = getDeviceStats(0);
+    const size_t agg = 0;  // StatType::AGGREGATE (its namespace moved between LibTorch 1.13 and 2.x)
+    allocated = static_cast<double>(stats.allocated_bytes[agg].current);
+    reserved = static_cast<double>(stats.reserved_bytes[agg].current);
+    peak = static_cast<double>(stats.allocated_bytes[agg].peak);
+    if (info[0].ToBoolean()) resetPeakStats(0);
+  }
+#endif
+  o.Set("allocated", allocated);
+  o.Set("reserved", reserved);
+  o.Set("peakAllocated", peak);
+  return o;
+  TL_CATCH(env)
+}
+
+// benchAugment({ device, n, presize, size, bs, iters }) -> seconds per batch of the batch pipeline
+// (index the uint8 cache, draw, affine + warp + lighting, normalise), synchronised at the end.
+static Napi::Value BenchAugment(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  auto o = info[0].As<Napi::Object>();
+  auto dev = parseDevice(o.Get("device").As<Napi::String>());
+  auto n = o.Get("n").As<Napi::Number>().Int64Value(), p = o.Get("presize").As<Napi::Number>().Int64Value();
+  auto size = o.Get("size").As<Napi::Number>().Int64Value(), bs = o.Get("bs").As<Napi::Number>().Int64Value();
+  auto iters = o.Get("iters").As<Napi::Number>().Int64Value();
+  torch::NoGradGuard ng;
+  auto cache = torch::randint(0, 256, {n, p, p, 3}, torch::TensorOptions().dtype(torch::kUInt8)).to(dev);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
+  AugOptions aug;
+  Normalize norm;
+  auto once = [&]() {
+    auto idx = torch::randint(0, n, {bs}, gen, torch::kInt64).to(dev);
+    return normalizeBatch(augmentImages(cache.index_select(0, idx), drawAugParams(bs, aug, gen), size), norm);
+  };
+  once().sum().item<double>();  // warm-up
+  auto t0 = std::chrono::steady_clock::now();
+  torch::Tensor last;
+  for (int64_t i = 0; i < iters; i++) last = once();
+  last.sum().item<double>();  // synchronise
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return Napi::Number::New(env, s / static_cast<double>(iters));
+  TL_CATCH(env)
+}
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // LibTorch's OpenMP pool defaults to one thread on some builds: use every core unless the user
   // says otherwise (torchlearn's setNumThreads / TORCHLEARN_THREADS, read by the TypeScript side).
@@ -94,6 +150,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("manualSeed", Napi::Function::New(env, ManualSeed));
   exports.Set("fastAdamSteps", Napi::Function::New(env, FastAdamSteps));
   exports.Set("scheduleValues", Napi::Function::New(env, ScheduleValues));
+  exports.Set("cudaMemory", Napi::Function::New(env, CudaMemory));
+  exports.Set("benchAugment", Napi::Function::New(env, BenchAugment));
   exports.Set("augmentImages", Napi::Function::New(env, AugmentImagesJs));
   exports.Set("Net", Net::Init(env));
   exports.Set("Learner", Learner::Init(env));

@@ -154,6 +154,8 @@ interface Addon {
   manualSeed(seed: number): void;
   fastAdamSteps(o: { params: NamedTensor[]; noDecay: boolean[]; steps: { grads: NamedTensor[]; lr: number; mom: number; wd: number }[] }): NamedTensor[];
   scheduleValues(s: NativeSchedule, groups: number, positions: Float64Array): { lrs: Float64Array; moms: Float64Array };
+  cudaMemory(resetPeak?: boolean): { allocated: number; reserved: number; peakAllocated: number };
+  benchAugment(o: { device: string; n: number; presize: number; size: number; bs: number; iters: number }): number;
   augmentImages(
     images: Uint8Array,
     n: number,

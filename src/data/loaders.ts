@@ -165,6 +165,32 @@ export class ImageDataLoaders {
     return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, presize, method, augment, normalize, seed, skipped, groups);
   }
 
+  /**
+   * From images already in memory: uint8 [n, presize, presize, 3] and one label index per image
+   * (for benchmarks and data that never lived in files).
+   */
+  static fromArrays(
+    images: Uint8Array,
+    labels: Int32Array,
+    vocab: string[],
+    opts: Omit<DataLoadersOptions, 'splitBy' | 'method' | 'onProgress' | 'quiet' | 'vocab'> & { presize: number },
+  ): ImageDataLoaders {
+    const size = opts.size ?? 224;
+    const bs = opts.bs ?? 64;
+    const p = opts.presize;
+    if (images.length !== labels.length * p * p * 3) throw new Error(`fromArrays: images must hold ${labels.length}*${p}*${p}*3 bytes`);
+    const split = randomSplit(labels.length, opts.validPct ?? 0.2, opts.seed ?? 42);
+    const items = Array.from(labels, (l, i) => ({ path: `#${i}`, label: vocab[l] }));
+    const make = (idx: number[], train: boolean) => {
+      const img = new Uint8Array(idx.length * p * p * 3);
+      idx.forEach((i, k) => img.set(images.subarray(i * p * p * 3, (i + 1) * p * p * 3), k * p * p * 3));
+      return new DataSplit(idx.map((i) => items[i]), Int32Array.from(idx.map((i) => labels[i])), img, bs, train);
+    };
+    const augment = opts.augment === false || opts.augment === null ? null : (opts.augment ?? augTransforms());
+    const normalize = { mean: [...(opts.normalize ?? imagenetStats).mean], std: [...(opts.normalize ?? imagenetStats).std] };
+    return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, p, 'crop', augment, normalize, opts.seed ?? 42, [], null);
+  }
+
   get c(): number {
     return this.vocab.length;
   }

@@ -114,6 +114,7 @@ export class Learner {
   #logger: (line: string) => void;
   #lossOpts: LossOptions;
   #busy = false;
+  #bs: number;
 
   constructor(dls: ImageDataLoaders, arch: Arch, opts: VisionLearnerOptions = {}) {
     this.arch = checkArch(arch);
@@ -129,6 +130,7 @@ export class Learner {
     this.#verbose = opts.verbose ?? true;
     this.#logger = opts.logger ?? ((l) => console.log(l));
     this.#lossOpts = opts.lossFunc ?? {};
+    this.#bs = dls.bs;
     if (opts.seed !== undefined) manualSeed(opts.seed);
     const net = new native.Net({ arch, kind: 'fastai', numClasses: dls.c, head: opts.head });
     this.#h = new NetHandle(net, 'this learner');
@@ -282,6 +284,7 @@ export class Learner {
         this.recorder.losses.push(...r.smoothLosses);
         this.recorder.rawLosses.push(...r.losses);
         this.recorder.iters.push(this.recorder.losses.length);
+        this.recorder.trainSeconds.push(r.seconds);
         if (r.stopped) {
           bar.clear();
           stopped = true;
@@ -301,11 +304,35 @@ export class Learner {
         if (stop) break;
       }
       for (const cb of cbs) await cb.afterFit?.(this);
+    } catch (e) {
+      throw this.#explain(e);
     } finally {
       o.signal?.removeEventListener('abort', onAbort);
       this.#busy = false;
     }
     return { epochs, stopped, values: this.recorder.values, names, seconds: (Date.now() - t0) / 1000 };
+  }
+
+  /** Out-of-memory errors name the batch size and suggest a smaller one; the learner stays usable. */
+  #explain(e: unknown): unknown {
+    const msg = e instanceof Error ? e.message : String(e);
+    if (/out of memory/i.test(msg)) {
+      return new Error(
+        `out of memory at batch size ${this.#bs} (image size ${this.dls.size}) on ${this.device}. ` +
+          `Try a smaller batch: learn.bs = ${Math.max(1, this.#bs >> 1)}; the cached device memory was released and the learner can go on.\n(${msg.split('\n')[0]})`,
+      );
+    }
+    return e;
+  }
+
+  /** The batch size used by fit, lrFind and validation (defaults to the DataLoaders'). */
+  get bs(): number {
+    return this.#bs;
+  }
+  set bs(v: number) {
+    if (!Number.isInteger(v) || v < 1) throw new Error(`bs must be a positive integer, got ${v}`);
+    this.nat.setOptions({ bs: v });
+    this.#bs = v;
   }
 
   #deviceLine(): string {
@@ -396,6 +423,8 @@ export class Learner {
       const losses = Array.from(r.losses);
       const suggestions = suggest(lrs, losses, numIt);
       return { lrs, losses, suggestions, plot: (path: string) => renderChart(lrFindSpec(lrs, losses, { ...suggestions }), path) };
+    } catch (e) {
+      throw this.#explain(e);
     } finally {
       o.signal?.removeEventListener('abort', onAbort);
       this.#busy = false;

@@ -16,6 +16,8 @@ export class Recorder {
   metricNames: string[] = [];
   /** batches processed at the end of each epoch (where the valid loss is drawn) */
   iters: number[] = [];
+  /** seconds of training (no validation) per epoch */
+  trainSeconds: number[] = [];
 
   reset(metricNames: string[]): void {
     this.lrs = [];
@@ -24,6 +26,7 @@ export class Recorder {
     this.rawLosses = [];
     this.values = [];
     this.iters = [];
+    this.trainSeconds = [];
     this.metricNames = metricNames;
   }
 

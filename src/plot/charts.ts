@@ -3,8 +3,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import sharp from 'sharp';
-import * as vega from 'vega';
-import { compile, type TopLevelSpec } from 'vega-lite';
+import type { TopLevelSpec } from 'vega-lite';
 
 const FONT = 'DejaVu Sans, sans-serif';
 
@@ -16,7 +15,9 @@ export async function renderChart(spec: Record<string, unknown>, path: string): 
     config: { font: FONT, axis: { labelFontSize: 11, titleFontSize: 12 }, title: { fontSize: 14 }, legend: { labelFontSize: 11 } },
     ...spec,
   } as TopLevelSpec;
-  const view = new vega.View(vega.parse(compile(full).spec), { renderer: 'none' });
+  // loaded on first use: training does not pay for the charting library's start-up
+  const [vega, vegaLite] = await Promise.all([import('vega'), import('vega-lite')]);
+  const view = new vega.View(vega.parse(vegaLite.compile(full).spec), { renderer: 'none' });
   const svg = await view.toSVG(2);
   mkdirSync(dirname(path), { recursive: true });
   if (path.endsWith('.svg')) {

@@ -1,0 +1,117 @@
+// npm run bench: torchlearn beside PyTorch on the same machine, in one run. Prints a table and JSON
+// (also written to out/bench.json).
+//   --device cpu|cuda   (default: cuda when LibTorch has it)
+//   --python PATH       PyTorch for the baseline (default /usr/bin/python3 on the CPU, python3 on CUDA)
+//   --quick             fewer iterations
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { native } from '../src/binding.js';
+import { ImageDataLoaders, readCovidMetadata, torchInfo, visionLearner } from '../src/index.js';
+import { decodeAll } from '../src/data/images.js';
+
+const { values: args } = parseArgs({
+  options: {
+    device: { type: 'string' },
+    python: { type: 'string' },
+    quick: { type: 'boolean', default: false },
+    data: { type: 'string', default: '../shared/datasets/covid-chestxray' },
+    out: { type: 'string', default: 'out/bench.json' },
+  },
+});
+const info = torchInfo();
+const device = args.device ?? (info.cuda ? 'cuda' : 'cpu');
+const cuda = device.startsWith('cuda');
+const python = args.python ?? (cuda ? 'python3' : '/usr/bin/python3');
+const rows: Record<string, unknown>[] = [];
+const log = (s: string) => process.stderr.write(s + '\n');
+
+// Same shapes on both sides. CPU: a ResNet50 at 128 px on 2 cores; GPU: the H100 reference workload.
+const cfg = cuda
+  ? { arch: 'resnet50', size: 224, presize: 256, bss: [64, 256], iters: args.quick ? 10 : 30, precisions: ['bf16', 'fp32'] }
+  : { arch: 'resnet50', size: 128, presize: 160, bss: [16], iters: args.quick ? 3 : 6, precisions: ['fp32'] };
+
+function pytorch(extra: string[]): Record<string, unknown>[] {
+  try {
+    const out = execFileSync(python, ['scripts/bench/pytorch_train.py', '--device', device, '--arch', cfg.arch, '--size', String(cfg.size), '--presize', String(cfg.presize), ...extra], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    return out.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+  } catch (e) {
+    log(`PyTorch baseline failed: ${(e as Error).message.split('\n')[0]}`);
+    return [];
+  }
+}
+
+async function decodeBench() {
+  const csv = join(args.data!, 'metadata.csv');
+  if (!existsSync(csv)) return log(`decode bench skipped: no dataset at ${args.data}`);
+  const paths = readCovidMetadata(csv).items.map((i) => i.path);
+  const presize = 280;
+  const t = performance.now();
+  const res = await decodeAll(paths, presize, 'crop');
+  const s = (performance.now() - t) / 1000;
+  const ok = res.filter((r) => r.ok).length;
+  rows.push({ bench: 'decode+presize', impl: 'torchlearn (sharp)', images: ok, presize, images_per_s: ok / s });
+  try {
+    const pil = JSON.parse(execFileSync('/usr/bin/python3', ['scripts/bench/pil_decode.py', String(presize), ...paths], { encoding: 'utf8' }).trim());
+    rows.push({ bench: 'decode+presize', impl: 'pillow (1 thread)', images: pil.images, presize, images_per_s: pil.images_per_s });
+  } catch {
+    log('Pillow baseline unavailable');
+  }
+}
+
+async function trainBench() {
+  for (const bs of cfg.bss) {
+    for (const prec of cfg.precisions) {
+      const n = bs * cfg.iters;
+      const p = cfg.presize;
+      const images = new Uint8Array(n * p * p * 3);
+      for (let i = 0; i < images.length; i += 4096) images[i] = (i * 2654435761) >>> 24; // cheap non-constant fill
+      const labels = Int32Array.from({ length: n }, (_, i) => i % 2);
+      const dls = ImageDataLoaders.fromArrays(images, labels, ['a', 'b'], { presize: p, size: cfg.size, bs, validPct: 0 });
+      for (const frozen of [true, false]) {
+        native.cudaMemory(true);
+        const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0 });
+        if (frozen) learn.freeze();
+        else learn.unfreeze();
+        await learn.fitOneCycle(2); // epoch 0 warms up (cuDNN autotuning, allocator), epoch 1 is measured
+        const s = learn.recorder.trainSeconds[1];
+        const mem = native.cudaMemory();
+        const row = { bench: 'train step', impl: 'torchlearn', arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s, peak_device_bytes: mem.peakAllocated, peak_rss_bytes: process.resourceUsage().maxRSS * 1024 };
+        rows.push(row);
+        log(JSON.stringify(row));
+        learn.dispose();
+      }
+      for (const r of pytorch(['--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec])) {
+        rows.push({ bench: 'train step', ...r, impl: 'pytorch eager', precision: prec });
+        log(JSON.stringify(r));
+      }
+    }
+  }
+}
+
+function augmentBench() {
+  const bs = cuda ? 256 : 64;
+  const spb = native.benchAugment({ device, n: bs * 2, presize: 280, size: 224, bs, iters: cuda ? 50 : 5 });
+  rows.push({ bench: 'batch assembly + augmentation', impl: 'torchlearn', device, bs, size: 224, batches_per_s: 1 / spb, images_per_s: bs / spb });
+}
+
+log(`torchlearn bench on ${device} (${info.deviceName ?? `${info.threads} CPU threads`}), LibTorch ${info.torchVersion}`);
+if (!cuda) await decodeBench();
+augmentBench();
+await trainBench();
+
+// ratios: torchlearn / pytorch for matching rows
+const fmt = (x: unknown) => (typeof x === 'number' ? (x > 100 ? x.toFixed(0) : x.toFixed(2)) : String(x ?? ''));
+console.log('\n| bench | impl | config | images/s | peak device MB | peak RSS MB | vs PyTorch |');
+console.log('|---|---|---|---|---|---|---|');
+for (const r of rows) {
+  const config = r.bench === 'train step' ? `${r.arch} bs ${r.bs} ${r.size}px ${r.precision}${r.frozen ? ' frozen' : ' unfrozen'}` : r.bs ? `bs ${r.bs} ${r.size}px` : `${r.images} files to ${r.presize}px`;
+  const twin = rows.find((q) => q !== r && q.bench === 'train step' && r.bench === 'train step' && q.impl !== r.impl && q.bs === r.bs && q.frozen === r.frozen && q.precision === r.precision);
+  const ratio = r.impl === 'torchlearn' && twin ? `${((r.images_per_s as number) / (twin.images_per_s as number)).toFixed(2)}x` : '';
+  console.log(`| ${r.bench} | ${r.impl} | ${config} | ${fmt(r.images_per_s)} | ${r.peak_device_bytes ? ((r.peak_device_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${r.peak_rss_bytes ? ((r.peak_rss_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${ratio} |`);
+}
+const result = { date: new Date().toISOString(), device, deviceName: info.deviceName, threads: info.threads, torchVersion: info.torchVersion, rows };
+mkdirSync('out', { recursive: true });
+writeFileSync(args.out!, JSON.stringify(result, null, 2));
+console.log('\n' + JSON.stringify(result));

@@ -1,0 +1,139 @@
+"""The PyTorch side of `npm run bench`: the same workload as torchlearn's fitOneCycle step, in eager
+PyTorch on the same LibTorch (Debian's python3-torch on the CPU, the GPU machine's PyTorch there).
+
+ResNet body + fast.ai head (concat pool, BN, dropout, bias-free linears), AdamW with fast.ai's
+betas (0.9, 0.99), eps 1e-5, wd 0.01 (fused on CUDA), a uint8 image cache on the device, per batch:
+index, one random affine grid per image (flip, rotate, zoom) + grid_sample to `size`, normalise;
+bf16 autocast and channels_last on CUDA. Prints one JSON line per configuration.
+"""
+import argparse, contextlib, json, math, resource, time
+import torch, torch.nn as nn, torch.nn.functional as F, torchvision
+
+
+class ConcatPool(nn.Module):
+    def forward(self, x):
+        return torch.cat([F.adaptive_max_pool2d(x, 1), F.adaptive_avg_pool2d(x, 1)], 1)
+
+
+def make_model(arch, nc):
+    m = getattr(torchvision.models, arch)()
+    body = nn.Sequential(*list(m.children())[:-2])
+    nf = m.fc.in_features * 2
+    head = nn.Sequential(ConcatPool(), nn.Flatten(), nn.BatchNorm1d(nf), nn.Dropout(0.25), nn.Linear(nf, 512, bias=False),
+                         nn.ReLU(inplace=True), nn.BatchNorm1d(512), nn.Dropout(0.5), nn.Linear(512, nc, bias=False))
+    return nn.Sequential(body, head)
+
+
+def augment(x_u8, size, mean, std):
+    b = x_u8.shape[0]
+    x = x_u8.permute(0, 3, 1, 2).float().div_(255)
+    ang = (torch.rand(b, device=x.device) * 20 - 10) * math.pi / 180
+    s = 1 / (1 + torch.rand(b, device=x.device) * 0.1)
+    flip = torch.where(torch.rand(b, device=x.device) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0] = flip * torch.cos(ang) * s
+    theta[:, 0, 1] = -flip * torch.sin(ang) * s
+    theta[:, 1, 0] = torch.sin(ang) * s
+    theta[:, 1, 1] = torch.cos(ang) * s
+    grid = F.affine_grid(theta, (b, 3, size, size), align_corners=True)
+    x = F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=True)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_last):
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = make_model(arch, 2).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if frozen:  # fast.ai freeze(): body frozen except BatchNorm
+        for mod in model[0].modules():
+            for p in mod.parameters(recurse=False):
+                p.requires_grad_(isinstance(mod, nn.BatchNorm2d))
+    params = [p for p in model.parameters() if p.requires_grad]
+    kw = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
+    if dev.type == 'cuda':
+        kw['fused'] = True
+    opt = torch.optim.AdamW(params, **kw)
+    n = bs * 4
+    cache = torch.randint(0, 256, (n, presize, presize, 3), dtype=torch.uint8, device=dev)
+    labels = torch.randint(0, 2, (n,), device=dev)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
+    model.train()
+    if dev.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+        torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        idx = torch.randint(0, n, (bs,), device=dev)
+        x = augment(cache[idx], size, mean, std)
+        with (torch.autocast('cuda', dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()):
+            loss = F.cross_entropy(model(x).float(), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(warmup):
+        step()
+    if dev.type == 'cuda':
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(iters):
+        loss = step()
+    loss.item()
+    if dev.type == 'cuda':
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t
+    peak = torch.cuda.max_memory_allocated() if dev.type == 'cuda' else 0
+    return dict(impl='pytorch', arch=arch, device=device, bs=bs, size=size, bf16=bf16, frozen=frozen, channels_last=channels_last,
+                images_per_s=bs * iters / dt, peak_device_bytes=peak,
+                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def infer(arch, device, bs, size, iters, bf16, channels_last):
+    dev = torch.device(device)
+    model = make_model(arch, 2).to(dev).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(bs, 3, size, size, device=dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), (torch.autocast('cuda', dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()):
+        for _ in range(2):
+            model(x)
+        if dev.type == 'cuda':
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(iters):
+            y = model(x)
+        y.float().sum().item()
+    dt = time.perf_counter() - t
+    return dict(impl='pytorch', kind='inference', arch=arch, device=device, bs=bs, size=size, bf16=bf16, images_per_s=bs * iters / dt)
+
+
+if __name__ == '__main__':
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--arch', default='resnet50')
+    ap.add_argument('--device', default='cpu')
+    ap.add_argument('--bs', type=int, nargs='+', default=[16])
+    ap.add_argument('--size', type=int, default=128)
+    ap.add_argument('--presize', type=int, default=160)
+    ap.add_argument('--iters', type=int, default=6)
+    ap.add_argument('--warmup', type=int, default=2)
+    ap.add_argument('--threads', type=int, default=0)
+    ap.add_argument('--precisions', nargs='+', default=['fp32'])
+    ap.add_argument('--inference', action='store_true')
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cuda = a.device.startswith('cuda')
+    for bs in a.bs:
+        for prec in a.precisions:
+            bf16 = prec == 'bf16'
+            if a.inference:
+                print(json.dumps(infer(a.arch, a.device, bs, a.size, a.iters, bf16, cuda)), flush=True)
+                continue
+            for frozen in (True, False):
+                print(json.dumps(run(a.arch, a.device, bs, a.size, a.presize, a.iters, a.warmup, bf16, frozen, cuda)), flush=True)
