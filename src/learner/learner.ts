@@ -296,6 +296,7 @@ export class Learner {
         bar.clear();
         const values = [trainLoss, v ? v.loss : NaN, ...this.metrics.map((m) => (v ? m.fn(v.probs, v.targets, v.numClasses) : NaN))];
         this.recorder.values.push(values);
+        this.recorder.epochSeconds.push((Date.now() - te) / 1000);
         table.row([String(epoch), ...values.map(formatValue), formatTime((Date.now() - te) / 1000)]);
         epochs++;
         const info: EpochInfo = { epoch, values: Object.fromEntries(names.map((n, i) => [n, values[i]])) };

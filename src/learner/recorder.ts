@@ -18,6 +18,8 @@ export class Recorder {
   iters: number[] = [];
   /** seconds of training (no validation) per epoch */
   trainSeconds: number[] = [];
+  /** seconds per epoch, training and validation */
+  epochSeconds: number[] = [];
 
   reset(metricNames: string[]): void {
     this.lrs = [];
@@ -27,6 +29,7 @@ export class Recorder {
     this.values = [];
     this.iters = [];
     this.trainSeconds = [];
+    this.epochSeconds = [];
     this.metricNames = metricNames;
   }
 

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole GPU check, for the lent GPU machine (../shared/device/README.md): build against the
+# machine's LibTorch (the one inside its PyTorch), run the test suite with CUDA, run the bench, print
+# a table. Needs .device/node.xz (../shared/device/pack-node.sh) and .device/nm.tar.xz (node_modules).
+#   run on the device with carry [".device"]:  bash scripts/gpu-check.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+export PATH=/tmp:$PATH
+[ -x /tmp/node ] || { xz -d < .device/node.xz > /tmp/node && chmod +x /tmp/node; }
+[ -d node_modules ] || tar xJf .device/nm.tar.xz
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+t0=$(date +%s)
+cmake -S . -B /tmp/tlbuild -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=/tmp/tlbuild/Release > "$OUT/build.log" 2>&1 &&
+  cmake --build /tmp/tlbuild -j"$(nproc)" >> "$OUT/build.log" 2>&1
+rc=$?
+grep -E "torchlearn: using|error" "$OUT/build.log" | head -20
+echo "build: rc=$rc in $(( $(date +%s) - t0 )) s"
+[ $rc = 0 ] || { tail -40 "$OUT/build.log"; exit 1; }
+export TORCHLEARN_ADDON=/tmp/tlbuild/Release/torchlearn.node
+export TORCHLEARN_REF_PYTHON=python3
+node --import tsx -e "import('./src/info.ts').then(m => console.log(JSON.stringify(m.torchInfo())))"
+
+echo "== tests (CUDA enabled)"
+timeout 300 node node_modules/vitest/vitest.mjs run ${TESTS:-} 2>&1 | tee "$OUT/tests.log" | grep -E "✓|×|↓|skipped|Tests|Test Files|CUDA|error|Error" | head -80
+
+# real X-ray files for the end-to-end epoch: the carried subset, repeated to make a few thousand files
+if [ -d .device/xray ]; then
+  rm -rf /tmp/xray; for c in covid_positive covid_negative; do mkdir -p /tmp/xray/$c; done
+  for r in $(seq 1 ${XRAY_REPEAT:-16}); do for f in .device/xray/*/*; do c=$(basename "$(dirname "$f")"); ln -s "$PWD/$f" "/tmp/xray/$c/r$r-$(basename "$f")"; done; done
+  images="--images /tmp/xray"
+fi
+echo "== bench"
+export UV_THREADPOOL_SIZE=16
+timeout 360 node --import tsx scripts/bench.ts --device cuda ${images:-} ${BENCH_ARGS:-} --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -30

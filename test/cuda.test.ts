@@ -1,0 +1,79 @@
+// CUDA checks: they run where LibTorch has CUDA (scripts/gpu-check.sh on the GPU machine) and are
+// skipped here with the reason printed.
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { native } from '../src/binding.js';
+import { accuracy, ImageDataLoaders, resnet50, torchInfo, visionLearner } from '../src/index.js';
+import { makeStripes } from './helpers/fixtures.js';
+import { maxRelError, tempDir } from './helpers/python.js';
+
+const cuda = torchInfo().cuda;
+if (!cuda) console.log('CUDA tests skipped: this LibTorch has no CUDA (they run in scripts/gpu-check.sh on a GPU machine)');
+
+describe.skipIf(!cuda)('CUDA', () => {
+  it('resnet50 forward on CUDA matches the CPU', async () => {
+    const m = resnet50({ numClasses: 10 });
+    const x = Float32Array.from({ length: 2 * 3 * 96 * 96 }, (_, i) => Math.sin(i));
+    const cpu = await m.forward(x, [2, 3, 96, 96]);
+    m.to('cuda');
+    expect(m.device).toBe('cuda:0');
+    const gpu = await m.forward(x, [2, 3, 96, 96]);
+    const err = maxRelError(gpu.data, cpu.data);
+    console.log(`resnet50 CUDA vs CPU: max relative error ${err.toExponential(2)} (cuDNN may use TF32)`);
+    expect(err).toBeLessThan(5e-3);
+    m.dispose();
+  });
+
+  it('trains on CUDA (bf16 autocast, channels_last): learns the stripes; fp32 CPU and CUDA predictions of the same weights agree', async () => {
+    const dir = tempDir();
+    await makeStripes(join(dir, 's'), 50, 48, 11);
+    const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 5 });
+    const learn = visionLearner(dls, 'resnet18', { verbose: false, metrics: [accuracy()], seed: 0, device: 'cuda' });
+    expect(learn.bf16).toBe(true);
+    const r = await learn.fitOneCycle(8, { lrMax: 5e-3 });
+    console.log(`CUDA stripes accuracy ${r.values.at(-1)![2]}`);
+    expect(r.values.at(-1)![2]).toBeGreaterThanOrEqual(0.95);
+    const ckpt = await learn.save(join(dir, 'ck.safetensors'));
+    const onCpu = visionLearner(dls, 'resnet18', { verbose: false, device: 'cpu' });
+    const onGpu = visionLearner(dls, 'resnet18', { verbose: false, device: 'cuda', precision: 'fp32' });
+    await onCpu.load(ckpt);
+    await onGpu.load(ckpt);
+    const a = await onCpu.getPreds();
+    const b = await onGpu.getPreds();
+    let worst = 0;
+    a.probs.forEach((p, i) => (worst = Math.max(worst, Math.abs(p - b.probs[i]))));
+    console.log(`CPU vs CUDA fp32 probabilities: max abs difference ${worst.toExponential(2)}`);
+    expect(worst).toBeLessThan(1e-2);
+    for (const l of [learn, onCpu, onGpu]) l.dispose();
+  });
+
+  it('device memory does not grow across epochs', async () => {
+    const p = 72;
+    const n = 256;
+    const images = Uint8Array.from({ length: n * p * p * 3 }, (_, i) => (i * 2654435761) >>> 24);
+    const dls = ImageDataLoaders.fromArrays(images, Int32Array.from({ length: n }, (_, i) => i % 2), ['a', 'b'], { presize: p, size: 64, bs: 32 });
+    const learn = visionLearner(dls, 'resnet18', { verbose: false, device: 'cuda', seed: 0 });
+    await learn.fitOneCycle(2);
+    const after2 = native.cudaMemory().allocated;
+    await learn.fitOneCycle(3);
+    const after5 = native.cudaMemory().allocated;
+    console.log(`CUDA allocated after 2 epochs ${(after2 / 2 ** 20).toFixed(1)} MB, after 5 more ${(after5 / 2 ** 20).toFixed(1)} MB`);
+    expect(after5).toBeLessThanOrEqual(after2 * 1.05 + 2 ** 20);
+    learn.dispose();
+  });
+
+  it('out of memory names the batch size, and the learner goes on with a smaller batch', async () => {
+    const p = 224;
+    const n = 6144;
+    const images = new Uint8Array(n * p * p * 3);
+    const dls = ImageDataLoaders.fromArrays(images, Int32Array.from({ length: n }, (_, i) => i % 2), ['a', 'b'], { presize: p, size: 224, bs: n, validPct: 0 });
+    const learn = visionLearner(dls, 'resnet152', { verbose: false, device: 'cuda', precision: 'fp32' });
+    learn.unfreeze();
+    await expect(learn.fitOneCycle(1)).rejects.toThrow(/out of memory at batch size 6144[\s\S]*learn\.bs = 3072/);
+    learn.bs = 32;
+    learn.freeze();
+    const r = await learn.lrFind({ numIt: 6, stopDiv: false });
+    expect(r.lrs.length).toBe(6);
+    learn.dispose();
+  });
+});
