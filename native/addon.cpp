@@ -127,7 +127,7 @@ static Napi::Value BenchAugment(const Napi::CallbackInfo& info) {
   AugOptions aug;
   Normalize norm;
   auto once = [&]() {
-    auto idx = torch::randint(0, n, {bs}, gen, torch::kInt64).to(dev);
+    auto idx = toDevice(torch::randint(0, n, {bs}, gen, torch::kInt64), dev);
     return normalizeBatch(augmentImages(cache.index_select(0, idx), drawAugParams(bs, aug, gen), size), norm);
   };
   once().sum().item<double>();  // warm-up

@@ -84,6 +84,11 @@ static torch::Tensor findCoeffs(const torch::Tensor& p1, const torch::Tensor& p2
   return torch::linalg_solve(A, B).squeeze(-1);
 }
 
+torch::Tensor toDevice(const torch::Tensor& cpu, const torch::Device& device) {
+  if (!device.is_cuda()) return cpu;
+  return cpu.contiguous().pin_memory().to(device, /*non_blocking=*/true);
+}
+
 torch::Tensor augmentImages(const torch::Tensor& images, const torch::Tensor& params, int64_t size) {
   const auto dev = images.device();
   const int64_t b = images.size(0), p = images.size(1);
@@ -98,7 +103,7 @@ torch::Tensor augmentImages(const torch::Tensor& images, const torch::Tensor& pa
     // rows of (flip*rotate*zoom)[:2]: flip multiplies the first row.
     auto t00 = flip * c * s, t01 = flip * (-sn) * s, t02 = flip * (c * cx - sn * cy);
     auto t10 = sn * s, t11 = c * s, t12 = sn * cx + c * cy;
-    auto theta = torch::stack({torch::stack({t00, t01, t02}, 1), torch::stack({t10, t11, t12}, 1)}, 1).to(dev);
+    auto theta = toDevice(torch::stack({torch::stack({t00, t01, t02}, 1), torch::stack({t10, t11, t12}, 1)}, 1), dev);
     auto grid = F::affine_grid(theta, {b, 3, size, size}, /*align_corners=*/true);  // [B, S, S, 2]
     auto wx = prm.select(1, 5), wy = prm.select(1, 6);
     if (wx.abs().sum().item<double>() + wy.abs().sum().item<double>() > 0) {
@@ -108,7 +113,7 @@ torch::Tensor augmentImages(const torch::Tensor& images, const torch::Tensor& pa
                                 torch::stack({1 + wy, -1 + wx}, 1), torch::stack({1 - wy, 1 - wx}, 1)},
                                1);
       auto coeffs = findCoeffs(orig.to(torch::kFloat64), targ.to(torch::kFloat64)).to(torch::kFloat32);
-      auto m = torch::cat({coeffs, torch::ones({b, 1})}, 1).reshape({b, 3, 3}).to(dev);
+      auto m = toDevice(torch::cat({coeffs, torch::ones({b, 1})}, 1).reshape({b, 3, 3}), dev);
       auto flat = grid.reshape({b, -1, 2});
       auto h = torch::matmul(flat, m.narrow(2, 0, 2).transpose(1, 2)) + m.select(2, 2).unsqueeze(1);
       auto w = h.narrow(2, 2, 1);
@@ -122,19 +127,20 @@ torch::Tensor augmentImages(const torch::Tensor& images, const torch::Tensor& pa
   bool lighting = (bright - 0.5).abs().sum().item<double>() + (contrast - 1).abs().sum().item<double>() > 0;
   if (lighting) {
     // fast.ai LightingTfm: sigmoid((logit(x) + logit(b)) * c), x clamped away from 0 and 1.
-    auto lb = torch::log(bright / (1 - bright)).to(dev).view({b, 1, 1, 1});
-    auto cc = contrast.to(dev).view({b, 1, 1, 1});
+    auto lb = toDevice(torch::log(bright / (1 - bright)), dev).view({b, 1, 1, 1});
+    auto cc = toDevice(contrast, dev).view({b, 1, 1, 1});
     auto xc = x.clamp(1e-7, 1 - 1e-7);
     x = torch::sigmoid((torch::log(xc / (1 - xc)) + lb) * cc);
   }
   return x.contiguous(torch::MemoryFormat::ChannelsLast);
 }
 
+torch::Tensor normalizeBatch(const torch::Tensor& x, const torch::Tensor& mean, const torch::Tensor& std) { return (x - mean) / std; }
+
 torch::Tensor normalizeBatch(const torch::Tensor& x, const Normalize& n) {
-  auto opts = torch::TensorOptions().dtype(x.dtype()).device(x.device());
-  auto mean = torch::tensor({n.mean[0], n.mean[1], n.mean[2]}, opts.dtype(torch::kFloat64)).to(opts).view({1, 3, 1, 1});
-  auto std = torch::tensor({n.std[0], n.std[1], n.std[2]}, opts.dtype(torch::kFloat64)).to(opts).view({1, 3, 1, 1});
-  return (x - mean) / std;
+  auto mean = toDevice(torch::tensor({n.mean[0], n.mean[1], n.mean[2]}, torch::kFloat32).view({1, 3, 1, 1}), x.device());
+  auto std = toDevice(torch::tensor({n.std[0], n.std[1], n.std[2]}, torch::kFloat32).view({1, 3, 1, 1}), x.device());
+  return normalizeBatch(x, mean, std);
 }
 
 }  // namespace tl

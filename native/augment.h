@@ -28,8 +28,14 @@ struct Normalize {
   std::array<double, 3> std{0.229, 0.224, 0.225};
 };
 
+// Host-to-device copy that does not synchronise: pinned staging, non-blocking copy. A plain copy of
+// pageable memory waits for the GPU to drain, which stalls the whole training pipeline every batch.
+torch::Tensor toDevice(const torch::Tensor& cpu, const torch::Device& device);
+
 // images: uint8 [B, P, P, 3] on the device. Returns float [B, 3, size, size] in [0, 1] (channels_last).
 torch::Tensor augmentImages(const torch::Tensor& images, const torch::Tensor& params, int64_t size);
 torch::Tensor normalizeBatch(const torch::Tensor& x, const Normalize& n);
+// The same with mean/std already on the device, [1, 3, 1, 1].
+torch::Tensor normalizeBatch(const torch::Tensor& x, const torch::Tensor& mean, const torch::Tensor& std);
 
 }  // namespace tl

@@ -62,10 +62,16 @@ struct Learner::Core {
     throw UserError("split must be 'train' or 'valid', got '" + split + "'");
   }
 
+  torch::Tensor normMean, normStd;  // on the device, refreshed when the statistics change
+
   // Float, normalised, channels_last batch on the device from cached uint8 images.
   torch::Tensor inputs(const torch::Tensor& images, const torch::Tensor& params) {
     auto x = augmentImages(images, params, size);
-    return normalizeBatch(x, norm);
+    if (!normMean.defined() || normMean.device() != x.device()) {
+      normMean = toDevice(torch::tensor({norm.mean[0], norm.mean[1], norm.mean[2]}, torch::kFloat32).view({1, 3, 1, 1}), x.device());
+      normStd = toDevice(torch::tensor({norm.std[0], norm.std[1], norm.std[2]}, torch::kFloat32).view({1, 3, 1, 1}), x.device());
+    }
+    return normalizeBatch(x, normMean, normStd);
   }
 
   torch::Tensor lossFn(const torch::Tensor& logits, const torch::Tensor& y, bool perItem) {
@@ -238,6 +244,8 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
       c.norm.mean[i] = m.Get(i).As<Napi::Number>().DoubleValue();
       c.norm.std[i] = s.Get(i).As<Napi::Number>().DoubleValue();
     }
+    c.normMean = torch::Tensor();
+    c.normStd = torch::Tensor();
   }
   if (o.Has("seed") && o.Get("seed").IsNumber()) c.gen.set_current_seed(o.Get("seed").As<Napi::Number>().Int64Value());
   if (o.Has("sqrMom")) c.opt.sqrMom = o.Get("sqrMom").As<Napi::Number>().DoubleValue();
@@ -348,7 +356,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
           for (auto& g : h) r.lrs.push_back(g.lr);
           r.moms.push_back(h[0].mom);
           auto idx = batches[static_cast<size_t>(i)];
-          auto dIdx = idx.to(c->net->device);
+          auto dIdx = toDevice(idx, c->net->device);
           auto params = drawAugParams(idx.size(0), c->aug, c->gen);
           auto x = c->inputs(c->train.images.index_select(0, dIdx), params);
           auto y = c->train.labels.index_select(0, dIdx);
@@ -440,7 +448,7 @@ Napi::Value Learner::Validate(const Napi::CallbackInfo& info) {
         for (int64_t b = 0; b < nb; b++) {
           auto idx = torch::arange(b * c->bs, std::min(n, (b + 1) * c->bs), torch::kInt64);
           auto params = augment ? drawAugParams(idx.size(0), c->aug, c->gen) : identityAugParams(idx.size(0));
-          auto x = c->inputs(data.images.index_select(0, idx.to(c->net->device)), params);
+          auto x = c->inputs(data.images.index_select(0, toDevice(idx, c->net->device)), params);
           logits.push_back(c->net->forward(x).to(torch::kFloat32));
           const int64_t it = b + 1;
           progress->emit([it, nb](Napi::Env env) {
@@ -512,7 +520,7 @@ Napi::Value Learner::LrFind(const Napi::CallbackInfo& info) {
               }
               const double pos = static_cast<double>(it) / static_cast<double>(numIt);
               auto h = c->hypers(sched, pos);
-              auto dIdx = idx.to(c->net->device);
+              auto dIdx = toDevice(idx, c->net->device);
               auto params = drawAugParams(idx.size(0), c->aug, c->gen);
               auto x = c->inputs(c->train.images.index_select(0, dIdx), params);
               auto y = c->train.labels.index_select(0, dIdx);
@@ -584,7 +592,7 @@ Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
         std::vector<torch::Tensor> probs;
         const int64_t n = images.size(0);
         for (int64_t s = 0; s < n; s += c->bs) {
-          auto chunk = images.slice(0, s, std::min(n, s + c->bs)).to(c->net->device);
+          auto chunk = toDevice(images.slice(0, s, std::min(n, s + c->bs)), c->net->device);
           auto params = augment ? drawAugParams(chunk.size(0), c->aug, c->gen) : identityAugParams(chunk.size(0));
           probs.push_back(torch::softmax(c->net->forward(c->inputs(chunk, params)).to(torch::kFloat32), 1).to(torch::kCPU));
         }

@@ -19,6 +19,9 @@ const { values: args } = parseArgs({
     data: { type: 'string', default: '../shared/datasets/covid-chestxray' },
     out: { type: 'string', default: 'out/bench.json' },
     images: { type: 'string' },
+    bs: { type: 'string' },
+    precisions: { type: 'string' },
+    iters: { type: 'string' },
   },
 });
 const info = torchInfo();
@@ -32,6 +35,9 @@ const log = (s: string) => process.stderr.write(s + '\n');
 const cfg = cuda
   ? { arch: 'resnet50', size: 224, presize: 256, bss: [64, 256], iters: args.quick ? 10 : 30, precisions: ['bf16', 'fp32'] }
   : { arch: 'resnet50', size: 128, presize: 160, bss: [16], iters: args.quick ? 3 : 6, precisions: ['fp32'] };
+if (args.bs) cfg.bss = args.bs.split(',').map(Number);
+if (args.precisions) cfg.precisions = args.precisions.split(',');
+if (args.iters) cfg.iters = Number(args.iters);
 
 function pytorch(extra: string[]): Record<string, unknown>[] {
   try {
