@@ -1,0 +1,237 @@
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import sharp from 'sharp';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { native } from '../src/binding.js';
+import { ImageDataLoaders, isCovidFinding, readCovidMetadata, segregateByLabel } from '../src/index.js';
+import { tempDir } from './helpers/python.js';
+
+const DATA = join(__dirname, '..', '..', 'shared', 'datasets', 'covid-chestxray');
+
+// The four schemas of metadata.csv, as small CSVs (headers verbatim from the collection's history).
+const SCHEMAS: Record<string, string> = {
+  earliest:
+    'Patientid,offset,sex,age,finding,survival,view,date,location, filename,doi, url,\n' +
+    '1,0,M,65,COVID-19,,PA,2020,Here,a.jpg,,http://x,\n' +
+    '2,0,F,50,COVID-19,,CT,2020,Here,b.jpg,,http://x,\n' +
+    '3,0,F,40,Streptococcus,,PA,2020,Here,c.jpg,,http://x,\n' +
+    '4,0,M,30,COVID-19,,L,2020,Here,d.jpg,,http://x,\n',
+  early2020:
+    'Patientid,offset,sex,age,finding,survival,view,modality,date,location,filename,doi, url,license,clinical notes,other notes,\n' +
+    '1,0,M,65,COVID-19,,PA,X-ray,2020,Here,a.jpg,,http://x,,"notes, with a comma",,\n' +
+    '2,0,F,50,COVID-19,,Axial,CT,2020,Here,b.jpg,,http://x,,,,\n' +
+    '3,0,F,40,Pneumocystis,,PA,X-ray,2020,Here,c.jpg,,http://x,,"multi\nline",,\n' +
+    '4,0,M,30,COVID-19,,AP,X-ray,2020,Here,d.jpg,,http://x,,,,\n',
+  mid2020:
+    'patientid,offset,sex,age,finding,survival,view,modality,date,location,folder,filename,doi,url,license,clinical_notes,other_notes,\n' +
+    '1,0,M,65,"COVID-19, ARDS",,PA,X-ray,2020,Here,images,a.jpg,,http://x,,,,\n' +
+    '2,0,F,50,COVID-19,,PA,X-ray,2020,Here,volumes,b.nii.gz,,http://x,,,,\n' +
+    '3,0,F,40,No Finding,,PA,X-ray,2020,Here,images,c.jpg,,http://x,,,,\n' +
+    '4,0,M,30,todo,,PA,X-ray,2020,Here,images,d.jpg,,http://x,,,,\n' +
+    '5,0,M,30,COVID-19,,?,X-ray,2020,Here,images,e.jpg,,http://x,,,,\n' +
+    '6,0,M,30,COVID-19,,PA,X-ray,2020,Here,images,missing.jpg,,http://x,,,,\n',
+  latest:
+    '\ufeffpatientid,offset,sex,age,finding,RT_PCR_positive,survival,view,modality,date,location,folder,filename,doi,url,license,clinical_notes,other_notes,\r\n' +
+    '1,0,M,65,Pneumonia/Viral/COVID-19,Y,,PA,X-ray,2020,Here,images,a.jpg,,http://x,,,,\r\n' +
+    '2,0,F,50,Unknown,,,PA,X-ray,2020,Here,images,b.jpg,,http://x,,,,\r\n' +
+    '3,0,F,40,Pneumonia/Bacterial/Legionella,,,PA,X-ray,2020,Here,images,c.jpg,,http://x,,,,\r\n' +
+    '4,0,M,30,Pneumonia/Viral/COVID-19,,,AP Supine,X-ray,2020,Here,images,d.jpg,,http://x,,,,\r\n',
+};
+
+async function png(path: string, size = 40, value = 128, channels: 1 | 3 | 4 = 3) {
+  await sharp(Buffer.alloc(size * size * channels, value), { raw: { width: size, height: size, channels } }).png().toFile(path);
+}
+
+describe('metadata.csv in every schema', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = tempDir();
+    mkdirSync(join(dir, 'images'));
+    for (const f of ['a.jpg', 'b.jpg', 'c.jpg', 'd.jpg', 'e.jpg']) await png(join(dir, 'images', f));
+    for (const [name, text] of Object.entries(SCHEMAS)) writeFileSync(join(dir, `${name}.csv`), text);
+  });
+
+  it('earliest: no modality column, CT as a view', () => {
+    const r = readCovidMetadata(join(dir, 'earliest.csv'));
+    expect(r.items.map((i) => [i.patient, i.label])).toEqual([['1', 'covid_positive'], ['3', 'covid_negative']]);
+    expect(r.dropped).toMatchObject({ modality: 1, view: 1 });
+  });
+
+  it("early 2020: Patientid, ' url', 'clinical notes', quoted commas and newlines", () => {
+    const r = readCovidMetadata(join(dir, 'early2020.csv'));
+    expect(r.items.map((i) => i.patient)).toEqual(['1', '3']);
+    expect(r.columns).toContain('url');
+    expect(r.columns).toContain('clinical_notes');
+    expect(r.dropped).toMatchObject({ modality: 1, view: 1 });
+  });
+
+  it("mid 2020: folder honoured, 'COVID-19, ARDS' positive, todo and '?' dropped, missing files reported", () => {
+    const r = readCovidMetadata(join(dir, 'mid2020.csv'));
+    expect(r.items.map((i) => [i.patient, i.label])).toEqual([['1', 'covid_positive'], ['3', 'covid_negative']]);
+    expect(r.dropped).toMatchObject({ folder: 1, finding: 1, view: 1 });
+    expect(r.missingFiles.map((p) => p.split('/').pop())).toEqual(['missing.jpg']);
+  });
+
+  it('latest: hierarchical findings, BOM, CRLF, Unknown dropped', () => {
+    const r = readCovidMetadata(join(dir, 'latest.csv'));
+    expect(r.items.map((i) => [i.patient, i.label])).toEqual([['1', 'covid_positive'], ['3', 'covid_negative']]);
+    expect(r.dropped).toMatchObject({ finding: 1, view: 1 });
+  });
+
+  it('positive in every spelling the collection used', () => {
+    for (const f of ['COVID-19', 'COVID-19, ARDS', 'Pneumonia/Viral/COVID-19', 'covid19']) expect(isCovidFinding(f)).toBe(true);
+    for (const f of ['No Finding', 'Pneumonia/Viral/SARS', 'ARDS', 'Streptococcus']) expect(isCovidFinding(f)).toBe(false);
+  });
+
+  it('a CSV without the needed columns, or not a CSV, fails naming the columns', () => {
+    writeFileSync(join(dir, 'bad.csv'), 'name,age\nx,3\n');
+    expect(() => readCovidMetadata(join(dir, 'bad.csv'))).toThrow(/bad\.csv: the CSV lacks the column\(s\) patientid, finding, view, filename/);
+    writeFileSync(join(dir, 'bin.csv'), Buffer.from([0, 1, 2, 0x22, 10, 0x22, 0x22, 0x41]));
+    expect(() => readCovidMetadata(join(dir, 'bin.csv'))).toThrow(/bin\.csv/);
+    expect(() => readCovidMetadata(join(dir, 'nope.csv'))).toThrow(/nope\.csv: cannot read/);
+  });
+
+  it('segregateByLabel links files into class folders, idempotently, never overwriting a different file', () => {
+    const r = readCovidMetadata(join(dir, 'mid2020.csv'));
+    const out = join(dir, 'out');
+    const a = segregateByLabel(r.items, out);
+    expect(a.created).toBe(2);
+    expect(readdirSync(join(out, 'covid_positive'))).toEqual(['a.jpg']);
+    const b = segregateByLabel(r.items, out);
+    expect(b).toMatchObject({ created: 0, existing: 2 });
+    rmSync(join(out, 'covid_negative', 'c.jpg'));
+    writeFileSync(join(out, 'covid_negative', 'c.jpg'), 'different');
+    expect(() => segregateByLabel(r.items, out)).toThrow(/c\.jpg already exists and is a different file/);
+    const copies = segregateByLabel(r.items, join(dir, 'out-copy'), { mode: 'copy' });
+    expect(copies.created).toBe(2);
+    expect(lstatSync(join(dir, 'out-copy', 'covid_positive', 'a.jpg')).isFile()).toBe(true);
+  });
+});
+
+describe('ImageDataLoaders', () => {
+  it('splits by patient: no patient on both sides; random split is reproducible with a seed', async () => {
+    const dir = tempDir();
+    const items = [];
+    for (let p = 0; p < 30; p++) {
+      for (let k = 0; k < 1 + (p % 3); k++) {
+        const path = join(dir, `p${p}-${k}.png`);
+        await png(path, 36, 20 + p);
+        items.push({ path, label: p % 4 === 0 ? 'neg' : 'pos', patient: `P${p}` });
+      }
+    }
+    const dls = await ImageDataLoaders.fromItems(items, { size: 32, presize: 32, bs: 4, splitBy: 'patient', seed: 1 });
+    const tp = new Set(dls.train.items.map((i) => i.patient));
+    const vp = new Set(dls.valid.items.map((i) => i.patient));
+    expect([...tp].filter((p) => vp.has(p))).toEqual([]);
+    expect(dls.groups).toEqual({ train: tp.size, valid: vp.size });
+    expect(dls.valid.classCounts(dls.vocab).neg).toBeGreaterThan(0); // stratified: both classes in validation
+    const byFn = await ImageDataLoaders.fromItems(items, { size: 32, presize: 32, splitBy: (f) => f.split('/').pop()!.split('-')[0], seed: 1 });
+    expect(byFn.valid.items.map((i) => i.path)).toEqual(dls.valid.items.map((i) => i.path));
+    const r1 = await ImageDataLoaders.fromItems(items, { size: 32, presize: 32, seed: 7 });
+    const r2 = await ImageDataLoaders.fromItems(items, { size: 32, presize: 32, seed: 7 });
+    expect(r1.valid.items).toEqual(r2.valid.items);
+    expect(r1.valid.n).toBe(Math.floor(0.2 * items.length));
+  });
+
+  it('skips corrupt, truncated, empty and non-image files with a warning and counts them; 16-bit, grey, RGBA and palette images decode', async () => {
+    const dir = tempDir();
+    mkdirSync(join(dir, 'a'));
+    mkdirSync(join(dir, 'b'));
+    await png(join(dir, 'a', 'rgb.png'));
+    await png(join(dir, 'a', 'grey.png'), 40, 90, 1);
+    await png(join(dir, 'a', 'rgba.png'), 40, 90, 4);
+    await sharp(Buffer.alloc(40 * 40 * 3, 200), { raw: { width: 40, height: 40, channels: 3 } }).png({ palette: true }).toFile(join(dir, 'b', 'palette.png'));
+    await sharp(Buffer.alloc(40 * 40 * 2, 0x7f), { raw: { width: 40, height: 40, channels: 1 } }).toColourspace('grey16').png().toFile(join(dir, 'b', 'grey16.png')).catch(() => png(join(dir, 'b', 'grey16.png'), 40, 60, 1));
+    await sharp(Buffer.alloc(40 * 40 * 3, 50), { raw: { width: 40, height: 40, channels: 3 } }).jpeg().toFile(join(dir, 'b', 'photo.jpg'));
+    const jpg = readFileSync(join(dir, 'b', 'photo.jpg'));
+    writeFileSync(join(dir, 'b', 'truncated.jpg'), jpg.subarray(0, jpg.length / 3));
+    writeFileSync(join(dir, 'b', 'empty.png'), '');
+    writeFileSync(join(dir, 'a', 'notes.txt'), 'not an image');
+    const warnings: string[] = [];
+    const orig = console.warn;
+    console.warn = (m: string) => warnings.push(m);
+    const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, presize: 32, validPct: 0 }).finally(() => (console.warn = orig));
+    expect(dls.skipped.map((s) => s.path.split('/').pop()).sort()).toEqual(['empty.png', 'notes.txt', 'truncated.jpg']);
+    expect(warnings.length).toBe(3);
+    expect(warnings[0]).toMatch(/skipping .*/);
+    expect(dls.train.n).toBe(6);
+    expect(dls.vocab).toEqual(['a', 'b']);
+  });
+
+  it('a folder without classes or a class without images is an error that says so', async () => {
+    const dir = tempDir();
+    await expect(ImageDataLoaders.fromFolder(dir)).rejects.toThrow(/no class sub-folders/);
+    mkdirSync(join(dir, 'x'));
+    await expect(ImageDataLoaders.fromFolder(dir)).rejects.toThrow(/the class 'x' has no images/);
+    await expect(ImageDataLoaders.fromItems([{ path: 'a', label: 'x' }], { validPct: 1 })).rejects.toThrow(/validPct must be in \[0, 1\)/);
+    await expect(ImageDataLoaders.fromItems([{ path: 'a', label: 'x' }], { bs: 0 })).rejects.toThrow(/bs must be a positive integer/);
+    await expect(ImageDataLoaders.fromItems([{ path: 'a', label: 'x' }], { size: 0 })).rejects.toThrow(/size must be an integer of at least 32/);
+  });
+});
+
+describe('augmentation geometry', () => {
+  // A 32x32 image, black except a white 8x8 block in the top-left corner.
+  const p = 32;
+  const img = new Uint8Array(p * p * 3);
+  for (let y = 0; y < 8; y++) for (let x = 0; x < 8; x++) img.fill(255, (y * p + x) * 3, (y * p + x) * 3 + 3);
+  const centroid = (out: Uint8Array) => {
+    let sx = 0, sy = 0, s = 0;
+    for (let y = 0; y < p; y++) for (let x = 0; x < p; x++) {
+      const v = out[(y * p + x) * 3];
+      sx += v * x; sy += v * y; s += v;
+    }
+    return [sx / s, sy / s];
+  };
+  const params = (flip: number, angleDeg: number, zoom = 1) => Float64Array.from([flip, (angleDeg * Math.PI) / 180, zoom, 0, 0, 0, 0, 0.5, 1]);
+
+  it('identity leaves the image as it is', () => {
+    const out = native.augmentImages(img, 1, p, p, { params: params(1, 0) });
+    expect(Buffer.from(out).equals(Buffer.from(img))).toBe(true);
+  });
+
+  it('a flip moves the block to the top-right corner', () => {
+    const [x, y] = centroid(native.augmentImages(img, 1, p, p, { params: params(-1, 0) }));
+    expect(x).toBeCloseTo(p - 4.5, 0);
+    expect(y).toBeCloseTo(3.5, 0);
+  });
+
+  it('a 90° rotation moves the top-left block to the bottom-left corner (positive angles turn the picture counter-clockwise)', () => {
+    const [x, y] = centroid(native.augmentImages(img, 1, p, p, { params: params(1, 90) }));
+    expect(x).toBeCloseTo(3.5, 0);
+    expect(y).toBeCloseTo(p - 4.5, 0);
+  });
+
+  it('zoom < 1 samples a smaller area around the centre: a centred block grows', () => {
+    const centred = new Uint8Array(p * p * 3);
+    for (let y = 12; y < 20; y++) for (let x = 12; x < 20; x++) centred.fill(255, (y * p + x) * 3, (y * p + x) * 3 + 3);
+    const out = native.augmentImages(centred, 1, p, p, { params: params(1, 0, 0.5) });
+    const lit = Array.from({ length: p * p }, (_, i) => out[i * 3]).filter((v) => v > 128).length;
+    expect(lit).toBeGreaterThan(8 * 8 * 2);
+  });
+
+  it('random augmentation is reproducible with a seed and differs across seeds', () => {
+    const aug = { doFlip: true, maxRotate: 10, minZoom: 1, maxZoom: 1.1, maxLighting: 0.2, maxWarp: 0.2, pAffine: 0.75, pLighting: 0.75 };
+    const a = native.augmentImages(img, 1, p, p, { aug, seed: 3 });
+    const b = native.augmentImages(img, 1, p, p, { aug, seed: 3 });
+    const c = native.augmentImages(img, 1, p, p, { aug, seed: 4 });
+    expect(Buffer.from(a).equals(Buffer.from(b))).toBe(true);
+    expect(Buffer.from(a).equals(Buffer.from(c))).toBe(false);
+  });
+});
+
+describe.skipIf(!existsSync(join(DATA, 'metadata.csv')))('the real covid-chestxray snapshot', () => {
+  it('reads the PA X-rays, labels and counts them, decodes every image', async () => {
+    const r = readCovidMetadata(join(DATA, 'metadata.csv'));
+    console.log(`covid-chestxray: ${r.rows} rows, kept ${r.kept}, dropped ${JSON.stringify(r.dropped)}, missing ${r.missingFiles.length}, ${JSON.stringify(r.perClass)}`);
+    expect(r.rows).toBe(673);
+    // 302 PA X-ray rows: 4 name a file already named, 5 name files that are not in the snapshot
+    expect(r.kept + r.dropped.duplicate + r.missingFiles.length).toBe(302);
+    expect(r.missingFiles.length).toBe(5);
+    expect(r.perClass.covid_positive).toBeGreaterThan(2 * r.perClass.covid_negative);
+    const dls = await ImageDataLoaders.fromItems(r.items, { size: 64, splitBy: 'patient', seed: 42 });
+    expect(dls.skipped).toEqual([]);
+    expect(dls.train.n + dls.valid.n).toBe(r.kept);
+    const tp = new Set(dls.train.items.map((i) => i.patient));
+    expect(dls.valid.items.every((i) => !tp.has(i.patient))).toBe(true);
+  });
+});
