@@ -22,3 +22,5 @@ export type { Callback, EpochInfo, BatchInfo } from './learner/callbacks.js';
 export { lrPerGroup } from './learner/schedule.js';
 export type { LrSpec } from './learner/schedule.js';
 export { Recorder } from './learner/recorder.js';
+export { loadLearner, InferenceLearner, EXPORT_FORMAT } from './inference.js';
+export type { Prediction, ExportInfo } from './inference.js';

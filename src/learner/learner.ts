@@ -5,10 +5,12 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { native, type NativeLearner, type NativeNet, type NativeSchedule, type NamedTensor } from '../binding.js';
 import type { ImageDataLoaders } from '../data/loaders.js';
+import { decodeAll } from '../data/images.js';
 import { manualSeed, resolveDevice, torchInfo } from '../info.js';
 import { checkArch, NetHandle, type Arch } from '../model.js';
 import { lrFindSpec, renderChart } from '../plot/charts.js';
 import { readWeightFile, writeWeightFile } from '../weights/index.js';
+import { decode, exportMetadata, predictFiles, type Prediction } from '../inference.js';
 import type { Metric } from '../metrics.js';
 import type { Callback, EpochInfo } from './callbacks.js';
 import { suggest, type Suggestions } from './lrfind.js';
@@ -115,6 +117,7 @@ export class Learner {
   #lossOpts: LossOptions;
   #busy = false;
   #bs: number;
+  #head: NonNullable<VisionLearnerOptions['head']>;
 
   constructor(dls: ImageDataLoaders, arch: Arch, opts: VisionLearnerOptions = {}) {
     this.arch = checkArch(arch);
@@ -131,6 +134,7 @@ export class Learner {
     this.#logger = opts.logger ?? ((l) => console.log(l));
     this.#lossOpts = opts.lossFunc ?? {};
     this.#bs = dls.bs;
+    this.#head = opts.head ?? {};
     if (opts.seed !== undefined) manualSeed(opts.seed);
     const net = new native.Net({ arch, kind: 'fastai', numClasses: dls.c, head: opts.head });
     this.#h = new NetHandle(net, 'this learner');
@@ -457,6 +461,56 @@ export class Learner {
     if (f.metadata.arch && f.metadata.arch !== this.arch) throw new Error(`${path} is a ${f.metadata.arch} checkpoint; this learner is a ${this.arch}`);
     if (f.metadata.frozenTo !== undefined) this.freezeTo(Number(f.metadata.frozenTo));
     this.nat.setState(f.tensors, o.withOpt ?? true);
+  }
+
+  /**
+   * One .safetensors file with the weights and what prediction needs (architecture, head, vocab,
+   * image size, resize method, normalisation, versions); load it with loadLearner().
+   */
+  async export(path = 'export.safetensors'): Promise<string> {
+    const d = this.dls;
+    const tensors = this.nat.getState(false);
+    writeWeightFile(path, tensors, exportMetadata({ arch: this.arch, vocab: d.vocab, size: d.size, presize: d.presize, method: d.method, mean: d.normalize.mean, std: d.normalize.std, head: this.#head, augment: d.augment }));
+    return path;
+  }
+
+  /** fast.ai's predict on an image file: { label, index, probs }. */
+  async predict(path: string): Promise<Prediction> {
+    return (await this.predictBatch([path]))[0];
+  }
+
+  async predictBatch(paths: string[]): Promise<Prediction[]> {
+    this.#enter();
+    try {
+      const r = await predictFiles(this.nat, paths, { presize: this.dls.presize, method: this.dls.method });
+      if (r.failed.length) throw new Error(`cannot read image ${r.failed[0].path}: ${r.failed[0].reason}`);
+      return decode(r.probs, r.numClasses, this.dls.vocab);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /** Grad-CAM for one image file (fast.ai v1): the map of layer4 for `classIdx` (default: the predicted class). */
+  async gradcam(path: string, o: { classIdx?: number } = {}): Promise<{ map: Float32Array; h: number; w: number; probs: Float32Array; classIdx: number }> {
+    const [d] = await decodeAll([path], this.dls.presize, this.dls.method);
+    if (!d.ok) throw new Error(`cannot read image ${path}: ${d.reason}`);
+    return this.gradcamRaw(d.data, o.classIdx);
+  }
+
+  /** @internal Grad-CAM on a presized uint8 image. */
+  async gradcamRaw(image: Uint8Array, classIdx?: number) {
+    this.#enter();
+    try {
+      let cls = classIdx;
+      if (cls === undefined) {
+        const p = await this.nat.predict(image, 1, this.dls.presize);
+        cls = decode(p.probs, p.numClasses, this.dls.vocab)[0].index;
+      }
+      const r = await this.nat.gradCam(image, this.dls.presize, cls);
+      return { ...r, classIdx: cls };
+    } finally {
+      this.#busy = false;
+    }
   }
 
   /** @internal the state tensors (model.*, opt.*, rng.*) */

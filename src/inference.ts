@@ -1,0 +1,177 @@
+// A trained classifier as one file, and a fast predictor: export / loadLearner / predict /
+// predictBatch / getPreds. The file is .safetensors: weights, plus in its metadata everything needed to
+// predict; no pickles, nothing executed on load.
+import { readFileSync } from 'node:fs';
+import { native, type NativeLearner, type NamedTensor } from './binding.js';
+import { decodeAll } from './data/images.js';
+import type { AugOptions, ResizeMethod } from './data/transforms.js';
+import { resolveDevice, torchInfo } from './info.js';
+import { checkArch, NetHandle, type Arch } from './model.js';
+import { readWeightFile } from './weights/index.js';
+
+export const EXPORT_FORMAT = 'torchlearn-export-v1';
+
+/** What an export records besides the weights. */
+export interface ExportInfo {
+  arch: Arch;
+  vocab: string[];
+  size: number;
+  presize: number;
+  method: ResizeMethod;
+  mean: number[];
+  std: number[];
+  head: { hidden?: number; ps?: number; concatPool?: boolean; linearBias?: boolean };
+  augment: AugOptions | null;
+}
+
+export interface Prediction {
+  label: string;
+  index: number;
+  probs: Float32Array;
+}
+
+function packageVersion(): string {
+  try {
+    return JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+export function exportMetadata(info: ExportInfo): Record<string, string> {
+  return {
+    format: EXPORT_FORMAT,
+    arch: info.arch,
+    vocab: JSON.stringify(info.vocab),
+    size: String(info.size),
+    presize: String(info.presize),
+    method: info.method,
+    mean: JSON.stringify(info.mean),
+    std: JSON.stringify(info.std),
+    head: JSON.stringify(info.head),
+    augment: JSON.stringify(info.augment),
+    torchlearnVersion: packageVersion(),
+    torchVersion: torchInfo().torchVersion,
+  };
+}
+
+function parseExport(path: string, meta: Record<string, string>): ExportInfo {
+  if (meta.format !== EXPORT_FORMAT) {
+    throw new Error(
+      `${path} is not a torchlearn export (format '${meta.format ?? 'none'}'). ` +
+        (meta.format === 'torchlearn-checkpoint' ? 'It is a checkpoint from learn.save(): load it with learn.load(), or write an export with learn.export().' : 'Write one with learn.export(path).'),
+    );
+  }
+  try {
+    return {
+      arch: checkArch(meta.arch),
+      vocab: JSON.parse(meta.vocab),
+      size: Number(meta.size),
+      presize: Number(meta.presize),
+      method: meta.method as ResizeMethod,
+      mean: JSON.parse(meta.mean),
+      std: JSON.parse(meta.std),
+      head: JSON.parse(meta.head),
+      augment: JSON.parse(meta.augment),
+    };
+  } catch (e) {
+    throw new Error(`${path}: damaged export metadata (${(e as Error).message})`);
+  }
+}
+
+/** Decodes image files at the presize and runs the native validation transform + model. */
+export async function predictFiles(
+  nat: NativeLearner,
+  files: string[],
+  o: { presize: number; method: ResizeMethod; augment?: boolean },
+): Promise<{ probs: Float32Array; numClasses: number; failed: { path: string; reason: string }[]; ok: number[] }> {
+  const decoded = await decodeAll(files, o.presize, o.method);
+  const failed: { path: string; reason: string }[] = [];
+  const ok: number[] = [];
+  decoded.forEach((d, i) => (d.ok ? ok.push(i) : failed.push({ path: files[i], reason: d.reason })));
+  const p = o.presize;
+  const images = new Uint8Array(ok.length * p * p * 3);
+  ok.forEach((i, k) => images.set((decoded[i] as { data: Buffer }).data, k * p * p * 3));
+  if (ok.length === 0) return { probs: new Float32Array(0), numClasses: 0, failed, ok };
+  const r = await nat.predict(images, ok.length, p, { augment: o.augment ?? false });
+  return { probs: r.probs, numClasses: r.numClasses, failed, ok };
+}
+
+/** A loaded export: predicts, nothing else (fast.ai's load_learner). */
+export class InferenceLearner {
+  readonly info: ExportInfo;
+  readonly device: string;
+  #h: NetHandle;
+  #nat: NativeLearner | null;
+
+  constructor(info: ExportInfo, tensors: NamedTensor[], device: string, source: string) {
+    this.info = info;
+    this.device = device;
+    const net = new native.Net({ arch: info.arch, kind: 'fastai', numClasses: info.vocab.length, head: info.head });
+    this.#h = new NetHandle(net, 'this learner');
+    net.loadStateDict(tensors.map((t) => ({ ...t, name: t.name.replace(/^model\./, '') })), { strict: true, source });
+    this.#nat = new native.Learner(net, { device });
+    this.#nat.setOptions({ size: info.size, bs: 64, mean: info.mean, std: info.std, aug: info.augment, bf16: device.startsWith('cuda') });
+  }
+
+  get vocab(): string[] {
+    return this.info.vocab;
+  }
+
+  private get nat(): NativeLearner {
+    if (!this.#nat) throw new Error('this learner was disposed: load it again');
+    return this.#nat;
+  }
+
+  /** fast.ai's predict: (decoded label, index, probabilities) for one image file. */
+  async predict(path: string): Promise<Prediction> {
+    const [p] = await this.predictBatch([path]);
+    return p;
+  }
+
+  /** Decodes in parallel and predicts in batches; an unreadable file is an error naming it. */
+  async predictBatch(paths: string[]): Promise<Prediction[]> {
+    const r = await predictFiles(this.nat, paths, { presize: this.info.presize, method: this.info.method });
+    if (r.failed.length) throw new Error(`cannot read image ${r.failed[0].path}: ${r.failed[0].reason}`);
+    return decode(r.probs, r.numClasses, this.vocab);
+  }
+
+  /** Probabilities for a list of files, and, when labels are given, targets and per-item losses. */
+  async getPreds(items: { path: string; label?: string }[]): Promise<{ probs: Float32Array; numClasses: number; targets?: Int32Array; losses?: Float32Array; skipped: { path: string; reason: string }[] }> {
+    const r = await predictFiles(this.nat, items.map((i) => i.path), { presize: this.info.presize, method: this.info.method });
+    const labelled = items.every((i) => i.label !== undefined);
+    if (!labelled) return { probs: r.probs, numClasses: r.numClasses, skipped: r.failed };
+    const targets = Int32Array.from(r.ok, (i) => {
+      const t = this.vocab.indexOf(items[i].label!);
+      if (t < 0) throw new Error(`label '${items[i].label}' of ${items[i].path} is not in the vocab [${this.vocab.join(', ')}]`);
+      return t;
+    });
+    const c = r.numClasses;
+    const losses = Float32Array.from(targets, (t, k) => -Math.log(Math.max(1e-30, r.probs[k * c + t])));
+    return { probs: r.probs, numClasses: c, targets, losses, skipped: r.failed };
+  }
+
+  dispose(): void {
+    this.#nat?.dispose();
+    this.#nat = null;
+    this.#h.dispose();
+  }
+}
+
+export function decode(probs: Float32Array, c: number, vocab: string[]): Prediction[] {
+  const out: Prediction[] = [];
+  for (let i = 0; i < probs.length / c; i++) {
+    const row = probs.slice(i * c, (i + 1) * c);
+    let k = 0;
+    row.forEach((v, j) => (v > row[k] ? (k = j) : 0));
+    out.push({ label: vocab[k], index: k, probs: row });
+  }
+  return out;
+}
+
+/** fast.ai's load_learner: an export written by learn.export(), on `device` ('auto' = CUDA when present). */
+export function loadLearner(path: string, o: { device?: string } = {}): InferenceLearner {
+  const f = readWeightFile(path);
+  if (f.format !== 'safetensors') throw new Error(`${path}: an export is a .safetensors file written by learn.export()`);
+  return new InferenceLearner(parseExport(path, f.metadata), f.tensors, resolveDevice(o.device), path);
+}

@@ -1,0 +1,94 @@
+import { execFileSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { accuracy, ImageDataLoaders, loadLearner, readWeightFile, visionLearner, type Learner } from '../src/index.js';
+import { makeStripes } from './helpers/fixtures.js';
+import { tempDir } from './helpers/python.js';
+
+let dir: string;
+let dls: ImageDataLoaders;
+let learn: Learner;
+let exported: string;
+
+beforeAll(async () => {
+  dir = tempDir();
+  await makeStripes(join(dir, 's'), 30, 48, 2);
+  dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 1 });
+  learn = visionLearner(dls, 'resnet18', { verbose: false, metrics: [accuracy()], seed: 0, modelDir: join(dir, 'models') });
+  await learn.fitOneCycle(4, { lrMax: 5e-3 });
+  exported = await learn.export(join(dir, 'export.safetensors'));
+});
+
+describe('export and loadLearner', () => {
+  it('writes one .safetensors with everything prediction needs in its metadata', () => {
+    const f = readWeightFile(exported);
+    expect(f.format).toBe('safetensors');
+    expect(f.metadata).toMatchObject({ format: 'torchlearn-export-v1', arch: 'resnet18', size: '32', presize: '40', method: 'crop' });
+    expect(JSON.parse(f.metadata.vocab)).toEqual(['horizontal', 'vertical']);
+    expect(JSON.parse(f.metadata.mean)).toEqual([0.485, 0.456, 0.406]);
+    expect(f.metadata.torchVersion).toMatch(/^\d/);
+    expect(f.tensors.some((t) => t.name.startsWith('opt.'))).toBe(false);
+  });
+
+  it("a loaded export predicts what the trained learner predicts, for the same files", async () => {
+    const files = dls.valid.items.map((i) => i.path);
+    const inf = loadLearner(exported, { device: 'cpu' });
+    const a = await learn.predictBatch(files);
+    const b = await inf.predictBatch(files);
+    let worst = 0;
+    a.forEach((p, i) => {
+      expect(b[i].label).toBe(p.label);
+      p.probs.forEach((v, k) => (worst = Math.max(worst, Math.abs(v - b[i].probs[k]))));
+    });
+    expect(worst).toBeLessThan(1e-5);
+    const one = await inf.predict(files[0]);
+    expect(one.label).toBe(a[0].label);
+    expect(one.index).toBe(inf.vocab.indexOf(one.label));
+    const g = await inf.getPreds(dls.valid.items);
+    expect(g.targets!.length).toBe(files.length);
+    g.losses!.forEach((l, i) => expect(l).toBeCloseTo(-Math.log(Math.max(1e-30, g.probs[i * 2 + g.targets![i]])), 4));
+    // the learner's own predictions on its validation set agree too
+    const v = await learn.getPreds();
+    v.probs.forEach((p, i) => expect(Math.abs(p - g.probs[i])).toBeLessThan(1e-5));
+    inf.dispose();
+    await expect(inf.predict(files[0])).rejects.toThrow(/disposed/);
+  });
+
+  it('tta: n augmented passes averaged, then lerp with the plain pass (beta 0.25)', async () => {
+    const plain = await learn.getPreds();
+    const t = await learn.tta({ n: 2, beta: 1 });
+    plain.probs.forEach((p, i) => expect(t.probs[i]).toBeCloseTo(p, 6)); // beta 1 = the plain pass
+    const t2 = await learn.tta({ n: 3 });
+    expect(t2.probs.length).toBe(plain.probs.length);
+    for (let i = 0; i < t2.probs.length; i += 2) expect(t2.probs[i] + t2.probs[i + 1]).toBeCloseTo(1, 5);
+  });
+
+  it('refuses a checkpoint or weights instead of an export, and names bad images', async () => {
+    const ck = await learn.save('stage-1');
+    expect(() => loadLearner(ck)).toThrow(/checkpoint from learn\.save\(\)/);
+    writeFileSync(join(dir, 'bad.jpg'), 'nope');
+    const inf = loadLearner(exported, { device: 'cpu' });
+    await expect(inf.predict(join(dir, 'bad.jpg'))).rejects.toThrow(/cannot read image .*bad\.jpg/);
+    inf.dispose();
+  });
+
+  it('the command line predicts with a table or JSON, and names a missing model file', () => {
+    const cli = join(__dirname, '..', 'src', 'cli.ts');
+    const tsx = join(__dirname, '..', 'node_modules', '.bin', 'tsx');
+    const img = dls.valid.items[0].path;
+    const json = JSON.parse(execFileSync(tsx, [cli, 'predict', exported, img, '--json', '--device', 'cpu'], { encoding: 'utf8' }));
+    expect(json[0].file).toBe(img);
+    expect(Object.keys(json[0].probs)).toEqual(['horizontal', 'vertical']);
+    const table = execFileSync(tsx, [cli, 'predict', exported, img], { encoding: 'utf8' });
+    expect(table).toMatch(/prediction/);
+    expect(execFileSync(tsx, [cli, 'info'], { encoding: 'utf8' })).toMatch(/LibTorch \d+\.\d+/);
+    let err = '';
+    try {
+      execFileSync(tsx, [cli, 'predict', join(dir, 'nope.safetensors'), img], { encoding: 'utf8', stdio: 'pipe' });
+    } catch (e) {
+      err = String((e as { stderr: string }).stderr);
+    }
+    expect(err).toMatch(/nope\.safetensors: weight file not found/);
+  });
+});
