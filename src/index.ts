@@ -24,3 +24,4 @@ export type { LrSpec } from './learner/schedule.js';
 export { Recorder } from './learner/recorder.js';
 export { loadLearner, InferenceLearner, EXPORT_FORMAT } from './inference.js';
 export type { Prediction, ExportInfo } from './inference.js';
+export { ClassificationInterpretation } from './interpret.js';

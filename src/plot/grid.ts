@@ -24,7 +24,10 @@ export function colormap(t: number): [number, number, number] {
   return [0, 1, 2].map((c) => Math.round(MAGMA[i][c] * (1 - f) + MAGMA[i + 1][c] * f)) as [number, number, number];
 }
 
-async function heatOverlay(t: Tile): Promise<Buffer> {
+/** Tiles smaller than this are scaled up so that their titles stay readable. */
+export const MIN_TILE = 160;
+
+async function heatOverlay(t: Tile, size: number): Promise<Buffer> {
   const { map, h, w } = t.heat!;
   const max = Math.max(1e-12, ...map);
   const rgba = Buffer.alloc(h * w * 4);
@@ -33,12 +36,12 @@ async function heatOverlay(t: Tile): Promise<Buffer> {
     rgba.set([r, g, b, Math.round(255 * (t.heat!.alpha ?? 0.6))], i * 4);
   }
   // bilinear upsampling of the coarse map, as matplotlib's imshow(interpolation='bilinear')
-  return sharp(rgba, { raw: { width: w, height: h, channels: 4 } }).resize(t.size, t.size, { kernel: 'linear' }).png().toBuffer();
+  return sharp(rgba, { raw: { width: w, height: h, channels: 4 } }).resize(size, size, { kernel: 'linear' }).png().toBuffer();
 }
 
 /** A grid of tiles, `ncols` wide, each with its title above it; writes a PNG to `path`. */
 export async function writeGrid(tiles: Tile[], path: string, ncols = Math.ceil(Math.sqrt(tiles.length))): Promise<{ width: number; height: number }> {
-  const size = Math.max(...tiles.map((t) => t.size));
+  const size = Math.max(MIN_TILE, ...tiles.map((t) => t.size));
   const titleH = Math.max(18, Math.round(size * 0.12));
   const lines = Math.max(...tiles.map((t) => t.title.split('\n').length));
   const cellW = size + 8;
@@ -52,8 +55,9 @@ export async function writeGrid(tiles: Tile[], path: string, ncols = Math.ceil(M
     const t = tiles[i];
     const left = (i % ncols) * cellW + 4;
     const top = Math.floor(i / ncols) * cellH + titleH * lines + 4;
-    composites.push({ input: Buffer.from(t.rgb), raw: { width: t.size, height: t.size, channels: 3 }, left, top });
-    if (t.heat) composites.push({ input: await heatOverlay(t), left, top });
+    const img = await sharp(Buffer.from(t.rgb), { raw: { width: t.size, height: t.size, channels: 3 } }).resize(size, size, { kernel: 'lanczos3' }).png().toBuffer();
+    composites.push({ input: img, left, top });
+    if (t.heat) composites.push({ input: await heatOverlay(t, size), left, top });
     const text = t.title
       .split('\n')
       .map((l, k) => `<text x="${cellW / 2}" y="${titleH * (k + 0.75)}" font-family="DejaVu Sans, sans-serif" font-size="${fontSize}" text-anchor="middle" fill="#111">${escapeXml(l)}</text>`)

@@ -24,3 +24,27 @@ export async function makeStripes(dir: string, perClass = 24, size = 48, seed = 
     }
   }
 }
+
+/** Class 'patch': grey with stripes in one random quadrant; class 'plain': the same grey, no stripes. */
+export async function makeQuadrantPatches(dir: string, perClass: number, size: number, seed = 1): Promise<void> {
+  let s = seed;
+  const rand = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
+  for (const cls of ['patch', 'plain']) {
+    mkdirSync(join(dir, cls), { recursive: true });
+    for (let k = 0; k < perClass; k++) {
+      const px = cls === 'patch' ? quadrantPatch(Math.floor(rand() * 4), size, 4 + Math.floor(rand() * 4), rand() < 0.5) : Buffer.alloc(size * size * 3, 128);
+      for (let i = 0; i < px.length; i++) px[i] = Math.max(0, Math.min(255, px[i] + Math.floor(rand() * 16) - 8));
+      await sharp(px, { raw: { width: size, height: size, channels: 3 } }).png().toFile(join(dir, cls, `${cls}-${k}.png`));
+    }
+  }
+}
+
+export function quadrantPatch(quadrant: number, size: number, period = 6, horizontal = true): Buffer {
+  const px = Buffer.alloc(size * size * 3, 128);
+  const h = size / 2;
+  const qx = (quadrant % 2) * h;
+  const qy = Math.floor(quadrant / 2) * h;
+  for (let y = qy; y < qy + h; y++)
+    for (let x = qx; x < qx + h; x++) px.fill(((horizontal ? y : x) % period) < period / 2 ? 230 : 20, (y * size + x) * 3, (y * size + x) * 3 + 3);
+  return px;
+}
