@@ -50,7 +50,9 @@ export async function writeGrid(tiles: Tile[], path: string, ncols = Math.ceil(M
   const width = cellW * ncols;
   const height = cellH * nrows;
   const composites: OverlayOptions[] = [];
-  const fontSize = Math.max(10, Math.round(titleH * 0.6));
+  // shrink the font so that the longest title line fits its cell (DejaVu Sans: ~0.6 em per character)
+  const longest = Math.max(...tiles.flatMap((t) => t.title.split('\n').map((l) => l.length)));
+  const fontSize = Math.max(8, Math.min(Math.round(titleH * 0.6), Math.floor(cellW / (0.62 * longest))));
   for (let i = 0; i < tiles.length; i++) {
     const t = tiles[i];
     const left = (i % ncols) * cellW + 4;
