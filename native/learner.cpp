@@ -360,10 +360,23 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
           auto params = drawAugParams(idx.size(0), c->aug, c->gen);
           auto x = c->inputs(c->train.images.index_select(0, dIdx), params);
           auto y = c->train.labels.index_select(0, dIdx);
+          // On the CPU the loss is checked before the step, so a NaN never reaches the weights, and the
+          // BatchNorm statistics the diverging forward pass moved are put back.
+          std::vector<torch::Tensor> buffersBefore;
+          if (!cuda)
+            for (auto& b : c->net->module->buffers()) buffersBefore.push_back(b.clone());
           auto loss = c->forwardLoss(x, y);
           lossBuf[i].copy_(loss.detach());
-          // On the CPU the loss is checked before the step, so a NaN never reaches the weights.
-          if (!cuda) sync(i + 1);
+          if (!cuda) {
+            try {
+              sync(i + 1);
+            } catch (...) {
+              torch::NoGradGuard ng;
+              size_t k = 0;
+              for (auto& b : c->net->module->buffers()) b.copy_(buffersBefore[k++]);
+              throw;
+            }
+          }
           c->backwardAndStep(loss, h);
           r.done = i + 1;
           if (cuda && ((i + 1) % every == 0)) sync(i + 1);

@@ -52,6 +52,19 @@ export interface FitOptions {
   wd?: number;
   cbs?: Callback[];
   signal?: AbortSignal;
+  /** save a checkpoint under this name after every epoch, recording where the fit is (for `resume`) */
+  checkpoint?: string;
+  /** continue an interrupted fit from its checkpoint: same schedule, from the first unfinished epoch */
+  resume?: string;
+}
+
+/** Where a fit is, stored in its checkpoints. */
+interface FitState {
+  schedule: NativeSchedule;
+  nEpoch: number;
+  epochsDone: number;
+  smoothVal: number;
+  smoothCount: number;
 }
 
 export interface OneCycleOptions extends FitOptions {
@@ -205,7 +218,7 @@ export class Learner {
 
   // --- training ---------------------------------------------------------------------------------
   /** fast.ai's fit_one_cycle: cosine warm-up to lrMax over pctStart, then cosine annealing to lrMax/divFinal. */
-  fitOneCycle(nEpoch: number, o: OneCycleOptions = {}): Promise<FitResult> {
+  async fitOneCycle(nEpoch: number, o: OneCycleOptions = {}): Promise<FitResult> {
     return this.#fit(nEpoch, {
       kind: 'onecycle',
       lrMax: lrPerGroup(o.lrMax ?? DEFAULTS.lr, this.numGroups),
@@ -217,13 +230,13 @@ export class Learner {
   }
 
   /** Constant learning rate (fast.ai's fit), Adam's default momentum. */
-  fit(nEpoch: number, o: FitOptions & { lr?: LrSpec } = {}): Promise<FitResult> {
+  async fit(nEpoch: number, o: FitOptions & { lr?: LrSpec } = {}): Promise<FitResult> {
     const m = DEFAULTS.adamMom;
     return this.#fit(nEpoch, { kind: 'constant', lrMax: lrPerGroup(o.lr ?? DEFAULTS.lr, this.numGroups, 'lr'), moms: [m, m, m] }, o);
   }
 
   /** fast.ai's fit_flat_cos: flat at lr until pctStart (0.75), then cosine to lr/divFinal. */
-  fitFlatCos(nEpoch: number, o: FitOptions & { lr?: LrSpec; divFinal?: number; pctStart?: number } = {}): Promise<FitResult> {
+  async fitFlatCos(nEpoch: number, o: FitOptions & { lr?: LrSpec; divFinal?: number; pctStart?: number } = {}): Promise<FitResult> {
     const m = DEFAULTS.adamMom;
     return this.#fit(nEpoch, {
       kind: 'flatcos',
@@ -249,6 +262,25 @@ export class Learner {
     const wd = o.wd ?? this.wd;
     if (!(wd >= 0)) throw new Error(`wd must be >= 0, got ${wd}`);
     this.#enter();
+    let startEpoch = 0;
+    let smoothVal = 0;
+    let smoothCount = 0;
+    if (o.resume) {
+      let st: FitState;
+      try {
+        st = await this.#loadFitState(o.resume);
+      } catch (e) {
+        this.#busy = false;
+        throw e;
+      }
+      if (st.nEpoch !== nEpoch || st.schedule.kind !== schedule.kind) {
+        this.#busy = false;
+        throw new Error(`resume: the checkpoint '${o.resume}' is from a ${st.schedule.kind} fit of ${st.nEpoch} epochs; this call asks for ${schedule.kind} over ${nEpoch}`);
+      }
+      ({ schedule, epochsDone: startEpoch, smoothVal, smoothCount } = st);
+      this.log(`resuming from '${o.resume}' at epoch ${startEpoch} of ${nEpoch}`);
+    }
+    const checkpoint = o.checkpoint ?? o.resume;
     const nat = this.nat;
     const cbs = o.cbs ?? [];
     const names = ['train_loss', 'valid_loss', ...this.metrics.map((m) => m.name)];
@@ -265,9 +297,7 @@ export class Learner {
       if (this.#verbose) this.log(this.#deviceLine());
       for (const cb of cbs) await cb.beforeFit?.(this);
       table.header(['epoch', ...names, 'time']);
-      let smoothVal = 0;
-      let smoothCount = 0;
-      for (let epoch = 0; epoch < nEpoch; epoch++) {
+      for (let epoch = startEpoch; epoch < nEpoch; epoch++) {
         if (o.signal?.aborted) {
           stopped = true;
           break;
@@ -304,6 +334,7 @@ export class Learner {
         table.row([String(epoch), ...values.map(formatValue), formatTime((Date.now() - te) / 1000)]);
         epochs++;
         const info: EpochInfo = { epoch, values: Object.fromEntries(names.map((n, i) => [n, values[i]])) };
+        if (checkpoint) await this.#save(checkpoint, true, { schedule, nEpoch, epochsDone: epoch + 1, smoothVal, smoothCount });
         let stop = false;
         for (const cb of cbs) if (await cb.onEpochEnd?.(info, this)) stop = true;
         if (stop) break;
@@ -347,8 +378,8 @@ export class Learner {
   }
 
   #enter(): void {
-    if (this.#busy) throw new Error('this learner is already running a fit, lrFind or validation: await it first');
     this.nat; // throws when disposed
+    if (this.#busy) throw new Error('this learner is already running a fit, lrFind or validation: await it first');
     this.#busy = true;
   }
 
@@ -441,17 +472,36 @@ export class Learner {
     return name.endsWith('.safetensors') || name.includes('/') ? name : join(this.modelDir, `${name}.safetensors`);
   }
 
-  /** Model and optimizer state in one .safetensors file, written atomically (temp + fsync + rename). */
+  /**
+   * Model, optimizer and random state in one .safetensors file, written atomically (temp file, fsync,
+   * rename), so that a crash never leaves a damaged checkpoint in place.
+   */
   async save(name: string, o: { withOpt?: boolean } = {}): Promise<string> {
+    return this.#save(name, o.withOpt ?? true);
+  }
+
+  async #save(name: string, withOpt: boolean, fit?: FitState): Promise<string> {
     const path = this.#checkpointPath(name);
-    const tensors = this.nat.getState(o.withOpt ?? true);
-    writeWeightFile(path, tensors, {
+    const tensors = this.nat.getState(withOpt);
+    const meta: Record<string, string> = {
       format: 'torchlearn-checkpoint',
       arch: this.arch,
       vocab: JSON.stringify(this.dls.vocab),
       frozenTo: String(this.#frozenTo),
-    });
+    };
+    if (fit) meta.fit = JSON.stringify(fit);
+    writeWeightFile(path, tensors, meta);
     return path;
+  }
+
+  async #loadFitState(name: string): Promise<FitState> {
+    const path = this.#checkpointPath(name);
+    if (!existsSync(path)) throw new Error(`resume: ${path}: no such checkpoint (fit with { checkpoint: '${name}' } writes one after every epoch)`);
+    const f = readWeightFile(path);
+    if (!f.metadata.fit) throw new Error(`resume: ${path} was not written during a fit (it has no fit state); use learn.load()`);
+    if (f.metadata.frozenTo !== undefined) this.freezeTo(Number(f.metadata.frozenTo));
+    this.nat.setState(f.tensors, true);
+    return JSON.parse(f.metadata.fit) as FitState;
   }
 
   async load(name: string, o: { withOpt?: boolean } = {}): Promise<void> {

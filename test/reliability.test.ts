@@ -1,0 +1,221 @@
+import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { ImageDataLoaders, readCovidMetadata, readWeightFile, resnet18, visionLearner } from '../src/index.js';
+import { native } from '../src/binding.js';
+import { makeStripes } from './helpers/fixtures.js';
+import { runPython, tempDir } from './helpers/python.js';
+
+const ROOT = join(__dirname, '..');
+let dir: string;
+let dls: ImageDataLoaders;
+const quiet = { verbose: false };
+
+beforeAll(async () => {
+  dir = tempDir();
+  await makeStripes(join(dir, 's'), 24, 48);
+  dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 8, seed: 3 });
+});
+
+const finite = (l: ReturnType<typeof visionLearner>) =>
+  l.state(false).every((t) => t.dtype !== 'F32' || new Float32Array(t.data.slice().buffer).every(Number.isFinite));
+
+describe('checkpoints and resume', () => {
+  it('SIGKILL in the middle of an epoch: the last checkpoint is intact and the fit resumes with the same schedule', async () => {
+    const models = join(dir, 'models-kill');
+    // node --import tsx (not the tsx CLI, which runs the script in a grandchild that SIGKILL would miss)
+    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'test', 'helpers', 'train-child.ts'), join(dir, 's'), models], { cwd: ROOT });
+    let out = '';
+    let first = 0;
+    let killed = false;
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (d) => {
+        out += d;
+        // kill half-way through the epoch after 'epoch 1 done' (epochs take as long as the one before)
+        const t = (out.match(/epoch (\d) done/g) ?? []).length;
+        if (t === 1) first = Date.now();
+        if (t === 2 && !killed) {
+          killed = true;
+          setTimeout(() => { child.kill('SIGKILL'); resolve(); }, Math.max(1, (Date.now() - first) / 2));
+        }
+      });
+      child.on('exit', () => (out.includes('finished') ? reject(new Error('the child finished before it was killed')) : resolve()));
+    });
+    await new Promise((r) => child.once('close', r));
+    expect(out).not.toContain('finished');
+    const ck = readWeightFile(join(models, 'run.safetensors')); // never half-written: it parses
+    const fit = JSON.parse(ck.metadata.fit);
+    expect(fit.epochsDone).toBeGreaterThanOrEqual(2);
+    expect(fit.nEpoch).toBe(6);
+    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, modelDir: models });
+    const r = await learn.fitOneCycle(6, { resume: 'run' });
+    expect(r.epochs).toBe(6 - fit.epochsDone);
+    // the schedule goes on where it stopped: the first resumed batch is at position epochsDone/6
+    const n = dls.train.length;
+    const pos = (fit.epochsDone * n) / (6 * n);
+    const top = 1e-3;
+    const schedCos = (a: number, b: number, p: number) => a + ((1 + Math.cos(Math.PI * (1 - p))) * (b - a)) / 2;
+    const expected = pos < 0.25 ? schedCos(top / 25, top, pos / 0.25) : schedCos(top, top / 1e5, (pos - 0.25) / 0.75);
+    expect(learn.recorder.lrs[0][2]).toBeGreaterThan(0);
+    expect(Math.abs(learn.recorder.lrs[0][2] - expected) / expected).toBeLessThan(1e-6);
+    expect(finite(learn)).toBe(true);
+    expect(JSON.parse(readWeightFile(join(models, 'run.safetensors')).metadata.fit).epochsDone).toBe(6);
+    await expect(learn.fitOneCycle(3, { resume: 'run' })).rejects.toThrow(/fit of 6 epochs; this call asks for onecycle over 3/);
+    learn.dispose();
+  });
+
+  it('save and load round-trip the model and optimizer state exactly', async () => {
+    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, modelDir: join(dir, 'm2') });
+    await learn.fitOneCycle(1);
+    const before = learn.state(true);
+    await learn.save('a');
+    await learn.fitOneCycle(1);
+    await learn.load('a');
+    const after = learn.state(true);
+    expect(after.map((t) => t.name)).toEqual(before.map((t) => t.name));
+    after.forEach((t, i) => expect(Buffer.from(t.data).equals(Buffer.from(before[i].data)), t.name).toBe(true));
+    await expect(learn.load('nope')).rejects.toThrow(/no such checkpoint/);
+    learn.dispose();
+  });
+});
+
+describe('divergence', () => {
+  it('a NaN/Inf loss stops training with the batch and lr, and leaves finite weights', async () => {
+    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    await expect(learn.fit(3, { lr: 1e9 })).rejects.toThrow(/training diverged: the loss is .* at batch \d+ of epoch \d+ \(lr 1e\+09\)/);
+    expect(finite(learn)).toBe(true);
+    learn.dispose();
+  });
+
+  it('NaN or Inf in a forward input is an error naming the index', async () => {
+    const m = resnet18();
+    const x = new Float32Array(3 * 32 * 32);
+    x[17] = NaN;
+    await expect(m.forward(x, [1, 3, 32, 32])).rejects.toThrow(/input holds NaN at index 17/);
+    m.dispose();
+  });
+});
+
+describe('options out of range', () => {
+  it('negative lr, bad epochs, bad wd, bad freezeTo, bad lrFind ranges', async () => {
+    const learn = visionLearner(dls, 'resnet18', quiet);
+    await expect(learn.fitOneCycle(1, { lrMax: -1 })).rejects.toThrow(/lrMax must be a positive/);
+    await expect(learn.fitOneCycle(0)).rejects.toThrow(/positive integer/);
+    await expect(learn.fitOneCycle(1, { wd: -0.1 })).rejects.toThrow(/wd must be >= 0/);
+    expect(() => learn.freezeTo(7)).toThrow(/there are 3 layer groups/);
+    await expect(learn.lrFind({ startLr: 1, endLr: 0.1 })).rejects.toThrow(/0 < startLr < endLr/);
+    expect(() => (learn.bs = 0)).toThrow(/bs must be a positive integer/);
+    expect(() => visionLearner(dls, 'resnet18', { ...quiet, device: 'cuda:7' })).toThrow(/cuda/);
+    learn.dispose();
+  });
+});
+
+describe('concurrency and lifetime', () => {
+  it('two learners train at once; predictions issued concurrently; calls after dispose are clear errors', async () => {
+    const a = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    const b = visionLearner(dls, 'resnet18', { ...quiet, seed: 1 });
+    const [ra, rb] = await Promise.all([a.fitOneCycle(1), b.fitOneCycle(1)]);
+    expect(ra.epochs + rb.epochs).toBe(2);
+    const files = dls.valid.items.map((i) => i.path);
+    const preds = await Promise.all([a.predictBatch(files), b.predictBatch(files)]);
+    expect(preds[0].length).toBe(files.length);
+    const both = await Promise.allSettled([a.fitOneCycle(1), a.fitOneCycle(1)]);
+    expect(both.map((x) => x.status)).toEqual(['fulfilled', 'rejected']);
+    expect(String((both[1] as PromiseRejectedResult).reason)).toMatch(/already running/);
+    a.dispose();
+    await expect(a.fitOneCycle(1)).rejects.toThrow(/disposed/);
+    await expect(a.predict(files[0])).rejects.toThrow(/disposed/);
+    expect(() => a.freeze()).toThrow(/disposed/);
+    a.dispose(); // twice is fine
+    b.dispose();
+  });
+
+  it('50 fit / predict / dispose cycles keep RSS flat', async () => {
+    const files = dls.valid.items.slice(0, 4).map((i) => i.path);
+    const small = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 32, bs: 16, seed: 3, quiet: true });
+    const cycle = async () => {
+      const l = visionLearner(small, 'resnet18', quiet);
+      await l.fit(1);
+      await l.predictBatch(files);
+      l.dispose();
+    };
+    const rss: number[] = [];
+    for (let i = 0; i < 50; i++) {
+      await cycle();
+      rss.push(process.memoryUsage().rss);
+    }
+    console.log(`RSS after 10 cycles ${(rss[9] / 2 ** 20).toFixed(0)} MB, 25: ${(rss[24] / 2 ** 20).toFixed(0)} MB, 50: ${(rss[49] / 2 ** 20).toFixed(0)} MB`);
+    // the allocator settles during the first cycles (one malloc arena per native thread); after that, flat
+    expect(rss[49] - rss[24]).toBeLessThan(0.1 * rss[24]);
+  });
+});
+
+describe('fuzzing the readers (bounded time): never a crash, never a hang, always an Error', () => {
+  let valid: Buffer;
+  let validSt: Buffer;
+  beforeAll(() => {
+    runPython(`import sys, torch; torch.save({'a.weight': torch.randn(3, 4), 'b': torch.arange(5)}, sys.argv[1])`, [join(dir, 'tiny.pth')]);
+    valid = readFileSync(join(dir, 'tiny.pth'));
+    const m = resnet18({ numClasses: 2 });
+    m.saveWeights(join(dir, 'r.safetensors'));
+    m.dispose();
+    validSt = readFileSync(join(dir, 'r.safetensors')).subarray(0, 4096);
+  });
+
+  function fuzz(seedBuf: Buffer, run: (b: Buffer, path: string) => void, ms: number) {
+    let s = 12345;
+    const rand = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
+    const path = join(dir, 'fuzz.bin');
+    const t0 = Date.now();
+    let n = 0;
+    let errors = 0;
+    while (Date.now() - t0 < ms) {
+      let b: Buffer;
+      const kind = n % 4;
+      if (kind === 0) b = Buffer.from(Array.from({ length: Math.floor(rand() * 512) }, () => Math.floor(rand() * 256)));
+      else if (kind === 1) b = seedBuf.subarray(0, Math.floor(rand() * seedBuf.length));
+      else {
+        b = Buffer.from(seedBuf);
+        for (let k = 0; k < 1 + rand() * 8; k++) b[Math.floor(rand() * b.length)] = Math.floor(rand() * 256);
+      }
+      writeFileSync(path, b);
+      try {
+        run(b, path);
+      } catch (e) {
+        expect(e).toBeInstanceOf(Error);
+        errors++;
+      }
+      n++;
+    }
+    return { n, errors };
+  }
+
+  it('.pth and .safetensors readers, and loading what they return', () => {
+    const m = resnet18({ numClasses: 2 });
+    const r1 = fuzz(valid, (_b, p) => {
+      const f = readWeightFile(p);
+      m.loadWeights(p, { strict: false });
+      expect(Array.isArray(f.tensors)).toBe(true);
+    }, 2500);
+    const r2 = fuzz(validSt, (_b, p) => void readWeightFile(p), 1500);
+    console.log(`fuzzed .pth ${r1.n} times (${r1.errors} errors), .safetensors ${r2.n} times (${r2.errors} errors)`);
+    expect(r1.n).toBeGreaterThan(100);
+    m.dispose();
+  });
+
+  it('metadata reader', () => {
+    const csv = Buffer.from('patientid,finding,view,modality,folder,filename\n1,COVID-19,PA,X-ray,images,"a.jpg"\n2,No Finding,PA,X-ray,images,b.jpg\n');
+    const r = fuzz(csv, (_b, p) => void readCovidMetadata(p), 1500);
+    expect(r.n).toBeGreaterThan(100);
+  });
+
+  it('native entry points reject malformed arguments with Errors', () => {
+    const net = new native.Net({ arch: 'resnet18', kind: 'torchvision', numClasses: 2 });
+    expect(() => net.loadStateDict([{ name: 'fc.bias', dtype: 'F32', shape: [2], data: new Uint8Array(3) }], { strict: false })).toThrow(/holds 3 bytes/);
+    expect(() => net.loadStateDict([{ name: 'fc.bias', dtype: 'X' as 'F32', shape: [2], data: new Uint8Array(8) }], { strict: false })).toThrow(/unsupported tensor dtype/);
+    expect(() => net.loadStateDict([{ name: 'fc.bias', dtype: 'I64', shape: [2], data: new Uint8Array(16) }], { strict: true, source: 'x' })).toThrow(/dtype/);
+    expect(() => new native.Net({ arch: 'resnet9', kind: 'torchvision', numClasses: 2 })).toThrow(/unknown architecture 'resnet9'/);
+    net.dispose();
+  });
+});
