@@ -8,5 +8,6 @@ export default defineConfig({
     pool: 'forks',
     // Two cores: run test files one at a time so LibTorch's threads do not fight each other.
     fileParallelism: false,
+    reporters: ['default', './test/helpers/summary-reporter.ts'],
   },
 });

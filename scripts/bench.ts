@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { native } from '../src/binding.js';
-import { ImageDataLoaders, readCovidMetadata, torchInfo, visionLearner } from '../src/index.js';
+import { ImageDataLoaders, loadLearner, readCovidMetadata, torchInfo, visionLearner } from '../src/index.js';
 import { decodeAll } from '../src/data/images.js';
 
 const { values: args } = parseArgs({
@@ -128,23 +128,72 @@ async function endToEndBench() {
   learn.dispose();
 }
 
+async function inferenceBench() {
+  // single-image latency (decode included) and batched throughput of an exported ResNet50 classifier
+  const size = 224;
+  const presize = 256;
+  const bs = cuda ? 256 : 16;
+  const iters = cuda ? 20 : 3;
+  const tmp = join('out', 'bench-inference');
+  mkdirSync(tmp, { recursive: true });
+  const img = join(tmp, 'xray.png');
+  const sample = existsSync(join(args.data!, 'metadata.csv')) ? readCovidMetadata(join(args.data!, 'metadata.csv')).items[0].path : null;
+  const sharp = (await import('sharp')).default;
+  if (sample) await sharp(sample).toFile(img);
+  else await sharp({ create: { width: 1024, height: 1024, channels: 3, background: { r: 90, g: 90, b: 90 } } }).png().toFile(img);
+  const n = 64;
+  const images = new Uint8Array(n * presize * presize * 3);
+  const dls = ImageDataLoaders.fromArrays(images, Int32Array.from({ length: n }, (_, i) => i % 2), ['a', 'b'], { presize, size, bs });
+  const learn = visionLearner(dls, 'resnet50', { verbose: false, device, seed: 0 });
+  const path = await learn.export(join(tmp, 'export.safetensors'));
+  learn.dispose();
+  const inf = loadLearner(path, { device });
+  for (let i = 0; i < 2; i++) await inf.predict(img);
+  const ts: number[] = [];
+  for (let i = 0; i < (cuda ? 20 : 5); i++) {
+    const t = performance.now();
+    await inf.predict(img);
+    ts.push(performance.now() - t);
+  }
+  ts.sort((a, b) => a - b);
+  rows.push({ bench: 'predict latency (decode included)', impl: 'torchlearn', arch: 'resnet50', device, size, median_ms: ts[ts.length >> 1] });
+  const batch = new Uint8Array(bs * presize * presize * 3);
+  await inf.predictImages(batch, bs);
+  const t = performance.now();
+  for (let i = 0; i < iters; i++) await inf.predictImages(batch, bs);
+  rows.push({ bench: 'inference throughput', impl: 'torchlearn', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', images_per_s: (bs * iters) / ((performance.now() - t) / 1000) });
+  inf.dispose();
+  try {
+    const lat = JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', '--device', device, '--arch', 'resnet50', '--size', String(size), '--presize', String(presize), '--latency', img, '--iters', cuda ? '20' : '5'], { encoding: 'utf8' }).trim());
+    rows.push({ bench: 'predict latency (decode included)', impl: 'pytorch eager + PIL', arch: 'resnet50', device, size, median_ms: lat.median_ms });
+    const thr = JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', '--device', device, '--arch', 'resnet50', '--size', String(size), '--inference', '--bs', String(bs), '--iters', String(iters), '--precisions', cuda ? 'bf16' : 'fp32'], { encoding: 'utf8' }).trim().split('\n').pop()!);
+    rows.push({ bench: 'inference throughput', impl: 'pytorch eager', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', images_per_s: thr.images_per_s });
+  } catch (e) {
+    log(`PyTorch inference baseline failed: ${(e as Error).message.split('\n')[0]}`);
+  }
+}
+
 log(`torchlearn bench on ${device} (${info.deviceName ?? `${info.threads} CPU threads`}), LibTorch ${info.torchVersion}`);
 if (!cuda) await decodeBench();
 augmentBench();
+await inferenceBench();
 await trainBench();
 if (args.images) await endToEndBench();
 
 // ratios: torchlearn / pytorch for matching rows
 const fmt = (x: unknown) => (typeof x === 'number' ? (x > 100 ? x.toFixed(0) : x.toFixed(2)) : String(x ?? ''));
-console.log('\n| bench | impl | config | images/s | peak device MB | peak RSS MB | vs PyTorch |');
+console.log('\n| bench | impl | config | images/s (or ms) | peak device MB | peak RSS MB | vs PyTorch |');
 console.log('|---|---|---|---|---|---|---|');
 for (const r of rows) {
-  const config = r.bench === 'train step' ? `${r.arch} bs ${r.bs} ${r.size}px ${r.precision}${r.frozen ? ' frozen' : ' unfrozen'}` : r.bs ? `bs ${r.bs} ${r.size}px` : `${r.images} files to ${r.presize}px`;
+  const config = r.bench !== 'train step' && r.arch ? `${r.arch} ${r.bs ? `bs ${r.bs} ` : ''}${r.size}px${r.precision ? ` ${r.precision}` : ''}` : r.bench === 'train step' ? `${r.arch} bs ${r.bs} ${r.size}px ${r.precision}${r.frozen ? ' frozen' : ' unfrozen'}` : r.bs ? `bs ${r.bs} ${r.size}px` : `${r.images} files to ${r.presize}px`;
   const twin = rows.find((q) => q !== r && q.bench === 'train step' && r.bench === 'train step' && q.impl !== r.impl && q.bs === r.bs && q.frozen === r.frozen && q.precision === r.precision);
   const bare = rows.find((q) => q.bench === 'train step' && q.impl === 'torchlearn' && r.bench !== 'train step' && q.bs === r.bs && q.frozen === r.frozen && q.precision === r.precision);
+  const inferTwin = r.impl === 'torchlearn' && r.bench !== 'train step' ? rows.find((q) => q !== r && q.bench === r.bench && q.impl !== 'torchlearn') : undefined;
   let ratio = r.impl === 'torchlearn' && twin ? `${((r.images_per_s as number) / (twin.images_per_s as number)).toFixed(2)}x` : '';
+  if (inferTwin) ratio = r.median_ms !== undefined ? `${((inferTwin.median_ms as number) / (r.median_ms as number)).toFixed(2)}x faster` : `${((r.images_per_s as number) / (inferTwin.images_per_s as number)).toFixed(2)}x`;
   if (bare && r.images_per_s_with_validation) ratio = `${((r.images_per_s_with_validation as number) / (bare.images_per_s as number) * 100).toFixed(0)}% of bare step (train only: ${((r.images_per_s as number) / (bare.images_per_s as number) * 100).toFixed(0)}%)`;
-  console.log(`| ${r.bench} | ${r.impl} | ${config} | ${fmt(r.images_per_s)} | ${r.peak_device_bytes ? ((r.peak_device_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${r.peak_rss_bytes ? ((r.peak_rss_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${ratio} |`);
+  const speed = r.median_ms !== undefined ? `${fmt(r.median_ms)} ms` : fmt(r.images_per_s);
+  console.log(`| ${r.bench} | ${r.impl} | ${config} | ${speed} | ${r.peak_device_bytes ? ((r.peak_device_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${r.peak_rss_bytes ? ((r.peak_rss_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${ratio} |`);
 }
 const result = { date: new Date().toISOString(), device, deviceName: info.deviceName, threads: info.threads, torchVersion: info.torchVersion, rows };
 mkdirSync('out', { recursive: true });

@@ -136,6 +136,12 @@ export class InferenceLearner {
     return decode(r.probs, r.numClasses, this.vocab);
   }
 
+  /** Predictions for images already decoded and presized: uint8 [n, presize, presize, 3] (video frames, buffers). */
+  async predictImages(images: Uint8Array, n: number): Promise<Prediction[]> {
+    const r = await this.nat.predict(images, n, this.info.presize);
+    return decode(r.probs, r.numClasses, this.vocab);
+  }
+
   /** Probabilities for a list of files, and, when labels are given, targets and per-item losses. */
   async getPreds(items: { path: string; label?: string }[]): Promise<{ probs: Float32Array; numClasses: number; targets?: Int32Array; losses?: Float32Array; skipped: { path: string; reason: string }[] }> {
     const r = await predictFiles(this.nat, items.map((i) => i.path), { presize: this.info.presize, method: this.info.method });

@@ -1,5 +1,6 @@
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../src/binding.js';
@@ -147,12 +148,20 @@ describe('ImageDataLoaders', () => {
     writeFileSync(join(dir, 'b', 'truncated.jpg'), jpg.subarray(0, jpg.length / 3));
     writeFileSync(join(dir, 'b', 'empty.png'), '');
     writeFileSync(join(dir, 'a', 'notes.txt'), 'not an image');
+    // a "huge" image: a PNG whose header claims 40000x40000 pixels (over sharp's pixel limit)
+    const small = readFileSync(join(dir, 'a', 'rgb.png'));
+    const huge = Buffer.from(small);
+    huge.writeUInt32BE(40000, 16);
+    huge.writeUInt32BE(40000, 20);
+    huge.writeUInt32BE(crc32(huge.subarray(12, 29)), 29);
+    writeFileSync(join(dir, 'b', 'huge.png'), huge);
     const warnings: string[] = [];
     const orig = console.warn;
     console.warn = (m: string) => warnings.push(m);
     const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, presize: 32, validPct: 0 }).finally(() => (console.warn = orig));
-    expect(dls.skipped.map((s) => s.path.split('/').pop()).sort()).toEqual(['empty.png', 'notes.txt', 'truncated.jpg']);
-    expect(warnings.length).toBe(3);
+    expect(dls.skipped.map((s) => s.path.split('/').pop()).sort()).toEqual(['empty.png', 'huge.png', 'notes.txt', 'truncated.jpg']);
+    expect(dls.skipped.find((s) => s.path.endsWith('huge.png'))!.reason).toMatch(/pixel limit/i);
+    expect(warnings.length).toBe(4);
     expect(warnings[0]).toMatch(/skipping .*/);
     expect(dls.train.n).toBe(6);
     expect(dls.vocab).toEqual(['a', 'b']);

@@ -113,6 +113,34 @@ def infer(arch, device, bs, size, iters, bf16, channels_last):
     return dict(impl='pytorch', kind='inference', arch=arch, device=device, bs=bs, size=size, bf16=bf16, images_per_s=bs * iters / dt)
 
 
+def latency(arch, device, size, presize, path, iters):
+    """One image file to probabilities: PIL decode + centre-crop resize to presize + resize to size +
+    normalise + forward, as torchlearn's predict(file) does."""
+    from PIL import Image, ImageOps
+    import numpy as np
+    dev = torch.device(device)
+    model = make_model(arch, 2).to(dev).eval()
+    mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
+
+    def once():
+        im = ImageOps.fit(Image.open(path).convert('RGB'), (presize, presize), Image.LANCZOS)
+        x = torch.from_numpy(np.asarray(im).copy()).to(dev).permute(2, 0, 1).unsqueeze(0).float().div(255)
+        x = F.interpolate(x, size=(size, size), mode='bilinear', align_corners=True)
+        with torch.no_grad():
+            return torch.softmax(model((x - mean) / std), 1).cpu()
+
+    for _ in range(2):
+        once()
+    ts = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        once()
+        ts.append(time.perf_counter() - t)
+    ts.sort()
+    return dict(impl='pytorch', kind='latency', arch=arch, device=device, size=size, median_ms=1000 * ts[len(ts) // 2])
+
+
 if __name__ == '__main__':
     ap = argparse.ArgumentParser()
     ap.add_argument('--arch', default='resnet50')
@@ -125,10 +153,14 @@ if __name__ == '__main__':
     ap.add_argument('--threads', type=int, default=0)
     ap.add_argument('--precisions', nargs='+', default=['fp32'])
     ap.add_argument('--inference', action='store_true')
+    ap.add_argument('--latency', default=None)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     cuda = a.device.startswith('cuda')
+    if a.latency:
+        print(json.dumps(latency(a.arch, a.device, a.size, a.presize, a.latency, a.iters)), flush=True)
+        raise SystemExit(0)
     for bs in a.bs:
         for prec in a.precisions:
             bf16 = prec == 'bf16'

@@ -1,0 +1,84 @@
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { accuracy, earlyStopping, ImageDataLoaders, lrPerGroup, saveModel, visionLearner } from '../src/index.js';
+import { makeStripes } from './helpers/fixtures.js';
+import { tempDir } from './helpers/python.js';
+
+let dir: string;
+let dls: ImageDataLoaders;
+const quiet = { verbose: false };
+
+beforeAll(async () => {
+  dir = tempDir();
+  await makeStripes(join(dir, 's'), 20, 40, 4);
+  dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 32, bs: 8, seed: 3 });
+});
+
+describe('callbacks', () => {
+  it('onBatchEnd and onEpochEnd see every batch and epoch; the table is fast.ai\'s', async () => {
+    const lines: string[] = [];
+    const learn = visionLearner(dls, 'resnet18', { metrics: [accuracy()], seed: 0, logger: (l) => lines.push(l) });
+    const batches: number[] = [];
+    const epochs: number[] = [];
+    await learn.fitOneCycle(2, { cbs: [{ onBatchEnd: (b) => batches.push(b.iter), onEpochEnd: (e) => void epochs.push(e.epoch) }] });
+    expect(epochs).toEqual([0, 1]);
+    expect(batches.length).toBe(2 * dls.train.length);
+    const header = lines.find((l) => l.startsWith('epoch'))!;
+    expect(header).toBe('epoch     train_loss  valid_loss  accuracy  time    ');
+    const row = lines[lines.indexOf(header) + 1];
+    expect(row).toMatch(/^0\s+\d\.\d{6}\s+\d\.\d{6}\s+\d\.\d{6}\s+\d\d:\d\d\s*$/);
+    // every value starts under its column name, as fastprogress prints it
+    const cols = ['train_loss', 'valid_loss', 'accuracy', 'time'].map((n) => header.indexOf(n));
+    const starts = [...row.matchAll(/\S+/g)].slice(1).map((m) => m.index);
+    expect(starts).toEqual(cols);
+    learn.dispose();
+  });
+
+  it('saveModel keeps the best epoch by the monitored value and loads it at the end; earlyStopping stops', async () => {
+    const learn = visionLearner(dls, 'resnet18', { ...quiet, metrics: [accuracy()], seed: 0, modelDir: join(dir, 'models') });
+    const seen: number[] = [];
+    const r = await learn.fitOneCycle(3, { cbs: [saveModel({ monitor: 'valid_loss', fname: 'best' }), { onEpochEnd: (e) => void seen.push(e.values.valid_loss) }] });
+    expect(r.epochs).toBe(3);
+    const best = Math.min(...seen);
+    const now = (await learn.validate()).valid_loss;
+    expect(now).toBeCloseTo(best, 5);
+    // a metric that never improves stops after `patience` epochs
+    const r2 = await learn.fit(5, { lr: 1e-7, cbs: [earlyStopping({ monitor: 'accuracy', patience: 1, minDelta: 0.5 })] });
+    expect(r2.epochs).toBe(2);
+    await expect(learn.fit(1, { cbs: [earlyStopping({ monitor: 'nope' })] })).rejects.toThrow(/'nope' is not a column/);
+    learn.dispose();
+  });
+
+  it('an AbortSignal stops after the current batch, leaving a usable learner', async () => {
+    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    const ac = new AbortController();
+    const r = await learn.fitOneCycle(5, { signal: ac.signal, cbs: [{ onBatchEnd: (b) => b.iter === 1 && ac.abort() }] });
+    expect(r.stopped).toBe(true);
+    expect(r.epochs).toBe(0);
+    expect(learn.recorder.losses.length).toBeLessThan(dls.train.length);
+    const v = await learn.validate();
+    expect(Number.isFinite(v.valid_loss)).toBe(true);
+    learn.dispose();
+  });
+
+  it('fineTune: one frozen cycle at slice(base_lr) with pct_start 0.99, then slice(base_lr/2/100, base_lr/2)', async () => {
+    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    await learn.fineTune(1, { baseLr: 2e-3 });
+    expect(learn.frozenTo).toBe(0);
+    const peak = learn.recorder.lrs.reduce((a, r) => (r[2] > a[2] ? r : a));
+    lrPerGroup([1e-5, 1e-3], 3).forEach((v, g) => expect(peak[g]).toBeLessThanOrEqual(v * (1 + 1e-9)));
+    expect(peak[2]).toBeGreaterThan(1e-3 * 0.9);
+    learn.dispose();
+  });
+
+  it('class weights and label smoothing change the loss', async () => {
+    const base = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    const weighted = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, lossFunc: { classWeights: [1, 5], labelSmoothing: 0.1 } });
+    const a = (await base.validate()).valid_loss;
+    const b = (await weighted.validate()).valid_loss;
+    expect(a).not.toBeCloseTo(b, 3);
+    expect(() => visionLearner(dls, 'resnet18', { ...quiet, lossFunc: { classWeights: [1] } })).toThrow(/needs 2 values/);
+    base.dispose();
+    weighted.dispose();
+  });
+});
