@@ -33,6 +33,8 @@ export interface DataLoadersOptions {
   onProgress?: (done: number, total: number) => void;
   /** Silence the per-file warnings for skipped images (they are still counted in `skipped`). */
   quiet?: boolean;
+  /** Where a learner built on these loaders trains and keeps the image cache: 'auto' (default), 'cpu', 'cuda', 'cuda:N'. */
+  device?: string;
 }
 
 export interface Skipped {
@@ -81,6 +83,7 @@ export class ImageDataLoaders {
     readonly seed: number,
     readonly skipped: Skipped[],
     readonly groups: { train: number; valid: number } | null,
+    readonly device: string = 'auto',
   ) {}
 
   /** One sub-folder per class (fast.ai's from_folder with valid_pct); the folder names are the labels. */
@@ -162,7 +165,7 @@ export class ImageDataLoaders {
       idx.forEach((i, k) => img.set(good[i].data, k * presize * presize * 3));
       return new DataSplit(idx.map((i) => good[i].item), Int32Array.from(idx.map((i) => labels[i])), img, bs, train);
     };
-    return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, presize, method, augment, normalize, seed, skipped, groups);
+    return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, presize, method, augment, normalize, seed, skipped, groups, opts.device ?? 'auto');
   }
 
   /**
@@ -188,7 +191,7 @@ export class ImageDataLoaders {
     };
     const augment = opts.augment === false || opts.augment === null ? null : (opts.augment ?? augTransforms());
     const normalize = { mean: [...(opts.normalize ?? imagenetStats).mean], std: [...(opts.normalize ?? imagenetStats).std] };
-    return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, p, 'crop', augment, normalize, opts.seed ?? 42, [], null);
+    return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, p, 'crop', augment, normalize, opts.seed ?? 42, [], null, opts.device ?? 'auto');
   }
 
   get c(): number {

@@ -138,7 +138,7 @@ export class Learner {
     this.metrics = opts.metrics ?? [];
     this.wd = opts.wd ?? DEFAULTS.wd;
     if (!(this.wd >= 0)) throw new Error(`wd must be >= 0, got ${this.wd}`);
-    this.device = resolveDevice(opts.device);
+    this.device = resolveDevice(opts.device ?? dls.device);
     const precision = opts.precision ?? 'auto';
     this.bf16 = precision === 'bf16' || (precision === 'auto' && this.device.startsWith('cuda'));
     if (this.bf16 && !this.device.startsWith('cuda')) throw new Error("precision 'bf16' is for CUDA; on the CPU use 'fp32' (or 'auto')");
