@@ -33,6 +33,10 @@ if [ -d .device/xray ]; then
   for r in $(seq 1 ${XRAY_REPEAT:-16}); do for f in .device/xray/*/*; do c=$(basename "$(dirname "$f")"); ln -s "$PWD/$f" "/tmp/xray/$c/r$r-$(basename "$f")"; done; done
   images="--images /tmp/xray"
 fi
+if [ -d .device/covid ]; then
+  echo "== the example on the GPU (images downsized to 320 px to travel)"
+  timeout 240 node --import tsx scripts/covid-xray.ts --data .device/covid --out "$OUT/covid-xray" --device cuda 2>&1 | tee "$OUT/example.log" | tail -45
+fi
 echo "== bench"
 export UV_THREADPOOL_SIZE=16
 timeout 360 node --import tsx scripts/bench.ts --device cuda ${images:-} ${BENCH_ARGS:-} --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -30
