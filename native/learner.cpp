@@ -273,6 +273,10 @@ Napi::Value Learner::FreezeTo(const Napi::CallbackInfo& info) {
 }
 
 struct EpochResult {
+  // profile mode: seconds per phase (device synchronised between phases) and memory-format checks
+  bool profiled = false;
+  double tData = 0, tForward = 0, tBackward = 0, tStep = 0;
+  bool weightChannelsLast = false, gradChannelsLast = false, inputChannelsLast = false;
   std::vector<float> losses;       // raw loss per batch
   std::vector<float> smoothLosses; // fast.ai's smoothed loss after each batch
   std::vector<double> lrs;         // [batch][group]
@@ -295,12 +299,13 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
   double smoothVal = o.Get("smoothVal").As<Napi::Number>().DoubleValue();
   double smoothCount = o.Get("smoothCount").As<Napi::Number>().DoubleValue();
   int64_t reportEvery = o.Has("reportEvery") ? o.Get("reportEvery").As<Napi::Number>().Int64Value() : 0;
+  bool profile = o.Get("profile").ToBoolean();
   auto progress = std::make_shared<ProgressSink>(env, o.Get("onProgress"));
   auto c = core_;
   c->stopRequested = false;
   return runAsync<EpochResult>(
       env,
-      [c, sched, epoch, nEpochs, smoothVal, smoothCount, reportEvery, progress]() {
+      [c, sched, epoch, nEpochs, smoothVal, smoothCount, reportEvery, progress, profile]() {
         std::lock_guard<std::mutex> lock(c->net->mutex);
         c->check();
         const double t0 = nowSeconds();
@@ -346,6 +351,16 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
             return e;
           });
         };
+        // Profile mode synchronises the device between phases: slower, but it says where the time goes.
+        double tMark = nowSeconds();
+        auto mark = [&](double& acc) {
+          if (!profile) return;
+          if (cuda) torch::cuda::synchronize();
+          const double now = nowSeconds();
+          acc += now - tMark;
+          tMark = now;
+        };
+        torch::Tensor lastInput;
         for (int64_t i = 0; i < r.nIter; i++) {
           if (c->stopRequested) {
             r.stopped = true;
@@ -360,6 +375,8 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
           auto params = drawAugParams(idx.size(0), c->aug, c->gen);
           auto x = c->inputs(c->train.images.index_select(0, dIdx), params);
           auto y = c->train.labels.index_select(0, dIdx);
+          mark(r.tData);
+          if (profile) lastInput = x;
           // On the CPU the loss is checked before the step, so a NaN never reaches the weights, and the
           // BatchNorm statistics the diverging forward pass moved are put back.
           std::vector<torch::Tensor> buffersBefore;
@@ -377,11 +394,30 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
               throw;
             }
           }
-          c->backwardAndStep(loss, h);
+          mark(r.tForward);
+          if (profile) {
+            loss.backward();
+            mark(r.tBackward);
+            c->opt.step(c->net->params, h);
+            mark(r.tStep);
+          } else {
+            c->backwardAndStep(loss, h);
+          }
           r.done = i + 1;
           if (cuda && ((i + 1) % every == 0)) sync(i + 1);
         }
         sync(r.done);
+        if (profile) {
+          r.profiled = true;
+          for (auto& p : c->net->params) {
+            if (p.tensor.dim() == 4 && p.tensor.grad().defined()) {
+              r.weightChannelsLast = p.tensor.is_contiguous(torch::MemoryFormat::ChannelsLast);
+              r.gradChannelsLast = p.tensor.grad().is_contiguous(torch::MemoryFormat::ChannelsLast);
+              break;
+            }
+          }
+          if (lastInput.defined()) r.inputChannelsLast = lastInput.is_contiguous(torch::MemoryFormat::ChannelsLast);
+        }
         c->zeroGrad();
         r.seconds = nowSeconds() - t0;
         return r;
@@ -408,6 +444,17 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
         o.Set("done", Napi::Number::New(env, static_cast<double>(r.done)));
         o.Set("stopped", r.stopped);
         o.Set("seconds", r.seconds);
+        if (r.profiled) {
+          auto p = Napi::Object::New(env);
+          p.Set("data", r.tData);
+          p.Set("forward", r.tForward);
+          p.Set("backward", r.tBackward);
+          p.Set("step", r.tStep);
+          p.Set("weightChannelsLast", r.weightChannelsLast);
+          p.Set("gradChannelsLast", r.gradChannelsLast);
+          p.Set("inputChannelsLast", r.inputChannelsLast);
+          o.Set("profile", p);
+        }
         return o;
       });
   TL_CATCH(env)

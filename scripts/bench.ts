@@ -22,6 +22,7 @@ const { values: args } = parseArgs({
     bs: { type: 'string' },
     precisions: { type: 'string' },
     iters: { type: 'string' },
+    profile: { type: 'boolean', default: false },
   },
 });
 const info = torchInfo();
@@ -83,13 +84,20 @@ async function trainBench() {
         else learn.unfreeze();
         await learn.fitOneCycle(2); // epoch 0 warms up (cuDNN autotuning, allocator), epoch 1 is measured
         const s = learn.recorder.trainSeconds[1];
+        if (args.profile) {
+          await learn.fitOneCycle(1, { profile: true });
+          const p = learn.recorder.profiles[0];
+          const per = (x: number) => ((1000 * x) / cfg.iters).toFixed(1);
+          log(`profile torchlearn bs ${bs} ${prec} ${frozen ? 'frozen' : 'unfrozen'}: ms per step: data ${per(p.data)}, forward ${per(p.forward)}, backward ${per(p.backward)}, optimizer ${per(p.step)}; channels_last weight ${p.weightChannelsLast}, grad ${p.gradChannelsLast}, input ${p.inputChannelsLast}`);
+        }
         const mem = native.cudaMemory();
         const row = { bench: 'train step', impl: 'torchlearn', arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s, peak_device_bytes: mem.peakAllocated, peak_rss_bytes: process.resourceUsage().maxRSS * 1024 };
         rows.push(row);
         log(JSON.stringify(row));
         learn.dispose();
       }
-      for (const r of pytorch(['--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec])) {
+      for (const r of pytorch(['--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec, ...(args.profile ? ['--profile'] : [])])) {
+        if (r.profile_ms) log(`profile pytorch bs ${bs} ${prec} ${r.frozen ? 'frozen' : 'unfrozen'}: ms per step: ${JSON.stringify(r.profile_ms)}`);
         rows.push({ bench: 'train step', ...r, impl: 'pytorch eager', precision: prec });
         log(JSON.stringify(r));
       }

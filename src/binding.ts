@@ -76,6 +76,8 @@ export interface NativeEpochResult {
   done: number;
   stopped: boolean;
   seconds: number;
+  /** with { profile: true }: seconds per phase (device synchronised between phases) and layout checks */
+  profile?: { data: number; forward: number; backward: number; step: number; weightChannelsLast: boolean; gradChannelsLast: boolean; inputChannelsLast: boolean };
 }
 
 export interface NativePreds {
@@ -124,6 +126,7 @@ export interface NativeLearner {
     smoothVal: number;
     smoothCount: number;
     reportEvery?: number;
+    profile?: boolean;
     onProgress?: (e: { epoch: number; iter: number; total: number; smoothLoss: number }) => void;
   }): Promise<NativeEpochResult>;
   validate(o: {

@@ -40,7 +40,7 @@ def augment(x_u8, size, mean, std):
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_last):
+def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_last, profile=False):
     torch.manual_seed(0)
     dev = torch.device(device)
     model = make_model(arch, 2).to(dev)
@@ -87,9 +87,29 @@ def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_l
         torch.cuda.synchronize()
     dt = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() if dev.type == 'cuda' else 0
-    return dict(impl='pytorch', arch=arch, device=device, bs=bs, size=size, bf16=bf16, frozen=frozen, channels_last=channels_last,
-                images_per_s=bs * iters / dt, peak_device_bytes=peak,
-                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    out = dict(impl='pytorch', arch=arch, device=device, bs=bs, size=size, bf16=bf16, frozen=frozen, channels_last=channels_last,
+               images_per_s=bs * iters / dt, peak_device_bytes=peak,
+               peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    if profile:  # the same phases torchlearn's profile mode times, synchronised between phases
+        sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
+        acc = dict(data=0.0, forward=0.0, backward=0.0, step=0.0)
+        for _ in range(iters):
+            sync(); t0 = time.perf_counter()
+            idx = torch.randint(0, n, (bs,), device=dev)
+            x = augment(cache[idx], size, mean, std); y = labels[idx]
+            sync(); t1 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            with (torch.autocast('cuda', dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()):
+                loss = F.cross_entropy(model(x).float(), y)
+            sync(); t2 = time.perf_counter()
+            loss.backward()
+            sync(); t3 = time.perf_counter()
+            opt.step()
+            sync(); t4 = time.perf_counter()
+            for k, a, b in (('data', t0, t1), ('forward', t1, t2), ('backward', t2, t3), ('step', t3, t4)):
+                acc[k] += b - a
+        out['profile_ms'] = {k: round(1000 * v / iters, 2) for k, v in acc.items()}
+    return out
 
 
 def infer(arch, device, bs, size, iters, bf16, channels_last):
@@ -154,6 +174,7 @@ if __name__ == '__main__':
     ap.add_argument('--precisions', nargs='+', default=['fp32'])
     ap.add_argument('--inference', action='store_true')
     ap.add_argument('--latency', default=None)
+    ap.add_argument('--profile', action='store_true')
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -168,4 +189,4 @@ if __name__ == '__main__':
                 print(json.dumps(infer(a.arch, a.device, bs, a.size, a.iters, bf16, cuda)), flush=True)
                 continue
             for frozen in (True, False):
-                print(json.dumps(run(a.arch, a.device, bs, a.size, a.presize, a.iters, a.warmup, bf16, frozen, cuda)), flush=True)
+                print(json.dumps(run(a.arch, a.device, bs, a.size, a.presize, a.iters, a.warmup, bf16, frozen, cuda, a.profile)), flush=True)

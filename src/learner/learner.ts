@@ -56,6 +56,8 @@ export interface FitOptions {
   checkpoint?: string;
   /** continue an interrupted fit from its checkpoint: same schedule, from the first unfinished epoch */
   resume?: string;
+  /** time each phase of the step (data, forward, backward, optimizer) with the device synchronised between them: slower; results in recorder.profiles */
+  profile?: boolean;
 }
 
 /** Where a fit is, stored in its checkpoints. */
@@ -304,7 +306,7 @@ export class Learner {
         }
         const te = Date.now();
         const r = await nat.trainEpoch({
-          schedule, epoch, nEpochs: nEpoch, smoothVal, smoothCount,
+          schedule, epoch, nEpochs: nEpoch, smoothVal, smoothCount, profile: o.profile,
           onProgress: (e) => {
             bar.update(`epoch ${epoch + 1}/${nEpoch} train`, e.iter, e.total, `loss ${e.smoothLoss.toFixed(4)}`);
             for (const cb of cbs) cb.onBatchEnd?.({ epoch, iter: e.iter, total: e.total, smoothLoss: e.smoothLoss });
@@ -319,6 +321,7 @@ export class Learner {
         this.recorder.rawLosses.push(...r.losses);
         this.recorder.iters.push(this.recorder.losses.length);
         this.recorder.trainSeconds.push(r.seconds);
+        if (r.profile) this.recorder.profiles.push(r.profile);
         if (r.stopped) {
           bar.clear();
           stopped = true;

@@ -1,4 +1,5 @@
 // What the last fit did, per training batch and per epoch (fast.ai's learn.recorder).
+import type { NativeEpochResult } from '../binding.js';
 import { lossesSpec, metricsSpec, renderChart, schedSpec } from '../plot/charts.js';
 
 export class Recorder {
@@ -20,6 +21,8 @@ export class Recorder {
   trainSeconds: number[] = [];
   /** seconds per epoch, training and validation */
   epochSeconds: number[] = [];
+  /** per epoch, with fit(..., { profile: true }): seconds per phase and memory-layout checks */
+  profiles: NonNullable<NativeEpochResult['profile']>[] = [];
 
   reset(metricNames: string[]): void {
     this.lrs = [];
@@ -30,6 +33,7 @@ export class Recorder {
     this.iters = [];
     this.trainSeconds = [];
     this.epochSeconds = [];
+    this.profiles = [];
     this.metricNames = metricNames;
   }
 
