@@ -111,7 +111,7 @@ static Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
   TL_CATCH(env)
 }
 
-// benchAugment({ device, n, presize, size, bs, iters }) -> seconds per batch of the batch pipeline
+// benchAugment({ device, n, presize, size, bs, iters, aug, mean, std }) -> seconds per batch of the batch pipeline
 // (index the uint8 cache, draw, affine + warp + lighting, normalise), synchronised at the end.
 static Napi::Value BenchAugment(const Napi::CallbackInfo& info) {
   auto env = info.Env();
@@ -124,8 +124,8 @@ static Napi::Value BenchAugment(const Napi::CallbackInfo& info) {
   torch::NoGradGuard ng;
   auto cache = torch::randint(0, 256, {n, p, p, 3}, torch::TensorOptions().dtype(torch::kUInt8)).to(dev);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
-  AugOptions aug;
-  Normalize norm;
+  auto aug = augOptionsFromJs(o.Get("aug"));
+  auto norm = normalizeFromJs(o.Get("mean"), o.Get("std"));
   auto once = [&]() {
     auto idx = toDevice(torch::randint(0, n, {bs}, gen, torch::kInt64), dev);
     return normalizeBatch(augmentImages(cache.index_select(0, idx), drawAugParams(bs, aug, gen), size), norm);

@@ -7,15 +7,14 @@ namespace F = torch::nn::functional;
 
 AugOptions augOptionsFromJs(const Napi::Value& v) {
   AugOptions o;
-  if (!v.IsObject()) {
-    o.enabled = false;
-    return o;
-  }
+  if (!v.IsObject()) return o;
   auto obj = v.As<Napi::Object>();
   auto num = [&](const char* k, double& dst) {
-    if (obj.Has(k) && obj.Get(k).IsNumber()) dst = obj.Get(k).As<Napi::Number>().DoubleValue();
+    if (!obj.Get(k).IsNumber()) throw UserError(std::string("augmentation option '") + k + "' must be a number (use augTransforms())");
+    dst = obj.Get(k).As<Napi::Number>().DoubleValue();
   };
-  if (obj.Has("doFlip")) o.doFlip = obj.Get("doFlip").ToBoolean();
+  o.enabled = true;
+  o.doFlip = obj.Get("doFlip").ToBoolean();
   num("maxRotate", o.maxRotate);
   num("minZoom", o.minZoom);
   num("maxZoom", o.maxZoom);
@@ -24,6 +23,18 @@ AugOptions augOptionsFromJs(const Napi::Value& v) {
   num("pAffine", o.pAffine);
   num("pLighting", o.pLighting);
   return o;
+}
+
+Normalize normalizeFromJs(const Napi::Value& mean, const Napi::Value& std) {
+  if (!mean.IsArray() || !std.IsArray()) throw UserError("normalize needs mean and std arrays of 3 numbers");
+  Normalize n;
+  auto m = mean.As<Napi::Array>(), s = std.As<Napi::Array>();
+  for (uint32_t i = 0; i < 3; i++) {
+    n.mean[i] = m.Get(i).As<Napi::Number>().DoubleValue();
+    n.std[i] = s.Get(i).As<Napi::Number>().DoubleValue();
+    if (!(n.std[i] > 0)) throw UserError("normalize: std values must be positive");
+  }
+  return n;
 }
 
 torch::Tensor identityAugParams(int64_t n) {

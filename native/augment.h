@@ -6,16 +6,19 @@
 
 namespace tl {
 
+// The values always come from JavaScript (augTransforms() in src/data/transforms.ts holds fast.ai's
+// defaults); what is here is "no augmentation".
 struct AugOptions {
-  bool enabled = true;
-  bool doFlip = true;
-  double maxRotate = 10.0;  // degrees
-  double minZoom = 1.0, maxZoom = 1.1;
-  double maxLighting = 0.2;
-  double maxWarp = 0.2;
-  double pAffine = 0.75;
-  double pLighting = 0.75;
+  bool enabled = false;
+  bool doFlip = false;
+  double maxRotate = 0;  // degrees
+  double minZoom = 1, maxZoom = 1;
+  double maxLighting = 0;
+  double maxWarp = 0;
+  double pAffine = 0;
+  double pLighting = 0;
 };
+// Reads every field; a missing one is an error (null or undefined means no augmentation).
 AugOptions augOptionsFromJs(const Napi::Value& v);
 
 // Per-image random draws: [B, 9] = flip(±1), angle(rad), zoom scale s (<= 1), centre x, centre y,
@@ -23,10 +26,12 @@ AugOptions augOptionsFromJs(const Napi::Value& v);
 torch::Tensor drawAugParams(int64_t n, const AugOptions& o, torch::Generator& gen);
 torch::Tensor identityAugParams(int64_t n);
 
+// Set from JavaScript (imagenetStats in src/data/transforms.ts); the identity until then.
 struct Normalize {
-  std::array<double, 3> mean{0.485, 0.456, 0.406};
-  std::array<double, 3> std{0.229, 0.224, 0.225};
+  std::array<double, 3> mean{0, 0, 0};
+  std::array<double, 3> std{1, 1, 1};
 };
+Normalize normalizeFromJs(const Napi::Value& mean, const Napi::Value& std);
 
 // Host-to-device copy that does not synchronise: pinned staging, non-blocking copy. A plain copy of
 // pageable memory waits for the GPU to drain, which stalls the whole training pipeline every batch.

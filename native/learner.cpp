@@ -239,11 +239,7 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
     }
   }
   if (o.Has("mean")) {
-    auto m = o.Get("mean").As<Napi::Array>(), s = o.Get("std").As<Napi::Array>();
-    for (uint32_t i = 0; i < 3; i++) {
-      c.norm.mean[i] = m.Get(i).As<Napi::Number>().DoubleValue();
-      c.norm.std[i] = s.Get(i).As<Napi::Number>().DoubleValue();
-    }
+    c.norm = normalizeFromJs(o.Get("mean"), o.Get("std"));
     c.normMean = torch::Tensor();
     c.normStd = torch::Tensor();
   }

@@ -123,15 +123,20 @@ Schedule scheduleFromJs(const Napi::Object& o, int numGroups) {
   s.kind = o.Get("kind").As<Napi::String>();
   s.lrMax = numbers(o.Get("lrMax"), numGroups, "lrMax");
   if (s.kind == "exp") s.lrEnd = numbers(o.Get("lrEnd"), numGroups, "endLr");
-  if (o.Has("div")) s.div = o.Get("div").As<Napi::Number>().DoubleValue();
-  if (o.Has("divFinal")) s.divFinal = o.Get("divFinal").As<Napi::Number>().DoubleValue();
-  if (o.Has("pctStart")) s.pctStart = o.Get("pctStart").As<Napi::Number>().DoubleValue();
-  if (o.Has("moms")) {
-    auto m = o.Get("moms").As<Napi::Array>();
-    for (uint32_t i = 0; i < 3 && i < m.Length(); i++) s.moms[i] = m.Get(i).As<Napi::Number>().DoubleValue();
+  auto need = [&](const char* k, double& dst) {
+    if (!o.Get(k).IsNumber()) throw UserError(std::string("schedule '") + s.kind + "' needs " + k);
+    dst = o.Get(k).As<Napi::Number>().DoubleValue();
+  };
+  if (s.kind == "onecycle") need("div", s.div);
+  if (s.kind == "onecycle" || s.kind == "flatcos") {
+    need("divFinal", s.divFinal);
+    need("pctStart", s.pctStart);
+    if (!(s.pctStart >= 0 && s.pctStart <= 1)) throw UserError("pctStart must be in [0, 1]");
+    if (!(s.divFinal > 0) || (s.kind == "onecycle" && !(s.div > 0))) throw UserError("div and divFinal must be positive");
   }
-  if (!(s.pctStart >= 0 && s.pctStart <= 1)) throw UserError("pctStart must be in [0, 1]");
-  if (!(s.div > 0) || !(s.divFinal > 0)) throw UserError("div and divFinal must be positive");
+  if (!o.Get("moms").IsArray() || o.Get("moms").As<Napi::Array>().Length() != 3) throw UserError("a schedule needs moms: [start, middle, end]");
+  auto m = o.Get("moms").As<Napi::Array>();
+  for (uint32_t i = 0; i < 3; i++) s.moms[i] = m.Get(i).As<Napi::Number>().DoubleValue();
   return s;
 }
 
@@ -155,6 +160,8 @@ Napi::Value FastAdamSteps(const Napi::CallbackInfo& info) {
     params.push_back({ps[i].first, t, 0, false, noDecay});
   }
   FastAdam opt;
+  opt.sqrMom = o.Get("sqrMom").As<Napi::Number>().DoubleValue();
+  opt.eps = o.Get("eps").As<Napi::Number>().DoubleValue();
   auto steps = o.Get("steps").As<Napi::Array>();
   for (uint32_t s = 0; s < steps.Length(); s++) {
     auto st = steps.Get(s).As<Napi::Object>();

@@ -2,6 +2,8 @@
 #pragma once
 #include "net.h"
 
+#include <cmath>
+
 namespace tl {
 
 // Hyper-parameters of one layer group for one step.
@@ -17,8 +19,9 @@ struct Hyper {
 // *current* mom. Applied with multi-tensor (_foreach) kernels, one call per bucket of parameters.
 class FastAdam {
  public:
-  double sqrMom = 0.99;
-  double eps = 1e-5;
+  // Set from JavaScript (DEFAULTS in src/learner/learner.ts holds fast.ai's values).
+  double sqrMom = NAN;
+  double eps = NAN;
   void step(const std::vector<ParamInfo>& params, const std::vector<Hyper>& groups);
   void clear();  // fast.ai clears the state on every freeze/unfreeze
   NamedTensors state(const std::vector<ParamInfo>& params) const;
@@ -34,10 +37,11 @@ struct Schedule {
   std::string kind = "onecycle";  // onecycle | constant | flatcos | exp
   std::vector<double> lrMax;      // per group (exp: the start lr per group)
   std::vector<double> lrEnd;      // exp only: the end lr per group
-  double div = 25.0;
-  double divFinal = 1e5;
-  double pctStart = 0.25;
-  std::array<double, 3> moms{0.95, 0.85, 0.95};
+  // Every field comes from JavaScript (fast.ai's defaults live in src/learner/learner.ts).
+  double div = NAN;
+  double divFinal = NAN;
+  double pctStart = NAN;
+  std::array<double, 3> moms{NAN, NAN, NAN};
   double lr(size_t group, double pos) const;
   double mom(double pos) const;
 };

@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { native } from '../src/binding.js';
-import { ImageDataLoaders, loadLearner, readCovidMetadata, torchInfo, visionLearner } from '../src/index.js';
+import { augTransforms, imagenetStats, ImageDataLoaders, loadLearner, readCovidMetadata, torchInfo, visionLearner } from '../src/index.js';
 import { decodeAll } from '../src/data/images.js';
 
 const { values: args } = parseArgs({
@@ -107,7 +107,7 @@ async function trainBench() {
 
 function augmentBench() {
   const bs = cuda ? 256 : 64;
-  const spb = native.benchAugment({ device, n: bs * 2, presize: 280, size: 224, bs, iters: cuda ? 50 : 5 });
+  const spb = native.benchAugment({ device, n: bs * 2, presize: 280, size: 224, bs, iters: cuda ? 50 : 5, aug: augTransforms(), ...imagenetStats });
   rows.push({ bench: 'batch assembly + augmentation', impl: 'torchlearn', device, bs, size: 224, batches_per_s: 1 / spb, images_per_s: bs / spb });
 }
 

@@ -117,7 +117,7 @@ describe("fast.ai's Adam", () => {
         }
       });
     });
-    const out = native.fastAdamSteps({ params: asTensors(params), noDecay, steps: steps.map((s) => ({ ...s, grads: asTensors(s.grads) })) });
+    const out = native.fastAdamSteps({ params: asTensors(params), noDecay, sqrMom: DEFAULTS.sqrMom, eps: DEFAULTS.eps, steps: steps.map((s) => ({ ...s, grads: asTensors(s.grads) })) });
     let worst = 0;
     out.forEach((t, i) => {
       const got = new Float32Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.byteLength));
