@@ -4,6 +4,7 @@
 #include <ATen/autocast_mode.h>
 
 #include <chrono>
+#include <cstring>
 #include <cmath>
 
 namespace tl {
@@ -128,21 +129,28 @@ struct Learner::Core {
     if (withOpt) {
       for (auto& kv : opt.state(net->params)) out.push_back(kv);
       out.emplace_back("rng.learner", gen.get_state());
+      // LibTorch's global CPU generator draws the dropout masks of CPU training
+      out.emplace_back("rng.torch", at::detail::getDefaultCPUGenerator().get_state());
     }
     return out;
   }
 
   void loadFullState(const NamedTensors& tensors, bool withOpt) {
     NamedTensors model;
-    torch::Tensor rng;
+    torch::Tensor rng, rngTorch;
     for (auto& kv : tensors) {
       if (kv.first.rfind("model.", 0) == 0) model.emplace_back(kv.first.substr(6), kv.second);
       if (kv.first == "rng.learner") rng = kv.second;
+      if (kv.first == "rng.torch") rngTorch = kv.second;
     }
     loadNamed(*net->module, model, true, {}, "the checkpoint");
     if (withOpt) {
       opt.loadState(net->params, tensors);
       if (rng.defined()) gen.set_state(rng);
+      if (rngTorch.defined()) {
+        at::Generator global = at::detail::getDefaultCPUGenerator();  // a handle to the same generator
+        global.set_state(rngTorch);
+      }
     }
   }
 };
@@ -277,6 +285,7 @@ struct EpochResult {
   std::vector<float> smoothLosses; // fast.ai's smoothed loss after each batch
   std::vector<double> lrs;         // [batch][group]
   std::vector<double> moms;
+  torch::Tensor epochRng;  // the learner's random state at the start of the epoch
   double smoothVal = 0, smoothCount = 0;
   int64_t nIter = 0, done = 0;
   bool stopped = false;
@@ -296,25 +305,41 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
   double smoothCount = o.Get("smoothCount").As<Napi::Number>().DoubleValue();
   int64_t reportEvery = o.Has("reportEvery") ? o.Get("reportEvery").As<Napi::Number>().Int64Value() : 0;
   bool profile = o.Get("profile").ToBoolean();
+  // Part of an epoch: batches [startBatch, endBatch). A later part (or a resumed one) passes the
+  // random state the epoch started with, so the same permutation and augmentations come out.
+  int64_t startBatch = o.Get("startBatch").IsNumber() ? o.Get("startBatch").As<Napi::Number>().Int64Value() : 0;
+  int64_t endBatch = o.Get("endBatch").IsNumber() ? o.Get("endBatch").As<Napi::Number>().Int64Value() : -1;
+  torch::Tensor epochRng;
+  if (o.Get("epochRng").IsTypedArray()) {
+    auto a = o.Get("epochRng").As<Napi::Uint8Array>();
+    epochRng = torch::from_blob(a.Data(), {static_cast<int64_t>(a.ElementLength())}, torch::kUInt8).clone();
+  }
+  if (startBatch > 0 && !epochRng.defined()) throw UserError("trainEpoch: startBatch needs the epoch's random state (epochRng)");
   auto progress = std::make_shared<ProgressSink>(env, o.Get("onProgress"));
   auto c = core_;
   c->stopRequested = false;
   return runAsync<EpochResult>(
       env,
-      [c, sched, epoch, nEpochs, smoothVal, smoothCount, reportEvery, progress, profile]() {
+      [c, sched, epoch, nEpochs, smoothVal, smoothCount, reportEvery, progress, profile, startBatch, endBatch, epochRng]() {
         std::lock_guard<std::mutex> lock(c->net->mutex);
         c->check();
         const double t0 = nowSeconds();
         EpochResult r;
         r.smoothVal = smoothVal;
         r.smoothCount = smoothCount;
+        if (epochRng.defined()) c->gen.set_state(epochRng);
+        r.epochRng = c->gen.get_state();
         auto batches = c->trainBatches();
         r.nIter = static_cast<int64_t>(batches.size());
+        const int64_t end = endBatch < 0 ? r.nIter : std::min(endBatch, r.nIter);
+        // draw the augmentations of the batches already trained, so that the random stream is where it was
+        for (int64_t i = 0; i < startBatch && i < r.nIter; i++) drawAugParams(batches[static_cast<size_t>(i)].size(0), c->aug, c->gen);
+        r.done = std::min(startBatch, r.nIter);
         const bool cuda = c->onCuda();
         // On CUDA, losses stay on the device and are read every `every` batches (a host sync).
         const int64_t every = reportEvery > 0 ? reportEvery : (cuda ? 25 : 1);
         auto lossBuf = torch::zeros({r.nIter}, torch::TensorOptions().dtype(torch::kFloat32).device(c->net->device));
-        int64_t synced = 0;
+        int64_t synced = r.done;
         auto sync = [&](int64_t upto) {
           if (upto <= synced) return;
           auto host = lossBuf.slice(0, synced, upto).to(torch::kCPU);
@@ -325,7 +350,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
               const int64_t b = synced + k;
               std::ostringstream m;
               m << "training diverged: the loss is " << l << " at batch " << (b + 1) << " of epoch " << (epoch + 1)
-                << " (lr " << r.lrs[static_cast<size_t>(b * c->net->numGroups + c->net->numGroups - 1)]
+                << " (lr " << r.lrs[static_cast<size_t>((b - startBatch) * c->net->numGroups + c->net->numGroups - 1)]
                 << "). Lower the learning rate (run lrFind) or check the inputs for NaN.";
               throw UserError(m.str());
             }
@@ -357,7 +382,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
           tMark = now;
         };
         torch::Tensor lastInput;
-        for (int64_t i = 0; i < r.nIter; i++) {
+        for (int64_t i = r.done; i < end; i++) {
           if (c->stopRequested) {
             r.stopped = true;
             break;
@@ -440,6 +465,9 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
         o.Set("done", Napi::Number::New(env, static_cast<double>(r.done)));
         o.Set("stopped", r.stopped);
         o.Set("seconds", r.seconds);
+        auto rng = Napi::Uint8Array::New(env, static_cast<size_t>(r.epochRng.numel()));
+        std::memcpy(rng.Data(), r.epochRng.data_ptr<uint8_t>(), rng.ByteLength());
+        o.Set("epochRng", rng);
         if (r.profiled) {
           auto p = Napi::Object::New(env);
           p.Set("data", r.tData);

@@ -76,6 +76,8 @@ export interface NativeEpochResult {
   done: number;
   stopped: boolean;
   seconds: number;
+  /** the learner's random state when the epoch started (to train the rest of it later) */
+  epochRng: Uint8Array;
   /** with { profile: true }: seconds per phase (device synchronised between phases) and layout checks */
   profile?: { data: number; forward: number; backward: number; step: number; weightChannelsLast: boolean; gradChannelsLast: boolean; inputChannelsLast: boolean };
 }
@@ -127,6 +129,9 @@ export interface NativeLearner {
     smoothCount: number;
     reportEvery?: number;
     profile?: boolean;
+    startBatch?: number;
+    endBatch?: number;
+    epochRng?: Uint8Array;
     onProgress?: (e: { epoch: number; iter: number; total: number; smoothLoss: number }) => void;
   }): Promise<NativeEpochResult>;
   validate(o: {

@@ -54,6 +54,8 @@ export interface FitOptions {
   signal?: AbortSignal;
   /** save a checkpoint under this name after every epoch, recording where the fit is (for `resume`) */
   checkpoint?: string;
+  /** also save it every this many batches inside an epoch */
+  checkpointEvery?: number;
   /** continue an interrupted fit from its checkpoint: same schedule, from the first unfinished epoch */
   resume?: string;
   /** time each phase of the step (data, forward, backward, optimizer) with the device synchronised between them: slower; results in recorder.profiles */
@@ -65,6 +67,8 @@ interface FitState {
   schedule: NativeSchedule;
   nEpoch: number;
   epochsDone: number;
+  /** batches of epoch `epochsDone` already trained */
+  batchesDone: number;
   smoothVal: number;
   smoothCount: number;
 }
@@ -265,10 +269,16 @@ export class Learner {
     if (!(wd >= 0)) throw new Error(`wd must be >= 0, got ${wd}`);
     this.#enter();
     let startEpoch = 0;
+    let startBatch = 0;
+    let epochRng: Uint8Array | undefined;
     let smoothVal = 0;
     let smoothCount = 0;
+    if (o.checkpointEvery !== undefined && !(Number.isInteger(o.checkpointEvery) && o.checkpointEvery > 0)) {
+      this.#busy = false;
+      throw new Error(`checkpointEvery must be a positive number of batches, got ${o.checkpointEvery}`);
+    }
     if (o.resume) {
-      let st: FitState;
+      let st: FitState & { epochRng?: Uint8Array };
       try {
         st = await this.#loadFitState(o.resume);
       } catch (e) {
@@ -279,8 +289,9 @@ export class Learner {
         this.#busy = false;
         throw new Error(`resume: the checkpoint '${o.resume}' is from a ${st.schedule.kind} fit of ${st.nEpoch} epochs; this call asks for ${schedule.kind} over ${nEpoch}`);
       }
-      ({ schedule, epochsDone: startEpoch, smoothVal, smoothCount } = st);
-      this.log(`resuming from '${o.resume}' at epoch ${startEpoch} of ${nEpoch}`);
+      ({ schedule, epochsDone: startEpoch, smoothVal, smoothCount, epochRng } = st);
+      startBatch = st.batchesDone ?? 0;
+      this.log(`resuming from '${o.resume}' at epoch ${startEpoch} of ${nEpoch}${startBatch ? `, batch ${startBatch}` : ''}`);
     }
     const checkpoint = o.checkpoint ?? o.resume;
     const nat = this.nat;
@@ -305,30 +316,51 @@ export class Learner {
           break;
         }
         const te = Date.now();
-        const r = await nat.trainEpoch({
-          schedule, epoch, nEpochs: nEpoch, smoothVal, smoothCount, profile: o.profile,
-          onProgress: (e) => {
-            bar.update(`epoch ${epoch + 1}/${nEpoch} train`, e.iter, e.total, `loss ${e.smoothLoss.toFixed(4)}`);
-            for (const cb of cbs) cb.onBatchEnd?.({ epoch, iter: e.iter, total: e.total, smoothLoss: e.smoothLoss });
-          },
-        });
-        smoothVal = r.smoothVal;
-        smoothCount = r.smoothCount;
-        const g = this.numGroups;
-        for (let i = 0; i < r.done; i++) this.recorder.lrs.push(Array.from(r.lrs.subarray(i * g, (i + 1) * g)));
-        this.recorder.moms.push(...Array.from(r.moms).slice(0, r.done));
-        this.recorder.losses.push(...r.smoothLosses);
-        this.recorder.rawLosses.push(...r.losses);
+        // One epoch, in parts of checkpointEvery batches when asked (a checkpoint after each part).
+        let from = epoch === startEpoch ? startBatch : 0;
+        let rng = epoch === startEpoch && from > 0 ? epochRng : undefined;
+        let nIter = 0;
+        let trainSeconds = 0;
+        let epochStopped = false;
+        let lastSmooth = NaN;
+        do {
+          const r = await nat.trainEpoch({
+            schedule, epoch, nEpochs: nEpoch, smoothVal, smoothCount, profile: o.profile,
+            startBatch: from, endBatch: o.checkpointEvery ? from + o.checkpointEvery : undefined, epochRng: rng,
+            onProgress: (e) => {
+              bar.update(`epoch ${epoch + 1}/${nEpoch} train`, e.iter, e.total, `loss ${e.smoothLoss.toFixed(4)}`);
+              for (const cb of cbs) cb.onBatchEnd?.({ epoch, iter: e.iter, total: e.total, smoothLoss: e.smoothLoss });
+            },
+          });
+          smoothVal = r.smoothVal;
+          smoothCount = r.smoothCount;
+          rng = r.epochRng;
+          nIter = r.nIter;
+          trainSeconds += r.seconds;
+          const g = this.numGroups;
+          const trained = r.moms.length;
+          for (let i = 0; i < trained; i++) this.recorder.lrs.push(Array.from(r.lrs.subarray(i * g, (i + 1) * g)));
+          this.recorder.moms.push(...Array.from(r.moms));
+          this.recorder.losses.push(...r.smoothLosses);
+          this.recorder.rawLosses.push(...r.losses);
+          if (r.smoothLosses.length) lastSmooth = r.smoothLosses[r.smoothLosses.length - 1];
+          if (r.profile) this.recorder.profiles.push(r.profile);
+          if (r.stopped) {
+            epochStopped = true;
+            this.log(`stopped after batch ${r.done} of epoch ${epoch}`);
+            break;
+          }
+          from = r.done;
+          if (checkpoint && from < nIter) await this.#save(checkpoint, true, { schedule, nEpoch, epochsDone: epoch, batchesDone: from, smoothVal, smoothCount }, rng);
+        } while (from < nIter);
         this.recorder.iters.push(this.recorder.losses.length);
-        this.recorder.trainSeconds.push(r.seconds);
-        if (r.profile) this.recorder.profiles.push(r.profile);
-        if (r.stopped) {
+        this.recorder.trainSeconds.push(trainSeconds);
+        if (epochStopped) {
           bar.clear();
           stopped = true;
-          this.log(`stopped after batch ${r.done} of epoch ${epoch}`);
           break;
         }
-        const trainLoss = r.smoothLosses.length ? r.smoothLosses[r.smoothLosses.length - 1] : NaN;
+        const trainLoss = lastSmooth;
         const v = this.dls.valid.n ? await this.#validateRaw((e) => bar.update(`epoch ${epoch + 1}/${nEpoch} valid`, e.iter, e.total)) : null;
         bar.clear();
         const values = [trainLoss, v ? v.loss : NaN, ...this.metrics.map((m) => (v ? m.fn(v.probs, v.targets, v.numClasses) : NaN))];
@@ -337,7 +369,7 @@ export class Learner {
         table.row([String(epoch), ...values.map(formatValue), formatTime((Date.now() - te) / 1000)]);
         epochs++;
         const info: EpochInfo = { epoch, values: Object.fromEntries(names.map((n, i) => [n, values[i]])) };
-        if (checkpoint) await this.#save(checkpoint, true, { schedule, nEpoch, epochsDone: epoch + 1, smoothVal, smoothCount });
+        if (checkpoint) await this.#save(checkpoint, true, { schedule, nEpoch, epochsDone: epoch + 1, batchesDone: 0, smoothVal, smoothCount });
         let stop = false;
         for (const cb of cbs) if (await cb.onEpochEnd?.(info, this)) stop = true;
         if (stop) break;
@@ -483,9 +515,10 @@ export class Learner {
     return this.#save(name, o.withOpt ?? true);
   }
 
-  async #save(name: string, withOpt: boolean, fit?: FitState): Promise<string> {
+  async #save(name: string, withOpt: boolean, fit?: FitState, epochRng?: Uint8Array): Promise<string> {
     const path = this.#checkpointPath(name);
     const tensors = this.nat.getState(withOpt);
+    if (epochRng) tensors.push({ name: 'rng.epochStart', dtype: 'U8', shape: [epochRng.length], data: epochRng });
     const meta: Record<string, string> = {
       format: 'torchlearn-checkpoint',
       arch: this.arch,
@@ -497,14 +530,15 @@ export class Learner {
     return path;
   }
 
-  async #loadFitState(name: string): Promise<FitState> {
+  async #loadFitState(name: string): Promise<FitState & { epochRng?: Uint8Array }> {
     const path = this.#checkpointPath(name);
     if (!existsSync(path)) throw new Error(`resume: ${path}: no such checkpoint (fit with { checkpoint: '${name}' } writes one after every epoch)`);
     const f = readWeightFile(path);
     if (!f.metadata.fit) throw new Error(`resume: ${path} was not written during a fit (it has no fit state); use learn.load()`);
     if (f.metadata.frozenTo !== undefined) this.freezeTo(Number(f.metadata.frozenTo));
     this.nat.setState(f.tensors, true);
-    return JSON.parse(f.metadata.fit) as FitState;
+    const epochRng = f.tensors.find((t) => t.name === 'rng.epochStart')?.data;
+    return { ...(JSON.parse(f.metadata.fit) as FitState), epochRng: epochRng ? Uint8Array.from(epochRng) : undefined };
   }
 
   async load(name: string, o: { withOpt?: boolean } = {}): Promise<void> {

@@ -7,6 +7,7 @@ const dls = await ImageDataLoaders.fromFolder(data, { size: 64, presize: 64, bs:
 const learn = visionLearner(dls, 'resnet18', { verbose: false, seed: 0, modelDir });
 await learn.fitOneCycle(6, {
   checkpoint: 'run',
+  checkpointEvery: 2,
   cbs: [{ onEpochEnd: (e) => void console.log(`epoch ${e.epoch} done`) }],
 });
 console.log('finished');
