@@ -184,10 +184,9 @@ Learner::Learner(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Learner>(inf
   auto device = parseDevice(o.Get("device").As<Napi::String>());
   std::lock_guard<std::mutex> lock(net->mutex);
   net->check();
-  if (device.is_cuda()) {
-    net->channelsLast = true;
-    at::globalContext().setBenchmarkCuDNN(true);
-  }
+  // channels_last: the default on CUDA (tensor-core convolutions want NHWC), an option elsewhere
+  net->channelsLast = o.Get("channelsLast").IsBoolean() ? o.Get("channelsLast").ToBoolean() : device.is_cuda();
+  if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
   net->moveTo(device);
   if (o.Has("seed") && o.Get("seed").IsNumber()) core_->gen.set_current_seed(o.Get("seed").As<Napi::Number>().Int64Value());
   TL_CATCH(env)

@@ -177,7 +177,7 @@ interface Addon {
     numClasses: number;
     head?: { hidden?: number; ps?: number; concatPool?: boolean; linearBias?: boolean };
   }) => NativeNet;
-  Learner: new (net: NativeNet, o: { device: string; seed?: number }) => NativeLearner;
+  Learner: new (net: NativeNet, o: { device: string; seed?: number; channelsLast?: boolean }) => NativeLearner;
 }
 
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');

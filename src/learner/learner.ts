@@ -38,6 +38,8 @@ export interface VisionLearnerOptions {
   /** 'auto' (default) = bf16 autocast on CUDA, fp32 on the CPU */
   precision?: 'auto' | 'fp32' | 'bf16';
   seed?: number;
+  /** keep weights and batches in channels_last (NHWC) memory order (default: on CUDA only) */
+  channelsLast?: boolean;
   /** where save/load put checkpoints (default 'models') */
   modelDir?: string;
   /** the head: hidden units (512), dropout ps (0.5), concat pooling (true), biased linears (false = fast.ai v2) */
@@ -160,7 +162,7 @@ export class Learner {
     this.pretrained = Boolean(opts.pretrained);
     if (opts.pretrained) loadBody(net, opts.pretrained);
     else if (this.#verbose) this.log(`torchlearn: no pretrained weights given: the ${arch} body trains from scratch (transfer learning needs torchvision weights: pretrained: 'resnet50.pth')`);
-    this.#native = new native.Learner(net, { device: this.device, seed: opts.seed ?? dls.seed });
+    this.#native = new native.Learner(net, { device: this.device, seed: opts.seed ?? dls.seed, channelsLast: opts.channelsLast });
     const cw = this.#lossOpts.classWeights;
     if (cw && cw.length !== dls.c) throw new Error(`lossFunc.classWeights needs ${dls.c} values (one per class), got ${cw.length}`);
     this.#native.setOptions({
