@@ -239,6 +239,12 @@ Napi::Value Net::Forward(const Napi::CallbackInfo& info) {
         std::lock_guard<std::mutex> lock(s->mutex);
         s->check();
         torch::NoGradGuard ng;
+        auto bad = torch::logical_not(torch::isfinite(input)).flatten().nonzero();
+        if (bad.numel() > 0) {
+          const int64_t at = bad[0][0].item<int64_t>();
+          throw UserError("forward: input holds " + std::to_string(input.flatten()[at].item<float>()) + " at index " + std::to_string(at) +
+                          "; replace NaN/Inf values before calling the model");
+        }
         bool wasTraining = s->module->is_training();
         s->module->eval();
         auto x = input.to(s->device);

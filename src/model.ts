@@ -74,11 +74,6 @@ export class Model {
 
   /** Eval-mode forward pass on a [batch, 3, H, W] float tensor, on a native thread. */
   async forward(input: Float32Array, shape: number[]): Promise<{ data: Float32Array; shape: number[] }> {
-    if (input instanceof Float32Array) {
-      for (let i = 0; i < input.length; i++) {
-        if (!Number.isFinite(input[i])) throw new Error(`forward: input holds ${input[i]} at index ${i}; replace NaN/Inf values before calling the model`);
-      }
-    }
     return this.#h.net.forward(input, shape);
   }
 
