@@ -1,0 +1,17 @@
+// 50 back-to-back fit / predict / dispose cycles in a fresh process; prints RSS after each cycle (JSON).
+import { ImageDataLoaders, visionLearner } from '../../src/index.js';
+
+const [data] = process.argv.slice(2);
+const dls = await ImageDataLoaders.fromFolder(data, { size: 32, presize: 32, bs: 16, seed: 3, quiet: true });
+const files = dls.valid.items.slice(0, 4).map((i) => i.path);
+const rss: number[] = [];
+for (let i = 0; i < 50; i++) {
+  const l = visionLearner(dls, 'resnet18', { verbose: false });
+  await l.fit(1);
+  await l.predictBatch(files);
+  l.dispose();
+  // a full collection first, so that what is measured is what stays alive, not what V8 has yet to collect
+  (globalThis as { gc?: () => void }).gc?.();
+  rss.push(process.memoryUsage().rss);
+}
+console.log(JSON.stringify(rss));
