@@ -164,10 +164,12 @@ describe('concurrency and lifetime', () => {
     });
     const rss = JSON.parse(out.trim().split('\n').pop()!) as number[];
     console.log(`RSS MB per cycle: ${rss.map((r) => (r / 2 ** 20).toFixed(0)).join(' ')}`);
-    // the allocator settles during the first cycles; after that the floor stays where it is
+    // The allocator settles during the first cycles; after that the floor stays within allocator noise
+    // (measured here: 0 to 60 MB on a 400 MB floor). Leaking one cycle's weights and optimizer state
+    // (resnet18: 45 + 90 MB) would add over 2.7 GB between cycles 25 and 45.
     const middle = Math.min(...rss.slice(20, 30));
     const end = Math.min(...rss.slice(40, 50));
-    expect(end - middle).toBeLessThan(0.1 * middle);
+    expect(end - middle).toBeLessThan(0.25 * middle);
   });
 });
 
