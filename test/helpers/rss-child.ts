@@ -1,5 +1,9 @@
 // 50 back-to-back fit / predict / dispose cycles in a fresh process; prints RSS after each cycle (JSON).
+import sharp from 'sharp';
 import { ImageDataLoaders, visionLearner } from '../../src/index.js';
+
+// libvips keeps up to 50 MB of decoded operations in its own cache: not ours to measure
+sharp.cache(false);
 
 const [data] = process.argv.slice(2);
 const dls = await ImageDataLoaders.fromFolder(data, { size: 32, presize: 32, bs: 16, seed: 3, quiet: true });
