@@ -97,6 +97,13 @@ export async function predictFiles(
   return { probs: r.probs, numClasses: r.numClasses, failed, ok };
 }
 
+/** Files to decoded predictions; an unreadable file is an error naming it. */
+export async function predictPaths(nat: NativeLearner, paths: string[], o: { presize: number; method: ResizeMethod }, vocab: string[]): Promise<Prediction[]> {
+  const r = await predictFiles(nat, paths, o);
+  if (r.failed.length) throw new Error(`cannot read image ${r.failed[0].path}: ${r.failed[0].reason}`);
+  return decode(r.probs, r.numClasses, vocab);
+}
+
 /** A loaded export: predicts, nothing else (fast.ai's load_learner). */
 export class InferenceLearner {
   readonly info: ExportInfo;
@@ -131,9 +138,7 @@ export class InferenceLearner {
 
   /** Decodes in parallel and predicts in batches; an unreadable file is an error naming it. */
   async predictBatch(paths: string[]): Promise<Prediction[]> {
-    const r = await predictFiles(this.nat, paths, { presize: this.info.presize, method: this.info.method });
-    if (r.failed.length) throw new Error(`cannot read image ${r.failed[0].path}: ${r.failed[0].reason}`);
-    return decode(r.probs, r.numClasses, this.vocab);
+    return predictPaths(this.nat, paths, { presize: this.info.presize, method: this.info.method }, this.vocab);
   }
 
   /** Predictions for images already decoded and presized: uint8 [n, presize, presize, 3] (video frames, buffers). */

@@ -10,7 +10,7 @@ import { manualSeed, resolveDevice, torchInfo } from '../info.js';
 import { checkArch, NetHandle, type Arch } from '../model.js';
 import { lrFindSpec, renderChart } from '../plot/charts.js';
 import { readWeightFile, writeWeightFile } from '../weights/index.js';
-import { decode, exportMetadata, predictFiles, type Prediction } from '../inference.js';
+import { decode, exportMetadata, predictPaths, type Prediction } from '../inference.js';
 import type { Metric } from '../metrics.js';
 import type { Callback, EpochInfo } from './callbacks.js';
 import { suggest, type Suggestions } from './lrfind.js';
@@ -571,9 +571,7 @@ export class Learner {
   async predictBatch(paths: string[]): Promise<Prediction[]> {
     this.#enter();
     try {
-      const r = await predictFiles(this.nat, paths, { presize: this.dls.presize, method: this.dls.method });
-      if (r.failed.length) throw new Error(`cannot read image ${r.failed[0].path}: ${r.failed[0].reason}`);
-      return decode(r.probs, r.numClasses, this.dls.vocab);
+      return await predictPaths(this.nat, paths, { presize: this.dls.presize, method: this.dls.method }, this.dls.vocab);
     } finally {
       this.#busy = false;
     }
