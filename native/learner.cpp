@@ -2,8 +2,10 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <chrono>
+#include <map>
 #include <cstring>
 #include <cmath>
 
@@ -31,6 +33,73 @@ struct AutocastScope {
     at::autocast::set_enabled(false);
 #endif
     at::autocast::clear_cache();
+  }
+};
+
+// One row of a trace's operator table: an operator (CPU) or kernel (CUDA), how often it ran and its total
+// time (an operator's time includes the operators it calls).
+struct OpStat {
+  std::string name;
+  bool cuda = false;
+  int64_t count = 0;
+  double totalUs = 0;
+};
+
+// An event's duration: LibTorch 1.13 has durationUs(), later versions durationNs() (the switch came around
+// 2.0/2.1), so the one that exists is picked at compile time.
+template <typename E>
+static auto durationUs(const E& e, int) -> decltype(e.durationNs(), double()) {
+  return static_cast<double>(e.durationNs()) / 1000.0;
+}
+template <typename E>
+static double durationUs(const E& e, long) {
+  return static_cast<double>(e.durationUs());
+}
+
+// LibTorch's profiler for the scope of a native task. finish() tallies every operator and kernel, and, where
+// LibTorch has Kineto (PyTorch's builds do; Debian's 1.13 does not), writes the Chrome trace too. The
+// autograd engine carries the profiler state to its own threads, so backward is in it.
+struct TraceScope {
+  std::string chromePath;
+  bool active = false;
+  TraceScope(const std::string& p, bool cuda) : chromePath(p) {
+    if (chromePath.empty()) return;
+    namespace prof = torch::profiler::impl;
+    prof::ProfilerConfig config(prof::ProfilerState::KINETO, /*report_input_shapes=*/false);
+    std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
+    if (cuda) activities.insert(prof::ActivityType::CUDA);
+    torch::autograd::profiler::prepareProfiler(config, activities);
+    torch::autograd::profiler::enableProfiler(config, activities);
+    active = true;
+  }
+  std::vector<OpStat> finish() {
+    std::vector<OpStat> out;
+    if (!active) return out;
+    active = false;
+    auto result = torch::autograd::profiler::disableProfiler();
+    if (!result) return out;
+    std::map<std::pair<std::string, bool>, OpStat> byName;
+    for (const auto& e : result->events()) {
+      const bool cuda = e.deviceType() == c10::DeviceType::CUDA;
+      const double us = durationUs(e, 0);
+      auto& s = byName[{e.name(), cuda}];
+      s.name = e.name();
+      s.cuda = cuda;
+      s.count += 1;
+      s.totalUs += us;
+    }
+    for (auto& kv : byName) out.push_back(kv.second);
+    try {
+      result->save(chromePath);
+    } catch (const std::exception&) {  // no Kineto in this LibTorch: the table is all there is
+    }
+    return out;
+  }
+  ~TraceScope() {
+    try {
+      if (active) torch::autograd::profiler::disableProfiler();
+    } catch (...) {  // an error is already on its way out; the trace is dropped
+    }
   }
 };
 
@@ -280,6 +349,8 @@ struct EpochResult {
   bool profiled = false;
   double tData = 0, tForward = 0, tBackward = 0, tStep = 0;
   bool weightChannelsLast = false, gradChannelsLast = false, inputChannelsLast = false;
+  bool traced = false;
+  std::vector<OpStat> ops;  // with a trace: the operator table
   std::vector<float> losses;       // raw loss per batch
   std::vector<float> smoothLosses; // fast.ai's smoothed loss after each batch
   std::vector<double> lrs;         // [batch][group]
@@ -304,6 +375,10 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
   double smoothCount = o.Get("smoothCount").As<Napi::Number>().DoubleValue();
   int64_t reportEvery = o.Has("reportEvery") ? o.Get("reportEvery").As<Napi::Number>().Int64Value() : 0;
   bool profile = o.Get("profile").ToBoolean();
+  // trace: a Chrome trace (operators, and CUDA kernels on a GPU) of this part of the epoch, written by
+  // LibTorch's profiler to the path given: the same format torch.profiler exports, so the bench can put
+  // torchlearn's step beside PyTorch's operator by operator.
+  std::string trace = o.Get("trace").IsString() ? o.Get("trace").As<Napi::String>().Utf8Value() : std::string();
   // Part of an epoch: batches [startBatch, endBatch). A later part (or a resumed one) passes the
   // random state the epoch started with, so the same permutation and augmentations come out.
   int64_t startBatch = o.Get("startBatch").IsNumber() ? o.Get("startBatch").As<Napi::Number>().Int64Value() : 0;
@@ -319,7 +394,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
   c->stopRequested = false;
   return runAsync<EpochResult>(
       env,
-      [c, sched, epoch, nEpochs, smoothVal, smoothCount, reportEvery, progress, profile, startBatch, endBatch, epochRng]() {
+      [c, sched, epoch, nEpochs, smoothVal, smoothCount, reportEvery, progress, profile, startBatch, endBatch, epochRng, trace]() {
         std::lock_guard<std::mutex> lock(c->net->mutex);
         c->check();
         const double t0 = nowSeconds();
@@ -381,6 +456,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
           tMark = now;
         };
         torch::Tensor lastInput;
+        TraceScope traceScope(trace, cuda);
         for (int64_t i = r.done; i < end; i++) {
           if (c->stopRequested) {
             r.stopped = true;
@@ -427,6 +503,10 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
           if (cuda && ((i + 1) % every == 0)) sync(i + 1);
         }
         sync(r.done);
+        if (!trace.empty()) {
+          r.ops = traceScope.finish();
+          r.traced = true;
+        }
         if (profile) {
           r.profiled = true;
           for (auto& p : c->net->params) {
@@ -477,6 +557,18 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
           p.Set("gradChannelsLast", r.gradChannelsLast);
           p.Set("inputChannelsLast", r.inputChannelsLast);
           o.Set("profile", p);
+        }
+        if (r.traced) {
+          auto ops = Napi::Array::New(env, r.ops.size());
+          for (size_t k = 0; k < r.ops.size(); k++) {
+            auto e = Napi::Object::New(env);
+            e.Set("name", r.ops[k].name);
+            e.Set("device", r.ops[k].cuda ? "cuda" : "cpu");
+            e.Set("count", Napi::Number::New(env, static_cast<double>(r.ops[k].count)));
+            e.Set("totalUs", r.ops[k].totalUs);
+            ops.Set(static_cast<uint32_t>(k), e);
+          }
+          o.Set("ops", ops);
         }
         return o;
       });

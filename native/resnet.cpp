@@ -24,7 +24,8 @@ torch::Tensor BasicBlockImpl::forward(torch::Tensor x) {
   auto identity = downsample ? downsample->forward(x) : x;
   auto out = relu(bn1(conv1(x)));
   out = bn2(conv2(out));
-  return relu(out + identity);
+  out += identity;  // in place, as torchvision: no fresh activation-sized tensor per block
+  return relu(out);
 }
 
 BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride, nn::Sequential ds) {
@@ -43,7 +44,8 @@ torch::Tensor BottleneckImpl::forward(torch::Tensor x) {
   auto out = relu(bn1(conv1(x)));
   out = relu(bn2(conv2(out)));
   out = bn3(conv3(out));
-  return relu(out + identity);
+  out += identity;  // in place, as torchvision: no fresh activation-sized tensor per block
+  return relu(out);
 }
 
 ArchSpec archSpec(const std::string& arch) {

@@ -3,12 +3,16 @@
 //   --device cpu|cuda   (default: cuda when LibTorch has it)
 //   --python PATH       PyTorch for the baseline (default /usr/bin/python3 on the CPU, python3 on CUDA)
 //   --quick             fewer iterations
+//   --profile           time the phases of each train step (data, forward, backward, optimizer) on both sides
+//   --only LIST         some of: decode,augment,inference,train,e2e (default: all)
+//   --trace DIR         operator tables of the unfrozen train step on both sides, written to DIR, and the
+//                       operators where they differ most printed side by side
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { native } from '../src/binding.js';
-import { augTransforms, imagenetStats, ImageDataLoaders, loadLearner, readCovidMetadata, torchInfo, visionLearner } from '../src/index.js';
+import { augTransforms, compareTraces, imagenetStats, ImageDataLoaders, loadLearner, readCovidMetadata, readTrace, torchInfo, visionLearner } from '../src/index.js';
 import { decodeAll } from '../src/data/images.js';
 
 const { values: args } = parseArgs({
@@ -23,6 +27,8 @@ const { values: args } = parseArgs({
     precisions: { type: 'string' },
     iters: { type: 'string' },
     profile: { type: 'boolean', default: false },
+    trace: { type: 'string' },
+    only: { type: 'string' },
   },
 });
 const info = torchInfo();
@@ -31,6 +37,7 @@ const cuda = device.startsWith('cuda');
 const python = args.python ?? (cuda ? 'python3' : '/usr/bin/python3');
 const rows: Record<string, unknown>[] = [];
 const log = (s: string) => process.stderr.write(s + '\n');
+if (args.trace) mkdirSync(args.trace, { recursive: true });
 
 // Same shapes on both sides. CPU: a ResNet50 at 128 px on 2 cores; GPU: the H100 reference workload.
 const cfg = cuda
@@ -90,16 +97,23 @@ async function trainBench() {
           const per = (x: number) => ((1000 * x) / cfg.iters).toFixed(1);
           log(`profile torchlearn bs ${bs} ${prec} ${frozen ? 'frozen' : 'unfrozen'}: ms per step: data ${per(p.data)}, forward ${per(p.forward)}, backward ${per(p.backward)}, optimizer ${per(p.step)}; channels_last weight ${p.weightChannelsLast}, grad ${p.gradChannelsLast}, input ${p.inputChannelsLast}`);
         }
+        if (args.trace && !frozen) await learn.fitOneCycle(1, { trace: join(args.trace, `torchlearn-bs${bs}-${prec}.json`) });
         const mem = native.cudaMemory();
         const row = { bench: 'train step', impl: 'torchlearn', arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s, peak_device_bytes: mem.peakAllocated, peak_rss_bytes: process.resourceUsage().maxRSS * 1024 };
         rows.push(row);
         log(JSON.stringify(row));
         learn.dispose();
       }
-      for (const r of pytorch(['--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec, ...(args.profile ? ['--profile'] : [])])) {
+      const ptTrace = args.trace ? ['--trace', join(args.trace, `pytorch-bs${bs}-${prec}.json`)] : [];
+      for (const r of pytorch(['--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec, ...(args.profile ? ['--profile'] : []), ...ptTrace])) {
         if (r.profile_ms) log(`profile pytorch bs ${bs} ${prec} ${r.frozen ? 'frozen' : 'unfrozen'}: ms per step: ${JSON.stringify(r.profile_ms)}`);
         rows.push({ bench: 'train step', ...r, impl: 'pytorch eager', precision: prec });
         log(JSON.stringify(r));
+      }
+      if (args.trace) {
+        const ours = join(args.trace, `torchlearn-bs${bs}-${prec}.json`);
+        const theirs = join(args.trace, `pytorch-bs${bs}-${prec}.json`);
+        if (existsSync(ours) && existsSync(theirs)) log(`\noperators per unfrozen step, bs ${bs} ${prec} (largest differences first):\n${compareTraces(readTrace(ours), readTrace(theirs))}\n`);
       }
     }
   }
@@ -182,11 +196,12 @@ async function inferenceBench() {
 }
 
 log(`torchlearn bench on ${device} (${info.deviceName ?? `${info.threads} CPU threads`}), LibTorch ${info.torchVersion}`);
-if (!cuda) await decodeBench();
-augmentBench();
-await inferenceBench();
-await trainBench();
-if (args.images) await endToEndBench();
+const only = new Set((args.only ?? 'decode,augment,inference,train,e2e').split(','));
+if (!cuda && only.has('decode')) await decodeBench();
+if (only.has('augment')) augmentBench();
+if (only.has('inference')) await inferenceBench();
+if (only.has('train')) await trainBench();
+if (args.images && only.has('e2e')) await endToEndBench();
 
 // ratios: torchlearn / pytorch for matching rows
 const fmt = (x: unknown) => (typeof x === 'number' ? (x > 100 ? x.toFixed(0) : x.toFixed(2)) : String(x ?? ''));

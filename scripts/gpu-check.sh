@@ -3,6 +3,9 @@
 # machine's LibTorch (the one inside its PyTorch), run the test suite with CUDA, run the bench, print
 # a table. Needs .device/node.xz (../shared/device/pack-node.sh) and .device/nm.tar.xz (node_modules).
 #   run on the device with carry [".device"]:  bash scripts/gpu-check.sh
+# A shorter diagnosis of the train step (build, then the bench's train rows with per-phase times and
+# operator tables of both sides, compared): SKIP_TESTS=1 SKIP_EXAMPLE=1 \
+#   BENCH_ARGS="--only train --bs 256 --precisions bf16 --profile --trace $OUT/trace" bash scripts/gpu-check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -24,8 +27,10 @@ export TORCHLEARN_ADDON=/tmp/tlbuild/Release/torchlearn.node
 export TORCHLEARN_REF_PYTHON=python3
 node --import tsx -e "import('./src/info.ts').then(m => console.log(JSON.stringify(m.torchInfo())))"
 
-echo "== tests (CUDA enabled)"
-timeout 300 node node_modules/vitest/vitest.mjs run ${TESTS:-} 2>&1 | tee "$OUT/tests.log" | grep -E "✓|×|↓|skipped|Tests|Test Files|CUDA|error|Error" | head -80
+if [ -z "${SKIP_TESTS:-}" ]; then
+  echo "== tests (CUDA enabled)"
+  timeout 300 node node_modules/vitest/vitest.mjs run ${TESTS:-} 2>&1 | tee "$OUT/tests.log" | grep -E "✓|×|↓|skipped|Tests|Test Files|CUDA|error|Error" | head -80
+fi
 
 # real X-ray files for the end-to-end epoch: the carried subset, repeated to make a few thousand files
 if [ -d .device/xray ]; then
@@ -33,10 +38,10 @@ if [ -d .device/xray ]; then
   for r in $(seq 1 ${XRAY_REPEAT:-16}); do for f in .device/xray/*/*; do c=$(basename "$(dirname "$f")"); ln -s "$PWD/$f" "/tmp/xray/$c/r$r-$(basename "$f")"; done; done
   images="--images /tmp/xray"
 fi
-if [ -d .device/covid ]; then
+if [ -d .device/covid ] && [ -z "${SKIP_EXAMPLE:-}" ]; then
   echo "== the example on the GPU (images downsized to 320 px to travel)"
   timeout 240 node --import tsx scripts/covid-xray.ts --data .device/covid --out "$OUT/covid-xray" --device cuda 2>&1 | tee "$OUT/example.log" | tail -45
 fi
 echo "== bench"
 export UV_THREADPOOL_SIZE=16
-timeout 360 node --import tsx scripts/bench.ts --device cuda ${images:-} ${BENCH_ARGS:-} --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -30
+timeout 360 node --import tsx scripts/bench.ts --device cuda ${images:-} ${BENCH_ARGS:-} --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | grep -v '^{' | tail -${BENCH_TAIL:-60}

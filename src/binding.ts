@@ -80,6 +80,8 @@ export interface NativeEpochResult {
   epochRng: Uint8Array;
   /** with { profile: true }: seconds per phase (device synchronised between phases) and layout checks */
   profile?: { data: number; forward: number; backward: number; step: number; weightChannelsLast: boolean; gradChannelsLast: boolean; inputChannelsLast: boolean };
+  /** with { trace }: every operator (cpu) and kernel (cuda) LibTorch's profiler saw */
+  ops?: { name: string; device: 'cpu' | 'cuda'; count: number; totalUs: number }[];
 }
 
 export interface NativePreds {
@@ -129,6 +131,7 @@ export interface NativeLearner {
     smoothCount: number;
     reportEvery?: number;
     profile?: boolean;
+    trace?: string;
     startBatch?: number;
     endBatch?: number;
     epochRng?: Uint8Array;

@@ -40,7 +40,7 @@ def augment(x_u8, size, mean, std):
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_last, profile=False):
+def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_last, profile=False, trace=None):
     torch.manual_seed(0)
     dev = torch.device(device)
     model = make_model(arch, 2).to(dev)
@@ -109,7 +109,36 @@ def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_l
             for k, a, b in (('data', t0, t1), ('forward', t1, t2), ('backward', t2, t3), ('step', t3, t4)):
                 acc[k] += b - a
         out['profile_ms'] = {k: round(1000 * v / iters, 2) for k, v in acc.items()}
+    if trace:
+        write_trace(trace, dev, iters, step)
     return out
+
+
+def write_trace(path, dev, iters, step):
+    """torchlearn's operator table (src/learner/trace.ts) from torch.profiler over `iters` steps: calls and
+    total time per operator (CPU side) and kernel (GPU), plus the Chrome trace beside it."""
+    from torch.profiler import profile, ProfilerActivity
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == 'cuda' else [])
+    with profile(activities=acts) as prof:
+        for _ in range(iters):
+            step()
+        if dev.type == 'cuda':
+            torch.cuda.synchronize()
+    ops = {}
+    for e in prof.events():
+        d = 'cuda' if e.device_type == torch.autograd.DeviceType.CUDA else 'cpu'
+        o = ops.setdefault((e.name, d), dict(name=e.name, device=d, count=0, totalUs=0.0))
+        o['count'] += 1
+        o['totalUs'] += e.time_range.elapsed_us()
+    chrome = path[:-5] + '.chrome.json' if path.endswith('.json') else path + '.chrome.json'
+    try:
+        prof.export_chrome_trace(chrome)
+    except Exception:
+        chrome = None
+    table = dict(impl='pytorch', torchVersion=torch.__version__, device=str(dev), steps=iters, chromeTrace=chrome,
+                 ops=sorted(ops.values(), key=lambda o: -o['totalUs']))
+    with open(path, 'w') as f:
+        json.dump(table, f, indent=1)
 
 
 def infer(arch, device, bs, size, iters, bf16, channels_last):
@@ -175,6 +204,8 @@ if __name__ == '__main__':
     ap.add_argument('--inference', action='store_true')
     ap.add_argument('--latency', default=None)
     ap.add_argument('--profile', action='store_true')
+    ap.add_argument('--channels-last', action='store_true', help='channels_last on the CPU too (always on CUDA)')
+    ap.add_argument('--trace', default=None, help='write the operator table of the unfrozen step here (see src/learner/trace.ts)')
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -189,4 +220,5 @@ if __name__ == '__main__':
                 print(json.dumps(infer(a.arch, a.device, bs, a.size, a.iters, bf16, cuda)), flush=True)
                 continue
             for frozen in (True, False):
-                print(json.dumps(run(a.arch, a.device, bs, a.size, a.presize, a.iters, a.warmup, bf16, frozen, cuda, a.profile)), flush=True)
+                print(json.dumps(run(a.arch, a.device, bs, a.size, a.presize, a.iters, a.warmup, bf16, frozen, cuda or a.channels_last, a.profile,
+                                     None if frozen or not a.trace else a.trace)), flush=True)

@@ -1,7 +1,7 @@
 // fast.ai's Learner for vision: the hub that owns the network, the data, the optimizer state and
 // the training loop's JavaScript half (epochs, metrics, callbacks, the table). Each batch runs in
 // C++ on a native thread; this file only orchestrates.
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { native, type NativeLearner, type NativeNet, type NativeSchedule, type NamedTensor } from '../binding.js';
 import type { ImageDataLoaders } from '../data/loaders.js';
@@ -17,6 +17,7 @@ import { suggest, type Suggestions } from './lrfind.js';
 import { formatTime, formatValue, ProgressBar, ResultsTable } from './progress.js';
 import { Recorder } from './recorder.js';
 import { lrPerGroup, type LrSpec } from './schedule.js';
+import { chromeTracePath, writeTrace } from './trace.js';
 
 export interface LossOptions {
   /** per-class weights of the cross-entropy (e.g. inverse class frequency for imbalance) */
@@ -62,6 +63,9 @@ export interface FitOptions {
   resume?: string;
   /** time each phase of the step (data, forward, backward, optimizer) with the device synchronised between them: slower; results in recorder.profiles */
   profile?: boolean;
+  /** write a Chrome trace (chrome://tracing, Perfetto) of the fit's first epoch to this path: every LibTorch
+   * operator, and every CUDA kernel on a GPU, as torch.profiler records them */
+  trace?: string;
 }
 
 /** Where a fit is, stored in its checkpoints. */
@@ -312,6 +316,8 @@ export class Learner {
       if (this.#verbose) this.log(this.#deviceLine());
       for (const cb of cbs) await cb.beforeFit?.(this);
       table.header(['epoch', ...names, 'time']);
+      let traceTo = o.trace;
+      if (traceTo) rmSync(chromeTracePath(traceTo), { force: true }); // not an old one mistaken for this run's
       for (let epoch = startEpoch; epoch < nEpoch; epoch++) {
         if (o.signal?.aborted) {
           stopped = true;
@@ -328,12 +334,22 @@ export class Learner {
         do {
           const r = await nat.trainEpoch({
             schedule, epoch, nEpochs: nEpoch, smoothVal, smoothCount, profile: o.profile,
+            trace: traceTo ? chromeTracePath(traceTo) : undefined,
             startBatch: from, endBatch: o.checkpointEvery ? from + o.checkpointEvery : undefined, epochRng: rng,
             onProgress: (e) => {
               bar.update(`epoch ${epoch + 1}/${nEpoch} train`, e.iter, e.total, `loss ${e.smoothLoss.toFixed(4)}`);
               for (const cb of cbs) cb.onBatchEnd?.({ epoch, iter: e.iter, total: e.total, smoothLoss: e.smoothLoss });
             },
           });
+          if (traceTo && r.ops) {
+            const chrome = chromeTracePath(traceTo);
+            writeTrace(traceTo, {
+              impl: 'torchlearn', torchVersion: torchInfo().torchVersion, device: this.device, steps: r.moms.length,
+              chromeTrace: existsSync(chrome) ? chrome : undefined, ops: r.ops,
+            });
+            this.log(`trace of ${r.moms.length} steps written to ${traceTo}`);
+          }
+          traceTo = undefined; // the first part only
           smoothVal = r.smoothVal;
           smoothCount = r.smoothCount;
           rng = r.epochRng;
