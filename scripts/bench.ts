@@ -147,6 +147,9 @@ async function endToEndBench() {
   };
   rows.push(row);
   log(JSON.stringify(row));
+  // one more epoch, traced: beside the bare step's trace, it shows what a whole epoch adds (in the Chrome
+  // trace, as gaps on the GPU timeline)
+  if (args.trace) await learn.fitOneCycle(1, { trace: join(args.trace, `torchlearn-epoch-bs${bs}-${prec}.json`) });
   learn.dispose();
 }
 

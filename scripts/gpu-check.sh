@@ -4,15 +4,18 @@
 # a table. Needs .device/node.xz (../shared/device/pack-node.sh) and .device/nm.tar.xz (node_modules).
 #   run on the device with carry [".device"]:  bash scripts/gpu-check.sh
 # A shorter diagnosis of the train step (build, then the bench's train rows with per-phase times and
-# operator tables of both sides, compared): SKIP_TESTS=1 SKIP_EXAMPLE=1 \
-#   BENCH_ARGS="--only train --bs 256 --precisions bf16 --profile --trace $OUT/trace" bash scripts/gpu-check.sh
+# operator tables of both sides, compared; the tables and Chrome traces come back in trace.tar.xz):
+#   SKIP_TESTS=1 SKIP_EXAMPLE=1 TRACE=1 BENCH_ARGS="--only train --bs 256 --precisions bf16 --iters 10 --profile" \
+#   bash scripts/gpu-check.sh
+# What comes back under $OUT is kept to the device tool's 8 files: build.log, tests.log, example.log,
+# example.tar (pictures and metrics.json), bench.log, bench.json, trace.tar.xz.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
 export PATH=/tmp:$PATH
 [ -x /tmp/node ] || { xz -d < .device/node.xz > /tmp/node && chmod +x /tmp/node; }
 [ -d node_modules ] || tar xJf .device/nm.tar.xz
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 t0=$(date +%s)
@@ -40,8 +43,12 @@ if [ -d .device/xray ]; then
 fi
 if [ -d .device/covid ] && [ -z "${SKIP_EXAMPLE:-}" ]; then
   echo "== the example on the GPU (images downsized to 320 px to travel)"
-  timeout 240 node --import tsx scripts/covid-xray.ts --data .device/covid --out "$OUT/covid-xray" --device cuda 2>&1 | tee "$OUT/example.log" | tail -45
+  timeout 240 node --import tsx scripts/covid-xray.ts --data .device/covid --out /tmp/covid-xray --device cuda 2>&1 | tee "$OUT/example.log" | tail -45
+  (cd /tmp/covid-xray && tar cf "$OUT/example.tar" ./*.png ./*.json 2>/dev/null)
 fi
 echo "== bench"
 export UV_THREADPOOL_SIZE=16
-timeout 360 node --import tsx scripts/bench.ts --device cuda ${images:-} ${BENCH_ARGS:-} --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | grep -v '^{' | tail -${BENCH_TAIL:-60}
+trace=; [ -n "${TRACE:-}" ] && { rm -rf /tmp/trace; trace="--trace /tmp/trace"; }
+timeout 360 node --import tsx scripts/bench.ts --device cuda ${images:-} ${BENCH_ARGS:-} $trace --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | grep -v '^{' | tail -${BENCH_TAIL:-60}
+[ -n "$trace" ] && [ -d /tmp/trace ] && tar cJf "$OUT/trace.tar.xz" -C /tmp trace && ls -la "$OUT/trace.tar.xz"
+exit 0
