@@ -75,6 +75,15 @@ async function decodeBench() {
   }
 }
 
+// One more epoch under LibTorch's profiler; a profiler that fails (no CUPTI, say) costs the trace, not the bench.
+async function traced(learn: ReturnType<typeof visionLearner>, path: string) {
+  try {
+    await learn.fitOneCycle(1, { trace: path });
+  } catch (e) {
+    log(`trace ${path} failed: ${(e as Error).message.split('\n')[0]}`);
+  }
+}
+
 async function trainBench() {
   for (const bs of cfg.bss) {
     for (const prec of cfg.precisions) {
@@ -97,7 +106,7 @@ async function trainBench() {
           const per = (x: number) => ((1000 * x) / cfg.iters).toFixed(1);
           log(`profile torchlearn bs ${bs} ${prec} ${frozen ? 'frozen' : 'unfrozen'}: ms per step: data ${per(p.data)}, forward ${per(p.forward)}, backward ${per(p.backward)}, optimizer ${per(p.step)}; channels_last weight ${p.weightChannelsLast}, grad ${p.gradChannelsLast}, input ${p.inputChannelsLast}`);
         }
-        if (args.trace && !frozen) await learn.fitOneCycle(1, { trace: join(args.trace, `torchlearn-bs${bs}-${prec}.json`) });
+        if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn-bs${bs}-${prec}.json`));
         const mem = native.cudaMemory();
         const row = { bench: 'train step', impl: 'torchlearn', arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s, peak_device_bytes: mem.peakAllocated, peak_rss_bytes: process.resourceUsage().maxRSS * 1024 };
         rows.push(row);
@@ -149,7 +158,7 @@ async function endToEndBench() {
   log(JSON.stringify(row));
   // one more epoch, traced: beside the bare step's trace, it shows what a whole epoch adds (in the Chrome
   // trace, as gaps on the GPU timeline)
-  if (args.trace) await learn.fitOneCycle(1, { trace: join(args.trace, `torchlearn-epoch-bs${bs}-${prec}.json`) });
+  if (args.trace) await traced(learn, join(args.trace, `torchlearn-epoch-bs${bs}-${prec}.json`));
   learn.dispose();
 }
 

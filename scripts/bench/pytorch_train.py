@@ -6,7 +6,7 @@ betas (0.9, 0.99), eps 1e-5, wd 0.01 (fused on CUDA), a uint8 image cache on the
 index, one random affine grid per image (flip, rotate, zoom) + grid_sample to `size`, normalise;
 bf16 autocast and channels_last on CUDA. Prints one JSON line per configuration.
 """
-import argparse, contextlib, json, math, resource, time
+import argparse, contextlib, json, math, resource, sys, time
 import torch, torch.nn as nn, torch.nn.functional as F, torchvision
 
 
@@ -110,7 +110,10 @@ def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_l
                 acc[k] += b - a
         out['profile_ms'] = {k: round(1000 * v / iters, 2) for k, v in acc.items()}
     if trace:
-        write_trace(trace, dev, iters, step)
+        try:
+            write_trace(trace, dev, iters, step)
+        except Exception as e:  # a failing profiler costs the trace, not the measurement
+            print(f'trace {trace} failed: {e}', file=sys.stderr)
     return out
 
 
