@@ -50,5 +50,5 @@ echo "== bench"
 export UV_THREADPOOL_SIZE=16
 trace=; [ -n "${TRACE:-}" ] && { rm -rf /tmp/trace; trace="--trace /tmp/trace"; }
 timeout 360 node --import tsx scripts/bench.ts --device cuda ${images:-} ${BENCH_ARGS:-} $trace --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | grep -v '^{' | tail -${BENCH_TAIL:-60}
-[ -n "$trace" ] && [ -d /tmp/trace ] && tar cJf "$OUT/trace.tar.xz" -C /tmp trace && ls -la "$OUT/trace.tar.xz"
+[ -n "$trace" ] && [ -d /tmp/trace ] && XZ_OPT="-T0 -3" tar cJf "$OUT/trace.tar.xz" -C /tmp trace && ls -la "$OUT/trace.tar.xz"
 exit 0
