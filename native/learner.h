@@ -1,6 +1,8 @@
 // The native half of a Learner: the image caches, the training loop (batch assembly, forward,
 // loss, backward, fast.ai Adam, schedule), validation, the LR finder and Grad-CAM. The TypeScript
 // Learner drives it epoch by epoch; nothing per batch crosses into JavaScript except progress.
+// Its methods live in learner.cpp (data, options, training, state), predict.cpp, lrfind.cpp and
+// gradcam.cpp, around the state in learner_core.h.
 #pragma once
 #include "augment.h"
 #include "net.h"

@@ -1,0 +1,143 @@
+// The state behind a native Learner, shared by the files that implement its methods: learner.cpp
+// (data, options, the training loop, state), predict.cpp (validation and prediction), lrfind.cpp and
+// gradcam.cpp.
+#pragma once
+#include "autocast.h"
+#include "learner.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
+
+namespace tl {
+namespace F = torch::nn::functional;
+
+struct Learner::Core {
+  std::shared_ptr<NetState> net;
+  FastAdam opt;
+  torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0);
+  ImageCache train, valid;
+  int64_t bs = 64, size = 224;
+  AugOptions aug;
+  Normalize norm;
+  double wd = 0.01;
+  bool trainBn = true;
+  bool bf16 = false;
+  torch::Tensor classWeights;
+  double labelSmoothing = 0;
+  int frozenIdx = 0;
+  std::atomic<bool> stopRequested{false};
+  bool disposed = false;
+
+  void check() const {
+    if (disposed) throw UserError("this learner was disposed: create a new one");
+    net->check();
+  }
+  bool onCuda() const { return net->device.is_cuda(); }
+
+  ImageCache& cache(const std::string& split) {
+    if (split == "train") return train;
+    if (split == "valid") return valid;
+    throw UserError("split must be 'train' or 'valid', got '" + split + "'");
+  }
+
+  torch::Tensor normMean, normStd;  // on the device, refreshed when the statistics change
+
+  // Float, normalised, channels_last batch on the device from cached uint8 images.
+  torch::Tensor inputs(const torch::Tensor& images, const torch::Tensor& params) {
+    auto x = augmentImages(images, params, size);
+    if (!normMean.defined() || normMean.device() != x.device()) {
+      normMean = toDevice(torch::tensor({norm.mean[0], norm.mean[1], norm.mean[2]}, torch::kFloat32).view({1, 3, 1, 1}), x.device());
+      normStd = toDevice(torch::tensor({norm.std[0], norm.std[1], norm.std[2]}, torch::kFloat32).view({1, 3, 1, 1}), x.device());
+    }
+    return normalizeBatch(x, normMean, normStd);
+  }
+
+  torch::Tensor lossFn(const torch::Tensor& logits, const torch::Tensor& y, bool perItem) {
+    auto o = F::CrossEntropyFuncOptions().label_smoothing(labelSmoothing);
+    if (classWeights.defined()) o = o.weight(classWeights.to(logits.device()));
+    if (perItem) o = o.reduction(torch::kNone);
+    return F::cross_entropy(logits.to(torch::kFloat32), y, o);
+  }
+
+  std::vector<Hyper> hypers(const Schedule& s, double pos) const {
+    std::vector<Hyper> h;
+    for (int g = 0; g < net->numGroups; g++) h.push_back({s.lr(static_cast<size_t>(g), pos), s.mom(pos), wd});
+    return h;
+  }
+
+  void zeroGrad() {
+    for (auto& p : net->params)
+      if (p.tensor.grad().defined()) p.tensor.mutable_grad() = torch::Tensor();
+  }
+
+  // Forward + loss in training mode; the caller checks the loss, then calls backwardAndStep.
+  torch::Tensor forwardLoss(const torch::Tensor& x, const torch::Tensor& y) {
+    net->module->train();
+    zeroGrad();
+    AutocastScope ac(bf16 && onCuda());
+    return lossFn(net->forward(x), y, false);
+  }
+
+  void backwardAndStep(torch::Tensor& loss, const std::vector<Hyper>& h) {
+    loss.backward();
+    opt.step(net->params, h);
+  }
+
+  void applyFreeze() {
+    for (auto& p : net->params) p.tensor.requires_grad_(p.group >= frozenIdx || (trainBn && p.isNorm));
+    opt.clear();
+  }
+
+  // Training batches for one pass: a fresh permutation, drop_last (fast.ai's train loader), except
+  // that a set smaller than one batch still gives one batch.
+  std::vector<torch::Tensor> trainBatches() {
+    const int64_t n = train.size();
+    if (n == 0) throw UserError("no training data: call setData first");
+    auto perm = torch::randperm(n, gen, torch::kInt64);
+    std::vector<torch::Tensor> out;
+    const int64_t nb = std::max<int64_t>(1, n / bs);
+    for (int64_t i = 0; i < nb; i++) out.push_back(perm.slice(0, i * bs, std::min(n, (i + 1) * bs)));
+    return out;
+  }
+
+  NamedTensors fullState(bool withOpt) {
+    NamedTensors out;
+    for (auto& kv : stateDict(*net->module)) out.emplace_back("model." + kv.first, kv.second.contiguous());
+    if (withOpt) {
+      for (auto& kv : opt.state(net->params)) out.push_back(kv);
+      out.emplace_back("rng.learner", gen.get_state());
+      // LibTorch's global CPU generator draws the dropout masks of CPU training
+      out.emplace_back("rng.torch", at::detail::getDefaultCPUGenerator().get_state());
+    }
+    return out;
+  }
+
+  void loadFullState(const NamedTensors& tensors, bool withOpt) {
+    NamedTensors model;
+    torch::Tensor rng, rngTorch;
+    for (auto& kv : tensors) {
+      if (kv.first.rfind("model.", 0) == 0) model.emplace_back(kv.first.substr(6), kv.second);
+      if (kv.first == "rng.learner") rng = kv.second;
+      if (kv.first == "rng.torch") rngTorch = kv.second;
+    }
+    loadNamed(*net->module, model, true, {}, "the checkpoint");
+    if (withOpt) {
+      opt.loadState(net->params, tensors);
+      if (rng.defined()) gen.set_state(rng);
+      if (rngTorch.defined()) {
+        at::Generator global = at::detail::getDefaultCPUGenerator();  // a handle to the same generator
+        global.set_state(rngTorch);
+      }
+    }
+  }
+};
+
+// A copy of n uint8 images [P, P, 3] from a JavaScript Uint8Array, checked for size.
+torch::Tensor uint8Images(const Napi::Value& v, int64_t n, int64_t p, const char* what);
+
+inline double nowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace tl

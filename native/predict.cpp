@@ -1,0 +1,114 @@
+// The inference half of the native Learner: validation passes (probabilities, targets, losses) and
+// predictions on decoded images.
+#include "learner_core.h"
+
+#include <cstring>
+
+namespace tl {
+
+struct PredsResult {
+  torch::Tensor probs, targets, losses;
+  double seconds = 0;
+};
+
+static Napi::Value predsToJs(Napi::Env env, PredsResult& r) {
+  auto o = Napi::Object::New(env);
+  o.Set("probs", tensorToFloat32Array(env, r.probs));
+  o.Set("numClasses", Napi::Number::New(env, static_cast<double>(r.probs.size(1))));
+  if (r.targets.defined()) {
+    auto t = r.targets.to(torch::kInt32).contiguous();
+    auto a = Napi::Int32Array::New(env, static_cast<size_t>(t.numel()));
+    std::memcpy(a.Data(), t.data_ptr<int32_t>(), static_cast<size_t>(t.numel()) * 4);
+    o.Set("targets", a);
+    o.Set("losses", tensorToFloat32Array(env, r.losses));
+  }
+  o.Set("seconds", r.seconds);
+  return o;
+}
+
+// validate({ split: 'valid' | 'train', augment: bool, onProgress }) -> { probs, targets, losses }
+Napi::Value Learner::Validate(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  core_->check();
+  auto o = info[0].As<Napi::Object>();
+  std::string split = o.Get("split").As<Napi::String>();
+  bool augment = o.Get("augment").ToBoolean();
+  auto progress = std::make_shared<ProgressSink>(env, o.Get("onProgress"));
+  auto c = core_;
+  c->cache(split);
+  return runAsync<PredsResult>(
+      env,
+      [c, split, augment, progress]() {
+        std::lock_guard<std::mutex> lock(c->net->mutex);
+        c->check();
+        const double t0 = nowSeconds();
+        auto& data = c->cache(split);
+        const int64_t n = data.size();
+        if (n == 0) throw UserError("no " + split + " data to validate on");
+        torch::NoGradGuard ng;
+        c->net->module->eval();
+        AutocastScope ac(c->bf16 && c->onCuda());
+        std::vector<torch::Tensor> logits;
+        const int64_t nb = (n + c->bs - 1) / c->bs;
+        for (int64_t b = 0; b < nb; b++) {
+          auto idx = torch::arange(b * c->bs, std::min(n, (b + 1) * c->bs), torch::kInt64);
+          auto params = augment ? drawAugParams(idx.size(0), c->aug, c->gen) : identityAugParams(idx.size(0));
+          auto x = c->inputs(data.images.index_select(0, toDevice(idx, c->net->device)), params);
+          logits.push_back(c->net->forward(x).to(torch::kFloat32));
+          const int64_t it = b + 1;
+          progress->emit([it, nb](Napi::Env env) {
+            auto e = Napi::Object::New(env);
+            e.Set("iter", Napi::Number::New(env, static_cast<double>(it)));
+            e.Set("total", Napi::Number::New(env, static_cast<double>(nb)));
+            return e;
+          });
+        }
+        auto all = torch::cat(logits, 0);
+        PredsResult r;
+        r.losses = c->lossFn(all, data.labels, true).to(torch::kCPU);
+        r.probs = torch::softmax(all, 1).to(torch::kCPU);
+        r.targets = data.labels.to(torch::kCPU);
+        r.seconds = nowSeconds() - t0;
+        return r;
+      },
+      predsToJs);
+  TL_CATCH(env)
+}
+
+// predict(images: Uint8Array [N*P*P*3], n, presize, { augment }) -> { probs }
+Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  core_->check();
+  int64_t n = info[1].As<Napi::Number>().Int64Value();
+  int64_t p = info[2].As<Napi::Number>().Int64Value();
+  bool augment = info[3].IsObject() && info[3].As<Napi::Object>().Get("augment").ToBoolean();
+  auto images = uint8Images(info[0], n, p, "images");
+  auto c = core_;
+  return runAsync<PredsResult>(
+      env,
+      [c, images, augment]() {
+        std::lock_guard<std::mutex> lock(c->net->mutex);
+        c->check();
+        const double t0 = nowSeconds();
+        torch::NoGradGuard ng;
+        c->net->module->eval();
+        AutocastScope ac(c->bf16 && c->onCuda());
+        std::vector<torch::Tensor> probs;
+        const int64_t n = images.size(0);
+        for (int64_t s = 0; s < n; s += c->bs) {
+          auto chunk = toDevice(images.slice(0, s, std::min(n, s + c->bs)), c->net->device);
+          auto params = augment ? drawAugParams(chunk.size(0), c->aug, c->gen) : identityAugParams(chunk.size(0));
+          probs.push_back(torch::softmax(c->net->forward(c->inputs(chunk, params)).to(torch::kFloat32), 1).to(torch::kCPU));
+        }
+        PredsResult r;
+        r.probs = torch::cat(probs, 0);
+        r.seconds = nowSeconds() - t0;
+        return r;
+      },
+      predsToJs);
+  TL_CATCH(env)
+}
+
+}  // namespace tl
