@@ -15,9 +15,12 @@ mkdir -p "$OUT"
 export PATH=/tmp:$PATH
 [ -x /tmp/node ] || { xz -d < .device/node.xz > /tmp/node && chmod +x /tmp/node; }
 [ -d node_modules ] || tar xJf .device/nm.tar.xz
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+# DEVICE=cpu PYTHON=/usr/bin/python3 runs the same steps on a machine without a GPU (a dry run of this script)
+DEVICE=${DEVICE:-cuda}
+PYTHON=${PYTHON:-python3}
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
-prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+prefix=$("$PYTHON" -c 'import torch; print(torch.utils.cmake_prefix_path)')
 t0=$(date +%s)
 cmake -S . -B /tmp/tlbuild -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=/tmp/tlbuild/Release > "$OUT/build.log" 2>&1 &&
@@ -27,7 +30,7 @@ grep -E "torchlearn: using|error" "$OUT/build.log" | head -20
 echo "build: rc=$rc in $(( $(date +%s) - t0 )) s"
 [ $rc = 0 ] || { tail -40 "$OUT/build.log"; exit 1; }
 export TORCHLEARN_ADDON=/tmp/tlbuild/Release/torchlearn.node
-export TORCHLEARN_REF_PYTHON=python3
+export TORCHLEARN_REF_PYTHON=$PYTHON
 node --import tsx -e "import('./src/info.ts').then(m => console.log(JSON.stringify(m.torchInfo())))"
 
 if [ -z "${SKIP_TESTS:-}" ]; then
@@ -43,12 +46,12 @@ if [ -d .device/xray ]; then
 fi
 if [ -d .device/covid ] && [ -z "${SKIP_EXAMPLE:-}" ]; then
   echo "== the example on the GPU (images downsized to 320 px to travel)"
-  timeout 240 node --import tsx scripts/covid-xray.ts --data .device/covid --out /tmp/covid-xray --device cuda 2>&1 | tee "$OUT/example.log" | tail -45
+  timeout 240 node --import tsx scripts/covid-xray.ts --data .device/covid --out /tmp/covid-xray --device "$DEVICE" 2>&1 | tee "$OUT/example.log" | tail -45
   (cd /tmp/covid-xray && tar cf "$OUT/example.tar" ./*.png ./*.json 2>/dev/null)
 fi
 echo "== bench"
 export UV_THREADPOOL_SIZE=16
 trace=; [ -n "${TRACE:-}" ] && { rm -rf /tmp/trace; trace="--trace /tmp/trace"; }
-timeout 360 node --import tsx scripts/bench.ts --device cuda ${images:-} ${BENCH_ARGS:-} $trace --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | grep -v '^{' | tail -${BENCH_TAIL:-60}
+timeout 360 node --import tsx scripts/bench.ts --device "$DEVICE" --python "$PYTHON" ${images:-} ${BENCH_ARGS:-} $trace --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | grep -v '^{' | tail -${BENCH_TAIL:-60}
 [ -n "$trace" ] && [ -d /tmp/trace ] && XZ_OPT="-T0 -3" tar cJf "$OUT/trace.tar.xz" -C /tmp trace && ls -la "$OUT/trace.tar.xz"
 exit 0
