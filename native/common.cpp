@@ -15,6 +15,13 @@ void releaseDeviceCache() {
 #endif
 }
 
+int64_t moduleBytes(const torch::nn::Module& m) {
+  int64_t n = 0;
+  for (const auto& t : m.parameters()) n += static_cast<int64_t>(t.nbytes());
+  for (const auto& t : m.buffers()) n += static_cast<int64_t>(t.nbytes());
+  return n;
+}
+
 std::string describeException(const std::exception& e) {
   std::string msg;
   if (auto* c10err = dynamic_cast<const c10::Error*>(&e)) {

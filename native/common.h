@@ -90,6 +90,25 @@ Napi::Promise runAsync(Napi::Env env, std::function<R()> work,
 
 // Progress events from a native thread to a JavaScript callback. Calls are non-blocking: a slow
 // JavaScript side never stalls training (events queue up).
+// Tells V8 how much native memory a JavaScript object keeps alive (weights, image caches, optimizer
+// state), so that objects dropped without dispose() are collected under memory pressure instead of piling
+// up: V8 cannot see LibTorch's allocations otherwise. set() reports the new total; release() reports zero.
+// Called on the main thread only (constructors, methods, the completion of native tasks, finalizers).
+class ExternalMemory {
+ public:
+  void set(Napi::Env env, int64_t bytes) {
+    if (bytes != reported_) Napi::MemoryManagement::AdjustExternalMemory(env, bytes - reported_);
+    reported_ = bytes;
+  }
+  void release(Napi::Env env) { set(env, 0); }
+
+ private:
+  int64_t reported_ = 0;
+};
+
+// Bytes held by a module's parameters and buffers.
+int64_t moduleBytes(const torch::nn::Module& m);
+
 class ProgressSink {
  public:
   ProgressSink() = default;

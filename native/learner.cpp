@@ -36,8 +36,21 @@ Learner::Learner(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Learner>(inf
   if (device.is_cuda()) at::globalContext().setBenchmarkCuDNN(true);
   net->moveTo(device);
   if (o.Has("seed") && o.Get("seed").IsNumber()) core_->gen.set_current_seed(o.Get("seed").As<Napi::Number>().Int64Value());
+  reportMemory(env);
   TL_CATCH(env)
 }
+
+void Learner::reportMemory(Napi::Env env) {
+  auto& c = *core_;
+  int64_t bytes = 0;
+  for (auto* cache : {&c.train, &c.valid})
+    if (cache->images.defined()) bytes += static_cast<int64_t>(cache->images.nbytes() + cache->labels.nbytes());
+  for (const auto& p : c.net->params) bytes += 2 * static_cast<int64_t>(p.tensor.nbytes());
+  memory_.set(env, bytes);
+}
+
+// Collected without dispose(): the caches and optimizer state go with it.
+Learner::~Learner() { memory_.release(Env()); }
 
 torch::Tensor uint8Images(const Napi::Value& v, int64_t n, int64_t p, const char* what) {
   if (!v.IsTypedArray()) throw UserError(std::string(what) + " must be a Uint8Array");
@@ -65,6 +78,7 @@ Napi::Value Learner::SetData(const Napi::CallbackInfo& info) {
   // Resident on the training device: no per-batch host-to-device image traffic.
   c.images = images.to(core_->net->device);
   c.labels = labels.to(core_->net->device);
+  reportMemory(env);
   return env.Undefined();
   TL_CATCH(env)
 }
@@ -386,6 +400,7 @@ Napi::Value Learner::Dispose(const Napi::CallbackInfo& info) {
   core_->valid = ImageCache{};
   core_->opt.clear();
   releaseDeviceCache();
+  memory_.release(info.Env());
   return info.Env().Undefined();
   TL_CATCH(info.Env())
 }

@@ -20,6 +20,7 @@ class Learner : public Napi::ObjectWrap<Learner> {
  public:
   static Napi::Function Init(Napi::Env env);
   explicit Learner(const Napi::CallbackInfo& info);
+  ~Learner() override;
 
  private:
   Napi::Value SetData(const Napi::CallbackInfo& info);
@@ -37,6 +38,9 @@ class Learner : public Napi::ObjectWrap<Learner> {
 
   struct Core;
   std::shared_ptr<Core> core_;
+  // the image caches and (at most) the optimizer's two averages per parameter
+  ExternalMemory memory_;
+  void reportMemory(Napi::Env env);
 };
 
 }  // namespace tl

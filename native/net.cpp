@@ -155,6 +155,7 @@ Net::Net(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Net>(info) {
   }
   s->module->eval();
   state_ = s;
+  memory_.set(env, moduleBytes(*s->module));
   TL_CATCH(env)
 }
 
@@ -327,8 +328,12 @@ Napi::Value Net::Dispose(const Napi::CallbackInfo& info) {
     state_->module.reset();
     releaseDeviceCache();
   }
+  memory_.release(info.Env());
   return info.Env().Undefined();
   TL_CATCH(info.Env())
 }
+
+// Collected without dispose(): the weights go with the last holder (this object or a Learner).
+Net::~Net() { memory_.release(Env()); }
 
 }  // namespace tl

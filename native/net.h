@@ -46,6 +46,7 @@ class Net : public Napi::ObjectWrap<Net> {
   static Napi::Function Init(Napi::Env env);
   static Napi::FunctionReference constructor;
   explicit Net(const Napi::CallbackInfo& info);
+  ~Net() override;
   std::shared_ptr<NetState> state() const { return state_; }
 
  private:
@@ -61,6 +62,7 @@ class Net : public Napi::ObjectWrap<Net> {
   Napi::Value ParamTable(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   std::shared_ptr<NetState> state_;
+  ExternalMemory memory_;
 };
 
 // Loads named tensors into a module by name. Checks everything before changing anything.

@@ -173,6 +173,20 @@ describe('concurrency and lifetime', () => {
     const end = Math.min(...rss.slice(40, 50));
     expect(end - middle).toBeLessThan(0.08 * middle);
   });
+
+  it('networks and learners dropped without dispose() are collected: V8 is told how much native memory they hold', () => {
+    const out = execFileSync(process.execPath, ['--import', 'tsx', join(ROOT, 'test', 'helpers', 'gc-child.ts'), join(dir, 's')], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      env: { ...process.env, MALLOC_ARENA_MAX: '2', MALLOC_MMAP_THRESHOLD_: '131072' },
+    });
+    const rss = JSON.parse(out.trim().split('\n').pop()!) as number[];
+    console.log(`RSS MB after each dropped resnet50 + resnet18 learner: ${rss.map((r) => (r / 2 ** 20).toFixed(0)).join(' ')}`);
+    // 40 x (100 + 45 MB) = 5.8 GB if nothing were collected. Without the accounting V8 cannot see LibTorch's
+    // memory and collected only when its own heap grew: RSS reached 2.8 GB (measured here). With it, RSS
+    // stays within a few models (measured: 377-513 MB).
+    expect(Math.max(...rss) - rss[0]).toBeLessThan(1024 * 2 ** 20);
+  });
 });
 
 describe('fuzzing the readers (bounded time): never a crash, never a hang, always an Error', () => {
