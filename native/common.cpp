@@ -15,6 +15,43 @@ void releaseDeviceCache() {
 #endif
 }
 
+int64_t threadSerial() {
+  static std::atomic<int64_t> next{1};
+  thread_local const int64_t mine = next++;
+  return mine;
+}
+
+void Worker::post(std::function<void()> task) {
+  std::call_once(started_, [this] {
+    std::thread([q = queue_]() {
+      for (;;) {
+        std::function<void()> task;
+        {
+          std::unique_lock<std::mutex> lock(q->m);
+          q->cv.wait(lock, [&] { return q->stop || !q->tasks.empty(); });
+          if (q->tasks.empty()) return;  // stopped and drained
+          task = std::move(q->tasks.front());
+          q->tasks.pop_front();
+        }
+        task();  // runAsync's tasks catch everything they throw
+      }
+    }).detach();
+  });
+  {
+    std::lock_guard<std::mutex> lock(queue_->m);
+    queue_->tasks.push_back(std::move(task));
+  }
+  queue_->cv.notify_one();
+}
+
+Worker::~Worker() {
+  {
+    std::lock_guard<std::mutex> lock(queue_->m);
+    queue_->stop = true;
+  }
+  queue_->cv.notify_all();
+}
+
 int64_t moduleBytes(const torch::nn::Module& m) {
   int64_t n = 0;
   for (const auto& t : m.parameters()) n += static_cast<int64_t>(t.nbytes());

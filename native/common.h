@@ -4,6 +4,8 @@
 #include <napi.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -46,11 +48,38 @@ void releaseDeviceCache();
     throw Napi::Error::New(env, "torchlearn: unknown native error");                     \
   }
 
-// Runs `work` on a dedicated native thread (not libuv's shared pool, which sharp also uses) and
-// settles the returned Promise on the JavaScript thread with `toJs(result)`, or rejects it with the
-// exception's message. The thread-safe function keeps the event loop alive meanwhile.
+// A persistent native thread that runs tasks one after another, in order. Each network owns one, and
+// every native call on it (training, validation, prediction, the LR finder, Grad-CAM) runs there:
+// LibTorch keeps per-thread state that must survive from call to call. cuDNN's execution plans and its
+// benchmark results are cached per thread (thread_local in PyTorch 2.x); on a fresh thread per call,
+// every epoch and every validation pass autotuned every convolution again. Not libuv's shared pool,
+// which sharp also uses. The thread starts with the first task and ends when its owner is gone and
+// the queue is empty (never joined, so an owner may be released on the thread itself).
+class Worker {
+ public:
+  ~Worker();
+  void post(std::function<void()> task);
+
+ private:
+  struct Queue {
+    std::mutex m;
+    std::condition_variable cv;
+    std::deque<std::function<void()>> tasks;
+    bool stop = false;
+  };
+  std::shared_ptr<Queue> queue_ = std::make_shared<Queue>();
+  std::once_flag started_;
+};
+
+// A number for the calling thread, never reused by another (unlike thread ids, which the system
+// recycles): says which threads ran what.
+int64_t threadSerial();
+
+// Runs `work` on `worker` and settles the returned Promise on the JavaScript thread with
+// `toJs(result)`, or rejects it with the exception's message. The thread-safe function keeps the event
+// loop alive meanwhile.
 template <typename R>
-Napi::Promise runAsync(Napi::Env env, std::function<R()> work,
+Napi::Promise runAsync(Napi::Env env, Worker& worker, std::function<R()> work,
                        std::function<Napi::Value(Napi::Env, R&)> toJs) {
   struct State {
     Napi::Promise::Deferred deferred;
@@ -61,7 +90,7 @@ Napi::Promise runAsync(Napi::Env env, std::function<R()> work,
   auto state = std::make_shared<State>(State{Napi::Promise::Deferred::New(env), std::move(toJs), nullptr, ""});
   auto noop = Napi::Function::New(env, [](const Napi::CallbackInfo&) {});
   auto tsfn = Napi::ThreadSafeFunction::New(env, noop, "torchlearn-async", 0, 1);
-  std::thread([tsfn, state, work = std::move(work)]() mutable {
+  worker.post([tsfn, state, work = std::move(work)]() mutable {
     try {
       state->result = std::make_unique<R>(work());
     } catch (const std::exception& e) {
@@ -84,12 +113,10 @@ Napi::Promise runAsync(Napi::Env env, std::function<R()> work,
       }
     });
     tsfn.Release();
-  }).detach();
+  });
   return state->deferred.Promise();
 }
 
-// Progress events from a native thread to a JavaScript callback. Calls are non-blocking: a slow
-// JavaScript side never stalls training (events queue up).
 // Tells V8 how much native memory a JavaScript object keeps alive (weights, image caches, optimizer
 // state), so that objects dropped without dispose() are collected under memory pressure instead of piling
 // up: V8 cannot see LibTorch's allocations otherwise. set() reports the new total; release() reports zero.
@@ -109,6 +136,8 @@ class ExternalMemory {
 // Bytes held by a module's parameters and buffers.
 int64_t moduleBytes(const torch::nn::Module& m);
 
+// Progress events from a native thread to a JavaScript callback. Calls are non-blocking: a slow
+// JavaScript side never stalls training (events queue up).
 class ProgressSink {
  public:
   ProgressSink() = default;

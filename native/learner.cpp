@@ -141,6 +141,7 @@ struct EpochResult {
   bool profiled = false;
   double tData = 0, tForward = 0, tBackward = 0, tStep = 0;
   bool weightChannelsLast = false, gradChannelsLast = false, inputChannelsLast = false;
+  std::string thread;  // the native thread that ran it (the network's worker)
   bool traced = false;
   std::vector<OpStat> ops;  // with a trace: the operator table
   std::vector<float> losses;       // raw loss per batch
@@ -185,7 +186,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
   auto c = core_;
   c->stopRequested = false;
   return runAsync<EpochResult>(
-      env,
+      env, c->net->worker,
       [c, sched, epoch, nEpochs, smoothVal, smoothCount, reportEvery, progress, profile, startBatch, endBatch, epochRng, trace]() {
         std::lock_guard<std::mutex> lock(c->net->mutex);
         c->check();
@@ -301,6 +302,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
         }
         if (profile) {
           r.profiled = true;
+          r.thread = std::to_string(threadSerial());
           for (auto& p : c->net->params) {
             if (p.tensor.dim() == 4 && p.tensor.grad().defined()) {
               r.weightChannelsLast = p.tensor.is_contiguous(torch::MemoryFormat::ChannelsLast);
@@ -348,6 +350,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
           p.Set("weightChannelsLast", r.weightChannelsLast);
           p.Set("gradChannelsLast", r.gradChannelsLast);
           p.Set("inputChannelsLast", r.inputChannelsLast);
+          p.Set("thread", r.thread);
           o.Set("profile", p);
         }
         if (r.traced) {

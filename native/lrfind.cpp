@@ -34,7 +34,7 @@ Napi::Value Learner::LrFind(const Napi::CallbackInfo& info) {
   auto c = core_;
   c->stopRequested = false;
   return runAsync<LrFindResult>(
-      env,
+      env, c->net->worker,
       [c, sched, numIt, stopDiv, progress]() {
         std::lock_guard<std::mutex> lock(c->net->mutex);
         c->check();

@@ -35,6 +35,7 @@ struct NetState {
   int numGroups = 1;
   std::vector<ParamInfo> params;
   std::mutex mutex;  // one native operation at a time on a network
+  Worker worker;     // the thread every native operation on this network runs on
   bool disposed = false;
 
   void moveTo(const torch::Device& d);

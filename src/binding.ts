@@ -79,7 +79,11 @@ export interface NativeEpochResult {
   /** the learner's random state when the epoch started (to train the rest of it later) */
   epochRng: Uint8Array;
   /** with { profile: true }: seconds per phase (device synchronised between phases) and layout checks */
-  profile?: { data: number; forward: number; backward: number; step: number; weightChannelsLast: boolean; gradChannelsLast: boolean; inputChannelsLast: boolean };
+  profile?: {
+    data: number; forward: number; backward: number; step: number; weightChannelsLast: boolean; gradChannelsLast: boolean; inputChannelsLast: boolean;
+    /** the native thread that ran the epoch: each network's work runs on one persistent thread */
+    thread: string;
+  };
   /** with { trace }: every operator (cpu) and kernel (cuda) LibTorch's profiler saw */
   ops?: { name: string; device: 'cpu' | 'cuda'; count: number; totalUs: number }[];
 }

@@ -193,3 +193,23 @@ describe('learning', () => {
     learn.dispose();
   });
 });
+
+describe('native threads', () => {
+  it("a learner's epochs all run on one persistent native thread (LibTorch's per-thread caches survive); another learner has its own", async () => {
+    // cuDNN caches its execution plans per thread: a fresh thread per call autotuned every convolution at
+    // every epoch and validation on the GPU. This pins the design down on any machine.
+    const a = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    const b = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    await a.fitOneCycle(2, { profile: true });
+    const threads = a.recorder.profiles.map((p) => p.thread); // the recorder starts afresh with each fit
+    await a.validate();
+    await a.fitOneCycle(1, { profile: true });
+    threads.push(a.recorder.profiles[0].thread);
+    await b.fitOneCycle(1, { profile: true });
+    expect(threads.length).toBe(3);
+    expect(new Set(threads).size).toBe(1);
+    expect(b.recorder.profiles[0].thread).not.toBe(threads[0]);
+    a.dispose();
+    b.dispose();
+  });
+});
