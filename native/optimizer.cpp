@@ -5,6 +5,36 @@
 
 namespace tl {
 
+// On the CPU the _foreach kernels fall back to one operator per tensor and per formula term: nine passes
+// over memory and a temporary the size of the parameters. This is the same step in one pass, for float32
+// parameters whose gradient and averages share their layout (the usual case); anything else takes the
+// _foreach path.
+static bool fusedCpu(const torch::Tensor& p, const torch::Tensor& g, const torch::Tensor& m, const torch::Tensor& v) {
+  if (!p.device().is_cpu() || p.scalar_type() != torch::kFloat32 || !p.is_non_overlapping_and_dense()) return false;
+  for (const auto* t : {&g, &m, &v})
+    if (t->scalar_type() != torch::kFloat32 || !t->device().is_cpu() || t->strides() != p.strides()) return false;
+  return true;
+}
+
+static void fusedCpuStep(torch::Tensor& p, const torch::Tensor& g, torch::Tensor& m, torch::Tensor& v, float decay, float mom,
+                         float sqrMom, float invSqrtDebias2, float eps, float stepSize) {
+  float* pp = p.data_ptr<float>();
+  const float* gp = g.data_ptr<float>();
+  float* mp = m.data_ptr<float>();
+  float* vp = v.data_ptr<float>();
+  // the same arithmetic, in the same order, as the _foreach path below
+  at::parallel_for(0, p.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i++) {
+      const float gi = gp[i];
+      const float mi = mp[i] * mom + gi * (1 - mom);
+      const float vi = vp[i] * sqrMom + gi * gi * (1 - sqrMom);
+      mp[i] = mi;
+      vp[i] = vi;
+      pp[i] = pp[i] * decay + stepSize * mi / (std::sqrt(vi) * invSqrtDebias2 + eps);
+    }
+  });
+}
+
 void FastAdam::step(const std::vector<ParamInfo>& params, const std::vector<Hyper>& groups) {
   torch::NoGradGuard ng;
   // Bucket by (group, decays?, step count): every parameter in a bucket shares its scalars.
@@ -23,20 +53,31 @@ void FastAdam::step(const std::vector<ParamInfo>& params, const std::vector<Hype
   for (auto& kv : buckets) {
     auto [g, decays, stepCount] = kv.first;
     const Hyper& h = groups.at(static_cast<size_t>(g));
+    const double debias1 = 1.0 - std::pow(h.mom, static_cast<double>(stepCount));
+    const double debias2 = 1.0 - std::pow(sqrMom, static_cast<double>(stepCount));
     std::vector<torch::Tensor> ps, grads, avgs, sqrs;
     for (auto* p : kv.second) {
-      ps.push_back(p->tensor.data());
-      grads.push_back(p->tensor.grad());
-      avgs.push_back(gradAvg_[p->name]);
-      sqrs.push_back(sqrAvg_[p->name]);
+      auto data = p->tensor.data();
+      auto grad = p->tensor.grad();
+      auto& avg = gradAvg_[p->name];
+      auto& sqr = sqrAvg_[p->name];
+      if (fuseOnCpu && fusedCpu(data, grad, avg, sqr)) {
+        fusedCpuStep(data, grad, avg, sqr, static_cast<float>(decays ? 1.0 - h.lr * h.wd : 1.0), static_cast<float>(h.mom),
+                     static_cast<float>(sqrMom), static_cast<float>(1.0 / std::sqrt(debias2)), static_cast<float>(eps),
+                     static_cast<float>(-h.lr / debias1));
+        continue;
+      }
+      ps.push_back(data);
+      grads.push_back(grad);
+      avgs.push_back(avg);
+      sqrs.push_back(sqr);
     }
+    if (ps.empty()) continue;
     if (decays && h.wd != 0) at::_foreach_mul_(ps, 1.0 - h.lr * h.wd);
     at::_foreach_mul_(avgs, h.mom);
     at::_foreach_add_(avgs, grads, 1.0 - h.mom);
     at::_foreach_mul_(sqrs, sqrMom);
     at::_foreach_addcmul_(sqrs, grads, grads, 1.0 - sqrMom);
-    const double debias1 = 1.0 - std::pow(h.mom, static_cast<double>(stepCount));
-    const double debias2 = 1.0 - std::pow(sqrMom, static_cast<double>(stepCount));
     auto denom = at::_foreach_sqrt(sqrs);
     at::_foreach_div_(denom, std::sqrt(debias2));
     at::_foreach_add_(denom, eps);
@@ -144,7 +185,7 @@ Schedule scheduleFromJs(const Napi::Object& o, int numGroups) {
 
 namespace tl {
 
-// fastAdamSteps({ params: NamedTensors, noDecay: boolean[], steps: [{ grads: NamedTensors, lr, mom, wd }] })
+// fastAdamSteps({ params: NamedTensors, noDecay: boolean[], sqrMom, eps, fused?, steps: [{ grads: NamedTensors, lr, mom, wd }] })
 //   -> NamedTensors: runs FastAdam::step exactly as training does, on given tensors (for the tests'
 //   comparison with the reference formula).
 Napi::Value FastAdamSteps(const Napi::CallbackInfo& info) {
@@ -162,6 +203,7 @@ Napi::Value FastAdamSteps(const Napi::CallbackInfo& info) {
   FastAdam opt;
   opt.sqrMom = o.Get("sqrMom").As<Napi::Number>().DoubleValue();
   opt.eps = o.Get("eps").As<Napi::Number>().DoubleValue();
+  if (o.Get("fused").IsBoolean()) opt.fuseOnCpu = o.Get("fused").ToBoolean();
   auto steps = o.Get("steps").As<Napi::Array>();
   for (uint32_t s = 0; s < steps.Length(); s++) {
     auto st = steps.Get(s).As<Napi::Object>();

@@ -22,6 +22,7 @@ class FastAdam {
   // Set from JavaScript (DEFAULTS in src/learner/learner.ts holds fast.ai's values).
   double sqrMom = NAN;
   double eps = NAN;
+  bool fuseOnCpu = true;  // the one-pass CPU loop where layouts allow; false: always the _foreach kernels
   void step(const std::vector<ParamInfo>& params, const std::vector<Hyper>& groups);
   void clear();  // fast.ai clears the state on every freeze/unfreeze
   NamedTensors state(const std::vector<ParamInfo>& params) const;

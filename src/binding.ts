@@ -167,7 +167,7 @@ interface Addon {
   torchInfo(): TorchInfo;
   setNumThreads(n: number): void;
   manualSeed(seed: number): void;
-  fastAdamSteps(o: { params: NamedTensor[]; noDecay: boolean[]; sqrMom: number; eps: number; steps: { grads: NamedTensor[]; lr: number; mom: number; wd: number }[] }): NamedTensor[];
+  fastAdamSteps(o: { params: NamedTensor[]; noDecay: boolean[]; sqrMom: number; eps: number; fused?: boolean; steps: { grads: NamedTensor[]; lr: number; mom: number; wd: number }[] }): NamedTensor[];
   scheduleValues(s: NativeSchedule, groups: number, positions: Float64Array): { lrs: Float64Array; moms: Float64Array };
   cudaMemory(resetPeak?: boolean): { allocated: number; reserved: number; peakAllocated: number };
   benchAugment(o: { device: string; n: number; presize: number; size: number; bs: number; iters: number; aug: NativeAugOptions; mean: readonly number[]; std: readonly number[] }): number;

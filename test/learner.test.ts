@@ -84,7 +84,7 @@ print(json.dumps(out))`, [String(steps), String(lrMax[1])]),
 });
 
 describe("fast.ai's Adam", () => {
-  it('matches the reference formula to 1e-6 over 20 steps with changing beta1 and weight decay, no decay on norm/bias', () => {
+  it('matches the reference formula to 1e-6 over 20 steps with changing beta1 and weight decay, no decay on norm/bias (fused CPU loop and _foreach kernels)', () => {
     let seed = 7;
     const rand = () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1;
     const shapes = [[4, 3], [5]];
@@ -117,13 +117,16 @@ describe("fast.ai's Adam", () => {
         }
       });
     });
-    const out = native.fastAdamSteps({ params: asTensors(params), noDecay, sqrMom: DEFAULTS.sqrMom, eps: DEFAULTS.eps, steps: steps.map((s) => ({ ...s, grads: asTensors(s.grads) })) });
-    let worst = 0;
-    out.forEach((t, i) => {
-      const got = new Float32Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.byteLength));
-      got.forEach((v, j) => (worst = Math.max(worst, Math.abs(v - ref[i][j]))));
-    });
-    expect(worst).toBeLessThan(1e-6);
+    // both implementations: the one-pass CPU loop, and the _foreach kernels (what CUDA runs)
+    for (const fused of [true, false]) {
+      const out = native.fastAdamSteps({ params: asTensors(params), noDecay, sqrMom: DEFAULTS.sqrMom, eps: DEFAULTS.eps, fused, steps: steps.map((s) => ({ ...s, grads: asTensors(s.grads) })) });
+      let worst = 0;
+      out.forEach((t, i) => {
+        const got = new Float32Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.byteLength));
+        got.forEach((v, j) => (worst = Math.max(worst, Math.abs(v - ref[i][j]))));
+      });
+      expect(worst, fused ? 'fused CPU loop' : '_foreach kernels').toBeLessThan(1e-6);
+    }
     expect(DEFAULTS.sqrMom).toBe(0.99);
     expect(DEFAULTS.eps).toBe(1e-5);
   });
