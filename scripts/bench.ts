@@ -36,6 +36,9 @@ const device = args.device ?? (info.cuda ? 'cuda' : 'cpu');
 const cuda = device.startsWith('cuda');
 const python = args.python ?? (cuda ? 'python3' : '/usr/bin/python3');
 const rows: Record<string, unknown>[] = [];
+// PyTorch gets the same CPU threads as torchlearn: its own default follows OpenMP's, which is one thread
+// on some machines (this project's among them), and that would make the baseline look twice as slow.
+const ptThreads = ['--threads', String(info.threads)];
 const log = (s: string) => process.stderr.write(s + '\n');
 if (args.trace) mkdirSync(args.trace, { recursive: true });
 
@@ -49,7 +52,7 @@ if (args.iters) cfg.iters = Number(args.iters);
 
 function pytorch(extra: string[]): Record<string, unknown>[] {
   try {
-    const out = execFileSync(python, ['scripts/bench/pytorch_train.py', '--device', device, '--arch', cfg.arch, '--size', String(cfg.size), '--presize', String(cfg.presize), ...extra], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    const out = execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', cfg.arch, '--size', String(cfg.size), '--presize', String(cfg.presize), ...extra], { encoding: 'utf8', maxBuffer: 1 << 24 });
     return out.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
   } catch (e) {
     log(`PyTorch baseline failed: ${(e as Error).message.split('\n')[0]}`);
@@ -198,10 +201,10 @@ async function inferenceBench() {
   rows.push({ bench: 'inference throughput', impl: 'torchlearn', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', images_per_s: (bs * iters) / ((performance.now() - t) / 1000) });
   inf.dispose();
   try {
-    const lat = JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', '--device', device, '--arch', 'resnet50', '--size', String(size), '--presize', String(presize), '--latency', img, '--iters', cuda ? '20' : '5'], { encoding: 'utf8' }).trim());
-    rows.push({ bench: 'predict latency (decode included)', impl: 'pytorch eager + PIL', arch: 'resnet50', device, size, median_ms: lat.median_ms });
-    const thr = JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', '--device', device, '--arch', 'resnet50', '--size', String(size), '--inference', '--bs', String(bs), '--iters', String(iters), '--precisions', cuda ? 'bf16' : 'fp32'], { encoding: 'utf8' }).trim().split('\n').pop()!);
-    rows.push({ bench: 'inference throughput', impl: 'pytorch eager', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', images_per_s: thr.images_per_s });
+    const lat = JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', 'resnet50', '--size', String(size), '--presize', String(presize), '--latency', img, '--iters', cuda ? '20' : '5'], { encoding: 'utf8' }).trim());
+    rows.push({ bench: 'predict latency (decode included)', impl: 'pytorch eager + PIL', arch: 'resnet50', device, size, threads: lat.threads, median_ms: lat.median_ms });
+    const thr = JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', 'resnet50', '--size', String(size), '--inference', '--bs', String(bs), '--iters', String(iters), '--precisions', cuda ? 'bf16' : 'fp32'], { encoding: 'utf8' }).trim().split('\n').pop()!);
+    rows.push({ bench: 'inference throughput', impl: 'pytorch eager', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', threads: thr.threads, images_per_s: thr.images_per_s });
   } catch (e) {
     log(`PyTorch inference baseline failed: ${(e as Error).message.split('\n')[0]}`);
   }
@@ -225,7 +228,8 @@ for (const r of rows) {
   const bare = rows.find((q) => q.bench === 'train step' && q.impl === 'torchlearn' && r.bench !== 'train step' && q.bs === r.bs && q.frozen === r.frozen && q.precision === r.precision);
   const inferTwin = r.impl === 'torchlearn' && r.bench !== 'train step' ? rows.find((q) => q !== r && q.bench === r.bench && q.impl !== 'torchlearn') : undefined;
   let ratio = r.impl === 'torchlearn' && twin ? `${((r.images_per_s as number) / (twin.images_per_s as number)).toFixed(2)}x` : '';
-  if (inferTwin) ratio = r.median_ms !== undefined ? `${((inferTwin.median_ms as number) / (r.median_ms as number)).toFixed(2)}x faster` : `${((r.images_per_s as number) / (inferTwin.images_per_s as number)).toFixed(2)}x`;
+  const speedup = (x: number) => (x >= 1 ? `${x.toFixed(2)}x faster` : `${(1 / x).toFixed(2)}x slower`);
+  if (inferTwin) ratio = r.median_ms !== undefined ? speedup((inferTwin.median_ms as number) / (r.median_ms as number)) : `${((r.images_per_s as number) / (inferTwin.images_per_s as number)).toFixed(2)}x`;
   if (bare && r.images_per_s_with_validation) ratio = `${((r.images_per_s_with_validation as number) / (bare.images_per_s as number) * 100).toFixed(0)}% of bare step (train only: ${((r.images_per_s as number) / (bare.images_per_s as number) * 100).toFixed(0)}%)`;
   const speed = r.median_ms !== undefined ? `${fmt(r.median_ms)} ms` : fmt(r.images_per_s);
   console.log(`| ${r.bench} | ${r.impl} | ${config} | ${speed} | ${r.peak_device_bytes ? ((r.peak_device_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${r.peak_rss_bytes ? ((r.peak_rss_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${ratio} |`);

@@ -87,7 +87,7 @@ def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_l
         torch.cuda.synchronize()
     dt = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() if dev.type == 'cuda' else 0
-    out = dict(impl='pytorch', arch=arch, device=device, bs=bs, size=size, bf16=bf16, frozen=frozen, channels_last=channels_last,
+    out = dict(impl='pytorch', threads=torch.get_num_threads(), arch=arch, device=device, bs=bs, size=size, bf16=bf16, frozen=frozen, channels_last=channels_last,
                images_per_s=bs * iters / dt, peak_device_bytes=peak,
                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     if profile:  # the same phases torchlearn's profile mode times, synchronised between phases
@@ -138,7 +138,7 @@ def write_trace(path, dev, iters, step):
         prof.export_chrome_trace(chrome)
     except Exception:
         chrome = None
-    table = dict(impl='pytorch', torchVersion=torch.__version__, device=str(dev), steps=iters, chromeTrace=chrome,
+    table = dict(impl='pytorch', threads=torch.get_num_threads(), torchVersion=torch.__version__, device=str(dev), steps=iters, chromeTrace=chrome,
                  ops=sorted(ops.values(), key=lambda o: -o['totalUs']))
     with open(path, 'w') as f:
         json.dump(table, f, indent=1)
@@ -162,7 +162,7 @@ def infer(arch, device, bs, size, iters, bf16, channels_last):
             y = model(x)
         y.float().sum().item()
     dt = time.perf_counter() - t
-    return dict(impl='pytorch', kind='inference', arch=arch, device=device, bs=bs, size=size, bf16=bf16, images_per_s=bs * iters / dt)
+    return dict(impl='pytorch', threads=torch.get_num_threads(), kind='inference', arch=arch, device=device, bs=bs, size=size, bf16=bf16, images_per_s=bs * iters / dt)
 
 
 def latency(arch, device, size, presize, path, iters):
@@ -190,7 +190,7 @@ def latency(arch, device, size, presize, path, iters):
         once()
         ts.append(time.perf_counter() - t)
     ts.sort()
-    return dict(impl='pytorch', kind='latency', arch=arch, device=device, size=size, median_ms=1000 * ts[len(ts) // 2])
+    return dict(impl='pytorch', threads=torch.get_num_threads(), kind='latency', arch=arch, device=device, size=size, median_ms=1000 * ts[len(ts) // 2])
 
 
 if __name__ == '__main__':
