@@ -133,6 +133,17 @@ describe('options out of range', () => {
   });
 });
 
+// Runs a helper in a fresh process on the stripes, with two malloc arenas and a fixed mmap threshold (see
+// the RSS test), and returns the RSS figures it prints as its last line.
+function rssOfChild(helper: string, nodeFlags: string[] = []): number[] {
+  const out = execFileSync(process.execPath, [...nodeFlags, '--import', 'tsx', join(ROOT, 'test', 'helpers', helper), join(dir, 's')], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    env: { ...process.env, MALLOC_ARENA_MAX: '2', MALLOC_MMAP_THRESHOLD_: '131072' },
+  });
+  return JSON.parse(out.trim().split('\n').pop()!) as number[];
+}
+
 describe('concurrency and lifetime', () => {
   it('two learners train at once; predictions issued concurrently; calls after dispose are clear errors', async () => {
     const a = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
@@ -159,12 +170,7 @@ describe('concurrency and lifetime', () => {
     // weights land in the heap, and RSS jumps by 100-160 MB at a random cycle and stays there (seen in CI:
     // flat at 300 MB for 30 cycles, then 400-464). With a fixed threshold every tensor is its own mapping,
     // returned on free, and RSS is flat to a few MB (measured here: 249-265 MB over 50 cycles, three runs).
-    const out = execFileSync(process.execPath, ['--expose-gc', '--import', 'tsx', join(ROOT, 'test', 'helpers', 'rss-child.ts'), join(dir, 's')], {
-      cwd: ROOT,
-      encoding: 'utf8',
-      env: { ...process.env, MALLOC_ARENA_MAX: '2', MALLOC_MMAP_THRESHOLD_: '131072' },
-    });
-    const rss = JSON.parse(out.trim().split('\n').pop()!) as number[];
+    const rss = rssOfChild('rss-child.ts', ['--expose-gc']);
     console.log(`RSS MB per cycle: ${rss.map((r) => (r / 2 ** 20).toFixed(0)).join(' ')}`);
     // The first cycles warm up (thread pools, V8); from cycle 20 on the floor must stay within 8%. Leaking one
     // cycle's weights and optimizer state (resnet18: 45 + 90 MB) would add 2.7 GB between the two windows;
@@ -175,12 +181,7 @@ describe('concurrency and lifetime', () => {
   });
 
   it('networks and learners dropped without dispose() are collected: V8 is told how much native memory they hold', () => {
-    const out = execFileSync(process.execPath, ['--import', 'tsx', join(ROOT, 'test', 'helpers', 'gc-child.ts'), join(dir, 's')], {
-      cwd: ROOT,
-      encoding: 'utf8',
-      env: { ...process.env, MALLOC_ARENA_MAX: '2', MALLOC_MMAP_THRESHOLD_: '131072' },
-    });
-    const rss = JSON.parse(out.trim().split('\n').pop()!) as number[];
+    const rss = rssOfChild('gc-child.ts');
     console.log(`RSS MB after each dropped resnet50 + resnet18 learner: ${rss.map((r) => (r / 2 ** 20).toFixed(0)).join(' ')}`);
     // 40 x (100 + 45 MB) = 5.8 GB if nothing were collected. Without the accounting V8 cannot see LibTorch's
     // memory and collected only when its own heap grew: RSS reached 2.8 GB (measured here). With it, RSS
