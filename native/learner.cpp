@@ -101,7 +101,8 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
     auto v = o.Get("classWeights");
     if (v.IsTypedArray()) {
       auto w = v.As<Napi::Float32Array>();
-      c.classWeights = torch::from_blob(w.Data(), {static_cast<int64_t>(w.ElementLength())}, torch::kFloat32).clone();
+      // on the device once: a copy per step could not be captured in a CUDA graph
+      c.classWeights = torch::from_blob(w.Data(), {static_cast<int64_t>(w.ElementLength())}, torch::kFloat32).clone().to(c.net->device);
     } else {
       c.classWeights = torch::Tensor();
     }
@@ -112,6 +113,10 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
     c.normStd = torch::Tensor();
   }
   if (o.Has("seed") && o.Get("seed").IsNumber()) c.gen.set_current_seed(o.Get("seed").As<Napi::Number>().Int64Value());
+  if (o.Has("cudaGraph") && o.Get("cudaGraph").ToBoolean() != c.cudaGraph) {
+    c.cudaGraph = o.Get("cudaGraph").ToBoolean();
+    c.graph.reset();
+  }
   if (o.Has("sqrMom")) c.opt.sqrMom = o.Get("sqrMom").As<Napi::Number>().DoubleValue();
   if (o.Has("eps")) c.opt.eps = o.Get("eps").As<Napi::Number>().DoubleValue();
   if (c.bs < 1) throw UserError("bs must be at least 1");
@@ -144,6 +149,9 @@ struct EpochResult {
   std::string thread;  // the native thread that ran it (the network's worker)
   bool traced = false;
   std::vector<OpStat> ops;  // with a trace: the operator table
+  bool graphUsed = false, graphCaptured = false;  // cudaGraph: steps taken by the graph, and whether it was captured
+  int64_t graphSteps = 0;
+  std::string graphError;
   std::vector<float> losses;       // raw loss per batch
   std::vector<float> smoothLosses; // fast.ai's smoothed loss after each batch
   std::vector<double> lrs;         // [batch][group]
@@ -191,6 +199,9 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
         std::lock_guard<std::mutex> lock(c->net->mutex);
         c->check();
         const double t0 = nowSeconds();
+        // Profile mode times the phases of ordinary steps; a graph is one launch.
+        const bool useGraph = c->cudaGraph && !profile;
+        StepGraphEpoch graphEpoch(useGraph ? &c->graph : nullptr, c->net->device);
         EpochResult r;
         r.smoothVal = smoothVal;
         r.smoothCount = smoothCount;
@@ -249,53 +260,86 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
           tMark = now;
         };
         torch::Tensor lastInput;
+        // the hyper-parameters of every batch of the epoch (a captured step reads them from a table)
+        std::vector<std::vector<Hyper>> hs;
+        for (int64_t i = 0; i < end; i++)
+          hs.push_back(c->hypers(sched, static_cast<double>(epoch * r.nIter + i) / static_cast<double>(nEpochs * r.nIter)));
         TraceScope traceScope(trace, cuda);
-        for (int64_t i = r.done; i < end; i++) {
-          if (c->stopRequested) {
-            r.stopped = true;
-            break;
+        try {
+          for (int64_t i = r.done; i < end; i++) {
+            if (c->stopRequested) {
+              r.stopped = true;
+              break;
+            }
+            const auto& h = hs[static_cast<size_t>(i)];
+            for (auto& g : h) r.lrs.push_back(g.lr);
+            r.moms.push_back(h[0].mom);
+            auto idx = batches[static_cast<size_t>(i)];
+            auto dIdx = toDevice(idx, c->net->device);
+            auto params = drawAugParams(idx.size(0), c->aug, c->gen);
+            auto x = c->inputs(c->train.images.index_select(0, dIdx), params);
+            auto y = c->train.labels.index_select(0, dIdx);
+            mark(r.tData);
+            if (profile) lastInput = x;
+            if (useGraph) {
+              auto loss = c->graph.step(
+                  c->opt, c->net->params, c->graphSignature(x, y), x, y, hs, static_cast<size_t>(i),
+                  [&c](const torch::Tensor& gx, const torch::Tensor& gy) { return c->forwardBackward(gx, gy); }, [&c]() { c->zeroGrad(); });
+              if (loss.defined()) {
+                lossBuf[i].copy_(loss);
+                if (!cuda) sync(i + 1);  // (after the step: a captured step has no place to stop before it)
+                r.done = i + 1;
+                if (cuda && ((i + 1) % every == 0)) sync(i + 1);
+                continue;
+              }
+            }
+            // On the CPU the loss is checked before the step, so a NaN never reaches the weights, and the
+            // BatchNorm statistics the diverging forward pass moved are put back.
+            std::vector<torch::Tensor> buffersBefore;
+            if (!cuda)
+              for (auto& b : c->net->module->buffers()) buffersBefore.push_back(b.clone());
+            auto loss = c->forwardLoss(x, y);
+            lossBuf[i].copy_(loss.detach());
+            if (!cuda) {
+              try {
+                sync(i + 1);
+              } catch (...) {
+                torch::NoGradGuard ng;
+                size_t k = 0;
+                for (auto& b : c->net->module->buffers()) b.copy_(buffersBefore[k++]);
+                throw;
+              }
+            }
+            mark(r.tForward);
+            if (profile) {
+              loss.backward();
+              mark(r.tBackward);
+              c->opt.step(c->net->params, h);
+              mark(r.tStep);
+            } else {
+              c->backwardAndStep(loss, h);
+            }
+            r.done = i + 1;
+            if (cuda && ((i + 1) % every == 0)) sync(i + 1);
           }
-          const double pos = static_cast<double>(epoch * r.nIter + i) / static_cast<double>(nEpochs * r.nIter);
-          auto h = c->hypers(sched, pos);
-          for (auto& g : h) r.lrs.push_back(g.lr);
-          r.moms.push_back(h[0].mom);
-          auto idx = batches[static_cast<size_t>(i)];
-          auto dIdx = toDevice(idx, c->net->device);
-          auto params = drawAugParams(idx.size(0), c->aug, c->gen);
-          auto x = c->inputs(c->train.images.index_select(0, dIdx), params);
-          auto y = c->train.labels.index_select(0, dIdx);
-          mark(r.tData);
-          if (profile) lastInput = x;
-          // On the CPU the loss is checked before the step, so a NaN never reaches the weights, and the
-          // BatchNorm statistics the diverging forward pass moved are put back.
-          std::vector<torch::Tensor> buffersBefore;
-          if (!cuda)
-            for (auto& b : c->net->module->buffers()) buffersBefore.push_back(b.clone());
-          auto loss = c->forwardLoss(x, y);
-          lossBuf[i].copy_(loss.detach());
-          if (!cuda) {
+          sync(r.done);
+        } catch (...) {
+          if (useGraph) {
             try {
-              sync(i + 1);
+              c->graph.reset();  // (an out-of-memory error, say: its memory pool goes too)
             } catch (...) {
-              torch::NoGradGuard ng;
-              size_t k = 0;
-              for (auto& b : c->net->module->buffers()) b.copy_(buffersBefore[k++]);
-              throw;
             }
           }
-          mark(r.tForward);
-          if (profile) {
-            loss.backward();
-            mark(r.tBackward);
-            c->opt.step(c->net->params, h);
-            mark(r.tStep);
-          } else {
-            c->backwardAndStep(loss, h);
-          }
-          r.done = i + 1;
-          if (cuda && ((i + 1) % every == 0)) sync(i + 1);
+          throw;
         }
-        sync(r.done);
+        if (useGraph) {
+          r.graphUsed = true;
+          r.graphSteps = c->graph.replays;
+          r.graphCaptured = c->graph.captured();
+          r.graphError = c->graph.error;
+          // the end of the fit: the graph's memory pool is not kept for validation and prediction
+          if (epoch + 1 == nEpochs && r.done == r.nIter) c->graph.reset();
+        }
         if (!trace.empty()) {
           r.ops = traceScope.finish();
           r.traced = true;
@@ -353,6 +397,13 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
           p.Set("thread", r.thread);
           o.Set("profile", p);
         }
+        if (r.graphUsed) {
+          auto g = Napi::Object::New(env);
+          g.Set("steps", Napi::Number::New(env, static_cast<double>(r.graphSteps)));
+          g.Set("captured", r.graphCaptured);
+          if (!r.graphError.empty()) g.Set("error", r.graphError);
+          o.Set("graph", g);
+        }
         if (r.traced) {
           auto ops = Napi::Array::New(env, r.ops.size());
           for (size_t k = 0; k < r.ops.size(); k++) {
@@ -402,6 +453,7 @@ Napi::Value Learner::Dispose(const Napi::CallbackInfo& info) {
   core_->train = ImageCache{};
   core_->valid = ImageCache{};
   core_->opt.clear();
+  core_->graph.reset();
   releaseDeviceCache();
   memory_.release(info.Env());
   return info.Env().Undefined();

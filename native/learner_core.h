@@ -4,10 +4,12 @@
 #pragma once
 #include "autocast.h"
 #include "learner.h"
+#include "step_graph.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>
+#include <cstring>
 
 namespace tl {
 namespace F = torch::nn::functional;
@@ -26,6 +28,8 @@ struct Learner::Core {
   torch::Tensor classWeights;
   double labelSmoothing = 0;
   int frozenIdx = 0;
+  bool cudaGraph = false;  // train with the step captured as a CUDA graph (step_graph.h)
+  StepGraph graph;
   std::atomic<bool> stopRequested{false};
   bool disposed = false;
 
@@ -84,9 +88,43 @@ struct Learner::Core {
     opt.step(net->params, h);
   }
 
+  // The step a CUDA graph captures: forwardLoss and backward, without the gradient reset (StepGraph
+  // decides when gradients start from None).
+  torch::Tensor forwardBackward(const torch::Tensor& x, const torch::Tensor& y) {
+    net->module->train();
+    torch::Tensor loss;
+    {
+      AutocastScope ac(bf16 && onCuda());
+      loss = lossFn(net->forward(x), y, false);
+    }
+    loss.backward();
+    return loss;
+  }
+
+  // Everything a captured step depends on besides the values of the tensors: when it changes, the graph
+  // is captured again.
+  std::vector<int64_t> graphSignature(const torch::Tensor& x, const torch::Tensor& y) const {
+    std::vector<int64_t> s;
+    auto bits = [](double d) {
+      int64_t v;
+      std::memcpy(&v, &d, sizeof v);
+      return v;
+    };
+    auto address = [](const torch::Tensor& t) { return t.defined() ? static_cast<int64_t>(reinterpret_cast<intptr_t>(t.data_ptr())) : 0; };
+    s.insert(s.end(), x.sizes().begin(), x.sizes().end());
+    s.insert(s.end(), x.strides().begin(), x.strides().end());
+    s.insert(s.end(), y.sizes().begin(), y.sizes().end());
+    s.insert(s.end(), {static_cast<int64_t>(x.scalar_type()), x.device().index(), bf16, bits(labelSmoothing), address(classWeights),
+                       opt.generation(), bits(opt.sqrMom), bits(opt.eps)});
+    for (auto& p : net->params) s.insert(s.end(), {address(p.tensor), p.tensor.requires_grad()});
+    for (auto& b : net->module->buffers()) s.push_back(address(b));
+    return s;
+  }
+
   void applyFreeze() {
     for (auto& p : net->params) p.tensor.requires_grad_(p.group >= frozenIdx || (trainBn && p.isNorm));
     opt.clear();
+    graph.reset();  // (its memory goes now rather than at the next step)
   }
 
   // Training batches for one pass: a fresh permutation, drop_last (fast.ai's train loader), except

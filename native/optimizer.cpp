@@ -85,7 +85,100 @@ void FastAdam::step(const std::vector<ParamInfo>& params, const std::vector<Hype
   }
 }
 
+// x *= s for every tensor, s a 0-dim tensor on their device (a kernel argument read at run time).
+static void mulByTensor(std::vector<torch::Tensor>& xs, const torch::Tensor& s) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  at::_foreach_mul_(xs, s);
+#else
+  for (auto& x : xs) x.mul_(s);
+#endif
+}
+
+static std::vector<torch::Tensor> timesTensor(const std::vector<torch::Tensor>& xs, const torch::Tensor& s) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  return at::_foreach_mul(xs, s);
+#else
+  std::vector<torch::Tensor> out;
+  for (auto& x : xs) out.push_back(x.mul(s));
+  return out;
+#endif
+}
+
+AdamPlan FastAdam::plan(const std::vector<ParamInfo>& params) const {
+  std::map<std::tuple<int, bool, int64_t>, AdamBucket> buckets;
+  for (size_t i = 0; i < params.size(); i++) {
+    const auto& p = params[i];
+    if (!p.tensor.requires_grad() || !p.tensor.grad().defined()) continue;
+    auto st = step_.find(p.name);
+    // the state is made by an ordinary step first: creating it inside a capture would zero it at every replay
+    if (st == step_.end() || !gradAvg_.count(p.name)) throw std::logic_error("FastAdam::plan: no state for " + p.name + " (run a step first)");
+    auto& b = buckets[{p.group, !p.noDecay, st->second}];
+    b.group = p.group;
+    b.decays = !p.noDecay;
+    b.idx.push_back(i);
+  }
+  AdamPlan out;
+  for (auto& kv : buckets) out.push_back(kv.second);
+  return out;
+}
+
+torch::Tensor FastAdam::scalarTable(const std::vector<ParamInfo>& params, const AdamPlan& plan,
+                                    const std::vector<std::vector<Hyper>>& hypers, size_t from) const {
+  const int64_t n = static_cast<int64_t>(hypers.size() - std::min(from, hypers.size()));
+  auto t = torch::empty({n, static_cast<int64_t>(plan.size()), kNumAdamScalars}, torch::kFloat64);
+  auto a = t.accessor<double, 3>();
+  for (int64_t j = 0; j < n; j++) {
+    for (size_t b = 0; b < plan.size(); b++) {
+      const Hyper& h = hypers[from + static_cast<size_t>(j)].at(static_cast<size_t>(plan[b].group));
+      // the step about to be taken: the bucket's count so far, plus one per step before it in the table
+      const double stepCount = static_cast<double>(step_.at(params[plan[b].idx[0]].name) + 1 + j);
+      const double debias1 = 1.0 - std::pow(h.mom, stepCount);
+      const double debias2 = 1.0 - std::pow(sqrMom, stepCount);
+      auto row = a[j][static_cast<int64_t>(b)];
+      row[kDecay] = plan[b].decays ? 1.0 - h.lr * h.wd : 1.0;
+      row[kMom] = h.mom;
+      row[kOneMinusMom] = 1.0 - h.mom;
+      row[kInvSqrtDebias2] = 1.0 / std::sqrt(debias2);
+      row[kStepSize] = -h.lr / debias1;
+    }
+  }
+  return t.to(torch::kFloat32);
+}
+
+void FastAdam::stepWith(const std::vector<ParamInfo>& params, const AdamPlan& plan, const torch::Tensor& scalars) {
+  torch::NoGradGuard ng;
+  for (size_t b = 0; b < plan.size(); b++) {
+    auto s = scalars[static_cast<int64_t>(b)];
+    std::vector<torch::Tensor> ps, grads, avgs, sqrs;
+    for (size_t i : plan[b].idx) {
+      const auto& p = params[i];
+      ps.push_back(p.tensor.data());
+      grads.push_back(p.tensor.grad());
+      avgs.push_back(gradAvg_.at(p.name));
+      sqrs.push_back(sqrAvg_.at(p.name));
+    }
+    // the formula of step(), with the changing scalars as tensors
+    if (plan[b].decays) mulByTensor(ps, s[kDecay]);
+    mulByTensor(avgs, s[kMom]);
+    at::_foreach_add_(avgs, timesTensor(grads, s[kOneMinusMom]));
+    at::_foreach_mul_(sqrs, sqrMom);
+    at::_foreach_addcmul_(sqrs, grads, grads, 1.0 - sqrMom);
+    auto denom = at::_foreach_sqrt(sqrs);
+    mulByTensor(denom, s[kInvSqrtDebias2]);
+    at::_foreach_add_(denom, eps);
+    auto update = at::_foreach_div(avgs, denom);
+    mulByTensor(update, s[kStepSize]);
+    at::_foreach_add_(ps, update);
+  }
+}
+
+void FastAdam::advance(const std::vector<ParamInfo>& params, const AdamPlan& plan) {
+  for (auto& b : plan)
+    for (size_t i : b.idx) step_[params[i].name] += 1;
+}
+
 void FastAdam::clear() {
+  generation_++;
   gradAvg_.clear();
   sqrAvg_.clear();
   step_.clear();
@@ -106,7 +199,7 @@ NamedTensors FastAdam::state(const std::vector<ParamInfo>& params) const {
 void FastAdam::loadState(const std::vector<ParamInfo>& params, const NamedTensors& tensors) {
   std::unordered_map<std::string, const torch::Tensor*> byName;
   for (auto& kv : tensors) byName[kv.first] = &kv.second;
-  clear();
+  clear();  // (a new generation: the tensors below are new)
   for (auto& p : params) {
     auto a = byName.find("opt." + p.name + ".grad_avg");
     auto s = byName.find("opt." + p.name + ".sqr_avg");
@@ -185,7 +278,7 @@ Schedule scheduleFromJs(const Napi::Object& o, int numGroups) {
 
 namespace tl {
 
-// fastAdamSteps({ params: NamedTensors, noDecay: boolean[], sqrMom, eps, fused?, steps: [{ grads: NamedTensors, lr, mom, wd }] })
+// fastAdamSteps({ params: NamedTensors, noDecay: boolean[], sqrMom, eps, fused?, graph?, steps: [{ grads: NamedTensors, lr, mom, wd }] })
 //   -> NamedTensors: runs FastAdam::step exactly as training does, on given tensors (for the tests'
 //   comparison with the reference formula).
 Napi::Value FastAdamSteps(const Napi::CallbackInfo& info) {
@@ -204,14 +297,31 @@ Napi::Value FastAdamSteps(const Napi::CallbackInfo& info) {
   opt.sqrMom = o.Get("sqrMom").As<Napi::Number>().DoubleValue();
   opt.eps = o.Get("eps").As<Napi::Number>().DoubleValue();
   if (o.Get("fused").IsBoolean()) opt.fuseOnCpu = o.Get("fused").ToBoolean();
+  // graph: after the first step (which makes the state), the steps a CUDA graph replays: plan, scalar
+  // table, stepWith, advance
+  const bool graph = o.Get("graph").ToBoolean();
   auto steps = o.Get("steps").As<Napi::Array>();
+  std::vector<std::vector<Hyper>> hypers;
   for (uint32_t s = 0; s < steps.Length(); s++) {
     auto st = steps.Get(s).As<Napi::Object>();
-    auto grads = namedTensorsFromJs(st.Get("grads"));
+    hypers.push_back({{st.Get("lr").As<Napi::Number>().DoubleValue(), st.Get("mom").As<Napi::Number>().DoubleValue(),
+                       st.Get("wd").As<Napi::Number>().DoubleValue()}});
+  }
+  AdamPlan plan;
+  torch::Tensor table;
+  for (uint32_t s = 0; s < steps.Length(); s++) {
+    auto grads = namedTensorsFromJs(steps.Get(s).As<Napi::Object>().Get("grads"));
     for (size_t i = 0; i < params.size(); i++) params[i].tensor.mutable_grad() = grads.at(i).second.to(torch::kFloat32);
-    Hyper h{st.Get("lr").As<Napi::Number>().DoubleValue(), st.Get("mom").As<Napi::Number>().DoubleValue(),
-            st.Get("wd").As<Napi::Number>().DoubleValue()};
-    opt.step(params, {h});
+    if (!graph || s == 0) {
+      opt.step(params, hypers[s]);
+      continue;
+    }
+    if (s == 1) {
+      plan = opt.plan(params);
+      table = opt.scalarTable(params, plan, hypers, 1);
+    }
+    opt.stepWith(params, plan, table[s - 1]);
+    opt.advance(params, plan);
   }
   NamedTensors out;
   for (auto& p : params) out.emplace_back(p.name, p.tensor.detach());

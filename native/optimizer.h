@@ -17,6 +17,17 @@ struct Hyper {
 // grad_avg = mom*grad_avg + (1-mom)*g, sqr_avg = sqr_mom*sqr_avg + (1-sqr_mom)*g^2,
 // p -= lr/(1-mom^step) * grad_avg / (sqrt(sqr_avg/(1-sqr_mom^step)) + eps), debiased with the
 // *current* mom. Applied with multi-tensor (_foreach) kernels, one call per bucket of parameters.
+// One bucket of a captured step: parameters (indices into the network's list) sharing their scalars.
+struct AdamBucket {
+  int group;
+  bool decays;
+  std::vector<size_t> idx;
+};
+using AdamPlan = std::vector<AdamBucket>;
+
+// Per step and bucket, the five scalars of fast.ai's Adam that change from step to step.
+enum AdamScalar { kDecay, kMom, kOneMinusMom, kInvSqrtDebias2, kStepSize, kNumAdamScalars };
+
 class FastAdam {
  public:
   // Set from JavaScript (DEFAULTS in src/learner/learner.ts holds fast.ai's values).
@@ -27,8 +38,21 @@ class FastAdam {
   void clear();  // fast.ai clears the state on every freeze/unfreeze
   NamedTensors state(const std::vector<ParamInfo>& params) const;
   void loadState(const std::vector<ParamInfo>& params, const NamedTensors& tensors);
+  // Bumped whenever the state tensors are replaced (clear, loadState): a captured step holds their addresses.
+  int64_t generation() const { return generation_; }
+
+  // The same step for a CUDA graph: the buckets are fixed once (plan, after a step made the state), the
+  // scalars are read from a device tensor [buckets, kNumAdamScalars] instead of being baked into kernel
+  // arguments, and the host only counts steps (advance). scalarTable computes those scalars for the steps
+  // hypers[from..] in advance, so that a step needs no host-to-device copy.
+  AdamPlan plan(const std::vector<ParamInfo>& params) const;
+  torch::Tensor scalarTable(const std::vector<ParamInfo>& params, const AdamPlan& plan,
+                            const std::vector<std::vector<Hyper>>& hypers, size_t from) const;
+  void stepWith(const std::vector<ParamInfo>& params, const AdamPlan& plan, const torch::Tensor& scalars);
+  void advance(const std::vector<ParamInfo>& params, const AdamPlan& plan);
 
  private:
+  int64_t generation_ = 0;
   std::unordered_map<std::string, torch::Tensor> gradAvg_, sqrAvg_;
   std::unordered_map<std::string, int64_t> step_;
 };

@@ -86,6 +86,9 @@ export interface NativeEpochResult {
   };
   /** with { trace }: every operator (cpu) and kernel (cuda) LibTorch's profiler saw */
   ops?: { name: string; device: 'cpu' | 'cuda'; count: number; totalUs: number }[];
+  /** with the cudaGraph option: steps the graph took (the rest were ordinary: warm-up), whether it was
+   * captured (CUDA) or ran eagerly (CPU), and why a capture failed */
+  graph?: { steps: number; captured: boolean; error?: string };
 }
 
 export interface NativePreds {
@@ -121,6 +124,7 @@ export interface NativeLearnerOptions {
   seed?: number;
   sqrMom?: number;
   eps?: number;
+  cudaGraph?: boolean;
 }
 
 export interface NativeLearner {
@@ -167,7 +171,7 @@ interface Addon {
   torchInfo(): TorchInfo;
   setNumThreads(n: number): void;
   manualSeed(seed: number): void;
-  fastAdamSteps(o: { params: NamedTensor[]; noDecay: boolean[]; sqrMom: number; eps: number; fused?: boolean; steps: { grads: NamedTensor[]; lr: number; mom: number; wd: number }[] }): NamedTensor[];
+  fastAdamSteps(o: { params: NamedTensor[]; noDecay: boolean[]; sqrMom: number; eps: number; fused?: boolean; graph?: boolean; steps: { grads: NamedTensor[]; lr: number; mom: number; wd: number }[] }): NamedTensor[];
   scheduleValues(s: NativeSchedule, groups: number, positions: Float64Array): { lrs: Float64Array; moms: Float64Array };
   cudaMemory(resetPeak?: boolean): { allocated: number; reserved: number; peakAllocated: number };
   benchAugment(o: { device: string; n: number; presize: number; size: number; bs: number; iters: number; aug: NativeAugOptions; mean: readonly number[]; std: readonly number[] }): number;

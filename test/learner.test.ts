@@ -84,7 +84,7 @@ print(json.dumps(out))`, [String(steps), String(lrMax[1])]),
 });
 
 describe("fast.ai's Adam", () => {
-  it('matches the reference formula to 1e-6 over 20 steps with changing beta1 and weight decay, no decay on norm/bias (fused CPU loop and _foreach kernels)', () => {
+  it('matches the reference formula to 1e-6 over 20 steps with changing beta1 and weight decay, no decay on norm/bias (fused CPU loop, _foreach kernels, the CUDA-graph step)', () => {
     let seed = 7;
     const rand = () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1;
     const shapes = [[4, 3], [5]];
@@ -118,14 +118,15 @@ describe("fast.ai's Adam", () => {
       });
     });
     // both implementations: the one-pass CPU loop, and the _foreach kernels (what CUDA runs)
-    for (const fused of [true, false]) {
-      const out = native.fastAdamSteps({ params: asTensors(params), noDecay, sqrMom: DEFAULTS.sqrMom, eps: DEFAULTS.eps, fused, steps: steps.map((s) => ({ ...s, grads: asTensors(s.grads) })) });
+    // and the captured step (scalars read from a tensor, computed ahead for the whole run)
+    for (const [fused, graph, what] of [[true, false, 'fused CPU loop'], [false, false, '_foreach kernels'], [false, true, 'CUDA-graph step']] as const) {
+      const out = native.fastAdamSteps({ params: asTensors(params), noDecay, sqrMom: DEFAULTS.sqrMom, eps: DEFAULTS.eps, fused, graph, steps: steps.map((s) => ({ ...s, grads: asTensors(s.grads) })) });
       let worst = 0;
       out.forEach((t, i) => {
         const got = new Float32Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.byteLength));
         got.forEach((v, j) => (worst = Math.max(worst, Math.abs(v - ref[i][j]))));
       });
-      expect(worst, fused ? 'fused CPU loop' : '_foreach kernels').toBeLessThan(1e-6);
+      expect(worst, what).toBeLessThan(1e-6);
     }
     expect(DEFAULTS.sqrMom).toBe(0.99);
     expect(DEFAULTS.eps).toBe(1e-5);
@@ -214,5 +215,53 @@ describe('native threads', () => {
     expect(b.recorder.profiles[0].thread).not.toBe(threads[0]);
     a.dispose();
     b.dispose();
+  });
+});
+
+describe('the captured training step (cudaGraph)', () => {
+  it('computes what the ordinary step computes: same losses and weights over fits, a freeze and a new schedule (CPU: the graph step runs without capture)', async () => {
+    // 64 px and a low learning rate: a tiny ResNet at 32 px amplifies float rounding (the order of the
+    // optimizer's operations differs) into visibly different losses within a few steps
+    await makeStripes(join(dir, 'stripes64'), 40, 64);
+    const small = await ImageDataLoaders.fromFolder(join(dir, 'stripes64'), { size: 64, presize: 72, bs: 8, seed: 3 });
+    // one after the other: the seed also resets LibTorch's global generator, which draws the dropout masks
+    const train = async (cudaGraph: boolean) => {
+      const learn = visionLearner(small, 'resnet18', { ...quiet, seed: 5, cudaGraph });
+      await learn.fitOneCycle(2, { lrMax: 1e-4 });
+      learn.freeze();
+      await learn.fitOneCycle(1, { lrMax: 1e-4 });
+      return learn;
+    };
+    const plain = await train(false);
+    const graph = await train(true);
+    // the recorder holds the last fit: one epoch after the freeze, 3 warm-up steps then the graph's
+    const nIter = graph.recorder.iters[0];
+    expect(nIter).toBeGreaterThan(6);
+    expect(graph.recorder.graphs).toEqual([{ steps: nIter - 3, captured: false }]);
+    expect(plain.recorder.graphs).toEqual([]);
+    const a = plain.recorder.rawLosses;
+    const b = graph.recorder.rawLosses;
+    expect(b.length).toBe(a.length);
+    b.forEach((l, i) => expect(Math.abs(l - a[i]), `loss ${i}`).toBeLessThan(1e-3 * Math.abs(a[i])));
+    const wa = plain.state(true);
+    const wb = graph.state(true);
+    let worst = 0;
+    wb.forEach((t, i) => {
+      if (t.dtype !== 'float32') return;
+      const x = new Float32Array(t.data.buffer, t.data.byteOffset, t.data.byteLength / 4);
+      const y = new Float32Array(wa[i].data.buffer, wa[i].data.byteOffset, wa[i].data.byteLength / 4);
+      for (let k = 0; k < x.length; k++) worst = Math.max(worst, Math.abs(x[k] - y[k]) / (1e-3 + Math.abs(y[k])));
+    });
+    expect(worst).toBeLessThan(1e-3);
+    plain.dispose();
+    graph.dispose();
+  });
+
+  it('a fit of several epochs keeps one graph: only the first epoch warms up', async () => {
+    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 1, cudaGraph: true });
+    await learn.fitOneCycle(3);
+    const n = learn.recorder.iters[0];
+    expect(learn.recorder.graphs.map((g) => g.steps)).toEqual([n - 3, n, n]);
+    learn.dispose();
   });
 });

@@ -23,6 +23,8 @@ export class Recorder {
   epochSeconds: number[] = [];
   /** per epoch, with fit(..., { profile: true }): seconds per phase and memory-layout checks */
   profiles: NonNullable<NativeEpochResult['profile']>[] = [];
+  /** per epoch, with the cudaGraph option: steps taken by the graph, whether it was captured, a capture error */
+  graphs: NonNullable<NativeEpochResult['graph']>[] = [];
 
   reset(metricNames: string[]): void {
     this.lrs = [];
@@ -34,6 +36,7 @@ export class Recorder {
     this.trainSeconds = [];
     this.epochSeconds = [];
     this.profiles = [];
+    this.graphs = [];
     this.metricNames = metricNames;
   }
 

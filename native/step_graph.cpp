@@ -1,0 +1,161 @@
+#include "step_graph.h"
+
+#include <ATen/autocast_mode.h>
+
+// CUDA graphs need CUDA's headers, which only a CUDA build of LibTorch brings (the GPU machine's); the
+// CPU build (Debian's LibTorch) compiles the eager half only.
+#if __has_include(<ATen/cuda/CUDAGraph.h>) && __has_include(<cuda_runtime_api.h>) && !defined(TL_NO_CUDA_GRAPH)
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define TL_CUDA_GRAPH 1
+#endif
+
+#include <optional>
+
+namespace tl {
+
+#ifdef TL_CUDA_GRAPH
+struct StepGraphCuda {
+  explicit StepGraphCuda(c10::DeviceIndex device) : stream(c10::cuda::getStreamFromPool(false, device)) {}
+  c10::cuda::CUDAStream stream;
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+  std::optional<c10::cuda::CUDAStreamGuard> onStream;
+};
+#else
+struct StepGraphCuda {};
+#endif
+
+StepGraph::StepGraph() = default;
+StepGraph::~StepGraph() {
+  try {
+    reset();
+  } catch (...) {
+  }
+}
+
+void StepGraph::beginEpoch(const torch::Device& device) {
+  table_ = torch::Tensor();  // the hyper-parameters are the new epoch's
+  replays = 0;
+#ifdef TL_CUDA_GRAPH
+  if (!device.is_cuda() || !error.empty()) return;
+  if (!cuda_) cuda_ = std::make_unique<StepGraphCuda>(device.index() < 0 ? 0 : device.index());
+  torch::cuda::synchronize();  // what the default stream did (data upload, validation) is done
+  cuda_->onStream.emplace(cuda_->stream);
+#else
+  (void)device;
+#endif
+}
+
+void StepGraph::endEpoch() {
+#ifdef TL_CUDA_GRAPH
+  if (cuda_ && cuda_->onStream) {
+    try {
+      torch::cuda::synchronize();  // the default stream may use the results at once
+    } catch (...) {
+    }
+    cuda_->onStream.reset();
+  }
+#endif
+}
+
+void StepGraph::reset() {
+#ifdef TL_CUDA_GRAPH
+  if (cuda_ && cuda_->graph) {
+    torch::cuda::synchronize();
+    cuda_->graph.reset();
+  }
+#endif
+  signature_.clear();
+  warm_ = 0;
+  ready_ = captured_ = false;
+  plan_.clear();
+  x_ = y_ = scalars_ = loss_ = table_ = torch::Tensor();
+  grads_.clear();
+}
+
+torch::Tensor StepGraph::run(FastAdam& opt, const std::vector<ParamInfo>& params, const ForwardBackward& fb) {
+  auto loss = fb(x_, y_);
+  opt.stepWith(params, plan_, scalars_);
+  return loss.detach();
+}
+
+torch::Tensor StepGraph::step(FastAdam& opt, const std::vector<ParamInfo>& params, const std::vector<int64_t>& signature,
+                              const torch::Tensor& x, const torch::Tensor& y, const std::vector<std::vector<Hyper>>& hypers,
+                              size_t batch, const ForwardBackward& forwardBackward, const std::function<void()>& zeroGrad) {
+  if (!error.empty()) return {};
+  if (signature != signature_) {
+    reset();
+    signature_ = signature;
+  }
+  if (warm_ < kWarmup) {
+    warm_++;
+    return {};
+  }
+  if (!ready_) {
+    plan_ = opt.plan(params);  // the buckets and state the warm-up steps made
+    x_ = torch::empty_like(x);
+    y_ = torch::empty_like(y);
+    scalars_ = torch::empty({static_cast<int64_t>(plan_.size()), kNumAdamScalars}, x.options().dtype(torch::kFloat32));
+  }
+  if (!table_.defined() || batch < tableFrom_ || batch >= hypers.size()) {
+    table_ = opt.scalarTable(params, plan_, hypers, batch).to(x.device());  // once per epoch: one copy
+    tableFrom_ = batch;
+  }
+  {
+    torch::NoGradGuard ng;
+    x_.copy_(x);
+    y_.copy_(y);
+    scalars_.copy_(table_[static_cast<int64_t>(batch - tableFrom_)]);
+  }
+#ifdef TL_CUDA_GRAPH
+  if (cuda_ && cuda_->onStream) {
+    if (!ready_) {
+      zeroGrad();  // backward writes the gradients into the graph's memory instead of adding to old ones
+      torch::cuda::synchronize();
+      cuda_->graph = std::make_unique<at::cuda::CUDAGraph>();
+      const bool cacheWas = at::autocast::is_autocast_cache_enabled();
+      at::autocast::set_autocast_cache_enabled(false);  // as torch.cuda.graphs asks of autocast
+      try {
+        cuda_->graph->capture_begin();
+        try {
+          loss_ = run(opt, params, forwardBackward);
+        } catch (...) {
+          try {
+            cuda_->graph->capture_end();  // ends the stream's capture; fails, as the capture is broken
+          } catch (...) {
+          }
+          throw;
+        }
+        cuda_->graph->capture_end();
+      } catch (const std::exception& e) {
+        at::autocast::set_autocast_cache_enabled(cacheWas);
+        error = e.what();
+        cuda_->graph.reset();
+        cuda_->onStream.reset();  // the ordinary steps go back to the default stream
+        ready_ = false;
+        x_ = y_ = scalars_ = loss_ = table_ = torch::Tensor();
+        zeroGrad();
+        return {};
+      }
+      at::autocast::set_autocast_cache_enabled(cacheWas);
+      for (auto& p : params)
+        if (p.tensor.grad().defined()) grads_.push_back(p.tensor.grad());
+      ready_ = captured_ = true;
+    }
+    cuda_->graph->replay();  // (the capture only recorded: the batch it saw runs now)
+    opt.advance(params, plan_);
+    replays++;
+    return loss_;
+  }
+#endif
+  // No capture: the same step, eagerly. Gradients start from None each time, as in the captured step.
+  ready_ = true;
+  zeroGrad();
+  loss_ = run(opt, params, forwardBackward);
+  opt.advance(params, plan_);
+  replays++;
+  return loss_;
+}
+
+}  // namespace tl
