@@ -111,6 +111,34 @@ describe.skipIf(!cuda)('CUDA', () => {
     expect(after[49] - before).toBeLessThan(64 * 2 ** 20);
   });
 
+  it('cudaGraph: the step is captured after 3 warm-up steps, replayed for the rest of the fit, learns the stripes like the ordinary step, and its memory goes with the fit', async () => {
+    const dir = tempDir();
+    await makeStripes(join(dir, 's'), 50, 48, 11);
+    const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 5 });
+    const run = async (cudaGraph: boolean) => {
+      const learn = visionLearner(dls, 'resnet18', { verbose: false, metrics: [accuracy()], seed: 0, device: 'cuda', cudaGraph });
+      const before = native.cudaMemory().allocated;
+      const r = await learn.fitOneCycle(6, { lrMax: 5e-3 });
+      const after = native.cudaMemory().allocated;
+      return { learn, r, before, after, losses: learn.recorder.rawLosses.slice(), graphs: learn.recorder.graphs.slice() };
+    };
+    const plain = await run(false);
+    const graph = await run(true);
+    const n = graph.learn.recorder.iters[0];
+    console.log(`cudaGraph: ${JSON.stringify(graph.graphs)}; accuracy ${graph.r.values.at(-1)![2]} (ordinary steps ${plain.r.values.at(-1)![2]}); ` +
+      `first losses ${graph.losses.slice(0, 5).map((l) => l.toFixed(4))} vs ${plain.losses.slice(0, 5).map((l) => l.toFixed(4))}; ` +
+      `allocated before/after the fit ${(graph.before / 2 ** 20).toFixed(1)} / ${(graph.after / 2 ** 20).toFixed(1)} MB`);
+    expect(graph.graphs[0]).toEqual({ steps: n - 3, captured: true });
+    expect(graph.graphs.slice(1).map((g) => g.steps)).toEqual([n, n, n, n, n]);
+    // the first captured step computes the loss of the same batch from the same weights (bf16, cuDNN may choose other kernels)
+    for (let i = 0; i < 4; i++) expect(Math.abs(graph.losses[i] - plain.losses[i])).toBeLessThan(0.05 * plain.losses[i] + 1e-3);
+    expect(graph.r.values.at(-1)![2]).toBeGreaterThanOrEqual(0.95);
+    // the graph and its memory pool are dropped at the end of the fit
+    expect(graph.after - graph.before).toBeLessThanOrEqual(plain.after - plain.before + 2 ** 20);
+    plain.learn.dispose();
+    graph.learn.dispose();
+  });
+
   it('out of memory names the batch size, and the learner goes on with a smaller batch', async () => {
     const p = 224;
     const n = 6144;
