@@ -7,6 +7,8 @@
 //   --only LIST         some of: decode,augment,inference,train,e2e (default: all)
 //   --trace DIR         operator tables of the unfrozen train step on both sides, written to DIR, and the
 //                       operators where they differ most printed side by side
+//   --graph off|on|both torchlearn's train step with the cudaGraph option off, on, or both (default: both
+//                       on CUDA, off on the CPU, where the graph's step runs without capture)
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -29,6 +31,7 @@ const { values: args } = parseArgs({
     profile: { type: 'boolean', default: false },
     trace: { type: 'string' },
     only: { type: 'string' },
+    graph: { type: 'string' },
   },
 });
 const info = torchInfo();
@@ -49,6 +52,10 @@ const cfg = cuda
 if (args.bs) cfg.bss = args.bs.split(',').map(Number);
 if (args.precisions) cfg.precisions = args.precisions.split(',');
 if (args.iters) cfg.iters = Number(args.iters);
+const graphArg = args.graph ?? (cuda ? 'both' : 'off');
+if (!['off', 'on', 'both'].includes(graphArg)) throw new Error(`--graph must be off, on or both, got '${graphArg}'`);
+const graphModes = graphArg === 'both' ? [false, true] : [graphArg === 'on'];
+const implName = (graph: boolean) => (graph ? (cuda ? 'torchlearn (CUDA graph)' : 'torchlearn (graph step, no capture)') : 'torchlearn');
 
 function pytorch(extra: string[]): Record<string, unknown>[] {
   try {
@@ -96,22 +103,27 @@ async function trainBench() {
       for (let i = 0; i < images.length; i += 4096) images[i] = (i * 2654435761) >>> 24; // cheap non-constant fill
       const labels = Int32Array.from({ length: n }, (_, i) => i % 2);
       const dls = ImageDataLoaders.fromArrays(images, labels, ['a', 'b'], { presize: p, size: cfg.size, bs, validPct: 0 });
-      for (const frozen of [true, false]) {
+      for (const frozen of [true, false]) for (const graph of graphModes) {
         native.cudaMemory(true);
-        const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0 });
+        const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0, cudaGraph: graph });
         if (frozen) learn.freeze();
         else learn.unfreeze();
-        await learn.fitOneCycle(2); // epoch 0 warms up (cuDNN autotuning, allocator), epoch 1 is measured
+        await learn.fitOneCycle(2); // epoch 0 warms up (cuDNN autotuning, allocator, the graph's capture), epoch 1 is measured
         const s = learn.recorder.trainSeconds[1];
-        if (args.profile) {
+        const graphInfo = graph ? learn.recorder.graphs[1] : undefined;
+        if (graphInfo?.error) log(`CUDA graph not captured: ${graphInfo.error.split('\n')[0]}`);
+        if (args.profile && !graph) {
           await learn.fitOneCycle(1, { profile: true });
           const p = learn.recorder.profiles[0];
           const per = (x: number) => ((1000 * x) / cfg.iters).toFixed(1);
           log(`profile torchlearn bs ${bs} ${prec} ${frozen ? 'frozen' : 'unfrozen'}: ms per step: data ${per(p.data)}, forward ${per(p.forward)}, backward ${per(p.backward)}, optimizer ${per(p.step)}; channels_last weight ${p.weightChannelsLast}, grad ${p.gradChannelsLast}, input ${p.inputChannelsLast}`);
         }
-        if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn-bs${bs}-${prec}.json`));
+        if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}-bs${bs}-${prec}.json`));
         const mem = native.cudaMemory();
-        const row = { bench: 'train step', impl: 'torchlearn', arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s, peak_device_bytes: mem.peakAllocated, peak_rss_bytes: process.resourceUsage().maxRSS * 1024 };
+        const row = {
+          bench: 'train step', impl: implName(graph), arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
+          peak_device_bytes: mem.peakAllocated, peak_rss_bytes: process.resourceUsage().maxRSS * 1024, ...(graphInfo ? { graph: graphInfo } : {}),
+        };
         rows.push(row);
         log(JSON.stringify(row));
         learn.dispose();
@@ -144,25 +156,27 @@ async function endToEndBench() {
   const dls = await ImageDataLoaders.fromFolder(args.images!, { size: cfg.size, presize: cfg.presize, bs, quiet: true });
   const decodeS = (performance.now() - t) / 1000;
   const prec = cuda ? 'bf16' : 'fp32';
-  native.cudaMemory(true);
-  const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec, seed: 0 });
-  learn.unfreeze();
-  await learn.fitOneCycle(3);
-  const nTrain = dls.train.length * bs;
-  const row = {
-    bench: 'fitOneCycle epoch (real files)', impl: 'torchlearn', arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen: false,
-    images: dls.train.n + dls.valid.n, decode_s: decodeS,
-    images_per_s: nTrain / learn.recorder.trainSeconds[2],
-    images_per_s_with_validation: nTrain / learn.recorder.epochSeconds[2],
-    peak_device_bytes: native.cudaMemory().peakAllocated,
-    device_allocated_after_epochs: [native.cudaMemory().allocated],
-  };
-  rows.push(row);
-  log(JSON.stringify(row));
-  // one more epoch, traced: beside the bare step's trace, it shows what a whole epoch adds (in the Chrome
-  // trace, as gaps on the GPU timeline)
-  if (args.trace) await traced(learn, join(args.trace, `torchlearn-epoch-bs${bs}-${prec}.json`));
-  learn.dispose();
+  for (const graph of graphModes) {
+    native.cudaMemory(true);
+    const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec, seed: 0, cudaGraph: graph });
+    learn.unfreeze();
+    await learn.fitOneCycle(3);
+    const nTrain = dls.train.length * bs;
+    const row = {
+      bench: 'fitOneCycle epoch (real files)', impl: implName(graph), arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen: false,
+      images: dls.train.n + dls.valid.n, decode_s: decodeS,
+      images_per_s: nTrain / learn.recorder.trainSeconds[2],
+      images_per_s_with_validation: nTrain / learn.recorder.epochSeconds[2],
+      peak_device_bytes: native.cudaMemory().peakAllocated,
+      device_allocated_after_epochs: [native.cudaMemory().allocated],
+    };
+    rows.push(row);
+    log(JSON.stringify(row));
+    // one more epoch, traced: beside the bare step's trace, it shows what a whole epoch adds (in the Chrome
+    // trace, as gaps on the GPU timeline)
+    if (args.trace) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}-epoch-bs${bs}-${prec}.json`));
+    learn.dispose();
+  }
 }
 
 async function inferenceBench() {
@@ -224,10 +238,10 @@ console.log('\n| bench | impl | config | images/s (or ms) | peak device MB | pea
 console.log('|---|---|---|---|---|---|---|');
 for (const r of rows) {
   const config = r.bench !== 'train step' && r.arch ? `${r.arch} ${r.bs ? `bs ${r.bs} ` : ''}${r.size}px${r.precision ? ` ${r.precision}` : ''}` : r.bench === 'train step' ? `${r.arch} bs ${r.bs} ${r.size}px ${r.precision}${r.frozen ? ' frozen' : ' unfrozen'}` : r.bs ? `bs ${r.bs} ${r.size}px` : `${r.images} files to ${r.presize}px`;
-  const twin = rows.find((q) => q !== r && q.bench === 'train step' && r.bench === 'train step' && q.impl !== r.impl && q.bs === r.bs && q.frozen === r.frozen && q.precision === r.precision);
-  const bare = rows.find((q) => q.bench === 'train step' && q.impl === 'torchlearn' && r.bench !== 'train step' && q.bs === r.bs && q.frozen === r.frozen && q.precision === r.precision);
-  const inferTwin = r.impl === 'torchlearn' && r.bench !== 'train step' ? rows.find((q) => q !== r && q.bench === r.bench && q.impl !== 'torchlearn') : undefined;
-  let ratio = r.impl === 'torchlearn' && twin ? `${((r.images_per_s as number) / (twin.images_per_s as number)).toFixed(2)}x` : '';
+  const twin = rows.find((q) => q.bench === 'train step' && r.bench === 'train step' && String(q.impl).startsWith('pytorch') && q.bs === r.bs && q.frozen === r.frozen && q.precision === r.precision);
+  const bare = rows.find((q) => q.bench === 'train step' && q.impl === r.impl && r.bench !== 'train step' && q.bs === r.bs && q.frozen === r.frozen && q.precision === r.precision);
+  const inferTwin = r.impl === 'torchlearn' && r.bench !== 'train step' ? rows.find((q) => q !== r && q.bench === r.bench && !String(q.impl).startsWith('torchlearn')) : undefined;
+  let ratio = String(r.impl).startsWith('torchlearn') && twin ? `${((r.images_per_s as number) / (twin.images_per_s as number)).toFixed(2)}x` : '';
   const speedup = (x: number) => (x >= 1 ? `${x.toFixed(2)}x faster` : `${(1 / x).toFixed(2)}x slower`);
   if (inferTwin) ratio = r.median_ms !== undefined ? speedup((inferTwin.median_ms as number) / (r.median_ms as number)) : `${((r.images_per_s as number) / (inferTwin.images_per_s as number)).toFixed(2)}x`;
   if (bare && r.images_per_s_with_validation) ratio = `${((r.images_per_s_with_validation as number) / (bare.images_per_s as number) * 100).toFixed(0)}% of bare step (train only: ${((r.images_per_s as number) / (bare.images_per_s as number) * 100).toFixed(0)}%)`;
