@@ -337,8 +337,8 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
           r.graphSteps = c->graph.replays;
           r.graphCaptured = c->graph.captured();
           r.graphError = c->graph.error;
-          // the end of the fit: the graph's memory pool is not kept for validation and prediction
-          if (epoch + 1 == nEpochs && r.done == r.nIter) c->graph.reset();
+          // the end of the fit (or a stop): the graph's memory pool is not kept for validation and prediction
+          if (r.stopped || (epoch + 1 == nEpochs && r.done == r.nIter)) c->graph.reset();
         }
         if (!trace.empty()) {
           r.ops = traceScope.finish();
