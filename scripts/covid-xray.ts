@@ -40,6 +40,7 @@ const { values: opt } = parseArgs({
     seed: { type: 'string', default: '42' },
     arch: { type: 'string', default: 'resnet50' },
     limit: { type: 'string' },
+    'cuda-graph': { type: 'boolean', default: false },
   },
 });
 
@@ -112,6 +113,7 @@ const learn = visionLearner(dls, arch, {
   device: opt.device,
   seed,
   modelDir: join(out, 'models'),
+  cudaGraph: opt['cuda-graph'],
 });
 
 // Ctrl-C stops after the current batch, leaving a consistent model.
@@ -182,7 +184,7 @@ inf.dispose();
 timings.total = (Date.now() - started) / 1000;
 const report = {
   disclaimer: 'A learning exercise on a small public collection; not a diagnostic tool.',
-  settings: { arch, size, bs, epochs: [epochs1, epochs2], lrFindIters, lr, split: opt.split, seed, pretrained, device: learn.device, precision: learn.bf16 ? 'bf16' : 'fp32' },
+  settings: { arch, size, bs, epochs: [epochs1, epochs2], lrFindIters, lr, split: opt.split, seed, pretrained, device: learn.device, precision: learn.bf16 ? 'bf16' : 'fp32', cudaGraph: learn.cudaGraph },
   torch: { version: info.torchVersion, source: info.torchSource, cuda: info.cuda, deviceName: info.deviceName ?? null, threads: info.threads },
   metadata: { rows: meta.rows, kept: meta.kept, dropped: meta.dropped, missingFiles: meta.missingFiles.length, perClass: meta.perClass, used: items.length },
   split: { train: dls.train.classCounts(dls.vocab), valid: counts, groups: dls.groups, skipped: dls.skipped.length },

@@ -137,6 +137,8 @@ export class Learner {
   readonly modelDir: string;
   readonly recorder = new Recorder();
   readonly pretrained: boolean;
+  /** the training step is captured as a CUDA graph (the cudaGraph option; on the CPU it runs without capture) */
+  readonly cudaGraph: boolean;
   wd: number;
   #h: NetHandle;
   #native: NativeLearner | null;
@@ -168,6 +170,7 @@ export class Learner {
     const net = new native.Net({ arch, kind: 'fastai', numClasses: dls.c, head: opts.head });
     this.#h = new NetHandle(net, 'this learner');
     this.pretrained = Boolean(opts.pretrained);
+    this.cudaGraph = opts.cudaGraph ?? false;
     if (opts.pretrained) loadBody(net, opts.pretrained);
     else if (this.#verbose) this.log(`torchlearn: no pretrained weights given: the ${arch} body trains from scratch (transfer learning needs torchvision weights: pretrained: 'resnet50.pth')`);
     this.#native = new native.Learner(net, { device: this.device, seed: opts.seed ?? dls.seed, channelsLast: opts.channelsLast });
@@ -186,7 +189,7 @@ export class Learner {
       std: dls.normalize.std,
       sqrMom: DEFAULTS.sqrMom,
       eps: DEFAULTS.eps,
-      cudaGraph: opts.cudaGraph ?? false,
+      cudaGraph: this.cudaGraph,
     });
     this.#native.setData('train', dls.train.images, dls.train.labels, dls.presize);
     if (dls.valid.n) this.#native.setData('valid', dls.valid.images, dls.valid.labels, dls.presize);
@@ -440,7 +443,8 @@ export class Learner {
   #deviceLine(): string {
     const info = torchInfo();
     const dev = this.device.startsWith('cuda') ? `${this.device} (${info.deviceName ?? 'CUDA'})` : `cpu (${info.threads} threads)`;
-    return `torchlearn: training ${this.arch} on ${dev}, ${this.bf16 ? 'bf16 autocast' : 'fp32'}, LibTorch ${info.torchVersion}${info.cuda ? '' : ', no CUDA in this LibTorch'}`;
+    const graph = this.cudaGraph ? (this.device.startsWith('cuda') ? ', the step as a CUDA graph' : ', the graph step without capture (CPU)') : '';
+    return `torchlearn: training ${this.arch} on ${dev}, ${this.bf16 ? 'bf16 autocast' : 'fp32'}${graph}, LibTorch ${info.torchVersion}${info.cuda ? '' : ', no CUDA in this LibTorch'}`;
   }
 
   #enter(): void {
