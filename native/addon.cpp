@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <future>
 #include <thread>
 
 #include "augment.h"
@@ -34,7 +35,7 @@ static Napi::Value TorchInfo(const Napi::CallbackInfo& info) {
 #ifdef TL_CUDA_PROPS
   if (cuda) o.Set("deviceName", at::cuda::getDeviceProperties(0)->name);
 #endif
-  o.Set("threads", at::get_num_threads());
+  o.Set("threads", configuredThreads());
   return o;
   TL_CATCH(env)
 }
@@ -43,7 +44,7 @@ static Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   TL_TRY
   int n = info[0].As<Napi::Number>().Int32Value();
   if (n < 1) throw UserError("threads must be a positive integer, got " + std::to_string(n));
-  at::set_num_threads(n);
+  setThreads(n);
   return info.Env().Undefined();
   TL_CATCH(info.Env())
 }
@@ -113,19 +114,11 @@ static Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
 
 // benchAugment({ device, n, presize, size, bs, iters, aug, mean, std }) -> seconds per batch of the batch pipeline
 // (index the uint8 cache, draw, affine + warp + lighting, normalise), synchronised at the end.
-static Napi::Value BenchAugment(const Napi::CallbackInfo& info) {
-  auto env = info.Env();
-  TL_TRY
-  auto o = info[0].As<Napi::Object>();
-  auto dev = parseDevice(o.Get("device").As<Napi::String>());
-  auto n = o.Get("n").As<Napi::Number>().Int64Value(), p = o.Get("presize").As<Napi::Number>().Int64Value();
-  auto size = o.Get("size").As<Napi::Number>().Int64Value(), bs = o.Get("bs").As<Napi::Number>().Int64Value();
-  auto iters = o.Get("iters").As<Napi::Number>().Int64Value();
+static double benchAugmentOn(const torch::Device& dev, int64_t n, int64_t p, int64_t size, int64_t bs, int64_t iters, const AugOptions& aug,
+                             const Normalize& norm) {
   torch::NoGradGuard ng;
   auto cache = torch::randint(0, 256, {n, p, p, 3}, torch::TensorOptions().dtype(torch::kUInt8)).to(dev);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
-  auto aug = augOptionsFromJs(o.Get("aug"));
-  auto norm = normalizeFromJs(o.Get("mean"), o.Get("std"));
   auto once = [&]() {
     auto idx = toDevice(torch::randint(0, n, {bs}, gen, torch::kInt64), dev);
     return normalizeBatch(augmentImages(cache.index_select(0, idx), drawAugParams(bs, aug, gen), size), norm);
@@ -136,17 +129,56 @@ static Napi::Value BenchAugment(const Napi::CallbackInfo& info) {
   for (int64_t i = 0; i < iters; i++) last = once();
   last.sum().item<double>();  // synchronise
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return Napi::Number::New(env, s / static_cast<double>(iters));
+  return s / static_cast<double>(iters);
+}
+
+static Napi::Value BenchAugment(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  auto o = info[0].As<Napi::Object>();
+  auto dev = parseDevice(o.Get("device").As<Napi::String>());
+  auto n = o.Get("n").As<Napi::Number>().Int64Value(), p = o.Get("presize").As<Napi::Number>().Int64Value();
+  auto size = o.Get("size").As<Napi::Number>().Int64Value(), bs = o.Get("bs").As<Napi::Number>().Int64Value();
+  auto iters = o.Get("iters").As<Napi::Number>().Int64Value();
+  auto aug = augOptionsFromJs(o.Get("aug"));
+  auto norm = normalizeFromJs(o.Get("mean"), o.Get("std"));
+  // on the thread training uses (the JavaScript thread's LibTorch calls are kept to one CPU thread), waited for here
+  auto seconds = std::make_shared<std::promise<double>>();  // (shared: the worker may still be inside set_value when get returns)
+  auto result = seconds->get_future();
+  cpuWorker().post([=]() {
+    try {
+      seconds->set_value(benchAugmentOn(dev, n, p, size, bs, iters, aug, norm));
+    } catch (...) {
+      seconds->set_exception(std::current_exception());
+    }
+  });
+  return Napi::Number::New(env, result.get());
+  TL_CATCH(env)
+}
+
+// threadInfo() -> { js, cpuWorker }: LibTorch's CPU thread count on the JavaScript thread (kept at one) and on
+// the thread CPU work runs on (the configured count): the single-OpenMP-team design, checked by the tests.
+static Napi::Value ThreadInfo(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  auto count = std::make_shared<std::promise<int>>();
+  auto worker = count->get_future();
+  cpuWorker().post([count]() { count->set_value(at::get_num_threads()); });
+  auto o = Napi::Object::New(env);
+  o.Set("js", at::get_num_threads());
+  o.Set("cpuWorker", worker.get());
+  return o;
   TL_CATCH(env)
 }
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  // LibTorch's OpenMP pool defaults to one thread on some builds: use every core unless the user
-  // says otherwise (torchlearn's setNumThreads / TORCHLEARN_THREADS, read by the TypeScript side).
-  at::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  // LibTorch's OpenMP pool defaults to one thread on some builds: use every core for CPU work unless the
+  // user says otherwise (torchlearn's setNumThreads / TORCHLEARN_THREADS, read by the TypeScript side).
+  setThreads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   exports.Set("abiVersion", Napi::Number::New(env, TORCHLEARN_ABI_VERSION));
   exports.Set("torchInfo", Napi::Function::New(env, TorchInfo));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
+  exports.Set("threadInfo", Napi::Function::New(env, ThreadInfo));
   exports.Set("manualSeed", Napi::Function::New(env, ManualSeed));
   exports.Set("fastAdamSteps", Napi::Function::New(env, FastAdamSteps));
   exports.Set("scheduleValues", Napi::Function::New(env, ScheduleValues));

@@ -44,6 +44,29 @@ void Worker::post(std::function<void()> task) {
   queue_->cv.notify_one();
 }
 
+Worker& cpuWorker() {
+  static Worker* worker = new Worker();  // never destroyed: its thread may outlive static destruction
+  return *worker;
+}
+
+#if AT_PARALLEL_OPENMP
+extern "C" void omp_set_num_threads(int) __attribute__((weak));
+#endif
+
+static std::atomic<int> threads{1};
+
+void setThreads(int n) {
+  at::set_num_threads(n);  // the count new threads take (and this thread's, undone below)
+  threads = n;
+#if AT_PARALLEL_OPENMP
+  at::get_num_threads();  // LibTorch's lazy per-thread set-up, done now so that it cannot undo the next line later
+  if (omp_set_num_threads) omp_set_num_threads(1);
+#endif
+  cpuWorker().post([n] { at::set_num_threads(n); });  // the CPU worker's own count (per thread in OpenMP)
+}
+
+int configuredThreads() { return threads; }
+
 Worker::~Worker() {
   {
     std::lock_guard<std::mutex> lock(queue_->m);

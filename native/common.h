@@ -48,8 +48,9 @@ void releaseDeviceCache();
     throw Napi::Error::New(env, "torchlearn: unknown native error");                     \
   }
 
-// A persistent native thread that runs tasks one after another, in order. Each network owns one, and
-// every native call on it (training, validation, prediction, the LR finder, Grad-CAM) runs there:
+// A persistent native thread that runs tasks one after another, in order. Each CUDA network owns one
+// (CPU networks share cpuWorker, below), and every native call on a network (training, validation,
+// prediction, the LR finder, Grad-CAM) runs there:
 // LibTorch keeps per-thread state that must survive from call to call. cuDNN's execution plans and its
 // benchmark results are cached per thread (thread_local in PyTorch 2.x); on a fresh thread per call,
 // every epoch and every validation pass autotuned every convolution again. Not libuv's shared pool,
@@ -74,6 +75,19 @@ class Worker {
 // A number for the calling thread, never reused by another (unlike thread ids, which the system
 // recycles): says which threads ran what.
 int64_t threadSerial();
+
+// CPU threads. LibTorch's CPU parallelism is an OpenMP team, owned by the thread that starts it, and
+// libgomp hands work to its threads quickly (spinning) only while the threads it manages do not
+// outnumber the cores; past that it puts them to sleep between parallel regions, and each of the
+// hundreds of regions of a forward pass pays a wake-up. Measured on 2 cores with a second team alive:
+// ResNet50 at batch 1 took ~100 ms against PyTorch's ~75, and ~70 without it. So there is one team:
+// every network on the CPU runs on one native thread (cpuWorker), and the JavaScript thread keeps its
+// own LibTorch calls (construction, copies) to one thread. CUDA networks keep a thread each (their CPU
+// work is small; cuDNN's caches are per thread).
+Worker& cpuWorker();
+// LibTorch's thread count for CPU work (from the next call on the CPU worker); the JavaScript thread stays at one.
+void setThreads(int n);
+int configuredThreads();
 
 // Runs `work` on `worker` and settles the returned Promise on the JavaScript thread with
 // `toJs(result)`, or rejects it with the exception's message. The thread-safe function keeps the event

@@ -19,7 +19,7 @@ Napi::Value Learner::GradCam(const Napi::CallbackInfo& info) {
   auto image = uint8Images(info[0], 1, p, "image");
   auto c = core_;
   return runAsync<CamResult>(
-      env, c->net->worker,
+      env, c->net->workerFor(),
       [c, image, cls]() {
         std::lock_guard<std::mutex> lock(c->net->mutex);
         c->check();

@@ -194,7 +194,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
   auto c = core_;
   c->stopRequested = false;
   return runAsync<EpochResult>(
-      env, c->net->worker,
+      env, c->net->workerFor(),
       [c, sched, epoch, nEpochs, smoothVal, smoothCount, reportEvery, progress, profile, startBatch, endBatch, epochRng, trace]() {
         std::lock_guard<std::mutex> lock(c->net->mutex);
         c->check();

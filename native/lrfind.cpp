@@ -34,7 +34,7 @@ Napi::Value Learner::LrFind(const Napi::CallbackInfo& info) {
   auto c = core_;
   c->stopRequested = false;
   return runAsync<LrFindResult>(
-      env, c->net->worker,
+      env, c->net->workerFor(),
       [c, sched, numIt, stopDiv, progress]() {
         std::lock_guard<std::mutex> lock(c->net->mutex);
         c->check();

@@ -235,7 +235,7 @@ Napi::Value Net::Forward(const Napi::CallbackInfo& info) {
   auto input = float32ArrayToTensor(info[0], shape, "forward: input");
   auto s = state_;
   return runAsync<ForwardResult>(
-      env, s->worker,
+      env, s->workerFor(),
       [s, input]() {
         std::lock_guard<std::mutex> lock(s->mutex);
         s->check();

@@ -35,7 +35,9 @@ struct NetState {
   int numGroups = 1;
   std::vector<ParamInfo> params;
   std::mutex mutex;  // one native operation at a time on a network
-  Worker worker;     // the thread every native operation on this network runs on
+  Worker worker;     // on CUDA, the thread every native operation on this network runs on
+  // where the next operation runs: the network's own thread on CUDA, the shared CPU thread otherwise
+  Worker& workerFor() { return device.is_cuda() ? worker : cpuWorker(); }
   bool disposed = false;
 
   void moveTo(const torch::Device& d);

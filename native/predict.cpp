@@ -38,7 +38,7 @@ Napi::Value Learner::Validate(const Napi::CallbackInfo& info) {
   auto c = core_;
   c->cache(split);
   return runAsync<PredsResult>(
-      env, c->net->worker,
+      env, c->net->workerFor(),
       [c, split, augment, progress]() {
         std::lock_guard<std::mutex> lock(c->net->mutex);
         c->check();
@@ -87,7 +87,7 @@ Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
   auto images = uint8Images(info[0], n, p, "images");
   auto c = core_;
   return runAsync<PredsResult>(
-      env, c->net->worker,
+      env, c->net->workerFor(),
       [c, images, augment]() {
         std::lock_guard<std::mutex> lock(c->net->mutex);
         c->check();

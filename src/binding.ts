@@ -171,6 +171,7 @@ interface Addon {
   torchInfo(): TorchInfo;
   setNumThreads(n: number): void;
   manualSeed(seed: number): void;
+  threadInfo(): { js: number; cpuWorker: number };
   fastAdamSteps(o: { params: NamedTensor[]; noDecay: boolean[]; sqrMom: number; eps: number; fused?: boolean; graph?: boolean; steps: { grads: NamedTensor[]; lr: number; mom: number; wd: number }[] }): NamedTensor[];
   scheduleValues(s: NativeSchedule, groups: number, positions: Float64Array): { lrs: Float64Array; moms: Float64Array };
   cudaMemory(resetPeak?: boolean): { allocated: number; reserved: number; peakAllocated: number };

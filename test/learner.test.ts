@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../src/binding.js';
-import { accuracy, DEFAULTS, ImageDataLoaders, lrPerGroup, visionLearner, type Learner } from '../src/index.js';
+import { accuracy, DEFAULTS, ImageDataLoaders, lrPerGroup, setNumThreads, torchInfo, visionLearner, type Learner } from '../src/index.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { runPython, tempDir } from './helpers/python.js';
 
@@ -199,9 +199,10 @@ describe('learning', () => {
 });
 
 describe('native threads', () => {
-  it("a learner's epochs all run on one persistent native thread (LibTorch's per-thread caches survive); another learner has its own", async () => {
+  it("a learner's epochs all run on one persistent native thread (LibTorch's per-thread caches survive); on the CPU every network shares it", async () => {
     // cuDNN caches its execution plans per thread: a fresh thread per call autotuned every convolution at
-    // every epoch and validation on the GPU. This pins the design down on any machine.
+    // every epoch and validation on the GPU. On the CPU one thread serves all networks, so that there is one
+    // OpenMP team (see cpuWorker in native/common.h). This pins the design down on any machine.
     const a = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
     const b = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
     await a.fitOneCycle(2, { profile: true });
@@ -212,9 +213,19 @@ describe('native threads', () => {
     await b.fitOneCycle(1, { profile: true });
     expect(threads.length).toBe(3);
     expect(new Set(threads).size).toBe(1);
-    expect(b.recorder.profiles[0].thread).not.toBe(threads[0]);
+    expect(b.recorder.profiles[0].thread).toBe(threads[0]);
     a.dispose();
     b.dispose();
+  });
+
+  it('one OpenMP team: the JavaScript thread runs LibTorch on one thread, the CPU worker on the configured count, which setNumThreads changes', () => {
+    const n = torchInfo().threads;
+    expect(native.threadInfo()).toEqual({ js: 1, cpuWorker: n });
+    setNumThreads(1);
+    expect(native.threadInfo()).toEqual({ js: 1, cpuWorker: 1 });
+    expect(torchInfo().threads).toBe(1);
+    setNumThreads(n);
+    expect(native.threadInfo()).toEqual({ js: 1, cpuWorker: n });
   });
 });
 
