@@ -146,7 +146,7 @@ struct EpochResult {
   bool profiled = false;
   double tData = 0, tForward = 0, tBackward = 0, tStep = 0;
   bool weightChannelsLast = false, gradChannelsLast = false, inputChannelsLast = false;
-  std::string thread;  // the native thread that ran it (the network's worker)
+  std::string thread;  // the native thread that ran it (the worker: shared on the CPU, the network's own on CUDA)
   bool traced = false;
   std::vector<OpStat> ops;  // with a trace: the operator table
   bool graphUsed = false, graphCaptured = false;  // cudaGraph: steps taken by the graph, and whether it was captured

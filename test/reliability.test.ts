@@ -145,7 +145,7 @@ function rssOfChild(helper: string, nodeFlags: string[] = []): number[] {
 }
 
 describe('concurrency and lifetime', () => {
-  it('two learners train at once; predictions issued concurrently; calls after dispose are clear errors', async () => {
+  it('two learners trained concurrently both finish (on the CPU their calls take turns); predictions issued concurrently; calls after dispose are clear errors', async () => {
     const a = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
     const b = visionLearner(dls, 'resnet18', { ...quiet, seed: 1 });
     const [ra, rb] = await Promise.all([a.fitOneCycle(1), b.fitOneCycle(1)]);
