@@ -213,7 +213,9 @@ describe('native threads', () => {
     await b.fitOneCycle(1, { profile: true });
     expect(threads.length).toBe(3);
     expect(new Set(threads).size).toBe(1);
-    expect(b.recorder.profiles[0].thread).toBe(threads[0]);
+    // (on a GPU machine these learners are on CUDA, where each network keeps a thread of its own)
+    if (a.device === 'cpu') expect(b.recorder.profiles[0].thread).toBe(threads[0]);
+    else expect(b.recorder.profiles[0].thread).not.toBe(threads[0]);
     a.dispose();
     b.dispose();
   });
