@@ -156,7 +156,7 @@ static Napi::Value BenchAugment(const Napi::CallbackInfo& info) {
   TL_CATCH(env)
 }
 
-// threadInfo() -> { js, cpuWorker }: LibTorch's CPU thread count on the JavaScript thread (kept at one) and on
+// threadInfo() -> { js, cpuWorker } (diagnostics: waits for the CPU worker): LibTorch's CPU thread count on the JavaScript thread (kept at one) and on
 // the thread CPU work runs on (the configured count): the single-OpenMP-team design, checked by the tests.
 static Napi::Value ThreadInfo(const Napi::CallbackInfo& info) {
   auto env = info.Env();
