@@ -130,6 +130,7 @@ torch::Tensor StepGraph::step(FastAdam& opt, const std::vector<ParamInfo>& param
         cuda_->graph->capture_end();
       } catch (const std::exception& e) {
         at::autocast::set_autocast_cache_enabled(cacheWas);
+        (void)cudaGetLastError();  // a broken capture leaves an error that the next kernel launch would report
         error = e.what();
         cuda_->graph.reset();
         cuda_->onStream.reset();  // the ordinary steps go back to the default stream
