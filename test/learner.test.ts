@@ -270,6 +270,16 @@ describe('the captured training step (cudaGraph)', () => {
     graph.dispose();
   });
 
+  it('a stopped fit lets its graph go: the next fit warms up again', async () => {
+    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 2, cudaGraph: true });
+    const stop = new AbortController();
+    const r = await learn.fitOneCycle(3, { signal: stop.signal, cbs: [{ onBatchEnd: (e) => { if (e.epoch === 1 && e.iter >= 1) stop.abort(); } }] });
+    expect(r.stopped).toBe(true);
+    await learn.fitOneCycle(1);
+    expect(learn.recorder.graphs.map((g) => g.steps)).toEqual([learn.recorder.iters[0] - 3]);
+    learn.dispose();
+  });
+
   it('a fit of several epochs keeps one graph: only the first epoch warms up', async () => {
     const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 1, cudaGraph: true });
     await learn.fitOneCycle(3);
