@@ -3,7 +3,6 @@
 
 #include <chrono>
 #include <cstring>
-#include <future>
 #include <thread>
 
 #include "augment.h"
@@ -143,16 +142,7 @@ static Napi::Value BenchAugment(const Napi::CallbackInfo& info) {
   auto aug = augOptionsFromJs(o.Get("aug"));
   auto norm = normalizeFromJs(o.Get("mean"), o.Get("std"));
   // on the thread training uses (the JavaScript thread's LibTorch calls are kept to one CPU thread), waited for here
-  auto seconds = std::make_shared<std::promise<double>>();  // (shared: the worker may still be inside set_value when get returns)
-  auto result = seconds->get_future();
-  cpuWorker().post([=]() {
-    try {
-      seconds->set_value(benchAugmentOn(dev, n, p, size, bs, iters, aug, norm));
-    } catch (...) {
-      seconds->set_exception(std::current_exception());
-    }
-  });
-  return Napi::Number::New(env, result.get());
+  return Napi::Number::New(env, runAndWait<double>(cpuWorker(), [=] { return benchAugmentOn(dev, n, p, size, bs, iters, aug, norm); }));
   TL_CATCH(env)
 }
 
@@ -161,12 +151,9 @@ static Napi::Value BenchAugment(const Napi::CallbackInfo& info) {
 static Napi::Value ThreadInfo(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
-  auto count = std::make_shared<std::promise<int>>();
-  auto worker = count->get_future();
-  cpuWorker().post([count]() { count->set_value(at::get_num_threads()); });
   auto o = Napi::Object::New(env);
   o.Set("js", at::get_num_threads());
-  o.Set("cpuWorker", worker.get());
+  o.Set("cpuWorker", runAndWait<int>(cpuWorker(), [] { return at::get_num_threads(); }));
   return o;
   TL_CATCH(env)
 }

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -129,6 +130,22 @@ Napi::Promise runAsync(Napi::Env env, Worker& worker, std::function<R()> work,
     tsfn.Release();
   });
   return state->deferred.Promise();
+}
+
+// Runs `work` on `worker` and waits for its result on the calling thread (for the few synchronous calls
+// that must run where training runs: the bench's augmentation timing, the thread diagnostics).
+template <typename R>
+R runAndWait(Worker& worker, std::function<R()> work) {
+  auto result = std::make_shared<std::promise<R>>();  // shared: the worker may still be in set_value when get returns
+  auto future = result->get_future();
+  worker.post([result, work = std::move(work)]() {
+    try {
+      result->set_value(work());
+    } catch (...) {
+      result->set_exception(std::current_exception());
+    }
+  });
+  return future.get();
 }
 
 // Tells V8 how much native memory a JavaScript object keeps alive (weights, image caches, optimizer

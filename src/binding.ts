@@ -81,7 +81,7 @@ export interface NativeEpochResult {
   /** with { profile: true }: seconds per phase (device synchronised between phases) and layout checks */
   profile?: {
     data: number; forward: number; backward: number; step: number; weightChannelsLast: boolean; gradChannelsLast: boolean; inputChannelsLast: boolean;
-    /** the native thread that ran the epoch: each network's work runs on one persistent thread */
+    /** the native thread that ran the epoch: one persistent thread, shared by CPU networks, a CUDA network's own */
     thread: string;
   };
   /** with { trace }: every operator (cpu) and kernel (cuda) LibTorch's profiler saw */
