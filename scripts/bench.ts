@@ -9,6 +9,7 @@
 //                       operators where they differ most printed side by side
 //   --graph off|on|both torchlearn's train step with the cudaGraph option off, on, or both (default: both
 //                       on CUDA, off on the CPU, where the graph's step runs without capture)
+//   --frozen frozen|unfrozen|both  which train-step rows, on both sides (default: both)
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -32,6 +33,7 @@ const { values: args } = parseArgs({
     trace: { type: 'string' },
     only: { type: 'string' },
     graph: { type: 'string' },
+    frozen: { type: 'string' },
   },
 });
 const info = torchInfo();
@@ -55,6 +57,9 @@ if (args.iters) cfg.iters = Number(args.iters);
 const graphArg = args.graph ?? (cuda ? 'both' : 'off');
 if (!['off', 'on', 'both'].includes(graphArg)) throw new Error(`--graph must be off, on or both, got '${graphArg}'`);
 const graphModes = graphArg === 'both' ? [false, true] : [graphArg === 'on'];
+const frozenArg = args.frozen ?? 'both';
+if (!['frozen', 'unfrozen', 'both'].includes(frozenArg)) throw new Error(`--frozen must be frozen, unfrozen or both, got '${frozenArg}'`);
+const frozenModes = frozenArg === 'both' ? [true, false] : [frozenArg === 'frozen'];
 const implName = (graph: boolean) => (graph ? (cuda ? 'torchlearn (CUDA graph)' : 'torchlearn (graph step, no capture)') : 'torchlearn');
 
 function pytorch(extra: string[]): Record<string, unknown>[] {
@@ -103,7 +108,7 @@ async function trainBench() {
       for (let i = 0; i < images.length; i += 4096) images[i] = (i * 2654435761) >>> 24; // cheap non-constant fill
       const labels = Int32Array.from({ length: n }, (_, i) => i % 2);
       const dls = ImageDataLoaders.fromArrays(images, labels, ['a', 'b'], { presize: p, size: cfg.size, bs, validPct: 0 });
-      for (const frozen of [true, false]) for (const graph of graphModes) {
+      for (const frozen of frozenModes) for (const graph of graphModes) {
         native.cudaMemory(true);
         const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0, cudaGraph: graph });
         if (frozen) learn.freeze();
@@ -129,7 +134,7 @@ async function trainBench() {
         learn.dispose();
       }
       const ptTrace = args.trace ? ['--trace', join(args.trace, `pytorch-bs${bs}-${prec}.json`)] : [];
-      for (const r of pytorch(['--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec, ...(args.profile ? ['--profile'] : []), ...ptTrace])) {
+      for (const r of pytorch(['--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec, '--frozen', frozenArg, ...(args.profile ? ['--profile'] : []), ...ptTrace])) {
         if (r.profile_ms) log(`profile pytorch bs ${bs} ${prec} ${r.frozen ? 'frozen' : 'unfrozen'}: ms per step: ${JSON.stringify(r.profile_ms)}`);
         rows.push({ bench: 'train step', ...r, impl: 'pytorch eager', precision: prec });
         log(JSON.stringify(r));

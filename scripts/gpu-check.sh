@@ -44,7 +44,7 @@ node --import tsx -e "import('./src/info.ts').then(m => console.log(JSON.stringi
 
 if [ -z "${SKIP_TESTS:-}" ]; then
   echo "== tests (CUDA enabled)"
-  timeout 300 node node_modules/vitest/vitest.mjs run ${TESTS:-} 2>&1 | tee "$OUT/tests.log" | grep -E "✓|×|↓|skipped|Tests|Test Files|CUDA|error|Error" | head -80
+  timeout ${TEST_TIMEOUT:-300} node node_modules/vitest/vitest.mjs run ${TESTS:-} 2>&1 | tee "$OUT/tests.log" | grep -E "✓|×|↓|skipped|Tests|Test Files|CUDA|error|Error" | head -80
 fi
 
 # real X-ray files for the end-to-end epoch: the carried subset, repeated to make a few thousand files
@@ -61,6 +61,6 @@ fi
 echo "== bench"
 export UV_THREADPOOL_SIZE=16
 trace=; [ -n "${TRACE:-}" ] && { rm -rf /tmp/trace; trace="--trace /tmp/trace"; }
-timeout 360 node --import tsx scripts/bench.ts --device "$DEVICE" --python "$PYTHON" ${images:-} ${BENCH_ARGS:-} $trace --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | grep -v '^{' | tail -${BENCH_TAIL:-60}
+timeout ${BENCH_TIMEOUT:-360} node --import tsx scripts/bench.ts --device "$DEVICE" --python "$PYTHON" ${images:-} ${BENCH_ARGS:-} $trace --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | grep -v '^{' | tail -${BENCH_TAIL:-60}
 [ -n "$trace" ] && [ -d /tmp/trace ] && XZ_OPT="-T0 -3" tar cJf "$OUT/trace.tar.xz" -C /tmp trace && ls -la "$OUT/trace.tar.xz"
 exit 0

@@ -204,6 +204,7 @@ if __name__ == '__main__':
     ap.add_argument('--warmup', type=int, default=2)
     ap.add_argument('--threads', type=int, default=0)
     ap.add_argument('--precisions', nargs='+', default=['fp32'])
+    ap.add_argument('--frozen', choices=['frozen', 'unfrozen', 'both'], default='both', help='which train-step rows')
     ap.add_argument('--inference', action='store_true')
     ap.add_argument('--latency', default=None)
     ap.add_argument('--profile', action='store_true')
@@ -222,6 +223,6 @@ if __name__ == '__main__':
             if a.inference:
                 print(json.dumps(infer(a.arch, a.device, bs, a.size, a.iters, bf16, cuda)), flush=True)
                 continue
-            for frozen in (True, False):
+            for frozen in {'both': (True, False), 'frozen': (True,), 'unfrozen': (False,)}[a.frozen]:
                 print(json.dumps(run(a.arch, a.device, bs, a.size, a.presize, a.iters, a.warmup, bf16, frozen, cuda or a.channels_last, a.profile,
                                      None if frozen or not a.trace else a.trace)), flush=True)
