@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <mutex>
 #include <thread>
 
 #include "augment.h"
@@ -96,6 +97,10 @@ static Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
 #ifdef TL_HAS_CUDA_HEADERS
   if (torch::cuda::is_available()) {
     using namespace c10::cuda::CUDACachingAllocator;
+    // LibTorch 2.x's allocator has no per-device state (getDeviceStats throws "Invalid device argument")
+    // until CUDA is first used; a process whose first CUDA call is this one (a bench run) initialises it
+    static std::once_flag init;
+    std::call_once(init, [] { (void)torch::empty({1}, torch::kCUDA); });
     auto stats = getDeviceStats(0);
     const size_t agg = 0;  // StatType::AGGREGATE (its namespace moved between LibTorch 1.13 and 2.x)
     allocated = static_cast<double>(stats.allocated_bytes[agg].current);

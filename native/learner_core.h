@@ -171,8 +171,8 @@ struct Learner::Core {
   }
 };
 
-// A copy of n uint8 images [P, P, 3] from a JavaScript Uint8Array, checked for size.
-torch::Tensor uint8Images(const Napi::Value& v, int64_t n, int64_t p, const char* what);
+// A copy of n uint8 images [P, P, 3] from a JavaScript Uint8Array, checked for size: the JS bytes copied into a tensor the worker owns (page-locked when `pinned`: images bound for the GPU).
+torch::Tensor uint8Images(const Napi::Value& v, int64_t n, int64_t p, const char* what, bool pinned = false);
 
 inline double nowSeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();

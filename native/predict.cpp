@@ -84,7 +84,7 @@ Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
   int64_t n = info[1].As<Napi::Number>().Int64Value();
   int64_t p = info[2].As<Napi::Number>().Int64Value();
   bool augment = info[3].IsObject() && info[3].As<Napi::Object>().Get("augment").ToBoolean();
-  auto images = uint8Images(info[0], n, p, "images");
+  auto images = uint8Images(info[0], n, p, "images", core_->onCuda());
   auto c = core_;
   return runAsync<PredsResult>(
       env, c->net->workerFor(),
@@ -100,10 +100,11 @@ Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
         for (int64_t s = 0; s < n; s += c->bs) {
           auto chunk = toDevice(images.slice(0, s, std::min(n, s + c->bs)), c->net->device);
           auto params = augment ? drawAugParams(chunk.size(0), c->aug, c->gen) : identityAugParams(chunk.size(0));
-          probs.push_back(torch::softmax(c->net->forward(c->inputs(chunk, params)).to(torch::kFloat32), 1).to(torch::kCPU));
+          // stays on the device: one copy back at the end, so no chunk waits for the one before it
+          probs.push_back(torch::softmax(c->net->forward(c->inputs(chunk, params)).to(torch::kFloat32), 1));
         }
         PredsResult r;
-        r.probs = torch::cat(probs, 0);
+        r.probs = torch::cat(probs, 0).to(torch::kCPU);
         r.seconds = nowSeconds() - t0;
         return r;
       },

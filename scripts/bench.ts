@@ -203,7 +203,7 @@ async function inferenceBench() {
   const learn = visionLearner(dls, 'resnet50', { verbose: false, device, seed: 0 });
   const path = await learn.export(join(tmp, 'export.safetensors'));
   learn.dispose();
-  const inf = loadLearner(path, { device });
+  const inf = loadLearner(path, { device, bs });
   for (let i = 0; i < 2; i++) await inf.predict(img);
   const ts: number[] = [];
   for (let i = 0; i < (cuda ? 20 : 5); i++) {
@@ -218,12 +218,18 @@ async function inferenceBench() {
   const t = performance.now();
   for (let i = 0; i < iters; i++) await inf.predictImages(batch, bs);
   rows.push({ bench: 'inference throughput', impl: 'torchlearn', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', images_per_s: (bs * iters) / ((performance.now() - t) / 1000) });
+  // the same work in PyTorch (uint8 images in host memory to probabilities in host memory), and, as a ceiling,
+  // PyTorch's forward alone on an input already on the device
+  const ptInference = (mode: string) =>
+    JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', 'resnet50', '--size', String(size), '--presize', String(presize), mode, '--bs', String(bs), '--iters', String(iters), '--precisions', cuda ? 'bf16' : 'fp32'], { encoding: 'utf8' }).trim().split('\n').pop()!);
   inf.dispose();
   try {
     const lat = JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', 'resnet50', '--size', String(size), '--presize', String(presize), '--latency', img, '--iters', cuda ? '20' : '5'], { encoding: 'utf8' }).trim());
     rows.push({ bench: 'predict latency (decode included)', impl: 'pytorch eager + PIL', arch: 'resnet50', device, size, threads: lat.threads, median_ms: lat.median_ms });
-    const thr = JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', 'resnet50', '--size', String(size), '--inference', '--bs', String(bs), '--iters', String(iters), '--precisions', cuda ? 'bf16' : 'fp32'], { encoding: 'utf8' }).trim().split('\n').pop()!);
-    rows.push({ bench: 'inference throughput', impl: 'pytorch eager', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', threads: thr.threads, images_per_s: thr.images_per_s });
+    const host = ptInference('--inference-host');
+    rows.push({ bench: 'inference throughput', impl: 'pytorch eager', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', threads: host.threads, images_per_s: host.images_per_s });
+    const thr = ptInference('--inference');
+    rows.push({ bench: 'inference, forward only (input on the device)', impl: 'pytorch eager', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', threads: thr.threads, images_per_s: thr.images_per_s });
   } catch (e) {
     log(`PyTorch inference baseline failed: ${(e as Error).message.split('\n')[0]}`);
   }

@@ -111,14 +111,14 @@ export class InferenceLearner {
   #h: NetHandle;
   #nat: NativeLearner | null;
 
-  constructor(info: ExportInfo, tensors: NamedTensor[], device: string, source: string) {
+  constructor(info: ExportInfo, tensors: NamedTensor[], device: string, source: string, o: { bs?: number; precision?: 'bf16' | 'fp32' } = {}) {
     this.info = info;
     this.device = device;
     const net = new native.Net({ arch: info.arch, kind: 'fastai', numClasses: info.vocab.length, head: info.head });
     this.#h = new NetHandle(net, 'this learner');
     net.loadStateDict(tensors.map((t) => ({ ...t, name: t.name.replace(/^model\./, '') })), { strict: true, source });
     this.#nat = new native.Learner(net, { device });
-    this.#nat.setOptions({ size: info.size, bs: 64, mean: info.mean, std: info.std, aug: info.augment, bf16: device.startsWith('cuda') });
+    this.#nat.setOptions({ size: info.size, bs: o.bs ?? 64, mean: info.mean, std: info.std, aug: info.augment, bf16: device.startsWith('cuda') && o.precision !== 'fp32' });
   }
 
   get vocab(): string[] {
@@ -181,8 +181,19 @@ export function decode(probs: Float32Array, c: number, vocab: string[]): Predict
 }
 
 /** fast.ai's load_learner: an export written by learn.export(), on `device` ('auto' = CUDA when present). */
-export function loadLearner(path: string, o: { device?: string } = {}): InferenceLearner {
+export interface LoadLearnerOptions {
+  /** 'cpu', 'cuda', 'cuda:N' (default: CUDA when LibTorch has it) */
+  device?: string;
+  /** images per forward pass in predictBatch/predictImages/getPreds (default 64; fast.ai's test_dl bs) */
+  bs?: number;
+  /** default: 'bf16' (autocast) on CUDA, as the training learner; 'fp32' always on the CPU */
+  precision?: 'bf16' | 'fp32';
+}
+
+export function loadLearner(path: string, o: LoadLearnerOptions = {}): InferenceLearner {
+  if (o.bs !== undefined && !(Number.isInteger(o.bs) && o.bs > 0)) throw new Error(`loadLearner: bs must be a positive integer, got ${o.bs}`);
+  if (o.precision !== undefined && !['bf16', 'fp32'].includes(o.precision)) throw new Error(`loadLearner: precision must be 'bf16' or 'fp32', got '${o.precision}'`);
   const f = readWeightFile(path);
   if (f.format !== 'safetensors') throw new Error(`${path}: an export is a .safetensors file written by learn.export()`);
-  return new InferenceLearner(parseExport(path, f.metadata), f.tensors, resolveDevice(o.device), path);
+  return new InferenceLearner(parseExport(path, f.metadata), f.tensors, resolveDevice(o.device), path, o);
 }

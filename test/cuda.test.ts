@@ -78,16 +78,23 @@ describe.skipIf(!cuda)('CUDA', () => {
     const files = dls.valid.items.map((i) => i.path);
     const trained = await learn.predictBatch(files);
     const onGpu = loadLearner(path, { device: 'cuda' });
+    const onGpu32 = loadLearner(path, { device: 'cuda', precision: 'fp32' });
     const onCpu = loadLearner(path, { device: 'cpu' });
     const g = await onGpu.predictBatch(files);
+    const g32 = await onGpu32.predictBatch(files);
     const c = await onCpu.predictBatch(files);
     const same = worstDiff(trained, g);
+    const fp32 = worstDiff(g32, c);
     const across = worstDiff(g, c);
-    console.log(`export on CUDA vs the trained learner: max abs difference ${same.toExponential(2)}; CUDA (bf16) vs CPU (fp32): ${across.toExponential(2)}`);
+    console.log(`export on CUDA vs the trained learner (both bf16): max abs difference ${same.toExponential(2)}; ` +
+      `CUDA fp32 vs CPU fp32: ${fp32.toExponential(2)}; CUDA bf16 vs CPU fp32: ${across.toExponential(2)}`);
     expect(g.map((p) => p.label)).toEqual(trained.map((p) => p.label));
-    expect(same).toBeLessThan(1e-5); // same weights, same device, same precision
+    // Same weights and precision, but each learner's thread autotunes its own cuDNN kernels, which round to
+    // bf16 at other points (2.3e-3 measured on an H100); a wrong weight or normalisation moves far more.
+    expect(same).toBeLessThan(1e-2);
+    expect(fp32).toBeLessThan(1e-3); // fp32 (cuDNN may use TF32) against the CPU
     expect(across).toBeLessThan(2e-2); // bf16 autocast on the GPU against fp32 on the CPU
-    for (const l of [learn, onGpu, onCpu]) l.dispose();
+    for (const l of [learn, onGpu, onGpu32, onCpu]) l.dispose();
   });
 
   it('50 fit / predict / dispose cycles on CUDA keep device memory flat', async () => {
@@ -115,23 +122,33 @@ describe.skipIf(!cuda)('CUDA', () => {
     const dir = tempDir();
     await makeStripes(join(dir, 's'), 50, 48, 11);
     const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 5 });
-    const run = async (cudaGraph: boolean) => {
-      const learn = visionLearner(dls, 'resnet18', { verbose: false, metrics: [accuracy()], seed: 0, device: 'cuda', cudaGraph });
+    const run = async (cudaGraph: boolean, precision: 'bf16' | 'fp32' = 'bf16', lrMax = 5e-3, epochs = 6) => {
+      const learn = visionLearner(dls, 'resnet18', { verbose: false, metrics: [accuracy()], seed: 0, device: 'cuda', cudaGraph, precision });
       const before = native.cudaMemory().allocated;
-      const r = await learn.fitOneCycle(6, { lrMax: 5e-3 });
+      const r = await learn.fitOneCycle(epochs, { lrMax });
       const after = native.cudaMemory().allocated;
       return { learn, r, before, after, losses: learn.recorder.rawLosses.slice(), graphs: learn.recorder.graphs.slice() };
     };
+    // the captured step computes what the ordinary step computes: fp32 at a learning rate too small for the two
+    // runs to drift apart, so each replayed step's loss is that of its own batch (batch losses differ by 10x)
+    const plain32 = await run(false, 'fp32', 1e-4, 2);
+    const graph32 = await run(true, 'fp32', 1e-4, 2);
+    const rel = graph32.losses.map((l, i) => Math.abs(l - plain32.losses[i]) / plain32.losses[i]);
+    console.log(`cudaGraph fp32, lr 1e-4: ${JSON.stringify(graph32.graphs)}; losses ${graph32.losses.map((l) => l.toFixed(4))} vs ${plain32.losses.map((l) => l.toFixed(4))}`);
+    expect(graph32.graphs.every((g) => g.captured)).toBe(true);
+    expect(graph32.losses.length).toBe(plain32.losses.length);
+    expect(Math.max(...rel)).toBeLessThan(0.02);
+    expect(Math.max(...plain32.losses) - Math.min(...plain32.losses)).toBeGreaterThan(0.1);
+    for (const r of [plain32, graph32]) r.learn.dispose();
+    // bf16 at a learning rate that learns: the two runs drift apart from the first steps (bf16 and each
+    // learner's own cuDNN kernels; two ordinary runs do too), so what is compared is what they learn
     const plain = await run(false);
     const graph = await run(true);
     const n = graph.learn.recorder.iters[0];
     console.log(`cudaGraph: ${JSON.stringify(graph.graphs)}; accuracy ${graph.r.values.at(-1)![2]} (ordinary steps ${plain.r.values.at(-1)![2]}); ` +
-      `first losses ${graph.losses.slice(0, 5).map((l) => l.toFixed(4))} vs ${plain.losses.slice(0, 5).map((l) => l.toFixed(4))}; ` +
-      `allocated before/after the fit ${(graph.before / 2 ** 20).toFixed(1)} / ${(graph.after / 2 ** 20).toFixed(1)} MB`);
+      `allocated before/after the fit ${(graph.before / 2 ** 20).toFixed(1)} / ${(graph.after / 2 ** 20).toFixed(1)} MB (ordinary steps ${(plain.before / 2 ** 20).toFixed(1)} / ${(plain.after / 2 ** 20).toFixed(1)} MB)`);
     expect(graph.graphs[0]).toEqual({ steps: n - 3, captured: true });
     expect(graph.graphs.slice(1).map((g) => g.steps)).toEqual([n, n, n, n, n]);
-    // the first captured step computes the loss of the same batch from the same weights (bf16, cuDNN may choose other kernels)
-    for (let i = 0; i < 4; i++) expect(Math.abs(graph.losses[i] - plain.losses[i])).toBeLessThan(0.05 * plain.losses[i] + 1e-3);
     expect(graph.r.values.at(-1)![2]).toBeGreaterThanOrEqual(0.95);
     // the graph and its memory pool are dropped at the end of the fit
     expect(graph.after - graph.before).toBeLessThanOrEqual(plain.after - plain.before + 2 ** 20);

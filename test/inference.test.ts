@@ -42,6 +42,11 @@ describe('export and loadLearner', () => {
       p.probs.forEach((v, k) => (worst = Math.max(worst, Math.abs(v - b[i].probs[k]))));
     });
     expect(worst).toBeLessThan(1e-5);
+    // in forward passes of 3 images (the chunks' probabilities are gathered in order)
+    const small = loadLearner(exported, { device: 'cpu', bs: 3 });
+    const c = await small.predictBatch(files);
+    c.forEach((p, i) => p.probs.forEach((v, k) => expect(Math.abs(v - b[i].probs[k])).toBeLessThan(1e-5)));
+    small.dispose();
     const one = await inf.predict(files[0]);
     expect(one.label).toBe(a[0].label);
     expect(one.index).toBe(inf.vocab.indexOf(one.label));
@@ -67,6 +72,8 @@ describe('export and loadLearner', () => {
   it('refuses a checkpoint or weights instead of an export, and names bad images', async () => {
     const ck = await learn.save('stage-1');
     expect(() => loadLearner(ck)).toThrow(/checkpoint from learn\.save\(\)/);
+    expect(() => loadLearner(exported, { bs: 0 })).toThrow(/loadLearner: bs must be a positive integer, got 0/);
+    expect(() => loadLearner(exported, { precision: 'fp16' as 'fp32' })).toThrow(/precision must be 'bf16' or 'fp32', got 'fp16'/);
     writeFileSync(join(dir, 'bad.jpg'), 'nope');
     const inf = loadLearner(exported, { device: 'cpu' });
     await expect(inf.predict(join(dir, 'bad.jpg'))).rejects.toThrow(/cannot read image .*bad\.jpg/);

@@ -165,6 +165,39 @@ def infer(arch, device, bs, size, iters, bf16, channels_last):
     return dict(impl='pytorch', threads=torch.get_num_threads(), kind='inference', arch=arch, device=device, bs=bs, size=size, bf16=bf16, images_per_s=bs * iters / dt)
 
 
+def infer_host(arch, device, bs, size, presize, iters, bf16):
+    """What torchlearn's predictImages does: uint8 [bs, presize, presize, 3] images in host memory, copied to
+    the device through page-locked memory, resized to size, normalised, forward, softmax, probabilities back."""
+    import numpy as np
+    dev = torch.device(device)
+    model = make_model(arch, 2).to(dev).eval()
+    if dev.type == 'cuda':
+        model = model.to(memory_format=torch.channels_last)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
+    host = np.random.default_rng(0).integers(0, 256, (bs, presize, presize, 3), dtype=np.uint8)
+
+    def once():
+        x = torch.from_numpy(host)
+        if dev.type == 'cuda':
+            x = x.pin_memory().to(dev, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float().div_(255)
+        x = F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False)
+        x = (x - mean) / std
+        if dev.type == 'cuda':
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), (torch.autocast('cuda', dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()):
+            return torch.softmax(model(x).float(), 1).cpu()
+
+    for _ in range(2):
+        once()
+    t = time.perf_counter()
+    for _ in range(iters):
+        once()
+    dt = time.perf_counter() - t
+    return dict(impl='pytorch', threads=torch.get_num_threads(), kind='inference from host uint8', arch=arch, device=device, bs=bs, size=size, bf16=bf16, images_per_s=bs * iters / dt)
+
+
 def latency(arch, device, size, presize, path, iters):
     """One image file to probabilities: PIL decode + centre-crop resize to presize + resize to size +
     normalise + forward, as torchlearn's predict(file) does."""
@@ -206,6 +239,7 @@ if __name__ == '__main__':
     ap.add_argument('--precisions', nargs='+', default=['fp32'])
     ap.add_argument('--frozen', choices=['frozen', 'unfrozen', 'both'], default='both', help='which train-step rows')
     ap.add_argument('--inference', action='store_true')
+    ap.add_argument('--inference-host', action='store_true', help='inference from uint8 images in host memory (torchlearn predictImages)')
     ap.add_argument('--latency', default=None)
     ap.add_argument('--profile', action='store_true')
     ap.add_argument('--channels-last', action='store_true', help='channels_last on the CPU too (always on CUDA)')
@@ -222,6 +256,9 @@ if __name__ == '__main__':
             bf16 = prec == 'bf16'
             if a.inference:
                 print(json.dumps(infer(a.arch, a.device, bs, a.size, a.iters, bf16, cuda)), flush=True)
+                continue
+            if a.inference_host:
+                print(json.dumps(infer_host(a.arch, a.device, bs, a.size, a.presize, a.iters, bf16)), flush=True)
                 continue
             for frozen in {'both': (True, False), 'frozen': (True,), 'unfrozen': (False,)}[a.frozen]:
                 print(json.dumps(run(a.arch, a.device, bs, a.size, a.presize, a.iters, a.warmup, bf16, frozen, cuda or a.channels_last, a.profile,
