@@ -40,7 +40,8 @@ const { values: opt } = parseArgs({
     seed: { type: 'string', default: '42' },
     arch: { type: 'string', default: 'resnet50' },
     limit: { type: 'string' },
-    'cuda-graph': { type: 'boolean', default: false },
+    // the training step is a CUDA graph by default on CUDA (visionLearner's cudaGraph); this turns it off
+    'no-cuda-graph': { type: 'boolean', default: false },
   },
 });
 
@@ -113,7 +114,7 @@ const learn = visionLearner(dls, arch, {
   device: opt.device,
   seed,
   modelDir: join(out, 'models'),
-  cudaGraph: opt['cuda-graph'],
+  cudaGraph: opt['no-cuda-graph'] ? false : undefined,
 });
 
 // Ctrl-C stops after the current batch, leaving a consistent model.
