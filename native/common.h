@@ -92,17 +92,20 @@ int configuredThreads();
 
 // Runs `work` on `worker` and settles the returned Promise on the JavaScript thread with
 // `toJs(result)`, or rejects it with the exception's message. The thread-safe function keeps the event
-// loop alive meanwhile.
+// loop alive meanwhile. `keepAlive` (a JS value whose memory `work` reads, such as a Uint8Array) is
+// referenced until the Promise settles, and let go on the JavaScript thread.
 template <typename R>
 Napi::Promise runAsync(Napi::Env env, Worker& worker, std::function<R()> work,
-                       std::function<Napi::Value(Napi::Env, R&)> toJs) {
+                       std::function<Napi::Value(Napi::Env, R&)> toJs, Napi::Value keepAlive = Napi::Value()) {
   struct State {
     Napi::Promise::Deferred deferred;
     std::function<Napi::Value(Napi::Env, R&)> toJs;
     std::unique_ptr<R> result;
     std::string error;
+    Napi::Reference<Napi::Value> keep;
   };
-  auto state = std::make_shared<State>(State{Napi::Promise::Deferred::New(env), std::move(toJs), nullptr, ""});
+  auto state = std::make_shared<State>(State{Napi::Promise::Deferred::New(env), std::move(toJs), nullptr, "", {}});
+  if (!keepAlive.IsEmpty()) state->keep = Napi::Persistent(keepAlive);
   auto noop = Napi::Function::New(env, [](const Napi::CallbackInfo&) {});
   auto tsfn = Napi::ThreadSafeFunction::New(env, noop, "torchlearn-async", 0, 1);
   worker.post([tsfn, state, work = std::move(work)]() mutable {
@@ -113,8 +116,9 @@ Napi::Promise runAsync(Napi::Env env, Worker& worker, std::function<R()> work,
     } catch (...) {
       state->error = "torchlearn: unknown native error";
     }
-    tsfn.BlockingCall([state](Napi::Env env, Napi::Function) {
+    const napi_status queued = tsfn.BlockingCall([state](Napi::Env env, Napi::Function) {
       Napi::HandleScope scope(env);
+      state->keep.Reset();
       if (!state->error.empty()) {
         state->deferred.Reject(Napi::Error::New(env, state->error).Value());
         return;
@@ -127,6 +131,8 @@ Napi::Promise runAsync(Napi::Env env, Worker& worker, std::function<R()> work,
         state->deferred.Reject(Napi::Error::New(env, describeException(e)).Value());
       }
     });
+    // Node is shutting down: the reference cannot be deleted from this thread, and need not be
+    if (queued != napi_ok) state->keep.SuppressDestruct();
     tsfn.Release();
   });
   return state->deferred.Promise();

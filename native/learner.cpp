@@ -52,18 +52,19 @@ void Learner::reportMemory(Napi::Env env) {
 // Collected without dispose(): the caches and optimizer state go with it.
 Learner::~Learner() { memory_.release(Env()); }
 
-torch::Tensor uint8Images(const Napi::Value& v, int64_t n, int64_t p, const char* what, bool pinned) {
-  if (!v.IsTypedArray()) throw UserError(std::string(what) + " must be a Uint8Array");
+torch::Tensor uint8ImagesView(const Napi::Value& v, int64_t n, int64_t p, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) throw UserError(std::string(what) + " must be a Uint8Array");
   auto a = v.As<Napi::TypedArray>();
   if (static_cast<int64_t>(a.ByteLength()) != n * p * p * 3)
     throw UserError(std::string(what) + " holds " + std::to_string(a.ByteLength()) + " bytes, expected " + std::to_string(n) + " images of " +
                     std::to_string(p) + "x" + std::to_string(p) + "x3");
   auto* base = static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset();
-  auto view = torch::from_blob(base, {n, p, p, 3}, torch::kUInt8);
-  if (!pinned) return view.clone();
-  // page-locked from the start: the copy to the GPU reads it directly (pin_memory() of a pinned tensor is itself)
-  return torch::empty({n, p, p, 3}, torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(true)).copy_(view);
+  return torch::from_blob(base, {n, p, p, 3}, torch::kUInt8);
 }
+
+torch::Tensor uint8Images(const Napi::Value& v, int64_t n, int64_t p, const char* what) { return uint8ImagesView(v, n, p, what).clone(); }
+
+torch::Tensor pinnedCopy(const torch::Tensor& view) { return torch::empty(view.sizes(), view.options().pinned_memory(true)).copy_(view); }
 
 // setData(split, images: Uint8Array [N*P*P*3], labels: Int32Array, presize P)
 Napi::Value Learner::SetData(const Napi::CallbackInfo& info) {

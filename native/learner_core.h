@@ -171,8 +171,13 @@ struct Learner::Core {
   }
 };
 
-// A copy of n uint8 images [P, P, 3] from a JavaScript Uint8Array, checked for size: the JS bytes copied into a tensor the worker owns (page-locked when `pinned`: images bound for the GPU).
-torch::Tensor uint8Images(const Napi::Value& v, int64_t n, int64_t p, const char* what, bool pinned = false);
+// n uint8 images [P, P, 3] in a JavaScript Uint8Array, checked for size: a view of the JS bytes
+// (valid while the array is referenced and not detached).
+torch::Tensor uint8ImagesView(const Napi::Value& v, int64_t n, int64_t p, const char* what);
+// The same copied into a tensor the worker owns.
+torch::Tensor uint8Images(const Napi::Value& v, int64_t n, int64_t p, const char* what);
+// A page-locked copy (images bound for the GPU: the copy there reads it directly).
+torch::Tensor pinnedCopy(const torch::Tensor& view);
 
 inline double nowSeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();

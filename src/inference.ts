@@ -141,7 +141,8 @@ export class InferenceLearner {
     return predictPaths(this.nat, paths, { presize: this.info.presize, method: this.info.method }, this.vocab);
   }
 
-  /** Predictions for images already decoded and presized: uint8 [n, presize, presize, 3] (video frames, buffers). */
+  /** Predictions for images already decoded and presized: uint8 [n, presize, presize, 3] (video frames, buffers).
+   * The native side reads `images` off the main thread: do not change it until the Promise settles. */
   async predictImages(images: Uint8Array, n: number): Promise<Prediction[]> {
     const r = await this.nat.predict(images, n, this.info.presize);
     return decode(r.probs, r.numClasses, this.vocab);

@@ -3,6 +3,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { accuracy, ImageDataLoaders, loadLearner, readWeightFile, visionLearner, type Learner } from '../src/index.js';
+import { decodeAll } from '../src/data/images.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { tempDir } from './helpers/python.js';
 
@@ -42,6 +43,16 @@ describe('export and loadLearner', () => {
       p.probs.forEach((v, k) => (worst = Math.max(worst, Math.abs(v - b[i].probs[k]))));
     });
     expect(worst).toBeLessThan(1e-5);
+    // predictImages on the same decoded bytes: what predictBatch computes (the worker reads the caller's
+    // array, which stays referenced until the Promise settles)
+    const p = inf.info.presize;
+    const dec = await decodeAll(files, p, inf.info.method);
+    const raw = new Uint8Array(files.length * p * p * 3);
+    dec.forEach((d, k) => raw.set((d as { data: Buffer }).data, k * p * p * 3));
+    const fromBytes = await inf.predictImages(raw, files.length);
+    fromBytes.forEach((q, i) => q.probs.forEach((v, k) => expect(v).toBe(b[i].probs[k])));
+    await expect(inf.predictImages(raw.subarray(1), files.length)).rejects.toThrow(/images holds \d+ bytes, expected \d+ images of 40x40x3/);
+    await expect(inf.predictImages(new Float32Array(raw.length) as unknown as Uint8Array, files.length)).rejects.toThrow(/images must be a Uint8Array/);
     // in forward passes of 3 images (the chunks' probabilities are gathered in order)
     const small = loadLearner(exported, { device: 'cpu', bs: 3 });
     const c = await small.predictBatch(files);
