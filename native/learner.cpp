@@ -330,7 +330,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
         } catch (...) {
           if (useGraph) {
             try {
-              c->graph.reset();  // (an out-of-memory error, say: its memory pool goes too)
+              c->graph.release();  // (an out-of-memory error, say: its memory pool goes too)
             } catch (...) {
             }
           }
@@ -342,7 +342,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
           r.graphCaptured = c->graph.captured();
           r.graphError = c->graph.error;
           // the end of the fit (or a stop): the graph's memory pool is not kept for validation and prediction
-          if (r.stopped || (epoch + 1 == nEpochs && r.done == r.nIter)) c->graph.reset();
+          if (r.stopped || (epoch + 1 == nEpochs && r.done == r.nIter)) c->graph.release();
         }
         if (!trace.empty()) {
           r.ops = traceScope.finish();
@@ -457,7 +457,7 @@ Napi::Value Learner::Dispose(const Napi::CallbackInfo& info) {
   core_->train = ImageCache{};
   core_->valid = ImageCache{};
   core_->opt.clear();
-  core_->graph.reset();
+  core_->graph.release();
   releaseDeviceCache();
   memory_.release(info.Env());
   return info.Env().Undefined();

@@ -45,6 +45,8 @@ class StepGraph {
   void endEpoch();
   // Drops the graph and its memory pool.
   void reset();
+  // reset(), and gives the capture stream back for the next learner (the end of a fit, an error, dispose).
+  void release();
 
   bool captured() const { return captured_; }
   int64_t replays = 0;  // graph steps (replays, or eager runs of the same step) since the last beginEpoch

@@ -153,7 +153,7 @@ describe.skipIf(!cuda)('CUDA', () => {
     // the graph and its memory pool are dropped at the end of the fit: a second fit (captured again) ends
     // where the first ended. (Against the ordinary steps, the first H100 run found 63 MB more held after the
     // graph's first fit, a one-time cost of its own stream, we believe cuBLAS's per-stream workspaces;
-    // that figure is logged, not asserted.)
+    // capture streams are lent and reused since. That figure is logged, not asserted.)
     await graph.learn.fitOneCycle(2, { lrMax: 5e-3 });
     const again = native.cudaMemory().allocated;
     console.log(`cudaGraph: allocated after a second fit ${(again / 2 ** 20).toFixed(1)} MB (after the first ${(graph.after / 2 ** 20).toFixed(1)} MB); ` +
