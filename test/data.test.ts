@@ -5,7 +5,7 @@ import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../src/binding.js';
 import { ImageDataLoaders, isCovidFinding, readCovidMetadata, segregateByLabel } from '../src/index.js';
-import { tempDir } from './helpers/python.js';
+import { runPython, tempDir } from './helpers/python.js';
 
 const DATA = join(__dirname, '..', '..', 'shared', 'datasets', 'covid-chestxray');
 if (!existsSync(join(DATA, 'metadata.csv'))) console.log(`real-snapshot test skipped: no covid-chestxray collection at ${DATA}`);
@@ -217,6 +217,74 @@ describe('augmentation geometry', () => {
     const out = native.augmentImages(centred, 1, p, p, { params: params(1, 0, 0.5) });
     const lit = Array.from({ length: p * p }, (_, i) => out[i * 3]).filter((v) => v > 128).length;
     expect(lit).toBeGreaterThan(8 * 8 * 2);
+  });
+
+  it("flip, rotate, zoom, warp and lighting together equal fast.ai's formulas computed with PyTorch (uint8, within 1 level)", () => {
+    // a smooth picture (no sharp edges, where a rounding of the sampling grid could move a value far)
+    const q = 48, s = 40, n = 4;
+    const pic = new Uint8Array(n * q * q * 3);
+    for (let i = 0; i < n; i++) for (let y = 0; y < q; y++) for (let x = 0; x < q; x++) for (let c = 0; c < 3; c++)
+      pic[((i * q + y) * q + x) * 3 + c] = Math.round(127.5 + 100 * Math.sin((x + 2 * c + i) / 7) * Math.cos((y - c) / 9));
+    // flip, angle (rad), zoom s, centre x, centre y, warp x, warp y, brightness, contrast
+    const prm = Float64Array.from([
+      -1, 0.15, 0.92, 0.03, -0.05, 0.18, -0.12, 0.58, 1.2,
+      1, -0.17, 1, 0, 0, -0.2, 0.2, 0.41, 0.82,
+      1, 0.05, 0.95, -0.04, 0.02, 0, 0, 0.5, 1, // no warp, no lighting
+      -1, 0, 1, 0, 0, 0.1, 0.05, 0.45, 1.1,
+    ]);
+    const ours = native.augmentImages(pic, n, q, s, { params: prm });
+    const dir = tempDir();
+    writeFileSync(join(dir, 'pic.bin'), pic);
+    writeFileSync(join(dir, 'prm.bin'), Buffer.from(prm.buffer));
+    // fast.ai v2: one affine grid (flip @ rotate @ zoom), Warp's perspective applied to that grid
+    // (find_coeffs / apply_perspective), one grid_sample (bilinear, reflection, align_corners), then
+    // LightingTfm: sigmoid((logit(x) + logit(brightness)) * contrast)
+    runPython(`
+import sys, math, numpy as np, torch, torch.nn.functional as F
+d, n, q, s = sys.argv[1], ${n}, ${q}, ${s}
+x = torch.from_numpy(np.fromfile(d + '/pic.bin', dtype=np.uint8).reshape(n, q, q, 3).copy()).permute(0, 3, 1, 2).double() / 255
+p = torch.from_numpy(np.fromfile(d + '/prm.bin', dtype=np.float64).reshape(n, 9).copy())
+flip, ang, z, cx, cy, wx, wy, br, ct = p.unbind(1)
+c, sn = torch.cos(ang), torch.sin(ang)
+theta = torch.stack([torch.stack([flip * c * z, -flip * sn * z, flip * (c * cx - sn * cy)], 1),
+                     torch.stack([sn * z, c * z, sn * cx + c * cy], 1)], 1)
+grid = F.affine_grid(theta, (n, 3, s, s), align_corners=True)
+def find_coeffs(p1, p2):
+    m = []
+    for i in range(p1.shape[1]):
+        m.append(torch.stack([p2[:, i, 0], p2[:, i, 1], torch.ones_like(p2[:, i, 0]), torch.zeros_like(p2[:, i, 0]), torch.zeros_like(p2[:, i, 0]), torch.zeros_like(p2[:, i, 0]), -p1[:, i, 0] * p2[:, i, 0], -p1[:, i, 0] * p2[:, i, 1]]))
+        m.append(torch.stack([torch.zeros_like(p2[:, i, 0]), torch.zeros_like(p2[:, i, 0]), torch.zeros_like(p2[:, i, 0]), p2[:, i, 0], p2[:, i, 1], torch.ones_like(p2[:, i, 0]), -p1[:, i, 1] * p2[:, i, 0], -p1[:, i, 1] * p2[:, i, 1]]))
+    A = torch.stack(m).permute(2, 0, 1)
+    B = p1.reshape(p1.shape[0], -1, 1)
+    return torch.linalg.solve(A, B)[..., 0]
+def apply_perspective(coords, coeffs):
+    sz = coords.shape
+    coords = coords.view(sz[0], -1, 2)
+    coeffs = torch.cat([coeffs, coeffs.new_ones(coeffs.shape[0], 1)], dim=1).view(coeffs.shape[0], 3, 3)
+    coords1 = coords @ coeffs[..., :2].transpose(1, 2) + coeffs[..., 2].unsqueeze(1)
+    coords = coords1 / coords1[..., 2].unsqueeze(-1)
+    return coords[..., :2].reshape(*sz)
+orig = torch.tensor([[-1, -1], [-1, 1], [1, -1], [1, 1]], dtype=torch.float64).unsqueeze(0).expand(n, 4, 2)
+targ = torch.stack([torch.stack([-1 - wy, -1 - wx]), torch.stack([-1 + wy, 1 + wx]), torch.stack([1 + wy, -1 + wx]), torch.stack([1 - wy, 1 - wx])]).permute(2, 0, 1)
+grid = apply_perspective(grid, find_coeffs(orig, targ))
+y = F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=True)
+lb = torch.log(br / (1 - br)).view(n, 1, 1, 1)
+y = torch.sigmoid((torch.logit(y, eps=1e-7) + lb) * ct.view(n, 1, 1, 1))
+(y * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy().tofile(d + '/ref.bin')
+`, [dir]);
+    const ref = new Uint8Array(readFileSync(join(dir, 'ref.bin')));
+    expect(ref.length).toBe(ours.length);
+    let worst = 0, off = 0;
+    for (let i = 0; i < ref.length; i++) {
+      const e = Math.abs(ref[i] - ours[i]);
+      worst = Math.max(worst, e);
+      if (e > 0) off++;
+    }
+    console.log(`augmentation vs fast.ai's formulas in PyTorch: ${off} of ${ref.length} values differ, by at most ${worst}`);
+    expect(worst).toBeLessThanOrEqual(1);
+    // and the transforms did something: the output is not the input resized
+    const plain = native.augmentImages(pic, n, q, s, {});
+    expect(Buffer.from(plain).equals(Buffer.from(ours))).toBe(false);
   });
 
   it('random augmentation is reproducible with a seed and differs across seeds', () => {
