@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../src/binding.js';
-import { accuracy, DEFAULTS, ImageDataLoaders, lrPerGroup, setNumThreads, torchInfo, visionLearner, type Learner } from '../src/index.js';
+import { accuracy, DEFAULTS, ImageDataLoaders, lrPerGroup, setNumThreads, torchInfo, visionLearner, type Learner, type NamedTensor } from '../src/index.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { runPython, tempDir } from './helpers/python.js';
 
@@ -233,13 +233,16 @@ describe('native threads', () => {
 
 describe('the captured training step (cudaGraph)', () => {
   it('computes what the ordinary step computes: same losses and weights over fits, a freeze and a new schedule (CPU: the graph step runs without capture)', async () => {
-    // 64 px and a low learning rate: a tiny ResNet at 32 px amplifies float rounding (the order of the
-    // optimizer's operations differs) into visibly different losses within a few steps
+    // 64 px, batch 16 and a low learning rate: the two steps order the optimizer's float operations
+    // differently (1e-6 apart after one step), and small batches through BatchNorm amplify that from step
+    // to step (at batch 8: 5e-3 apart by step 16, measured)
     await makeStripes(join(dir, 'stripes64'), 40, 64);
-    const small = await ImageDataLoaders.fromFolder(join(dir, 'stripes64'), { size: 64, presize: 72, bs: 8, seed: 3 });
+    const small = await ImageDataLoaders.fromFolder(join(dir, 'stripes64'), { size: 64, presize: 72, bs: 16, seed: 3 });
     // one after the other: the seed also resets LibTorch's global generator, which draws the dropout masks
+    let init: NamedTensor[] = [];
     const train = async (cudaGraph: boolean) => {
       const learn = visionLearner(small, 'resnet18', { ...quiet, seed: 5, cudaGraph });
+      if (!cudaGraph) init = learn.state(false);
       await learn.fitOneCycle(2, { lrMax: 1e-4 });
       learn.freeze();
       await learn.fitOneCycle(1, { lrMax: 1e-4 });
@@ -249,23 +252,32 @@ describe('the captured training step (cudaGraph)', () => {
     const graph = await train(true);
     // the recorder holds the last fit: one epoch after the freeze, 3 warm-up steps then the graph's
     const nIter = graph.recorder.iters[0];
-    expect(nIter).toBeGreaterThan(6);
+    expect(nIter).toBeGreaterThan(3);
     expect(graph.recorder.graphs).toEqual([{ steps: nIter - 3, captured: false }]);
     expect(plain.recorder.graphs).toEqual([]);
     const a = plain.recorder.rawLosses;
     const b = graph.recorder.rawLosses;
     expect(b.length).toBe(a.length);
     b.forEach((l, i) => expect(Math.abs(l - a[i]), `loss ${i}`).toBeLessThan(1e-3 * Math.abs(a[i])));
-    const wa = plain.state(true);
-    const wb = graph.state(true);
-    let worst = 0;
-    wb.forEach((t, i) => {
-      if (t.dtype !== 'float32') return;
-      const x = new Float32Array(t.data.buffer, t.data.byteOffset, t.data.byteLength / 4);
-      const y = new Float32Array(wa[i].data.buffer, wa[i].data.byteOffset, wa[i].data.byteLength / 4);
-      for (let k = 0; k < x.length; k++) worst = Math.max(worst, Math.abs(x[k] - y[k]) / (1e-3 + Math.abs(y[k])));
+    // the weights: how far the two runs ended apart, against how far training moved them (an optimizer
+    // reading the next step's scalars: 5e-2; measured here 7e-5)
+    const f32 = (t: NamedTensor) => new Float32Array(t.data.buffer, t.data.byteOffset, t.data.byteLength / 4);
+    const wa = plain.state(false);
+    const wb = graph.state(false);
+    let apart = 0, moved = 0, compared = 0;
+    wa.forEach((t, i) => {
+      if (t.dtype !== 'F32') return;
+      expect(wb[i].name).toBe(t.name);
+      const a = f32(t), b = f32(wb[i]), z = f32(init[i]);
+      for (let k = 0; k < a.length; k++) {
+        apart += Math.abs(a[k] - b[k]);
+        moved += Math.abs(a[k] - z[k]);
+      }
+      compared++;
     });
-    expect(worst).toBeLessThan(1e-3);
+    expect(compared).toBeGreaterThan(50);
+    expect(moved).toBeGreaterThan(0);
+    expect(apart / moved).toBeLessThan(1e-3);
     plain.dispose();
     graph.dispose();
   });
