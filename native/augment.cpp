@@ -130,7 +130,8 @@ torch::Tensor augmentImages(const torch::Tensor& images, const torch::Tensor& pa
       auto C = torch::cat({coeffs, torch::ones({b, 1}, coeffs.options())}, 1).reshape({b, 3, 3});
       auto A = torch::cat({theta.to(torch::kFloat64), torch::tensor({0., 0., 1.}, coeffs.options()).view({1, 1, 3}).expand({b, 1, 3})}, 1);
       auto T = toDevice(torch::bmm(C, A).to(torch::kFloat32), dev);  // [B, 3, 3]
-      auto eye = torch::tensor({1.f, 0.f, 0.f, 0.f, 1.f, 0.f}, torch::TensorOptions().device(dev)).view({1, 2, 3});
+      // made on the device: a tensor built from host values would be a blocking copy every batch
+      auto eye = torch::eye(2, 3, torch::TensorOptions().dtype(torch::kFloat32).device(dev)).unsqueeze(0);
       auto base = F::affine_grid(eye, {1, 3, size, size}, /*align_corners=*/true).view({1, size * size, 2});
       auto h = torch::baddbmm(T.select(2, 2).unsqueeze(1), base.expand({b, size * size, 2}), T.narrow(2, 0, 2).transpose(1, 2));  // [B, S*S, 3]
       auto w = h.narrow(2, 2, 1);
