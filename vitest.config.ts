@@ -8,6 +8,7 @@ export default defineConfig({
     pool: 'forks',
     // Two cores: run test files one at a time so LibTorch's threads do not fight each other.
     fileParallelism: false,
+    globalSetup: ['./test/helpers/temp-root.ts'],
     reporters: ['default', './test/helpers/summary-reporter.ts'],
   },
 });

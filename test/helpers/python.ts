@@ -10,8 +10,10 @@ export function runPython(script: string, args: string[] = []): string {
   return execFileSync(PYTHON, ['-c', script, ...args], { encoding: 'utf8', maxBuffer: 1 << 28 });
 }
 
+// Under the run's root (test/helpers/temp-root.ts removes it when the run ends); the system's temp folder
+// when a test file runs outside vitest's global setup.
 export function tempDir(prefix = 'torchlearn-test-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  return mkdtempSync(join(process.env.TORCHLEARN_TEST_TMP ?? tmpdir(), prefix));
 }
 
 export function readF32(path: string): Float32Array {
