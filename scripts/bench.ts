@@ -10,6 +10,8 @@
 //   --graph off|on|both torchlearn's train step with the cudaGraph option off, on, or both (default: both
 //                       on CUDA, off on the CPU, where the graph's step runs without capture)
 //   --frozen frozen|unfrozen|both  which train-step rows, on both sides (default: both)
+//   --aug full|affine|both  the train step's augmentation, the same on both sides: fast.ai's whole
+//                       aug_transforms() (default), or flip/rotate/zoom only (the PyTorch reference of ../shared/device)
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -34,6 +36,7 @@ const { values: args } = parseArgs({
     only: { type: 'string' },
     graph: { type: 'string' },
     frozen: { type: 'string' },
+    aug: { type: 'string' },
   },
 });
 const info = torchInfo();
@@ -60,6 +63,11 @@ const graphModes = graphArg === 'both' ? [false, true] : [graphArg === 'on'];
 const frozenArg = args.frozen ?? 'both';
 if (!['frozen', 'unfrozen', 'both'].includes(frozenArg)) throw new Error(`--frozen must be frozen, unfrozen or both, got '${frozenArg}'`);
 const frozenModes = frozenArg === 'both' ? [true, false] : [frozenArg === 'frozen'];
+const augArg = args.aug ?? 'full';
+if (!['full', 'affine', 'both'].includes(augArg)) throw new Error(`--aug must be full, affine or both, got '${augArg}'`);
+const augModes = augArg === 'both' ? ['full', 'affine'] : [augArg];
+// affine: every image flipped or not, rotated and zoomed (as the PyTorch side's affine-only pipeline); no warp, no lighting
+const trainAug = (aug: string) => (aug === 'full' ? augTransforms() : augTransforms({ maxWarp: 0, maxLighting: 0, pAffine: 1 }));
 const implName = (graph: boolean) => (graph ? (cuda ? 'torchlearn (CUDA graph)' : 'torchlearn (graph step, no capture)') : 'torchlearn');
 
 function pytorch(extra: string[]): Record<string, unknown>[] {
@@ -101,13 +109,13 @@ async function traced(learn: ReturnType<typeof visionLearner>, path: string) {
 
 async function trainBench() {
   for (const bs of cfg.bss) {
-    for (const prec of cfg.precisions) {
+    for (const prec of cfg.precisions) for (const aug of augModes) {
       const n = bs * cfg.iters;
       const p = cfg.presize;
       const images = new Uint8Array(n * p * p * 3);
       for (let i = 0; i < images.length; i += 4096) images[i] = (i * 2654435761) >>> 24; // cheap non-constant fill
       const labels = Int32Array.from({ length: n }, (_, i) => i % 2);
-      const dls = ImageDataLoaders.fromArrays(images, labels, ['a', 'b'], { presize: p, size: cfg.size, bs, validPct: 0 });
+      const dls = ImageDataLoaders.fromArrays(images, labels, ['a', 'b'], { presize: p, size: cfg.size, bs, validPct: 0, augment: trainAug(aug) });
       for (const frozen of frozenModes) for (const graph of graphModes) {
         native.cudaMemory(true);
         const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0, cudaGraph: graph });
@@ -123,26 +131,26 @@ async function trainBench() {
           const per = (x: number) => ((1000 * x) / cfg.iters).toFixed(1);
           log(`profile torchlearn bs ${bs} ${prec} ${frozen ? 'frozen' : 'unfrozen'}: ms per step: data ${per(p.data)}, forward ${per(p.forward)}, backward ${per(p.backward)}, optimizer ${per(p.step)}; channels_last weight ${p.weightChannelsLast}, grad ${p.gradChannelsLast}, input ${p.inputChannelsLast}`);
         }
-        if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}-bs${bs}-${prec}.json`));
+        if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}-bs${bs}-${prec}-${aug}.json`));
         const mem = native.cudaMemory();
         const row = {
-          bench: 'train step', impl: implName(graph), arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
+          bench: 'train step', impl: implName(graph), aug, arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
           peak_device_bytes: mem.peakAllocated, peak_rss_bytes: process.resourceUsage().maxRSS * 1024, ...(graphInfo ? { graph: graphInfo } : {}),
         };
         rows.push(row);
         log(JSON.stringify(row));
         learn.dispose();
       }
-      const ptTrace = args.trace ? ['--trace', join(args.trace, `pytorch-bs${bs}-${prec}.json`)] : [];
-      for (const r of pytorch(['--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec, '--frozen', frozenArg, ...(args.profile ? ['--profile'] : []), ...ptTrace])) {
+      const ptTrace = args.trace ? ['--trace', join(args.trace, `pytorch-bs${bs}-${prec}-${aug}.json`)] : [];
+      for (const r of pytorch(['--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec, '--frozen', frozenArg, '--aug', aug, ...(args.profile ? ['--profile'] : []), ...ptTrace])) {
         if (r.profile_ms) log(`profile pytorch bs ${bs} ${prec} ${r.frozen ? 'frozen' : 'unfrozen'}: ms per step: ${JSON.stringify(r.profile_ms)}`);
         rows.push({ bench: 'train step', ...r, impl: 'pytorch eager', precision: prec });
         log(JSON.stringify(r));
       }
       if (args.trace) {
-        const ours = join(args.trace, `torchlearn-bs${bs}-${prec}.json`);
-        const theirs = join(args.trace, `pytorch-bs${bs}-${prec}.json`);
-        if (existsSync(ours) && existsSync(theirs)) log(`\noperators per unfrozen step, bs ${bs} ${prec} (largest differences first):\n${compareTraces(readTrace(ours), readTrace(theirs))}\n`);
+        const ours = join(args.trace, `torchlearn-bs${bs}-${prec}-${aug}.json`);
+        const theirs = join(args.trace, `pytorch-bs${bs}-${prec}-${aug}.json`);
+        if (existsSync(ours) && existsSync(theirs)) log(`\noperators per unfrozen step, bs ${bs} ${prec}, ${aug} aug (largest differences first):\n${compareTraces(readTrace(ours), readTrace(theirs))}\n`);
       }
     }
   }
@@ -248,8 +256,8 @@ const fmt = (x: unknown) => (typeof x === 'number' ? (x > 100 ? x.toFixed(0) : x
 console.log('\n| bench | impl | config | images/s (or ms) | peak device MB | peak RSS MB | vs PyTorch |');
 console.log('|---|---|---|---|---|---|---|');
 for (const r of rows) {
-  const config = r.bench !== 'train step' && r.arch ? `${r.arch} ${r.bs ? `bs ${r.bs} ` : ''}${r.size}px${r.precision ? ` ${r.precision}` : ''}` : r.bench === 'train step' ? `${r.arch} bs ${r.bs} ${r.size}px ${r.precision}${r.frozen ? ' frozen' : ' unfrozen'}` : r.bs ? `bs ${r.bs} ${r.size}px` : `${r.images} files to ${r.presize}px`;
-  const twin = rows.find((q) => q.bench === 'train step' && r.bench === 'train step' && String(q.impl).startsWith('pytorch') && q.bs === r.bs && q.frozen === r.frozen && q.precision === r.precision);
+  const config = r.bench !== 'train step' && r.arch ? `${r.arch} ${r.bs ? `bs ${r.bs} ` : ''}${r.size}px${r.precision ? ` ${r.precision}` : ''}` : r.bench === 'train step' ? `${r.arch} bs ${r.bs} ${r.size}px ${r.precision}${r.frozen ? ' frozen' : ' unfrozen'}${r.aug ? `, ${r.aug} aug` : ''}` : r.bs ? `bs ${r.bs} ${r.size}px` : `${r.images} files to ${r.presize}px`;
+  const twin = rows.find((q) => q.bench === 'train step' && r.bench === 'train step' && String(q.impl).startsWith('pytorch') && q.bs === r.bs && q.frozen === r.frozen && q.precision === r.precision && q.aug === r.aug);
   const bare = rows.find((q) => q.bench === 'train step' && q.impl === r.impl && r.bench !== 'train step' && q.bs === r.bs && q.frozen === r.frozen && q.precision === r.precision);
   const inferTwin = r.impl === 'torchlearn' && r.bench !== 'train step' ? rows.find((q) => q !== r && q.bench === r.bench && !String(q.impl).startsWith('torchlearn')) : undefined;
   let ratio = String(r.impl).startsWith('torchlearn') && twin ? `${((r.images_per_s as number) / (twin.images_per_s as number)).toFixed(2)}x` : '';

@@ -5,6 +5,8 @@ ResNet body + fast.ai head (concat pool, BN, dropout, bias-free linears), AdamW 
 betas (0.9, 0.99), eps 1e-5, wd 0.01 (fused on CUDA), a uint8 image cache on the device, per batch:
 index, one random affine grid per image (flip, rotate, zoom) + grid_sample to `size`, normalise;
 bf16 autocast and channels_last on CUDA. Prints one JSON line per configuration.
+--aug full adds the rest of fast.ai's aug_transforms (Warp, Brightness, Contrast, with their probabilities),
+done as fast.ai does it on the GPU: the same work as torchlearn's default pipeline.
 """
 import argparse, contextlib, json, math, resource, sys, time
 import torch, torch.nn as nn, torch.nn.functional as F, torchvision
@@ -40,7 +42,60 @@ def augment(x_u8, size, mean, std):
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_last, profile=False, trace=None):
+def find_coeffs(p1, p2):  # fast.ai vision/augment.py
+    m = []
+    for i in range(p1.shape[1]):
+        m.append(torch.stack([p2[:, i, 0], p2[:, i, 1], torch.ones_like(p2[:, i, 0]), torch.zeros_like(p2[:, i, 0]), torch.zeros_like(p2[:, i, 0]),
+                              torch.zeros_like(p2[:, i, 0]), -p1[:, i, 0] * p2[:, i, 0], -p1[:, i, 0] * p2[:, i, 1]]))
+        m.append(torch.stack([torch.zeros_like(p2[:, i, 0]), torch.zeros_like(p2[:, i, 0]), torch.zeros_like(p2[:, i, 0]), p2[:, i, 0], p2[:, i, 1],
+                              torch.ones_like(p2[:, i, 0]), -p1[:, i, 1] * p2[:, i, 0], -p1[:, i, 1] * p2[:, i, 1]]))
+    A = torch.stack(m).permute(2, 0, 1)
+    B = p1.reshape(p1.shape[0], -1, 1)
+    return torch.linalg.solve(A, B)[..., 0]
+
+
+def apply_perspective(coords, coeffs):  # fast.ai vision/augment.py
+    sz = coords.shape
+    coords = coords.view(sz[0], -1, 2)
+    coeffs = torch.cat([coeffs, coeffs.new_ones(coeffs.shape[0], 1)], dim=1).view(coeffs.shape[0], 3, 3)
+    coords1 = coords @ coeffs[..., :2].transpose(1, 2) + coeffs[..., 2].unsqueeze(1)
+    coords1[..., 2] = torch.where(coords1[..., 2].abs() < 1e-8, 1e-8, coords1[..., 2])
+    coords = coords1 / coords1[..., 2].unsqueeze(-1)
+    return coords[..., :2].reshape(*sz)
+
+
+def augment_full(x_u8, size, mean, std, p_affine=0.75, p_lighting=0.75, max_rotate=10.0, max_zoom=1.1, max_warp=0.2, max_lighting=0.2):
+    """fast.ai's aug_transforms() as its batch transforms run on the GPU: one affine matrix per image (Flip p 0.5,
+    Rotate, Zoom with p_affine), Warp's perspective applied to the affine grid, one grid_sample, then Brightness
+    and Contrast composed in logit space (p_lighting)."""
+    b, dev = x_u8.shape[0], x_u8.device
+    x = x_u8.permute(0, 3, 1, 2).float().div_(255)
+    u = lambda lo, hi: torch.rand(b, device=dev) * (hi - lo) + lo
+    mask = lambda p: (torch.rand(b, device=dev) < p).float()
+    flip = 1 - 2 * mask(0.5)
+    ang = u(-max_rotate, max_rotate) * math.pi / 180 * mask(p_affine)
+    zm = mask(p_affine)
+    s = zm / u(1, max_zoom) + (1 - zm)
+    cx, cy = (1 - s) * (2 * u(0, 1) - 1), (1 - s) * (2 * u(0, 1) - 1)
+    c, sn = torch.cos(ang), torch.sin(ang)
+    theta = torch.stack([torch.stack([flip * c * s, -flip * sn * s, flip * (c * cx - sn * cy)], 1),
+                         torch.stack([sn * s, c * s, sn * cx + c * cy], 1)], 1)
+    grid = F.affine_grid(theta, (b, 3, size, size), align_corners=True)
+    wm = mask(p_affine)
+    wx, wy = u(-max_warp, max_warp) * wm, u(-max_warp, max_warp) * wm
+    orig = torch.tensor([[-1., -1.], [-1., 1.], [1., -1.], [1., 1.]], device=dev).unsqueeze(0).expand(b, 4, 2)
+    targ = torch.stack([torch.stack([-1 - wy, -1 - wx]), torch.stack([-1 + wy, 1 + wx]), torch.stack([1 + wy, -1 + wx]), torch.stack([1 - wy, 1 - wx])]).permute(2, 0, 1)
+    grid = apply_perspective(grid, find_coeffs(orig, targ))
+    x = F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=True)
+    bm, cm = mask(p_lighting), mask(p_lighting)
+    br = bm * u(0.5 * (1 - max_lighting), 0.5 * (1 + max_lighting)) + (1 - bm) * 0.5
+    ct = torch.exp(u(math.log(1 - max_lighting), -math.log(1 - max_lighting)) * cm)
+    x = torch.sigmoid((torch.logit(x, eps=1e-7) + torch.log(br / (1 - br)).view(b, 1, 1, 1)) * ct.view(b, 1, 1, 1))
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_last, profile=False, trace=None, aug='affine'):
+    aug_fn = augment_full if aug == 'full' else augment
     torch.manual_seed(0)
     dev = torch.device(device)
     model = make_model(arch, 2).to(dev)
@@ -67,7 +122,7 @@ def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_l
 
     def step():
         idx = torch.randint(0, n, (bs,), device=dev)
-        x = augment(cache[idx], size, mean, std)
+        x = aug_fn(cache[idx], size, mean, std)
         with (torch.autocast('cuda', dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()):
             loss = F.cross_entropy(model(x).float(), labels[idx])
         opt.zero_grad(set_to_none=True)
@@ -87,7 +142,7 @@ def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_l
         torch.cuda.synchronize()
     dt = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() if dev.type == 'cuda' else 0
-    out = dict(impl='pytorch', threads=torch.get_num_threads(), arch=arch, device=device, bs=bs, size=size, bf16=bf16, frozen=frozen, channels_last=channels_last,
+    out = dict(impl='pytorch', threads=torch.get_num_threads(), aug=aug, arch=arch, device=device, bs=bs, size=size, bf16=bf16, frozen=frozen, channels_last=channels_last,
                images_per_s=bs * iters / dt, peak_device_bytes=peak,
                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     if profile:  # the same phases torchlearn's profile mode times, synchronised between phases
@@ -96,7 +151,7 @@ def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_l
         for _ in range(iters):
             sync(); t0 = time.perf_counter()
             idx = torch.randint(0, n, (bs,), device=dev)
-            x = augment(cache[idx], size, mean, std); y = labels[idx]
+            x = aug_fn(cache[idx], size, mean, std); y = labels[idx]
             sync(); t1 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             with (torch.autocast('cuda', dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()):
@@ -243,6 +298,7 @@ if __name__ == '__main__':
     ap.add_argument('--latency', default=None)
     ap.add_argument('--profile', action='store_true')
     ap.add_argument('--channels-last', action='store_true', help='channels_last on the CPU too (always on CUDA)')
+    ap.add_argument('--aug', choices=['full', 'affine'], default='affine', help="train step's augmentation: fast.ai's whole aug_transforms, or flip/rotate/zoom only")
     ap.add_argument('--trace', default=None, help='write the operator table of the unfrozen step here (see src/learner/trace.ts)')
     a = ap.parse_args()
     if a.threads:
@@ -262,4 +318,4 @@ if __name__ == '__main__':
                 continue
             for frozen in {'both': (True, False), 'frozen': (True,), 'unfrozen': (False,)}[a.frozen]:
                 print(json.dumps(run(a.arch, a.device, bs, a.size, a.presize, a.iters, a.warmup, bf16, frozen, cuda or a.channels_last, a.profile,
-                                     None if frozen or not a.trace else a.trace)), flush=True)
+                                     None if frozen or not a.trace else a.trace, a.aug)), flush=True)
