@@ -107,7 +107,13 @@ torch::Tensor augmentImages(const torch::Tensor& images, const torch::Tensor& pa
   auto x = images.permute({0, 3, 1, 2}).to(torch::kFloat32).div_(255.0);
   auto prm = params.to(torch::kFloat32);
   bool identity = torch::equal(params, identityAugParams(b));
-  if (!identity || p != size) {
+  if (identity && p != size) {
+    // Resize alone (validation, prediction). The identity affine grid with aligned corners samples the
+    // points that bilinear interpolation with aligned corners does, so this is the same resize in one kernel
+    // instead of a grid built per image and a grid_sample (on the CPU the bench's operator table showed
+    // those at 28 ms per 16 images against 6 ms), and its output keeps channels_last: no copy below.
+    x = F::interpolate(x, F::InterpolateFuncOptions().size(std::vector<int64_t>{size, size}).mode(torch::kBilinear).align_corners(true));
+  } else if (!identity) {
     // One 3x3 matrix per image: flip @ rotate @ zoom, as fast.ai's _get_affine_mat.
     auto flip = prm.select(1, 0), ang = prm.select(1, 1), s = prm.select(1, 2), cx = prm.select(1, 3), cy = prm.select(1, 4);
     auto c = torch::cos(ang), sn = torch::sin(ang);

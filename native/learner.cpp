@@ -408,18 +408,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
           if (!r.graphError.empty()) g.Set("error", r.graphError);
           o.Set("graph", g);
         }
-        if (r.traced) {
-          auto ops = Napi::Array::New(env, r.ops.size());
-          for (size_t k = 0; k < r.ops.size(); k++) {
-            auto e = Napi::Object::New(env);
-            e.Set("name", r.ops[k].name);
-            e.Set("device", r.ops[k].cuda ? "cuda" : "cpu");
-            e.Set("count", Napi::Number::New(env, static_cast<double>(r.ops[k].count)));
-            e.Set("totalUs", r.ops[k].totalUs);
-            ops.Set(static_cast<uint32_t>(k), e);
-          }
-          o.Set("ops", ops);
-        }
+        if (r.traced) o.Set("ops", opsToJs(env, r.ops));
         return o;
       });
   TL_CATCH(env)

@@ -1,6 +1,7 @@
 // The inference half of the native Learner: validation passes (probabilities, targets, losses) and
 // predictions on decoded images.
 #include "learner_core.h"
+#include "trace.h"
 
 #include <cstring>
 
@@ -9,6 +10,8 @@ namespace tl {
 struct PredsResult {
   torch::Tensor probs, targets, losses;
   double seconds = 0;
+  bool traced = false;
+  std::vector<OpStat> ops;  // with a trace: the operator table
 };
 
 static Napi::Value predsToJs(Napi::Env env, PredsResult& r) {
@@ -23,6 +26,7 @@ static Napi::Value predsToJs(Napi::Env env, PredsResult& r) {
     o.Set("losses", tensorToFloat32Array(env, r.losses));
   }
   o.Set("seconds", r.seconds);
+  if (r.traced) o.Set("ops", opsToJs(env, r.ops));
   return o;
 }
 
@@ -76,7 +80,9 @@ Napi::Value Learner::Validate(const Napi::CallbackInfo& info) {
   TL_CATCH(env)
 }
 
-// predict(images: Uint8Array [N*P*P*3], n, presize, { augment }) -> { probs }
+// predict(images: Uint8Array [N*P*P*3], n, presize, { augment, trace }) -> { probs, ops? }
+// trace: a Chrome trace path; the call's operators (its copy into page-locked memory included) are tallied
+// and returned as ops, as trainEpoch does for training steps.
 Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
@@ -84,6 +90,9 @@ Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
   int64_t n = info[1].As<Napi::Number>().Int64Value();
   int64_t p = info[2].As<Napi::Number>().Int64Value();
   bool augment = info[3].IsObject() && info[3].As<Napi::Object>().Get("augment").ToBoolean();
+  std::string trace = info[3].IsObject() && info[3].As<Napi::Object>().Get("trace").IsString()
+                          ? info[3].As<Napi::Object>().Get("trace").As<Napi::String>().Utf8Value()
+                          : std::string();
   // The bytes are read on the worker, not copied here: a batch is tens of MB, and copying it on the
   // JavaScript thread blocked the event loop for 22-40 ms per call of 256 images (2-core machine). The
   // array is referenced until the Promise settles; it must not change meanwhile (as with Node's fs.write).
@@ -91,12 +100,13 @@ Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
   auto c = core_;
   return runAsync<PredsResult>(
       env, c->net->workerFor(),
-      [c, view, augment]() {
+      [c, view, augment, trace]() {
         std::lock_guard<std::mutex> lock(c->net->mutex);
         c->check();
+        const double t0 = nowSeconds();
+        TraceScope traceScope(trace, c->onCuda());
         // on the CPU the view itself is read (the first transform makes a new tensor anyway)
         auto images = c->onCuda() ? pinnedCopy(view) : view;
-        const double t0 = nowSeconds();
         torch::NoGradGuard ng;
         c->net->module->eval();
         AutocastScope ac(c->bf16 && c->onCuda());
@@ -110,6 +120,10 @@ Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
         }
         PredsResult r;
         r.probs = torch::cat(probs, 0).to(torch::kCPU);
+        if (!trace.empty()) {
+          r.ops = traceScope.finish();
+          r.traced = true;
+        }
         r.seconds = nowSeconds() - t0;
         return r;
       },

@@ -51,6 +51,19 @@ std::vector<OpStat> TraceScope::finish() {
   return out;
 }
 
+Napi::Array opsToJs(Napi::Env env, const std::vector<OpStat>& ops) {
+  auto a = Napi::Array::New(env, ops.size());
+  for (size_t k = 0; k < ops.size(); k++) {
+    auto e = Napi::Object::New(env);
+    e.Set("name", ops[k].name);
+    e.Set("device", ops[k].cuda ? "cuda" : "cpu");
+    e.Set("count", Napi::Number::New(env, static_cast<double>(ops[k].count)));
+    e.Set("totalUs", ops[k].totalUs);
+    a.Set(static_cast<uint32_t>(k), e);
+  }
+  return a;
+}
+
 TraceScope::~TraceScope() {
   try {
     if (active_) torch::autograd::profiler::disableProfiler();

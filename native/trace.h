@@ -29,4 +29,7 @@ class TraceScope {
   bool active_ = false;
 };
 
+// The table as JavaScript objects { name, device: 'cpu' | 'cuda', count, totalUs } (src/learner/trace.ts's TraceOp).
+Napi::Array opsToJs(Napi::Env env, const std::vector<OpStat>& ops);
+
 }  // namespace tl

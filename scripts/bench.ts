@@ -5,8 +5,8 @@
 //   --quick             fewer iterations
 //   --profile           time the phases of each train step (data, forward, backward, optimizer) on both sides
 //   --only LIST         some of: decode,augment,inference,train,e2e (default: all)
-//   --trace DIR         operator tables of the unfrozen train step on both sides, written to DIR, and the
-//                       operators where they differ most printed side by side
+//   --trace DIR         operator tables of the unfrozen train step (and of one batched inference call) on
+//                       both sides, written to DIR, and the operators where they differ most printed side by side
 //   --graph off|on|both torchlearn's train step with the cudaGraph option off, on, or both (default: both
 //                       on CUDA, off on the CPU, where the graph's step runs without capture)
 //   --frozen frozen|unfrozen|both  which train-step rows, on both sides (default: both)
@@ -228,13 +228,23 @@ async function inferenceBench() {
   rows.push({ bench: 'inference throughput', impl: 'torchlearn', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', images_per_s: (bs * iters) / ((performance.now() - t) / 1000) });
   // the same work in PyTorch (uint8 images in host memory to probabilities in host memory), and, as a ceiling,
   // PyTorch's forward alone on an input already on the device
-  const ptInference = (mode: string) =>
-    JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', 'resnet50', '--size', String(size), '--presize', String(presize), mode, '--bs', String(bs), '--iters', String(iters), '--precisions', cuda ? 'bf16' : 'fp32'], { encoding: 'utf8' }).trim().split('\n').pop()!);
+  const ptInference = (mode: string, extra: string[] = []) =>
+    JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', 'resnet50', '--size', String(size), '--presize', String(presize), mode, '--bs', String(bs), '--iters', String(iters), '--precisions', cuda ? 'bf16' : 'fp32', ...extra], { encoding: 'utf8' }).trim().split('\n').pop()!);
+  const ours = args.trace ? join(args.trace, `torchlearn-inference-bs${bs}.json`) : undefined;
+  const theirs = args.trace ? join(args.trace, `pytorch-inference-bs${bs}.json`) : undefined;
+  if (ours) {
+    try {
+      await inf.predictImages(batch, bs, { trace: ours });
+    } catch (e) {
+      log(`trace ${ours} failed: ${(e as Error).message.split('\n')[0]}`);
+    }
+  }
   inf.dispose();
   try {
     const lat = JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', 'resnet50', '--size', String(size), '--presize', String(presize), '--latency', img, '--iters', cuda ? '20' : '5'], { encoding: 'utf8' }).trim());
     rows.push({ bench: 'predict latency (decode included)', impl: 'pytorch eager + PIL', arch: 'resnet50', device, size, threads: lat.threads, median_ms: lat.median_ms });
-    const host = ptInference('--inference-host');
+    const host = ptInference('--inference-host', theirs ? ['--trace', theirs] : []);
+    if (ours && theirs && existsSync(ours) && existsSync(theirs)) log(`\noperators per predictImages call of ${bs} images (largest differences first):\n${compareTraces(readTrace(ours), readTrace(theirs))}\n`);
     rows.push({ bench: 'inference throughput', impl: 'pytorch eager', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', threads: host.threads, images_per_s: host.images_per_s });
     const thr = ptInference('--inference');
     rows.push({ bench: 'inference, forward only (input on the device)', impl: 'pytorch eager', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', threads: thr.threads, images_per_s: thr.images_per_s });

@@ -97,6 +97,8 @@ export interface NativePreds {
   targets?: Int32Array;
   losses?: Float32Array;
   seconds: number;
+  /** with a trace: the call's operator table */
+  ops?: { name: string; device: 'cpu' | 'cuda'; count: number; totalUs: number }[];
 }
 
 export interface NativeAugOptions {
@@ -158,7 +160,7 @@ export interface NativeLearner {
     mom: number;
     onProgress?: (e: { iter: number; total: number; smoothLoss: number; lr: number }) => void;
   }): Promise<{ lrs: Float64Array; losses: Float64Array }>;
-  predict(images: Uint8Array, n: number, presize: number, o?: { augment: boolean }): Promise<NativePreds>;
+  predict(images: Uint8Array, n: number, presize: number, o?: { augment?: boolean; trace?: string }): Promise<NativePreds>;
   gradCam(image: Uint8Array, presize: number, classIdx: number): Promise<{ map: Float32Array; h: number; w: number; probs: Float32Array }>;
   getState(withOpt: boolean): NamedTensor[];
   setState(t: NamedTensor[], withOpt: boolean): void;

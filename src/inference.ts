@@ -1,12 +1,13 @@
 // A trained classifier as one file, and a fast predictor: export / loadLearner / predict /
 // predictBatch / getPreds. The file is .safetensors: weights, plus in its metadata everything needed to
 // predict; no pickles, nothing executed on load.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { native, type NativeLearner, type NamedTensor } from './binding.js';
 import { decodeAll } from './data/images.js';
 import type { AugOptions, ResizeMethod } from './data/transforms.js';
 import { resolveDevice, torchInfo } from './info.js';
 import { checkArch, NetHandle, type Arch } from './model.js';
+import { chromeTracePath, writeTrace } from './learner/trace.js';
 import { readWeightFile } from './weights/index.js';
 
 export const EXPORT_FORMAT = 'torchlearn-export-v1';
@@ -142,9 +143,16 @@ export class InferenceLearner {
   }
 
   /** Predictions for images already decoded and presized: uint8 [n, presize, presize, 3] (video frames, buffers).
-   * The native side reads `images` off the main thread: do not change it until the Promise settles. */
-  async predictImages(images: Uint8Array, n: number): Promise<Prediction[]> {
-    const r = await this.nat.predict(images, n, this.info.presize);
+   * The native side reads `images` off the main thread: do not change it until the Promise settles.
+   * `trace`: write this call's operator table there (and the Chrome trace beside it where LibTorch has
+   * Kineto), as `fit(..., { trace })` does for training; the bench compares it with PyTorch's. */
+  async predictImages(images: Uint8Array, n: number, o: { trace?: string } = {}): Promise<Prediction[]> {
+    if (o.trace) rmSync(chromeTracePath(o.trace), { force: true }); // not an old one mistaken for this call's
+    const r = await this.nat.predict(images, n, this.info.presize, o.trace ? { trace: chromeTracePath(o.trace) } : undefined);
+    if (o.trace && r.ops) {
+      const chrome = chromeTracePath(o.trace);
+      writeTrace(o.trace, { impl: 'torchlearn', torchVersion: torchInfo().torchVersion, device: this.device, steps: 1, chromeTrace: existsSync(chrome) ? chrome : undefined, ops: r.ops });
+    }
     return decode(r.probs, r.numClasses, this.vocab);
   }
 

@@ -271,6 +271,10 @@ y = F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_cor
 lb = torch.log(br / (1 - br)).view(n, 1, 1, 1)
 y = torch.sigmoid((torch.logit(y, eps=1e-7) + lb) * ct.view(n, 1, 1, 1))
 (y * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy().tofile(d + '/ref.bin')
+# no augmentation (validation, prediction): the resize alone, as the identity affine grid samples it
+eye = torch.eye(2, 3, dtype=torch.float64).unsqueeze(0).expand(n, 2, 3)
+y = F.grid_sample(x, F.affine_grid(eye, (n, 3, s, s), align_corners=True), mode='bilinear', padding_mode='reflection', align_corners=True)
+(y * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy().tofile(d + '/plain.bin')
 `, [dir]);
     const ref = new Uint8Array(readFileSync(join(dir, 'ref.bin')));
     expect(ref.length).toBe(ours.length);
@@ -285,6 +289,11 @@ y = torch.sigmoid((torch.logit(y, eps=1e-7) + lb) * ct.view(n, 1, 1, 1))
     // and the transforms did something: the output is not the input resized
     const plain = native.augmentImages(pic, n, q, s, {});
     expect(Buffer.from(plain).equals(Buffer.from(ours))).toBe(false);
+    // the resize alone (one interpolation) is the identity grid's resize
+    const refPlain = new Uint8Array(readFileSync(join(dir, 'plain.bin')));
+    let worstPlain = 0;
+    for (let i = 0; i < refPlain.length; i++) worstPlain = Math.max(worstPlain, Math.abs(refPlain[i] - plain[i]));
+    expect(worstPlain).toBeLessThanOrEqual(1);
   });
 
   it('random augmentation is reproducible with a seed and differs across seeds', () => {

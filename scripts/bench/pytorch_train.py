@@ -220,7 +220,7 @@ def infer(arch, device, bs, size, iters, bf16, channels_last):
     return dict(impl='pytorch', threads=torch.get_num_threads(), kind='inference', arch=arch, device=device, bs=bs, size=size, bf16=bf16, images_per_s=bs * iters / dt)
 
 
-def infer_host(arch, device, bs, size, presize, iters, bf16):
+def infer_host(arch, device, bs, size, presize, iters, bf16, trace=None):
     """What torchlearn's predictImages does: uint8 [bs, presize, presize, 3] images in host memory, copied to
     the device through page-locked memory, resized to size, normalised, forward, softmax, probabilities back."""
     import numpy as np
@@ -250,6 +250,11 @@ def infer_host(arch, device, bs, size, presize, iters, bf16):
     for _ in range(iters):
         once()
     dt = time.perf_counter() - t
+    if trace:  # one call, as torchlearn's predictImages(..., { trace })
+        try:
+            write_trace(trace, dev, 1, once)
+        except Exception as e:
+            print(f'trace {trace} failed: {e}', file=sys.stderr)
     return dict(impl='pytorch', threads=torch.get_num_threads(), kind='inference from host uint8', arch=arch, device=device, bs=bs, size=size, bf16=bf16, images_per_s=bs * iters / dt)
 
 
@@ -299,7 +304,7 @@ if __name__ == '__main__':
     ap.add_argument('--profile', action='store_true')
     ap.add_argument('--channels-last', action='store_true', help='channels_last on the CPU too (always on CUDA)')
     ap.add_argument('--aug', choices=['full', 'affine'], default='affine', help="train step's augmentation: fast.ai's whole aug_transforms, or flip/rotate/zoom only")
-    ap.add_argument('--trace', default=None, help='write the operator table of the unfrozen step here (see src/learner/trace.ts)')
+    ap.add_argument('--trace', default=None, help='write the operator table of the unfrozen step (with --inference-host: of one call) here (see src/learner/trace.ts)')
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -314,7 +319,7 @@ if __name__ == '__main__':
                 print(json.dumps(infer(a.arch, a.device, bs, a.size, a.iters, bf16, cuda)), flush=True)
                 continue
             if a.inference_host:
-                print(json.dumps(infer_host(a.arch, a.device, bs, a.size, a.presize, a.iters, bf16)), flush=True)
+                print(json.dumps(infer_host(a.arch, a.device, bs, a.size, a.presize, a.iters, bf16, a.trace)), flush=True)
                 continue
             for frozen in {'both': (True, False), 'frozen': (True,), 'unfrozen': (False,)}[a.frozen]:
                 print(json.dumps(run(a.arch, a.device, bs, a.size, a.presize, a.iters, a.warmup, bf16, frozen, cuda or a.channels_last, a.profile,
