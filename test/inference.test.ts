@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { accuracy, ImageDataLoaders, loadLearner, readWeightFile, visionLearner, type Learner } from '../src/index.js';
+import { accuracy, ImageDataLoaders, loadLearner, readTrace, readWeightFile, visionLearner, type Learner } from '../src/index.js';
 import { decodeAll } from '../src/data/images.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { tempDir } from './helpers/python.js';
@@ -57,6 +57,15 @@ describe('export and loadLearner', () => {
     const small = loadLearner(exported, { device: 'cpu', bs: 3 });
     const c = await small.predictBatch(files);
     c.forEach((p, i) => p.probs.forEach((v, k) => expect(Math.abs(v - b[i].probs[k])).toBeLessThan(1e-5)));
+    // traced, the same call writes its operator table: one forward per chunk (a ResNet18 has 20 convolutions)
+    const tracePath = join(dir, 'predict-trace.json');
+    const traced = await small.predictImages(raw, files.length, { trace: tracePath });
+    traced.forEach((q, i) => q.probs.forEach((v, k) => expect(v).toBe(c[i].probs[k])));
+    const t = readTrace(tracePath);
+    const calls = (name: string) => t.ops.find((o) => o.name === name && o.device === 'cpu')?.count;
+    expect(t.steps).toBe(1);
+    expect(calls('aten::conv2d')).toBe(20 * Math.ceil(files.length / 3));
+    expect(calls('aten::upsample_bilinear2d')).toBe(Math.ceil(files.length / 3));
     small.dispose();
     const one = await inf.predict(files[0]);
     expect(one.label).toBe(a[0].label);
