@@ -1,13 +1,15 @@
 #!/usr/bin/env node
 // torchlearn's command line:
-//   torchlearn predict model.safetensors images... [--json] [--device cpu|cuda]
+//   torchlearn predict model.safetensors images-or-folders... [--json] [--device cpu|cuda]
 //   torchlearn info
+import { statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { folderItems } from './data/loaders.js';
 import { loadLearner } from './inference.js';
 import { torchInfo } from './info.js';
 
 const usage = `usage:
-  torchlearn predict MODEL.safetensors IMAGE... [--json] [--device auto|cpu|cuda]
+  torchlearn predict MODEL.safetensors IMAGE|FOLDER... [--json] [--device auto|cpu|cuda]
   torchlearn info`;
 
 async function main(argv: string[]): Promise<number> {
@@ -21,11 +23,18 @@ async function main(argv: string[]): Promise<number> {
   }
   if (cmd === 'predict') {
     const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { json: { type: 'boolean', default: false }, device: { type: 'string', default: 'auto' } } });
-    const [model, ...images] = positionals;
-    if (!model || images.length === 0) {
+    const [model, ...args] = positionals;
+    if (!model || args.length === 0) {
       console.error(usage);
       return 2;
     }
+    // a folder stands for its images (those in it and in its sub-folders, as getPreds reads a folder)
+    const images = args.flatMap((a) => {
+      if (!statSync(a, { throwIfNoEntry: false })?.isDirectory()) return [a];
+      const found = folderItems(a).items.map((i) => i.path);
+      if (found.length === 0) throw new Error(`${a}: no images in this folder`);
+      return found;
+    });
     const learn = loadLearner(model, { device: values.device });
     try {
       const preds = await learn.predictBatch(images);

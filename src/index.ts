@@ -9,7 +9,7 @@ export { readCovidMetadata, isCovidFinding, POSITIVE, NEGATIVE } from './data/me
 export type { CovidItem, MetadataFilters, MetadataResult } from './data/metadata.js';
 export { segregateByLabel } from './data/segregate.js';
 export type { SegregateOptions, SegregateResult } from './data/segregate.js';
-export { ImageDataLoaders, DataSplit } from './data/loaders.js';
+export { ImageDataLoaders, DataSplit, folderItems } from './data/loaders.js';
 export type { DataLoadersOptions, Item, Skipped } from './data/loaders.js';
 export { augTransforms, imagenetStats, defaultPresize } from './data/transforms.js';
 export type { AugOptions, ResizeMethod } from './data/transforms.js';

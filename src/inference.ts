@@ -4,6 +4,7 @@
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { native, type NativeLearner, type NamedTensor } from './binding.js';
 import { decodeAll } from './data/images.js';
+import { folderItems } from './data/loaders.js';
 import type { AugOptions, ResizeMethod } from './data/transforms.js';
 import { resolveDevice, torchInfo } from './info.js';
 import { checkArch, NetHandle, type Arch } from './model.js';
@@ -156,8 +157,12 @@ export class InferenceLearner {
     return decode(r.probs, r.numClasses, this.vocab);
   }
 
-  /** Probabilities for a list of files, and, when labels are given, targets and per-item losses. */
-  async getPreds(items: { path: string; label?: string }[]): Promise<{ probs: Float32Array; numClasses: number; targets?: Int32Array; losses?: Float32Array; skipped: { path: string; reason: string }[] }> {
+  /** Probabilities for a list of files or a folder, and, when every item is labelled, targets and per-item
+   * losses. A folder: its class sub-folders are labelled by their names (as `fromFolder` reads them), the
+   * images lying in it are unlabelled (see `folderItems`). */
+  async getPreds(itemsOrFolder: { path: string; label?: string }[] | string): Promise<{ probs: Float32Array; numClasses: number; targets?: Int32Array; losses?: Float32Array; skipped: { path: string; reason: string }[] }> {
+    const items = typeof itemsOrFolder === 'string' ? folderItems(itemsOrFolder).items : itemsOrFolder;
+    if (items.length === 0) throw new Error(`getPreds: no images${typeof itemsOrFolder === 'string' ? ` in ${itemsOrFolder}` : ' (the item list is empty)'}`);
     const r = await predictFiles(this.nat, items.map((i) => i.path), { presize: this.info.presize, method: this.info.method });
     const labelled = items.every((i) => i.label !== undefined);
     if (!labelled) return { probs: r.probs, numClasses: r.numClasses, skipped: r.failed };

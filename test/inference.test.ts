@@ -1,8 +1,8 @@
 import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { extname, join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { accuracy, ImageDataLoaders, loadLearner, readTrace, readWeightFile, visionLearner, type Learner } from '../src/index.js';
+import { accuracy, folderItems, ImageDataLoaders, loadLearner, readTrace, readWeightFile, visionLearner, type Learner } from '../src/index.js';
 import { decodeAll } from '../src/data/images.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { tempDir } from './helpers/python.js';
@@ -73,6 +73,23 @@ describe('export and loadLearner', () => {
     const g = await inf.getPreds(dls.valid.items);
     expect(g.targets!.length).toBe(files.length);
     g.losses!.forEach((l, i) => expect(l).toBeCloseTo(-Math.log(Math.max(1e-30, g.probs[i * 2 + g.targets![i]])), 4));
+    // a folder: its class sub-folders are labelled items, the pictures lying in it unlabelled ones
+    const all = await inf.getPreds(join(dir, 's'));
+    const byItems = await inf.getPreds(folderItems(join(dir, 's')).items);
+    expect(all.targets!.length).toBe(60);
+    expect(Array.from(all.probs)).toEqual(Array.from(byItems.probs));
+    expect(Array.from(all.targets!)).toEqual(Array.from(byItems.targets!));
+    const flat = join(dir, 'flat');
+    mkdirSync(flat);
+    files.slice(0, 3).forEach((f, k) => copyFileSync(f, join(flat, `x${k}${extname(f)}`)));
+    writeFileSync(join(flat, 'notes.txt'), 'not a picture');
+    const loose = await inf.getPreds(flat);
+    expect(loose.probs.length).toBe(3 * 2);
+    expect(loose.targets).toBeUndefined();
+    expect(loose.skipped).toEqual([]);
+    mkdirSync(join(dir, 'empty'));
+    await expect(inf.getPreds(join(dir, 'empty'))).rejects.toThrow(/no images in .*empty/);
+    await expect(inf.getPreds(join(dir, 'missing'))).rejects.toThrow(/missing: cannot read the image folder \(ENOENT\)/);
     // the learner's own predictions on its validation set agree too
     const v = await learn.getPreds();
     v.probs.forEach((p, i) => expect(Math.abs(p - g.probs[i])).toBeLessThan(1e-5));
@@ -109,6 +126,9 @@ describe('export and loadLearner', () => {
     expect(Object.keys(json[0].probs)).toEqual(['horizontal', 'vertical']);
     const table = execFileSync(tsx, [cli, 'predict', exported, img], { encoding: 'utf8' });
     expect(table).toMatch(/prediction/);
+    // a folder stands for its images
+    const folder = JSON.parse(execFileSync(tsx, [cli, 'predict', exported, join(dir, 's'), '--json', '--device', 'cpu'], { encoding: 'utf8' }));
+    expect(folder.map((r: { file: string }) => r.file)).toEqual(folderItems(join(dir, 's')).items.map((i) => i.path));
     expect(execFileSync(tsx, [cli, 'info'], { encoding: 'utf8' })).toMatch(/LibTorch \d+\.\d+/);
     let err = '';
     try {

@@ -69,6 +69,35 @@ export class DataSplit {
 
 const IMAGE_EXT = /\.(jpe?g|png|webp|tiff?|gif|bmp|avif)$/i;
 
+/**
+ * The images of a folder, fast.ai-style: every file in each sub-folder, labelled with the sub-folder's name
+ * (parent_label), and the image files lying in the folder itself, unlabelled (a folder of pictures to
+ * predict). Hidden entries are ignored; sorted, so the order is the same on every machine. A file that is
+ * not a readable image is reported by the decoder later (skipped and counted), as in any dataset.
+ */
+export function folderItems(dir: string): { items: { path: string; label?: string }[]; folders: string[] } {
+  let entries;
+  try {
+    entries = readdirSync(dir, { withFileTypes: true }).filter((d) => !d.name.startsWith('.'));
+  } catch (e) {
+    throw new Error(`${dir}: cannot read the image folder (${(e as NodeJS.ErrnoException).code ?? e})`);
+  }
+  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const isDir = (name: string) => statSync(join(dir, name)).isDirectory();
+  const items: { path: string; label?: string }[] = [];
+  const folders = entries.filter((e) => isDir(e.name)).map((e) => e.name);
+  for (const e of entries) if (!isDir(e.name) && IMAGE_EXT.test(e.name)) items.push({ path: join(dir, e.name) });
+  for (const name of folders) {
+    const files = readdirSync(join(dir, name))
+      .filter((f) => !f.startsWith('.'))
+      .sort()
+      .map((f) => join(dir, name, f))
+      .filter((p) => statSync(p).isFile());
+    for (const p of files) items.push({ path: p, label: name });
+  }
+  return { items, folders };
+}
+
 export class ImageDataLoaders {
   private constructor(
     readonly vocab: string[],
@@ -88,27 +117,11 @@ export class ImageDataLoaders {
 
   /** One sub-folder per class (fast.ai's from_folder with valid_pct); the folder names are the labels. */
   static async fromFolder(dir: string, opts: DataLoadersOptions = {}): Promise<ImageDataLoaders> {
-    let classes: string[];
-    try {
-      classes = readdirSync(dir, { withFileTypes: true })
-        .filter((d) => (d.isDirectory() || d.isSymbolicLink()) && !d.name.startsWith('.'))
-        .map((d) => d.name)
-        .sort();
-    } catch (e) {
-      throw new Error(`${dir}: cannot read the image folder (${(e as NodeJS.ErrnoException).code ?? e})`);
-    }
-    if (classes.length === 0) throw new Error(`${dir}: no class sub-folders found (expected one folder per class, e.g. ${dir}/covid_positive)`);
-    const items: Item[] = [];
-    for (const c of classes) {
-      const files = readdirSync(join(dir, c))
-        .filter((f) => !f.startsWith('.'))
-        .sort()
-        .map((f) => join(dir, c, f))
-        .filter((p) => statSync(p).isFile());
-      if (files.length === 0) throw new Error(`${join(dir, c)}: the class '${c}' has no images`);
-      for (const p of files) items.push({ path: p, label: c });
-    }
-    return ImageDataLoaders.fromItems(items, opts);
+    const { items, folders } = folderItems(dir);
+    if (folders.length === 0) throw new Error(`${dir}: no class sub-folders found (expected one folder per class, e.g. ${dir}/covid_positive)`);
+    for (const c of folders) if (!items.some((i) => i.label === c)) throw new Error(`${join(dir, c)}: the class '${c}' has no images`);
+    // (images lying beside the class folders have no label: not training data)
+    return ImageDataLoaders.fromItems(items.filter((i): i is Item => i.label !== undefined), opts);
   }
 
   /** Items with a path and a label (and any keys to split by, e.g. patient). */
