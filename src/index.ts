@@ -13,6 +13,7 @@ export { ImageDataLoaders, DataSplit, folderItems } from './data/loaders.js';
 export type { DataLoadersOptions, Item, Skipped } from './data/loaders.js';
 export { augTransforms, imagenetStats, defaultPresize } from './data/transforms.js';
 export type { AugOptions, ResizeMethod } from './data/transforms.js';
+export type { ImageSource } from './data/images.js';
 export { accuracy, errorRate, precision, recall, f1Score, rocAucBinary, metric, confusionMatrix } from './metrics.js';
 export type { Metric, MetricFn } from './metrics.js';
 export { Learner, visionLearner, DEFAULTS } from './learner/learner.js';

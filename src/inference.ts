@@ -3,7 +3,7 @@
 // predict; no pickles, nothing executed on load.
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { native, type NativeLearner, type NamedTensor } from './binding.js';
-import { decodeAll } from './data/images.js';
+import { decodeAll, describeSource, type ImageSource } from './data/images.js';
 import { folderItems } from './data/loaders.js';
 import type { AugOptions, ResizeMethod } from './data/transforms.js';
 import { resolveDevice, torchInfo } from './info.js';
@@ -81,16 +81,16 @@ function parseExport(path: string, meta: Record<string, string>): ExportInfo {
   }
 }
 
-/** Decodes image files at the presize and runs the native validation transform + model. */
+/** Decodes image files (or encoded images' bytes) at the presize and runs the native validation transform + model. */
 export async function predictFiles(
   nat: NativeLearner,
-  files: string[],
+  files: ImageSource[],
   o: { presize: number; method: ResizeMethod; augment?: boolean },
 ): Promise<{ probs: Float32Array; numClasses: number; failed: { path: string; reason: string }[]; ok: number[] }> {
   const decoded = await decodeAll(files, o.presize, o.method);
   const failed: { path: string; reason: string }[] = [];
   const ok: number[] = [];
-  decoded.forEach((d, i) => (d.ok ? ok.push(i) : failed.push({ path: files[i], reason: d.reason })));
+  decoded.forEach((d, i) => (d.ok ? ok.push(i) : failed.push({ path: describeSource(files[i], i), reason: d.reason })));
   const p = o.presize;
   const images = new Uint8Array(ok.length * p * p * 3);
   ok.forEach((i, k) => images.set((decoded[i] as { data: Buffer }).data, k * p * p * 3));
@@ -100,7 +100,7 @@ export async function predictFiles(
 }
 
 /** Files to decoded predictions; an unreadable file is an error naming it. */
-export async function predictPaths(nat: NativeLearner, paths: string[], o: { presize: number; method: ResizeMethod }, vocab: string[]): Promise<Prediction[]> {
+export async function predictPaths(nat: NativeLearner, paths: ImageSource[], o: { presize: number; method: ResizeMethod }, vocab: string[]): Promise<Prediction[]> {
   const r = await predictFiles(nat, paths, o);
   if (r.failed.length) throw new Error(`cannot read image ${r.failed[0].path}: ${r.failed[0].reason}`);
   return decode(r.probs, r.numClasses, vocab);
@@ -132,14 +132,14 @@ export class InferenceLearner {
     return this.#nat;
   }
 
-  /** fast.ai's predict: (decoded label, index, probabilities) for one image file. */
-  async predict(path: string): Promise<Prediction> {
-    const [p] = await this.predictBatch([path]);
+  /** fast.ai's predict: (decoded label, index, probabilities) for one image file, or an encoded image's bytes. */
+  async predict(image: ImageSource): Promise<Prediction> {
+    const [p] = await this.predictBatch([image]);
     return p;
   }
 
   /** Decodes in parallel and predicts in batches; an unreadable file is an error naming it. */
-  async predictBatch(paths: string[]): Promise<Prediction[]> {
+  async predictBatch(paths: ImageSource[]): Promise<Prediction[]> {
     return predictPaths(this.nat, paths, { presize: this.info.presize, method: this.info.method }, this.vocab);
   }
 

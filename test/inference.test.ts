@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { extname, join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { accuracy, folderItems, ImageDataLoaders, loadLearner, readTrace, readWeightFile, visionLearner, type Learner } from '../src/index.js';
@@ -70,6 +70,11 @@ describe('export and loadLearner', () => {
     const one = await inf.predict(files[0]);
     expect(one.label).toBe(a[0].label);
     expect(one.index).toBe(inf.vocab.indexOf(one.label));
+    // the bytes of an encoded image file (an upload, say) predict what the file does
+    const fromBytes1 = await inf.predict(readFileSync(files[0]));
+    expect(Array.from(fromBytes1.probs)).toEqual(Array.from(one.probs));
+    (await learn.predict(new Uint8Array(readFileSync(files[0])))).probs.forEach((v, k) => expect(Math.abs(v - a[0].probs[k])).toBeLessThan(1e-5));
+    await expect(inf.predictBatch([files[0], Buffer.from('not an image')])).rejects.toThrow(/cannot read image image bytes #1 \(12 bytes\)/);
     const g = await inf.getPreds(dls.valid.items);
     expect(g.targets!.length).toBe(files.length);
     g.losses!.forEach((l, i) => expect(l).toBeCloseTo(-Math.log(Math.max(1e-30, g.probs[i * 2 + g.targets![i]])), 4));

@@ -13,10 +13,18 @@ export interface DecodeFailure {
   reason: string;
 }
 
-export async function decodeImage(path: string, presize: number, method: ResizeMethod): Promise<Decoded | DecodeFailure> {
+/** An image to decode: a file's path, or the bytes of an encoded image file (JPEG, PNG, ...: an upload, say). */
+export type ImageSource = string | Uint8Array;
+
+/** How errors name a source: the path, or the bytes' position in the call and their size. */
+export function describeSource(src: ImageSource, index = 0): string {
+  return typeof src === 'string' ? src : `image bytes #${index} (${src.byteLength} bytes)`;
+}
+
+export async function decodeImage(src: ImageSource, presize: number, method: ResizeMethod): Promise<Decoded | DecodeFailure> {
   try {
     const fit = method === 'crop' ? 'cover' : method === 'squish' ? 'fill' : 'contain';
-    const { data, info } = await sharp(path, { failOn: 'error' })
+    const { data, info } = await sharp(src, { failOn: 'error' })
       .resize(presize, presize, { fit, position: 'centre', background: { r: 0, g: 0, b: 0 }, kernel: 'lanczos3' })
       .removeAlpha()
       .toColourspace('srgb')
@@ -37,7 +45,7 @@ export async function decodeImage(path: string, presize: number, method: ResizeM
 
 /** Decodes many files with a bounded number in flight; `onProgress(done, total)`. */
 export async function decodeAll(
-  paths: string[],
+  paths: ImageSource[],
   presize: number,
   method: ResizeMethod,
   onProgress?: (done: number, total: number) => void,

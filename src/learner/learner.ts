@@ -5,7 +5,7 @@ import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { native, type NativeLearner, type NativeNet, type NativeSchedule, type NamedTensor } from '../binding.js';
 import type { ImageDataLoaders } from '../data/loaders.js';
-import { decodeAll } from '../data/images.js';
+import { decodeAll, type ImageSource } from '../data/images.js';
 import { manualSeed, resolveDevice, torchInfo } from '../info.js';
 import { checkArch, NetHandle, type Arch } from '../model.js';
 import { lrFindSpec, renderChart } from '../plot/charts.js';
@@ -596,12 +596,12 @@ export class Learner {
     return path;
   }
 
-  /** fast.ai's predict on an image file: { label, index, probs }. */
-  async predict(path: string): Promise<Prediction> {
-    return (await this.predictBatch([path]))[0];
+  /** fast.ai's predict on an image file, or an encoded image's bytes: { label, index, probs }. */
+  async predict(image: ImageSource): Promise<Prediction> {
+    return (await this.predictBatch([image]))[0];
   }
 
-  async predictBatch(paths: string[]): Promise<Prediction[]> {
+  async predictBatch(paths: ImageSource[]): Promise<Prediction[]> {
     this.#enter();
     try {
       return await predictPaths(this.nat, paths, { presize: this.dls.presize, method: this.dls.method }, this.dls.vocab);
