@@ -13,6 +13,7 @@ import {
   ImageDataLoaders,
   accuracy,
   confusionMatrix,
+  csvLogger,
   f1Score,
   loadLearner,
   precision,
@@ -128,7 +129,9 @@ process.once('SIGINT', () => {
 // --- 4. train: frozen, then unfrozen with discriminative learning rates ---------------------------------
 t = Date.now();
 say(`\n4. fitOneCycle(${epochs1})`);
-await learn.fitOneCycle(epochs1, { signal: stop.signal });
+// history.csv: fast.ai's CSVLogger, one line per epoch of both fits, written as each epoch ends
+const history = join(out, 'history.csv');
+await learn.fitOneCycle(epochs1, { signal: stop.signal, cbs: [csvLogger({ fname: history })] });
 lastCheckpoint = await learn.save('stage-1');
 lap('stage1', t);
 if (stop.signal.aborted) process.exit(130);
@@ -143,7 +146,7 @@ say(`   lrFind: valley ${lrf.suggestions.valley.toExponential(2)}, minimum/10 ${
     `steep ${lrf.suggestions.steep.toExponential(2)} -> ${join(out, 'lr_find.png')}`);
 say(`   fitOneCycle(${epochs2}, { lrMax: [${(lr / 10).toExponential(2)}, ${lr.toExponential(2)}] })${opt.lr ? ' (--lr)' : ' (the valley suggestion)'}`);
 t = Date.now();
-await learn.fitOneCycle(epochs2, { lrMax: [lr / 10, lr], signal: stop.signal });
+await learn.fitOneCycle(epochs2, { lrMax: [lr / 10, lr], signal: stop.signal, cbs: [csvLogger({ fname: history, append: true })] });
 lastCheckpoint = await learn.save('stage-2');
 lap('stage2', t);
 if (stop.signal.aborted) process.exit(130);
@@ -153,6 +156,7 @@ t = Date.now();
 const interp = await ClassificationInterpretation.fromLearner(learn);
 await interp.plotConfusionMatrix(join(out, 'confusion_matrix.png'));
 await interp.plotTopLosses(Math.min(9, dls.valid.n), join(out, 'top_losses.png'), { heatmap: true });
+await learn.showResults({ n: 9, path: join(out, 'results.png') });
 const { probs, targets, numClasses } = interp;
 const valid = {
   accuracy: accuracy().fn(probs, targets, numClasses),
@@ -170,7 +174,7 @@ say(`   most confused: ${JSON.stringify(interp.mostConfused())}`);
 say(`   accuracy ${valid.accuracy.toFixed(3)} (always predicting the majority class: ${majority.toFixed(3)}), ` +
     `precision ${valid.precision.toFixed(3)}, recall ${valid.recall.toFixed(3)}, F1 ${valid.f1.toFixed(3)}, ROC AUC ${valid.rocAuc.toFixed(3)}`);
 say(`   class balance: ${Object.entries(counts).map(([k, v]) => `${k} ${v}`).join(', ')}`);
-say(`   pictures: ${join(out, 'confusion_matrix.png')}, ${join(out, 'top_losses.png')}`);
+say(`   pictures: ${['confusion_matrix.png', 'top_losses.png', 'results.png'].map((f) => join(out, f)).join(', ')}; epochs: ${history}`);
 
 // --- 6. export, load it back, predict one validation image ---------------------------------------------
 const exportPath = await learn.export(join(out, 'export.safetensors'));

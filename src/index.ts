@@ -18,7 +18,7 @@ export { accuracy, errorRate, precision, recall, f1Score, rocAucBinary, metric, 
 export type { Metric, MetricFn } from './metrics.js';
 export { Learner, visionLearner, DEFAULTS } from './learner/learner.js';
 export type { VisionLearnerOptions, OneCycleOptions, FitOptions, FitResult, LrFindResult, Preds, LossOptions } from './learner/learner.js';
-export { saveModel, earlyStopping } from './learner/callbacks.js';
+export { saveModel, earlyStopping, csvLogger } from './learner/callbacks.js';
 export type { Callback, EpochInfo, BatchInfo } from './learner/callbacks.js';
 export { lrPerGroup } from './learner/schedule.js';
 export type { LrSpec } from './learner/schedule.js';

@@ -1,6 +1,7 @@
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { accuracy, earlyStopping, ImageDataLoaders, lrPerGroup, saveModel, visionLearner } from '../src/index.js';
+import { accuracy, csvLogger, earlyStopping, ImageDataLoaders, lrPerGroup, saveModel, visionLearner } from '../src/index.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { tempDir } from './helpers/python.js';
 
@@ -46,6 +47,28 @@ describe('callbacks', () => {
     const r2 = await learn.fit(5, { lr: 1e-7, cbs: [earlyStopping({ monitor: 'accuracy', patience: 1, minDelta: 0.5 })] });
     expect(r2.epochs).toBe(2);
     await expect(learn.fit(1, { cbs: [earlyStopping({ monitor: 'nope' })] })).rejects.toThrow(/'nope' is not a column/);
+    learn.dispose();
+  });
+
+  it("csvLogger writes fast.ai's history.csv: a header, then one line per epoch as it ends; append adds to it", async () => {
+    const learn = visionLearner(dls, 'resnet18', { ...quiet, metrics: [accuracy()], seed: 0 });
+    const fname = join(dir, 'history.csv');
+    const lines = () => readFileSync(fname, 'utf8').trimEnd().split('\n');
+    const seenAtEpochEnd: number[] = [];
+    await learn.fitOneCycle(2, { cbs: [csvLogger({ fname }), { onEpochEnd: () => void seenAtEpochEnd.push(lines().length) }] });
+    expect(seenAtEpochEnd).toEqual([2, 3]); // each epoch's line is on disk when the epoch ends
+    expect(lines()[0]).toBe('epoch,train_loss,valid_loss,accuracy,time');
+    lines().slice(1).forEach((l, e) => {
+      const [epoch, ...rest] = l.split(',');
+      expect(Number(epoch)).toBe(e);
+      rest.slice(0, 3).forEach((v, k) => expect(Number(v)).toBe(learn.recorder.values[e][k]));
+      expect(rest[3]).toMatch(/^\d\d:\d\d$/);
+    });
+    await learn.fit(1, { cbs: [csvLogger({ fname, append: true })] });
+    expect(lines().length).toBe(4);
+    expect(lines().filter((l) => l.startsWith('epoch')).length).toBe(1);
+    await learn.fit(1, { cbs: [csvLogger({ fname })] }); // without append: a new file
+    expect(lines().length).toBe(2);
     learn.dispose();
   });
 

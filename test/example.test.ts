@@ -19,7 +19,9 @@ describe.skipIf(!existsSync(DATA))('scripts/covid-xray.ts on the real dataset', 
     expect(log).toMatch(/epoch\s+train_loss\s+valid_loss\s+precision_score\s+recall_score\s+time/);
     expect(readdirSync(join(out, 'images', 'covid_positive')).length).toBe(216);
     expect(readdirSync(join(out, 'images', 'covid_negative')).length).toBe(77);
-    for (const png of ['batch.png', 'lr_find.png', 'confusion_matrix.png', 'top_losses.png']) {
+    // both fits' epochs (1 and 1 here) under one header
+    expect(readFileSync(join(out, 'history.csv'), 'utf8').trimEnd().split('\n').length).toBe(3);
+    for (const png of ['batch.png', 'lr_find.png', 'confusion_matrix.png', 'top_losses.png', 'results.png']) {
       const m = await sharp(join(out, png)).metadata();
       expect(m.format, png).toBe('png');
       expect(m.width!, png).toBeGreaterThan(300);

@@ -73,6 +73,12 @@ describe('ClassificationInterpretation', () => {
     expect(await pngSize(join(PICTURES, 'lr_find.png'))).toEqual(lp);
     const sb = await dls.showBatch({ n: 4, path: join(PICTURES, 'batch.png') });
     expect(await pngSize(join(PICTURES, 'batch.png'))).toEqual(sb);
+    // show_results: the first 6 validation images, actual over predicted; as many right as getPreds says
+    const sr = await learn.showResults({ n: 6, path: join(PICTURES, 'results.png') });
+    expect(await pngSize(join(PICTURES, 'results.png'))).toEqual({ width: sr.width, height: sr.height });
+    expect(sr.width).toBe(3 * (Math.max(160, dls.size) + 8));
+    expect(sr.shown).toBe(6);
+    expect(sr.correct).toBe([0, 1, 2, 3, 4, 5].filter((i) => interp.preds[i] === interp.targets[i]).length);
   });
 });
 

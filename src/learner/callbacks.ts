@@ -1,11 +1,15 @@
 // Callbacks around the epoch loop: user hooks, saveModel (best by a monitored value, loaded at the
-// end) and earlyStopping, with fast.ai's monitor/comparison rules.
+// end) and earlyStopping, with fast.ai's monitor/comparison rules, and csvLogger.
+import { appendFileSync, existsSync, rmSync, statSync } from 'node:fs';
 import type { Learner } from './learner.js';
+import { formatTime } from './progress.js';
 
 export interface EpochInfo {
   epoch: number;
   /** name -> value for every column of the results table (train_loss, valid_loss, metrics) */
   values: Record<string, number>;
+  /** the epoch's wall time, as the table's time column */
+  seconds: number;
 }
 
 export interface BatchInfo {
@@ -84,6 +88,31 @@ export function earlyStopping(o: { monitor?: string; comp?: 'lower' | 'higher'; 
         return true;
       }
       return false;
+    },
+  };
+}
+
+/**
+ * fast.ai's CSVLogger: the results table as CSV (epoch, train_loss, valid_loss, metrics..., time), a header
+ * when the fit starts (unless `append` and the file has one), and one line appended as each epoch ends, so an
+ * interrupted fit keeps the epochs it finished. `fname` is relative to the working directory.
+ */
+export function csvLogger(o: { fname?: string; append?: boolean } = {}): Callback {
+  const fname = o.fname ?? 'history.csv';
+  let header: string[] | null = null;
+  return {
+    beforeFit() {
+      header = null;
+      if (!o.append) rmSync(fname, { force: true });
+    },
+    onEpochEnd(info) {
+      const cols = ['epoch', ...Object.keys(info.values), 'time'];
+      if (!header) {
+        header = cols;
+        if (!existsSync(fname) || statSync(fname).size === 0) appendFileSync(fname, cols.join(',') + '\n');
+      }
+      const row = [String(info.epoch), ...Object.values(info.values).map((v) => (Number.isFinite(v) ? String(v) : '')), formatTime(info.seconds)];
+      appendFileSync(fname, row.join(',') + '\n');
     },
   };
 }

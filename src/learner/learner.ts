@@ -9,6 +9,7 @@ import { decodeAll, type ImageSource } from '../data/images.js';
 import { manualSeed, resolveDevice, torchInfo } from '../info.js';
 import { checkArch, NetHandle, type Arch } from '../model.js';
 import { lrFindSpec, renderChart } from '../plot/charts.js';
+import { writeGrid } from '../plot/grid.js';
 import { readWeightFile, writeWeightFile } from '../weights/index.js';
 import { decode, exportMetadata, predictPaths, type Prediction } from '../inference.js';
 import type { Metric } from '../metrics.js';
@@ -399,10 +400,11 @@ export class Learner {
         bar.clear();
         const values = [trainLoss, v ? v.loss : NaN, ...this.metrics.map((m) => (v ? m.fn(v.probs, v.targets, v.numClasses) : NaN))];
         this.recorder.values.push(values);
-        this.recorder.epochSeconds.push((Date.now() - te) / 1000);
-        table.row([String(epoch), ...values.map(formatValue), formatTime((Date.now() - te) / 1000)]);
+        const seconds = (Date.now() - te) / 1000;
+        this.recorder.epochSeconds.push(seconds);
+        table.row([String(epoch), ...values.map(formatValue), formatTime(seconds)]);
         epochs++;
-        const info: EpochInfo = { epoch, values: Object.fromEntries(names.map((n, i) => [n, values[i]])) };
+        const info: EpochInfo = { epoch, values: Object.fromEntries(names.map((n, i) => [n, values[i]])), seconds };
         if (checkpoint) await this.#save(checkpoint, true, { schedule, nEpoch, epochsDone: epoch + 1, batchesDone: 0, smoothVal, smoothCount });
         let stop = false;
         for (const cb of cbs) if (await cb.onEpochEnd?.(info, this)) stop = true;
@@ -608,6 +610,35 @@ export class Learner {
     } finally {
       this.#busy = false;
     }
+  }
+
+  /**
+   * fast.ai's show_results: the first `n` validation images as the model sees them, each titled with its
+   * actual label over the predicted one, green when they agree and red when not; a PNG at `path`.
+   */
+  async showResults(o: { n?: number; path: string }): Promise<{ width: number; height: number; correct: number; shown: number }> {
+    const valid = this.dls.valid;
+    const n = Math.min(o.n ?? 9, valid.n);
+    if (n === 0) throw new Error('showResults: the validation set is empty');
+    const p = this.dls.presize;
+    const s = this.dls.size;
+    const imgs = valid.images.subarray(0, n * p * p * 3);
+    this.#enter();
+    let preds: Prediction[];
+    try {
+      const r = await this.nat.predict(imgs, n, p);
+      preds = decode(r.probs, r.numClasses, this.dls.vocab);
+    } finally {
+      this.#busy = false;
+    }
+    const shown = native.augmentImages(imgs, n, p, s, {});
+    let correct = 0;
+    const tiles = preds.map((pred, i) => {
+      const actual = this.dls.vocab[valid.labels[i]];
+      if (actual === pred.label) correct++;
+      return { rgb: shown.subarray(i * s * s * 3, (i + 1) * s * s * 3), size: s, title: `${actual}\n${pred.label}`, titleColor: actual === pred.label ? '#1a7f37' : '#c62828' };
+    });
+    return { ...(await writeGrid(tiles, o.path)), correct, shown: n };
   }
 
   /** Grad-CAM for one image file (fast.ai v1): the map of layer4 for `classIdx` (default: the predicted class). */

@@ -1,10 +1,12 @@
-// Image grids with titles drawn as SVG text over the pictures (showBatch, plotTopLosses).
+// Image grids with titles drawn as SVG text over the pictures (showBatch, showResults, plotTopLosses).
 import sharp, { type OverlayOptions } from 'sharp';
 
 export interface Tile {
   rgb: Uint8Array; // size*size*3
   size: number;
   title: string;
+  /** the title's colour (CSS), default near-black */
+  titleColor?: string;
   /** optional heat map drawn over the image, values >= 0, [h*w] */
   heat?: { map: Float32Array; h: number; w: number; alpha?: number };
 }
@@ -62,7 +64,7 @@ export async function writeGrid(tiles: Tile[], path: string, ncols = Math.ceil(M
     if (t.heat) composites.push({ input: await heatOverlay(t, size), left, top });
     const text = t.title
       .split('\n')
-      .map((l, k) => `<text x="${cellW / 2}" y="${titleH * (k + 0.75)}" font-family="DejaVu Sans, sans-serif" font-size="${fontSize}" text-anchor="middle" fill="#111">${escapeXml(l)}</text>`)
+      .map((l, k) => `<text x="${cellW / 2}" y="${titleH * (k + 0.75)}" font-family="DejaVu Sans, sans-serif" font-size="${fontSize}" text-anchor="middle" fill="${escapeXml(t.titleColor ?? '#111')}">${escapeXml(l)}</text>`)
       .join('');
     const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${cellW}" height="${titleH * lines}">${text}</svg>`;
     composites.push({ input: Buffer.from(svg), left: (i % ncols) * cellW, top: Math.floor(i / ncols) * cellH });
