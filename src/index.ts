@@ -26,5 +26,6 @@ export { Recorder } from './learner/recorder.js';
 export { compareTraces, readTrace, type TraceOp, type TraceTable } from './learner/trace.js';
 export { loadLearner, InferenceLearner, EXPORT_FORMAT } from './inference.js';
 export type { LoadLearnerOptions } from './inference.js';
+export { TTA_DEFAULTS, type TtaOptions } from './tta.js';
 export type { Prediction, ExportInfo } from './inference.js';
 export { ClassificationInterpretation } from './interpret.js';

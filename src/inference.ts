@@ -9,6 +9,7 @@ import type { AugOptions, ResizeMethod } from './data/transforms.js';
 import { resolveDevice, torchInfo } from './info.js';
 import { checkArch, NetHandle, type Arch } from './model.js';
 import { chromeTracePath, writeTrace } from './learner/trace.js';
+import { lossesFromProbs, ttaProbs, type TtaOptions } from './tta.js';
 import { readWeightFile } from './weights/index.js';
 
 export const EXPORT_FORMAT = 'torchlearn-export-v1';
@@ -85,7 +86,7 @@ function parseExport(path: string, meta: Record<string, string>): ExportInfo {
 export async function predictFiles(
   nat: NativeLearner,
   files: ImageSource[],
-  o: { presize: number; method: ResizeMethod; augment?: boolean },
+  o: { presize: number; method: ResizeMethod; tta?: TtaOptions },
 ): Promise<{ probs: Float32Array; numClasses: number; failed: { path: string; reason: string }[]; ok: number[] }> {
   const decoded = await decodeAll(files, o.presize, o.method);
   const failed: { path: string; reason: string }[] = [];
@@ -95,8 +96,10 @@ export async function predictFiles(
   const images = new Uint8Array(ok.length * p * p * 3);
   ok.forEach((i, k) => images.set((decoded[i] as { data: Buffer }).data, k * p * p * 3));
   if (ok.length === 0) return { probs: new Float32Array(0), numClasses: 0, failed, ok };
-  const r = await nat.predict(images, ok.length, p, { augment: o.augment ?? false });
-  return { probs: r.probs, numClasses: r.numClasses, failed, ok };
+  const r = await nat.predict(images, ok.length, p);
+  // test-time augmentation: the images are decoded once, augmented on the native side for every pass
+  const probs = o.tta ? await ttaProbs(r.probs, async () => (await nat.predict(images, ok.length, p, { augment: true })).probs, o.tta) : r.probs;
+  return { probs, numClasses: r.numClasses, failed, ok };
 }
 
 /** Files to decoded predictions; an unreadable file is an error naming it. */
@@ -159,11 +162,13 @@ export class InferenceLearner {
 
   /** Probabilities for a list of files or a folder, and, when every item is labelled, targets and per-item
    * losses. A folder: its class sub-folders are labelled by their names (as `fromFolder` reads them), the
-   * images lying in it are unlabelled (see `folderItems`). */
-  async getPreds(itemsOrFolder: { path: string; label?: string }[] | string): Promise<{ probs: Float32Array; numClasses: number; targets?: Int32Array; losses?: Float32Array; skipped: { path: string; reason: string }[] }> {
+   * images lying in it are unlabelled (see `folderItems`). `tta`: fast.ai's test-time augmentation with the
+   * training transforms recorded in the export (`true` for its defaults, n 4 and beta 0.25). */
+  async getPreds(itemsOrFolder: { path: string; label?: string }[] | string, o: { tta?: TtaOptions | boolean } = {}): Promise<{ probs: Float32Array; numClasses: number; targets?: Int32Array; losses?: Float32Array; skipped: { path: string; reason: string }[] }> {
     const items = typeof itemsOrFolder === 'string' ? folderItems(itemsOrFolder).items : itemsOrFolder;
     if (items.length === 0) throw new Error(`getPreds: no images${typeof itemsOrFolder === 'string' ? ` in ${itemsOrFolder}` : ' (the item list is empty)'}`);
-    const r = await predictFiles(this.nat, items.map((i) => i.path), { presize: this.info.presize, method: this.info.method });
+    const tta = o.tta === true ? {} : o.tta || undefined;
+    const r = await predictFiles(this.nat, items.map((i) => i.path), { presize: this.info.presize, method: this.info.method, tta });
     const labelled = items.every((i) => i.label !== undefined);
     if (!labelled) return { probs: r.probs, numClasses: r.numClasses, skipped: r.failed };
     const targets = Int32Array.from(r.ok, (i) => {
@@ -171,9 +176,7 @@ export class InferenceLearner {
       if (t < 0) throw new Error(`label '${items[i].label}' of ${items[i].path} is not in the vocab [${this.vocab.join(', ')}]`);
       return t;
     });
-    const c = r.numClasses;
-    const losses = Float32Array.from(targets, (t, k) => -Math.log(Math.max(1e-30, r.probs[k * c + t])));
-    return { probs: r.probs, numClasses: c, targets, losses, skipped: r.failed };
+    return { probs: r.probs, numClasses: r.numClasses, targets, losses: lossesFromProbs(r.probs, targets, r.numClasses), skipped: r.failed };
   }
 
   dispose(): void {

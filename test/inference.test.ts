@@ -109,6 +109,18 @@ describe('export and loadLearner', () => {
     const t2 = await learn.tta({ n: 3 });
     expect(t2.probs.length).toBe(plain.probs.length);
     for (let i = 0; i < t2.probs.length; i += 2) expect(t2.probs[i] + t2.probs[i + 1]).toBeCloseTo(1, 5);
+    // a loaded export does the same on files, with the training transforms its metadata records
+    const inf = loadLearner(exported, { device: 'cpu' });
+    const items = dls.valid.items;
+    const p0 = await inf.getPreds(items);
+    const same = await inf.getPreds(items, { tta: { n: 2, beta: 1 } });
+    same.probs.forEach((p, i) => expect(p).toBeCloseTo(p0.probs[i], 6));
+    const aug = await inf.getPreds(items, { tta: { n: 3, beta: 0 } });
+    expect(Math.max(...aug.probs.map((p, i) => Math.abs(p - p0.probs[i])))).toBeGreaterThan(1e-4); // the passes were augmented
+    for (let i = 0; i < aug.probs.length; i += 2) expect(aug.probs[i] + aug.probs[i + 1]).toBeCloseTo(1, 5);
+    aug.losses!.forEach((l, i) => expect(l).toBeCloseTo(-Math.log(aug.probs[i * 2 + aug.targets![i]]), 4));
+    await expect(inf.getPreds(items, { tta: { n: 0 } })).rejects.toThrow(/tta: n must be a positive integer, got 0/);
+    inf.dispose();
   });
 
   it('refuses a checkpoint or weights instead of an export, and names bad images', async () => {

@@ -19,6 +19,7 @@ import { formatTime, formatValue, ProgressBar, ResultsTable } from './progress.j
 import { Recorder } from './recorder.js';
 import { lrPerGroup, type LrSpec } from './schedule.js';
 import { chromeTracePath, writeTrace } from './trace.js';
+import { lossesFromProbs, ttaProbs, type TtaOptions } from '../tta.js';
 
 export interface LossOptions {
   /** per-class weights of the cross-entropy (e.g. inverse class frequency for imbalance) */
@@ -489,19 +490,11 @@ export class Learner {
     }
   }
 
-  /** fast.ai v2's tta: n passes with the training transforms, averaged, then lerp with the plain pass. */
-  async tta(o: { n?: number; beta?: number } = {}): Promise<Preds> {
-    const n = o.n ?? 4;
-    const beta = o.beta ?? 0.25;
+  /** fast.ai v2's tta on the validation set: n passes with the training transforms, averaged, then lerp with the plain pass (src/tta.ts). */
+  async tta(o: TtaOptions = {}): Promise<Preds> {
     const plain = await this.getPreds();
-    const acc = new Float32Array(plain.probs.length);
-    for (let k = 0; k < n; k++) {
-      const a = await this.getPreds({ augment: true });
-      a.probs.forEach((p, i) => (acc[i] += p / n));
-    }
-    const probs = acc.map((a, i) => (1 - beta) * a + beta * plain.probs[i]);
-    const losses = Float32Array.from(plain.targets, (t, i) => -Math.log(Math.max(1e-12, probs[i * plain.numClasses + t])));
-    return { probs, numClasses: plain.numClasses, targets: plain.targets, losses };
+    const probs = await ttaProbs(plain.probs, async () => (await this.getPreds({ augment: true })).probs, o);
+    return { probs, numClasses: plain.numClasses, targets: plain.targets, losses: lossesFromProbs(probs, plain.targets, plain.numClasses) };
   }
 
   /** fast.ai's lr_find: exponential ramp from startLr to endLr over numIt batches; everything is restored after. */
