@@ -160,6 +160,7 @@ struct Learner::Core {
       if (kv.first == "rng.torch") rngTorch = kv.second;
     }
     loadNamed(*net->module, model, true, {}, "the checkpoint");
+    net->weightsChanged();
     if (withOpt) {
       opt.loadState(net->params, tensors);
       if (rng.defined()) gen.set_state(rng);

@@ -22,6 +22,7 @@ void NetState::moveTo(const torch::Device& d) {
       if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
   }
   device = d;
+  weightsChanged();
 }
 
 static bool startsWith(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
@@ -117,6 +118,8 @@ Net::Net(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Net>(info) {
     s->forward = [m](const torch::Tensor& x) mutable { return m->forward(x); };
     s->features = [m](const torch::Tensor& x) mutable { return m->features(x); };
     s->classify = [m](const torch::Tensor& a) mutable { return m->fc(torch::flatten(m->avgpool(a), 1)); };
+    s->setFoldBatchNorm = [m](bool on) mutable { m->setFoldBatchNorm(on); };
+    s->weightsChanged = [m]() mutable { m->weightsChanged(); };
     s->numGroups = 1;
     for (auto& p : m->named_parameters()) {
       bool norm = p.key().find("bn") != std::string::npos || p.key().find("downsample.1") != std::string::npos;
@@ -138,6 +141,8 @@ Net::Net(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Net>(info) {
     s->forward = [m](const torch::Tensor& x) mutable { return m->forward(x); };
     s->features = [m](const torch::Tensor& x) mutable { return m->body->features(x); };
     s->classify = [m](const torch::Tensor& a) mutable { return m->head->forward(a); };
+    s->setFoldBatchNorm = [m](bool on) mutable { m->body->setFoldBatchNorm(on); };
+    s->weightsChanged = [m]() mutable { m->body->weightsChanged(); };
     s->numGroups = 3;
     // Layer groups as fast.ai's _resnet_split: body[:6] (stem..layer2), body[6:] (layer3, layer4), head.
     for (auto& sub : m->named_modules()) {
@@ -204,6 +209,7 @@ Napi::Value Net::LoadStateDict(const Napi::CallbackInfo& info) {
   std::string source = o.Get("source").IsString() ? std::string(o.Get("source").As<Napi::String>()) : "the weights";
   std::lock_guard<std::mutex> lock(state_->mutex);
   auto r = loadNamed(*state_->module, tensors, strict, skip, source);
+  state_->weightsChanged();
   auto out = Napi::Object::New(env);
   auto toArr = [&](const std::vector<std::string>& v) {
     auto a = Napi::Array::New(env, v.size());

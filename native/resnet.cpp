@@ -10,6 +10,25 @@ static nn::Conv2d conv1x1(int64_t in, int64_t out, int64_t stride) {
   return nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false));
 }
 
+torch::Tensor ConvBn::forward(const torch::Tensor& x, const FoldState& fold) {
+  if (!fold.on || bn->is_training()) {
+    if (w_.defined()) w_ = b_ = torch::Tensor();  // folding off: no stale copies kept
+    return bn->forward(conv->forward(x));
+  }
+  if (generation_ != fold.generation || !w_.defined()) {
+    torch::NoGradGuard ng;
+    auto s = bn->weight / torch::sqrt(bn->running_var + bn->options.eps());
+    w_ = conv->weight * s.view({-1, 1, 1, 1});  // keeps the weight's memory format (channels_last or not)
+    b_ = bn->bias - bn->running_mean * s;
+    generation_ = fold.generation;
+  }
+  const auto& o = conv->options;
+  // every ResNet convolution pads by half its kernel (7 -> 3, 3 -> 1, 1 -> 0); read from the kernel size
+  // because the options' padding is a variant whose accessor differs between LibTorch 1.13 and 2.x
+  const auto k = *o.kernel_size();
+  return torch::conv2d(x, w_, b_, o.stride(), {k[0] / 2, k[1] / 2}, o.dilation(), o.groups());
+}
+
 BasicBlockImpl::BasicBlockImpl(int64_t inplanes, int64_t planes, int64_t stride, nn::Sequential ds) {
   // Registration order is torchvision's, so that state_dict keys come out in its order.
   conv1 = register_module("conv1", conv3x3(inplanes, planes, stride));
@@ -18,12 +37,15 @@ BasicBlockImpl::BasicBlockImpl(int64_t inplanes, int64_t planes, int64_t stride,
   conv2 = register_module("conv2", conv3x3(planes, planes, 1));
   bn2 = register_module("bn2", nn::BatchNorm2d(planes));
   if (ds) downsample = register_module("downsample", ds);
+  cb1 = {conv1.ptr(), bn1.ptr()};
+  cb2 = {conv2.ptr(), bn2.ptr()};
+  if (ds) dsCb = {std::dynamic_pointer_cast<nn::Conv2dImpl>(ds->ptr(0)), std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(ds->ptr(1))};
 }
 
 torch::Tensor BasicBlockImpl::forward(torch::Tensor x) {
-  auto identity = downsample ? downsample->forward(x) : x;
-  auto out = relu(bn1(conv1(x)));
-  out = bn2(conv2(out));
+  auto identity = downsample ? dsCb.forward(x, *fold) : x;
+  auto out = relu(cb1.forward(x, *fold));
+  out = cb2.forward(out, *fold);
   out += identity;  // in place, as torchvision: no fresh activation-sized tensor per block
   return relu(out);
 }
@@ -37,13 +59,17 @@ BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride,
   bn3 = register_module("bn3", nn::BatchNorm2d(planes * expansion));
   relu = register_module("relu", nn::ReLU(nn::ReLUOptions(true)));
   if (ds) downsample = register_module("downsample", ds);
+  cb1 = {conv1.ptr(), bn1.ptr()};
+  cb2 = {conv2.ptr(), bn2.ptr()};
+  cb3 = {conv3.ptr(), bn3.ptr()};
+  if (ds) dsCb = {std::dynamic_pointer_cast<nn::Conv2dImpl>(ds->ptr(0)), std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(ds->ptr(1))};
 }
 
 torch::Tensor BottleneckImpl::forward(torch::Tensor x) {
-  auto identity = downsample ? downsample->forward(x) : x;
-  auto out = relu(bn1(conv1(x)));
-  out = relu(bn2(conv2(out)));
-  out = bn3(conv3(out));
+  auto identity = downsample ? dsCb.forward(x, *fold) : x;
+  auto out = relu(cb1.forward(x, *fold));
+  out = relu(cb2.forward(out, *fold));
+  out = cb3.forward(out, *fold);
   out += identity;  // in place, as torchvision: no fresh activation-sized tensor per block
   return relu(out);
 }
@@ -89,6 +115,11 @@ ResNetImpl::ResNetImpl(const std::string& arch, int64_t numClasses, bool withCla
   layer3 = register_module("layer3", makeLayer(spec.bottleneck, inplanes, 256, spec.layers[2], 2));
   layer4 = register_module("layer4", makeLayer(spec.bottleneck, inplanes, 512, spec.layers[3], 2));
   numFeatures_ = inplanes;
+  stem_ = {conv1.ptr(), bn1.ptr()};
+  for (auto& m : modules(/*include_self=*/false)) {
+    if (auto* b = m->as<BottleneckImpl>()) b->fold = fold_;
+    if (auto* b = m->as<BasicBlockImpl>()) b->fold = fold_;
+  }
   if (withClassifier) {
     avgpool = register_module("avgpool", nn::AdaptiveAvgPool2d(nn::AdaptiveAvgPool2dOptions({1, 1})));
     fc = register_module("fc", nn::Linear(inplanes, numClasses));
@@ -105,8 +136,18 @@ ResNetImpl::ResNetImpl(const std::string& arch, int64_t numClasses, bool withCla
   }
 }
 
+void ResNetImpl::setFoldBatchNorm(bool on) {
+  fold_->on = on;
+  fold_->generation++;
+}
+
+void ResNetImpl::train(bool on) {
+  nn::Module::train(on);
+  if (on) fold_->generation++;
+}
+
 torch::Tensor ResNetImpl::features(torch::Tensor x) {
-  x = maxpool(relu(bn1(conv1(x))));
+  x = maxpool(relu(stem_.forward(x, *fold_)));
   return layer4->forward(layer3->forward(layer2->forward(layer1->forward(x))));
 }
 

@@ -5,6 +5,30 @@
 
 namespace tl {
 
+// Whether eval-mode forwards fold BatchNorm into the convolutions, and a generation bumped whenever the
+// weights may have changed (training mode entered, a load, a move), which makes the folded copies stale.
+struct FoldState {
+  bool on = false;
+  int64_t generation = 0;
+};
+
+// A convolution and the BatchNorm after it. In eval mode, with folding on, the two run as one convolution
+// with weight w * s and bias beta - mean * s (s = gamma / sqrt(var + eps)): on the CPU oneDNN adds the bias
+// inside the convolution, so a forward pass skips every BatchNorm pass of the body. The folded copies are
+// made at the first eval forward of each generation. (Tensor version counters cannot tell: the optimizer
+// writes through .data(), which has its own counter.) In training mode the BatchNorm runs as usual.
+struct ConvBn {
+  ConvBn() = default;
+  ConvBn(std::shared_ptr<torch::nn::Conv2dImpl> c, std::shared_ptr<torch::nn::BatchNorm2dImpl> b) : conv(std::move(c)), bn(std::move(b)) {}
+  std::shared_ptr<torch::nn::Conv2dImpl> conv;
+  std::shared_ptr<torch::nn::BatchNorm2dImpl> bn;
+  torch::Tensor forward(const torch::Tensor& x, const FoldState& fold);
+
+ private:
+  torch::Tensor w_, b_;
+  int64_t generation_ = -1;
+};
+
 struct BasicBlockImpl : torch::nn::Module {
   static constexpr int64_t expansion = 1;
   BasicBlockImpl(int64_t inplanes, int64_t planes, int64_t stride, torch::nn::Sequential downsample);
@@ -13,6 +37,8 @@ struct BasicBlockImpl : torch::nn::Module {
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
   torch::nn::ReLU relu{nullptr};
   torch::nn::Sequential downsample{nullptr};
+  std::shared_ptr<FoldState> fold = std::make_shared<FoldState>();  // the ResNet's, shared
+  ConvBn cb1, cb2, dsCb;
 };
 TORCH_MODULE(BasicBlock);
 
@@ -24,6 +50,8 @@ struct BottleneckImpl : torch::nn::Module {
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
   torch::nn::ReLU relu{nullptr};
   torch::nn::Sequential downsample{nullptr};
+  std::shared_ptr<FoldState> fold = std::make_shared<FoldState>();  // the ResNet's, shared
+  ConvBn cb1, cb2, cb3, dsCb;
 };
 TORCH_MODULE(Bottleneck);
 
@@ -41,6 +69,12 @@ struct ResNetImpl : torch::nn::Module {
   torch::Tensor features(torch::Tensor x);  // up to and including layer4
   torch::Tensor forward(torch::Tensor x);
   int64_t numFeatures() const { return numFeatures_; }
+  // Eval-mode forwards with every BatchNorm of the body folded into its convolution (see ConvBn).
+  void setFoldBatchNorm(bool on);
+  // The weights were replaced or moved: folded copies are made again at the next eval forward.
+  void weightsChanged() { fold_->generation++; }
+  // Entering training mode means the weights will change.
+  void train(bool on = true) override;
 
   torch::nn::Conv2d conv1{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr};
@@ -54,6 +88,8 @@ struct ResNetImpl : torch::nn::Module {
   torch::nn::Sequential makeLayer(bool bottleneck, int64_t& inplanes, int64_t planes, int64_t blocks, int64_t stride);
   bool withClassifier_;
   int64_t numFeatures_ = 0;
+  std::shared_ptr<FoldState> fold_ = std::make_shared<FoldState>();
+  ConvBn stem_;
 };
 TORCH_MODULE(ResNet);
 

@@ -19,6 +19,7 @@ import { parseArgs } from 'node:util';
 import { native } from '../src/binding.js';
 import { augTransforms, compareTraces, imagenetStats, ImageDataLoaders, loadLearner, readCovidMetadata, readTrace, torchInfo, visionLearner } from '../src/index.js';
 import { decodeAll } from '../src/data/images.js';
+import { foldBatchNormDefault } from '../src/info.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -225,7 +226,17 @@ async function inferenceBench() {
   await inf.predictImages(batch, bs);
   const t = performance.now();
   for (let i = 0; i < iters; i++) await inf.predictImages(batch, bs);
-  rows.push({ bench: 'inference throughput', impl: 'torchlearn', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', images_per_s: (bs * iters) / ((performance.now() - t) / 1000) });
+  rows.push({ bench: 'inference throughput', impl: 'torchlearn', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', fold_batchnorm: foldBatchNormDefault(device), images_per_s: (bs * iters) / ((performance.now() - t) / 1000) });
+  {
+    // the other side of the foldBatchNorm default (folded on the CPU, not on CUDA), the same batches
+    const fold = !foldBatchNormDefault(device);
+    const alt = loadLearner(path, { device, bs, foldBatchNorm: fold });
+    await alt.predictImages(batch, bs);
+    const ta = performance.now();
+    for (let i = 0; i < iters; i++) await alt.predictImages(batch, bs);
+    rows.push({ bench: `inference throughput, BatchNorm ${fold ? 'folded' : 'not folded'}`, impl: 'torchlearn', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', fold_batchnorm: fold, images_per_s: (bs * iters) / ((performance.now() - ta) / 1000) });
+    alt.dispose();
+  }
   // the same work in PyTorch (uint8 images in host memory to probabilities in host memory), and, as a ceiling,
   // PyTorch's forward alone on an input already on the device
   const ptInference = (mode: string, extra: string[] = []) =>

@@ -127,6 +127,7 @@ export interface NativeLearnerOptions {
   sqrMom?: number;
   eps?: number;
   cudaGraph?: boolean;
+  foldBatchNorm?: boolean;
 }
 
 export interface NativeLearner {

@@ -6,7 +6,7 @@ import { native, type NativeLearner, type NamedTensor } from './binding.js';
 import { decodeAll, describeSource, type ImageSource } from './data/images.js';
 import { folderItems } from './data/loaders.js';
 import type { AugOptions, ResizeMethod } from './data/transforms.js';
-import { resolveDevice, torchInfo } from './info.js';
+import { foldBatchNormDefault, resolveDevice, torchInfo } from './info.js';
 import { checkArch, NetHandle, type Arch } from './model.js';
 import { chromeTracePath, writeTrace } from './learner/trace.js';
 import { lossesFromProbs, ttaProbs, type TtaOptions } from './tta.js';
@@ -116,14 +116,14 @@ export class InferenceLearner {
   #h: NetHandle;
   #nat: NativeLearner | null;
 
-  constructor(info: ExportInfo, tensors: NamedTensor[], device: string, source: string, o: { bs?: number; precision?: 'bf16' | 'fp32' } = {}) {
+  constructor(info: ExportInfo, tensors: NamedTensor[], device: string, source: string, o: { bs?: number; precision?: 'bf16' | 'fp32'; foldBatchNorm?: boolean } = {}) {
     this.info = info;
     this.device = device;
     const net = new native.Net({ arch: info.arch, kind: 'fastai', numClasses: info.vocab.length, head: info.head });
     this.#h = new NetHandle(net, 'this learner');
     net.loadStateDict(tensors.map((t) => ({ ...t, name: t.name.replace(/^model\./, '') })), { strict: true, source });
     this.#nat = new native.Learner(net, { device });
-    this.#nat.setOptions({ size: info.size, bs: o.bs ?? 64, mean: info.mean, std: info.std, aug: info.augment, bf16: device.startsWith('cuda') && o.precision !== 'fp32' });
+    this.#nat.setOptions({ size: info.size, bs: o.bs ?? 64, mean: info.mean, std: info.std, aug: info.augment, bf16: device.startsWith('cuda') && o.precision !== 'fp32', foldBatchNorm: o.foldBatchNorm ?? foldBatchNormDefault(device) });
   }
 
   get vocab(): string[] {
@@ -205,6 +205,8 @@ export interface LoadLearnerOptions {
   bs?: number;
   /** default: 'bf16' (autocast) on CUDA, as the training learner; 'fp32' always on the CPU */
   precision?: 'bf16' | 'fp32';
+  /** each BatchNorm of the body folded into its convolution (default: on the CPU, off on CUDA; see visionLearner) */
+  foldBatchNorm?: boolean;
 }
 
 export function loadLearner(path: string, o: LoadLearnerOptions = {}): InferenceLearner {

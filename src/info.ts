@@ -23,3 +23,13 @@ export function resolveDevice(device: string | undefined): string {
   if (!device || device === 'auto') return native.torchInfo().cuda ? 'cuda' : 'cpu';
   return device;
 }
+
+/**
+ * Whether eval-mode forwards fold each BatchNorm of the body into its convolution (native/resnet.h, ConvBn):
+ * on by default on the CPU, where oneDNN adds the bias inside the convolution (a 16-image ResNet50 pass
+ * skips 53 BatchNorm passes); off on CUDA, where ATen's convolution adds a bias as a separate pass, so
+ * folding would only trade one pass for another (unmeasured there).
+ */
+export function foldBatchNormDefault(device: string): boolean {
+  return !device.startsWith('cuda');
+}

@@ -66,6 +66,15 @@ describe('export and loadLearner', () => {
     expect(t.steps).toBe(1);
     expect(calls('aten::conv2d')).toBe(20 * Math.ceil(files.length / 3));
     expect(calls('aten::upsample_bilinear2d')).toBe(Math.ceil(files.length / 3));
+    // on the CPU each BatchNorm of the body runs folded into its convolution: only the head's 2 remain (of
+    // 22 in a ResNet18 + head), with the same probabilities as the unfolded network to float rounding
+    expect(calls('aten::batch_norm')).toBe(2 * Math.ceil(files.length / 3));
+    const unfolded = loadLearner(exported, { device: 'cpu', bs: 3, foldBatchNorm: false });
+    const uPath = join(dir, 'predict-trace-unfolded.json');
+    const u = await unfolded.predictImages(raw, files.length, { trace: uPath });
+    u.forEach((q, i) => q.probs.forEach((v, k) => expect(Math.abs(v - c[i].probs[k])).toBeLessThan(1e-5)));
+    expect(readTrace(uPath).ops.find((o) => o.name === 'aten::batch_norm' && o.device === 'cpu')?.count).toBe(22 * Math.ceil(files.length / 3));
+    unfolded.dispose();
     small.dispose();
     const one = await inf.predict(files[0]);
     expect(one.label).toBe(a[0].label);

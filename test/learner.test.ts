@@ -198,6 +198,36 @@ describe('learning', () => {
   });
 });
 
+describe('BatchNorm folded into the convolutions for evaluation (the CPU default)', () => {
+  it('predicts what the unfolded network predicts, and follows the weights through training, lrFind and loads', async () => {
+    const folded = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, modelDir: join(dir, 'fold') });
+    const plain = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, foldBatchNorm: false });
+    const agree = async (what: string) => {
+      const a = await folded.getPreds();
+      const b = await plain.getPreds();
+      const worst = Math.max(...a.probs.map((p, i) => Math.abs(p - b.probs[i])));
+      expect(worst, what).toBeLessThan(1e-5);
+      return a.probs;
+    };
+    const before = await agree('before training');
+    // training never folds; the folded copies must follow the new weights (two learners' fits differ, as
+    // dropout draws from the global generator, so the unfolded one takes the trained weights by a load)
+    await folded.fitOneCycle(1, { lrMax: 5e-3 });
+    await plain.load(await folded.save(join(dir, 'fold', 'trained.safetensors')));
+    const after = await agree('after an epoch');
+    expect(Math.max(...after.map((p, i) => Math.abs(p - before[i])))).toBeGreaterThan(1e-3);
+    await folded.lrFind({ numIt: 8 }); // trains, then puts every weight back
+    await agree('after lrFind');
+    // a load replaces the weights under the folded copies
+    await plain.fitOneCycle(1, { lrMax: 5e-3 });
+    const ck = await plain.save(join(dir, 'fold', 'other.safetensors'));
+    await folded.load(ck);
+    await agree('after a load');
+    folded.dispose();
+    plain.dispose();
+  });
+});
+
 describe('native threads', () => {
   it("a learner's epochs all run on one persistent native thread (LibTorch's per-thread caches survive); on the CPU every network shares it", async () => {
     // cuDNN caches its execution plans per thread: a fresh thread per call autotuned every convolution at
