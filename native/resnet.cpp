@@ -12,7 +12,7 @@ static nn::Conv2d conv1x1(int64_t in, int64_t out, int64_t stride) {
 
 torch::Tensor ConvBn::forward(const torch::Tensor& x, const FoldState& fold) {
   if (!fold.on || bn->is_training()) {
-    if (w_.defined()) w_ = b_ = torch::Tensor();  // folding off: no stale copies kept
+    if (w_.defined()) w_ = b_ = torch::Tensor();  // training (the weights will change) or folding off: no stale copies kept
     return bn->forward(conv->forward(x));
   }
   if (generation_ != fold.generation || !w_.defined()) {
@@ -139,11 +139,6 @@ ResNetImpl::ResNetImpl(const std::string& arch, int64_t numClasses, bool withCla
 void ResNetImpl::setFoldBatchNorm(bool on) {
   fold_->on = on;
   fold_->generation++;
-}
-
-void ResNetImpl::train(bool on) {
-  nn::Module::train(on);
-  if (on) fold_->generation++;
 }
 
 torch::Tensor ResNetImpl::features(torch::Tensor x) {

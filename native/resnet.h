@@ -5,8 +5,8 @@
 
 namespace tl {
 
-// Whether eval-mode forwards fold BatchNorm into the convolutions, and a generation bumped whenever the
-// weights may have changed (training mode entered, a load, a move), which makes the folded copies stale.
+// Whether eval-mode forwards fold BatchNorm into the convolutions, and a generation bumped when the weights
+// are replaced or moved (a load, a move), which makes the folded copies stale.
 struct FoldState {
   bool on = false;
   int64_t generation = 0;
@@ -15,8 +15,9 @@ struct FoldState {
 // A convolution and the BatchNorm after it. In eval mode, with folding on, the two run as one convolution
 // with weight w * s and bias beta - mean * s (s = gamma / sqrt(var + eps)): on the CPU oneDNN adds the bias
 // inside the convolution, so a forward pass skips every BatchNorm pass of the body. The folded copies are
-// made at the first eval forward of each generation. (Tensor version counters cannot tell: the optimizer
-// writes through .data(), which has its own counter.) In training mode the BatchNorm runs as usual.
+// made at the first eval forward of each generation, and dropped by any training-mode forward (training
+// changes the weights; tensor version counters cannot tell, as the optimizer writes through .data(), which
+// has its own counter). In training mode the BatchNorm runs as usual.
 struct ConvBn {
   ConvBn() = default;
   ConvBn(std::shared_ptr<torch::nn::Conv2dImpl> c, std::shared_ptr<torch::nn::BatchNorm2dImpl> b) : conv(std::move(c)), bn(std::move(b)) {}
@@ -73,8 +74,6 @@ struct ResNetImpl : torch::nn::Module {
   void setFoldBatchNorm(bool on);
   // The weights were replaced or moved: folded copies are made again at the next eval forward.
   void weightsChanged() { fold_->generation++; }
-  // Entering training mode means the weights will change.
-  void train(bool on = true) override;
 
   torch::nn::Conv2d conv1{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr};

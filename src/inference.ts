@@ -1,14 +1,14 @@
 // A trained classifier as one file, and a fast predictor: export / loadLearner / predict /
 // predictBatch / getPreds. The file is .safetensors: weights, plus in its metadata everything needed to
 // predict; no pickles, nothing executed on load.
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { native, type NativeLearner, type NamedTensor } from './binding.js';
 import { decodeAll, describeSource, type ImageSource } from './data/images.js';
 import { folderItems } from './data/loaders.js';
 import type { AugOptions, ResizeMethod } from './data/transforms.js';
 import { foldBatchNormDefault, resolveDevice, torchInfo } from './info.js';
 import { checkArch, NetHandle, type Arch } from './model.js';
-import { chromeTracePath, writeTrace } from './learner/trace.js';
+import { chromeTracePath, writeNativeTrace } from './learner/trace.js';
 import { lossesFromProbs, ttaProbs, type TtaOptions } from './tta.js';
 import { readWeightFile } from './weights/index.js';
 
@@ -153,10 +153,7 @@ export class InferenceLearner {
   async predictImages(images: Uint8Array, n: number, o: { trace?: string } = {}): Promise<Prediction[]> {
     if (o.trace) rmSync(chromeTracePath(o.trace), { force: true }); // not an old one mistaken for this call's
     const r = await this.nat.predict(images, n, this.info.presize, o.trace ? { trace: chromeTracePath(o.trace) } : undefined);
-    if (o.trace && r.ops) {
-      const chrome = chromeTracePath(o.trace);
-      writeTrace(o.trace, { impl: 'torchlearn', torchVersion: torchInfo().torchVersion, device: this.device, steps: 1, chromeTrace: existsSync(chrome) ? chrome : undefined, ops: r.ops });
-    }
+    if (o.trace && r.ops) writeNativeTrace(o.trace, this.device, 1, r.ops);
     return decode(r.probs, r.numClasses, this.vocab);
   }
 

@@ -241,6 +241,8 @@ describe('augmentation geometry', () => {
     // LightingTfm: sigmoid((logit(x) + logit(brightness)) * contrast)
     runPython(`
 import sys, math, numpy as np, torch, torch.nn.functional as F
+sys.path.insert(0, sys.argv[2])
+from pytorch_train import find_coeffs, apply_perspective  # fast.ai's, as the bench's PyTorch side runs them
 d, n, q, s = sys.argv[1], ${n}, ${q}, ${s}
 x = torch.from_numpy(np.fromfile(d + '/pic.bin', dtype=np.uint8).reshape(n, q, q, 3).copy()).permute(0, 3, 1, 2).double() / 255
 p = torch.from_numpy(np.fromfile(d + '/prm.bin', dtype=np.float64).reshape(n, 9).copy())
@@ -249,21 +251,6 @@ c, sn = torch.cos(ang), torch.sin(ang)
 theta = torch.stack([torch.stack([flip * c * z, -flip * sn * z, flip * (c * cx - sn * cy)], 1),
                      torch.stack([sn * z, c * z, sn * cx + c * cy], 1)], 1)
 grid = F.affine_grid(theta, (n, 3, s, s), align_corners=True)
-def find_coeffs(p1, p2):
-    m = []
-    for i in range(p1.shape[1]):
-        m.append(torch.stack([p2[:, i, 0], p2[:, i, 1], torch.ones_like(p2[:, i, 0]), torch.zeros_like(p2[:, i, 0]), torch.zeros_like(p2[:, i, 0]), torch.zeros_like(p2[:, i, 0]), -p1[:, i, 0] * p2[:, i, 0], -p1[:, i, 0] * p2[:, i, 1]]))
-        m.append(torch.stack([torch.zeros_like(p2[:, i, 0]), torch.zeros_like(p2[:, i, 0]), torch.zeros_like(p2[:, i, 0]), p2[:, i, 0], p2[:, i, 1], torch.ones_like(p2[:, i, 0]), -p1[:, i, 1] * p2[:, i, 0], -p1[:, i, 1] * p2[:, i, 1]]))
-    A = torch.stack(m).permute(2, 0, 1)
-    B = p1.reshape(p1.shape[0], -1, 1)
-    return torch.linalg.solve(A, B)[..., 0]
-def apply_perspective(coords, coeffs):
-    sz = coords.shape
-    coords = coords.view(sz[0], -1, 2)
-    coeffs = torch.cat([coeffs, coeffs.new_ones(coeffs.shape[0], 1)], dim=1).view(coeffs.shape[0], 3, 3)
-    coords1 = coords @ coeffs[..., :2].transpose(1, 2) + coeffs[..., 2].unsqueeze(1)
-    coords = coords1 / coords1[..., 2].unsqueeze(-1)
-    return coords[..., :2].reshape(*sz)
 orig = torch.tensor([[-1, -1], [-1, 1], [1, -1], [1, 1]], dtype=torch.float64).unsqueeze(0).expand(n, 4, 2)
 targ = torch.stack([torch.stack([-1 - wy, -1 - wx]), torch.stack([-1 + wy, 1 + wx]), torch.stack([1 + wy, -1 + wx]), torch.stack([1 - wy, 1 - wx])]).permute(2, 0, 1)
 grid = apply_perspective(grid, find_coeffs(orig, targ))
@@ -275,7 +262,7 @@ y = torch.sigmoid((torch.logit(y, eps=1e-7) + lb) * ct.view(n, 1, 1, 1))
 eye = torch.eye(2, 3, dtype=torch.float64).unsqueeze(0).expand(n, 2, 3)
 y = F.grid_sample(x, F.affine_grid(eye, (n, 3, s, s), align_corners=True), mode='bilinear', padding_mode='reflection', align_corners=True)
 (y * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy().tofile(d + '/plain.bin')
-`, [dir]);
+`, [dir, join(__dirname, '..', 'scripts', 'bench')]);
     const ref = new Uint8Array(readFileSync(join(dir, 'ref.bin')));
     expect(ref.length).toBe(ours.length);
     let worst = 0, off = 0;

@@ -83,10 +83,12 @@ export function folderItems(dir: string): { items: { path: string; label?: strin
     throw new Error(`${dir}: cannot read the image folder (${(e as NodeJS.ErrnoException).code ?? e})`);
   }
   entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  const isDir = (name: string) => statSync(join(dir, name)).isDirectory();
   const items: { path: string; label?: string }[] = [];
-  const folders = entries.filter((e) => isDir(e.name)).map((e) => e.name);
-  for (const e of entries) if (!isDir(e.name) && IMAGE_EXT.test(e.name)) items.push({ path: join(dir, e.name) });
+  const folders: string[] = [];
+  for (const e of entries) {
+    if (statSync(join(dir, e.name)).isDirectory()) folders.push(e.name); // (a link to a folder counts)
+    else if (IMAGE_EXT.test(e.name)) items.push({ path: join(dir, e.name) });
+  }
   for (const name of folders) {
     const files = readdirSync(join(dir, name))
       .filter((f) => !f.startsWith('.'))

@@ -99,18 +99,12 @@ export function earlyStopping(o: { monitor?: string; comp?: 'lower' | 'higher'; 
  */
 export function csvLogger(o: { fname?: string; append?: boolean } = {}): Callback {
   const fname = o.fname ?? 'history.csv';
-  let header: string[] | null = null;
   return {
     beforeFit() {
-      header = null;
       if (!o.append) rmSync(fname, { force: true });
     },
     onEpochEnd(info) {
-      const cols = ['epoch', ...Object.keys(info.values), 'time'];
-      if (!header) {
-        header = cols;
-        if (!existsSync(fname) || statSync(fname).size === 0) appendFileSync(fname, cols.join(',') + '\n');
-      }
+      if (!existsSync(fname) || statSync(fname).size === 0) appendFileSync(fname, ['epoch', ...Object.keys(info.values), 'time'].join(',') + '\n');
       const row = [String(info.epoch), ...Object.values(info.values).map((v) => (Number.isFinite(v) ? String(v) : '')), formatTime(info.seconds)];
       appendFileSync(fname, row.join(',') + '\n');
     },

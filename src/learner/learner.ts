@@ -18,7 +18,7 @@ import { suggest, type Suggestions } from './lrfind.js';
 import { formatTime, formatValue, ProgressBar, ResultsTable } from './progress.js';
 import { Recorder } from './recorder.js';
 import { lrPerGroup, type LrSpec } from './schedule.js';
-import { chromeTracePath, writeTrace } from './trace.js';
+import { chromeTracePath, writeNativeTrace } from './trace.js';
 import { lossesFromProbs, ttaProbs, type TtaOptions } from '../tta.js';
 
 export interface LossOptions {
@@ -357,11 +357,7 @@ export class Learner {
             },
           });
           if (traceTo && r.ops) {
-            const chrome = chromeTracePath(traceTo);
-            writeTrace(traceTo, {
-              impl: 'torchlearn', torchVersion: torchInfo().torchVersion, device: this.device, steps: r.moms.length,
-              chromeTrace: existsSync(chrome) ? chrome : undefined, ops: r.ops,
-            });
+            writeNativeTrace(traceTo, this.device, r.moms.length, r.ops);
             this.log(`trace of ${r.moms.length} steps written to ${traceTo}`);
           }
           traceTo = undefined; // the first part only

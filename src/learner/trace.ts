@@ -2,7 +2,8 @@
 // on the GPU), how often, and for how long. torchlearn writes it from `fit(..., { trace })`; the PyTorch
 // baseline of the bench writes the same format from torch.profiler, so the two steps can be put side by
 // side operator by operator (`compareTraces`), which is how a gap between them is found.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { torchInfo } from '../info.js';
 import { writeFileAtomic } from '../io/atomic.js';
 
 export interface TraceOp {
@@ -33,6 +34,13 @@ export function chromeTracePath(path: string): string {
 export function writeTrace(path: string, t: TraceTable): void {
   const ops = [...t.ops].sort((a, b) => b.totalUs - a.totalUs);
   writeFileAtomic(path, [Buffer.from(JSON.stringify({ ...t, ops }, null, 1))]);
+}
+
+/** The table of a traced native call (a fit's first epoch, a predictImages call) at `path`, naming the Chrome
+ * trace LibTorch wrote beside it (chromeTracePath) when it could. */
+export function writeNativeTrace(path: string, device: string, steps: number, ops: TraceOp[]): void {
+  const chrome = chromeTracePath(path);
+  writeTrace(path, { impl: 'torchlearn', torchVersion: torchInfo().torchVersion, device, steps, chromeTrace: existsSync(chrome) ? chrome : undefined, ops });
 }
 
 export function readTrace(path: string): TraceTable {
