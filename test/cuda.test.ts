@@ -174,7 +174,7 @@ describe.skipIf(!cuda)('CUDA', () => {
     graph.learn.dispose();
   });
 
-  it('cuDNN BatchNorm (bf16 training, the default) computes what ATen's kernels compute: losses and running statistics', async () => {
+  it('cuDNN BatchNorm (bf16 training, the default) computes what the ATen kernels compute: losses and running statistics', async () => {
     const dir = tempDir();
     await makeStripes(join(dir, 's'), 50, 48, 11);
     const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 5 });
