@@ -10,38 +10,10 @@ static nn::Conv2d conv1x1(int64_t in, int64_t out, int64_t stride) {
   return nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false));
 }
 
-// ATen's batch_norm does not hand a bf16 batch to cuDNN, so under bf16 autocast every training-mode
-// BatchNorm of a channels_last batch runs ATen's own channels_last kernels, in PyTorch as here: an H100
-// trace of a ResNet50 step at batch 256 (LibTorch 2.11) had them at 27 ms of 68 ms of kernel time, more
-// than the convolutions. cuDNN's BatchNorm (ATen picks its spatial-persistent mode for channels_last) is
-// called here directly; its autograd formula is ATen's (cudnn_batch_norm_backward). Same semantics as
-// BatchNorm2d's forward: running statistics updated with the module's momentum, num_batches_tracked counted.
-static torch::Tensor cudnnBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x) {
-  // a cuDNN that refuses (an older one without bf16 BatchNorm) turns this off for the process, once, with
-  // a message; it happens in the first training step, before any CUDA graph capture
-  static std::atomic<bool> refused{false};
-  if (refused) return bn.forward(x);
-  const auto& o = bn.options;
-  torch::Tensor y;
-  try {
-    y = std::get<0>(at::cudnn_batch_norm(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, /*training=*/true, *o.momentum(), o.eps()));
-  } catch (const c10::Error& e) {
-    if (!refused.exchange(true)) std::fprintf(stderr, "torchlearn: cuDNN BatchNorm unavailable here, ATen's kernels used instead: %s\n", e.what_without_backtrace());
-    return bn.forward(x);
-  }
-  torch::NoGradGuard ng;
-  bn.num_batches_tracked += 1;
-  return y;
-}
-
 torch::Tensor ConvBn::forward(const torch::Tensor& x, const FoldState& fold) {
   if (!fold.on || bn->is_training()) {
     if (w_.defined()) w_ = b_ = torch::Tensor();  // training (the weights will change) or folding off: no stale copies kept
-    auto y = conv->forward(x);
-    const auto& o = bn->options;
-    if (fold.cudnnTrain && bn->is_training() && y.is_cuda() && y.scalar_type() == torch::kBFloat16 && o.affine() && o.track_running_stats() && o.momentum().has_value())
-      return cudnnBatchNorm(*bn, y);
-    return bn->forward(y);
+    return bn->forward(conv->forward(x));
   }
   if (generation_ != fold.generation || !w_.defined()) {
     torch::NoGradGuard ng;

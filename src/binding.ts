@@ -128,7 +128,6 @@ export interface NativeLearnerOptions {
   eps?: number;
   cudaGraph?: boolean;
   foldBatchNorm?: boolean;
-  cudnnBatchNorm?: boolean;
 }
 
 export interface NativeLearner {

@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { native } from '../src/binding.js';
-import { accuracy, ImageDataLoaders, loadLearner, readTrace, readWeightFile, resnet50, torchInfo, visionLearner, type Prediction } from '../src/index.js';
+import { accuracy, ImageDataLoaders, loadLearner, resnet50, torchInfo, visionLearner, type Prediction } from '../src/index.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { maxRelError, tempDir } from './helpers/python.js';
 
@@ -136,15 +136,16 @@ describe.skipIf(!cuda)('CUDA', () => {
       return { learn, r, before, after, losses: learn.recorder.rawLosses.slice(), graphs: learn.recorder.graphs.slice() };
     };
     // the captured step computes what the ordinary step computes, each replay on its own batch: fp32 at
-    // learning rate 0, so that both runs keep the same weights and each step's loss depends on its batch
-    // alone (batch losses differ by 4x). With a learning rate, two runs drift apart chaotically from the
-    // first steps, graph or not: each learner autotunes its own cuDNN kernels, which round differently,
-    // and Adam's normalised step amplifies that (an H100 run at lr 1e-4 had ordinary warm-up steps 0.25%
-    // apart by step 3 and 10% by step 9). That the replayed optimizer step trains is checked in bf16 below.
-    const plain32 = await run(false, 'fp32', 0, 2);
-    const graph32 = await run(true, 'fp32', 0, 2);
+    // learning rate 1e-12 (too small to move an fp32 weight), so that both runs keep the same weights and
+    // each step's loss depends on its batch alone (batch losses differ by 3x). With a learning rate, two
+    // runs drift apart chaotically from the first steps, graph or not: each learner autotunes its own cuDNN
+    // kernels, which round differently, and Adam's normalised step amplifies that (an H100 run at lr 1e-4
+    // had the ordinary warm-up steps 0.25% apart by step 3, 10% by step 9; at 1e-12 the losses agreed to
+    // 4 decimals). That the replayed optimizer step trains is checked in bf16 below.
+    const plain32 = await run(false, 'fp32', 1e-12, 2);
+    const graph32 = await run(true, 'fp32', 1e-12, 2);
     const rel = graph32.losses.map((l, i) => Math.abs(l - plain32.losses[i]) / plain32.losses[i]);
-    console.log(`cudaGraph fp32, lr 0: ${JSON.stringify(graph32.graphs)}; losses ${graph32.losses.map((l) => l.toFixed(4))} vs ${plain32.losses.map((l) => l.toFixed(4))}`);
+    console.log(`cudaGraph fp32, lr 1e-12: ${JSON.stringify(graph32.graphs)}; losses ${graph32.losses.map((l) => l.toFixed(4))} vs ${plain32.losses.map((l) => l.toFixed(4))}`);
     expect(graph32.graphs.every((g) => g.captured)).toBe(true);
     expect(graph32.losses.length).toBe(plain32.losses.length);
     expect(Math.max(...rel)).toBeLessThan(1e-2); // cuDNN may use TF32, with kernels chosen per learner
@@ -172,43 +173,6 @@ describe.skipIf(!cuda)('CUDA', () => {
     expect(again).toBeLessThanOrEqual(graph.after + 2 ** 20);
     plain.learn.dispose();
     graph.learn.dispose();
-  });
-
-  it('cuDNN BatchNorm (bf16 training, the default) computes what the ATen kernels compute: losses and running statistics', async () => {
-    const dir = tempDir();
-    await makeStripes(join(dir, 's'), 50, 48, 11);
-    const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 5 });
-    const run = async (cudnnBatchNorm: boolean) => {
-      const learn = visionLearner(dls, 'resnet18', { verbose: false, seed: 0, device: 'cuda', cudaGraph: false, cudnnBatchNorm });
-      const trace = join(dir, `bn-${cudnnBatchNorm}.json`);
-      // learning rate 0: the same weights throughout, so each batch's loss and statistics can be compared
-      await learn.fitOneCycle(1, { lrMax: 0, trace });
-      const ops = new Set(readTrace(trace).ops.map((o) => o.name));
-      const stats = readWeightFile(await learn.save(join(dir, `bn-${cudnnBatchNorm}.safetensors`))).tensors.filter((t) => /running_(mean|var)$/.test(t.name));
-      const r = { losses: learn.recorder.rawLosses.slice(), ops, stats };
-      learn.dispose();
-      return r;
-    };
-    const cud = await run(true);
-    const aten = await run(false);
-    // the path taken: cuDNN's operator in one, not in the other
-    expect(cud.ops.has('aten::cudnn_batch_norm')).toBe(true);
-    expect(aten.ops.has('aten::cudnn_batch_norm')).toBe(false);
-    const lossRel = Math.max(...cud.losses.map((l, i) => Math.abs(l - aten.losses[i]) / aten.losses[i]));
-    let statRel = 0;
-    expect(cud.stats.map((t) => t.name)).toEqual(aten.stats.map((t) => t.name));
-    expect(cud.stats.length).toBeGreaterThanOrEqual(2 * 20); // resnet18's 20 BatchNorms (and the head's)
-    cud.stats.forEach((t, k) => {
-      const a = new Float32Array(t.data.buffer, t.data.byteOffset, t.data.byteLength / 4);
-      const b = new Float32Array(aten.stats[k].data.buffer, aten.stats[k].data.byteOffset, aten.stats[k].data.byteLength / 4);
-      const scale = Math.max(...b.map(Math.abs), 1e-3);
-      a.forEach((v, i) => (statRel = Math.max(statRel, Math.abs(v - b[i]) / scale)));
-    });
-    console.log(`cuDNN vs ATen BatchNorm, bf16: losses within ${lossRel.toExponential(2)} (relative), running statistics within ${statRel.toExponential(2)} (of each tensor's largest)`);
-    // bf16 convolutions, autotuned per learner, round differently; a biased variance would be 1/15 off
-    // at layer4 (16 values per channel), a wrong momentum further
-    expect(lossRel).toBeLessThan(2e-2);
-    expect(statRel).toBeLessThan(2e-2);
   });
 
   it('out of memory names the batch size, and the learner goes on with a smaller batch', async () => {
