@@ -1,5 +1,7 @@
 #include "resnet.h"
 
+#include "batchnorm_cudnn.h"
+
 namespace tl {
 namespace nn = torch::nn;
 
@@ -10,10 +12,31 @@ static nn::Conv2d conv1x1(int64_t in, int64_t out, int64_t stride) {
   return nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false));
 }
 
+// Training-mode BatchNorm of a bf16 CUDA batch through cuDNN (batchnorm_cudnn.h says why), with
+// BatchNorm2d's semantics: running statistics updated with the module's momentum, num_batches_tracked
+// counted. Where cuDNN is missing or refuses, BatchNorm2d's own forward, and a message once per process.
+static torch::Tensor cudnnBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x) {
+  static std::atomic<bool> refused{false};
+  const auto& o = bn.options;
+  if (refused || !o.affine() || !o.track_running_stats() || !o.momentum().has_value()) return bn.forward(x);
+  torch::Tensor y;
+  try {
+    y = cudnnBatchNormTrain(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, *o.momentum(), o.eps());
+  } catch (const std::exception& e) {
+    if (!refused.exchange(true)) std::fprintf(stderr, "torchlearn: cuDNN BatchNorm not used (%s); ATen's kernels instead\n", e.what());
+    return bn.forward(x);
+  }
+  torch::NoGradGuard ng;
+  bn.num_batches_tracked += 1;
+  return y;
+}
+
 torch::Tensor ConvBn::forward(const torch::Tensor& x, const FoldState& fold) {
   if (!fold.on || bn->is_training()) {
     if (w_.defined()) w_ = b_ = torch::Tensor();  // training (the weights will change) or folding off: no stale copies kept
-    return bn->forward(conv->forward(x));
+    auto y = conv->forward(x);
+    if (fold.cudnnTrain && bn->is_training() && y.is_cuda() && y.scalar_type() == torch::kBFloat16) return cudnnBatchNorm(*bn, y);
+    return bn->forward(y);
   }
   if (generation_ != fold.generation || !w_.defined()) {
     torch::NoGradGuard ng;

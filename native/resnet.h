@@ -5,11 +5,14 @@
 
 namespace tl {
 
-// Whether eval-mode forwards fold BatchNorm into the convolutions, and a generation bumped when the weights
-// are replaced or moved (a load, a move), which makes the folded copies stale.
+// How the body's BatchNorms run, shared by every block of one ResNet. Eval mode: whether forwards fold
+// BatchNorm into the convolutions, and a generation bumped when the weights are replaced or moved (a load,
+// a move), which makes the folded copies stale. Training mode: whether a bf16 CUDA batch goes through
+// cuDNN's BatchNorm instead of ATen's own kernels (batchnorm_cudnn.h).
 struct FoldState {
   bool on = false;
   int64_t generation = 0;
+  bool cudnnTrain = false;
 };
 
 // A convolution and the BatchNorm after it. In eval mode, with folding on, the two run as one convolution
@@ -72,6 +75,8 @@ struct ResNetImpl : torch::nn::Module {
   int64_t numFeatures() const { return numFeatures_; }
   // Eval-mode forwards with every BatchNorm of the body folded into its convolution (see ConvBn).
   void setFoldBatchNorm(bool on);
+  // Training-mode BatchNorm of bf16 CUDA batches through cuDNN (batchnorm_cudnn.h says why).
+  void setCudnnBatchNorm(bool on) { fold_->cudnnTrain = on; }
   // The weights were replaced or moved: folded copies are made again at the next eval forward.
   void weightsChanged() { fold_->generation++; }
 

@@ -10,6 +10,8 @@
 //   --graph off|on|both torchlearn's train step with the cudaGraph option off, on, or both (default: both
 //                       on CUDA, off on the CPU, where the graph's step runs without capture)
 //   --frozen frozen|unfrozen|both  which train-step rows, on both sides (default: both)
+//   --bn aten|cudnn|both  torchlearn's training-mode BatchNorm on CUDA in bf16: ATen's kernels (the default,
+//                       what PyTorch runs) or cuDNN's (the cudnnBatchNorm option), or both
 //   --aug full|affine|both  the train step's augmentation, the same on both sides: fast.ai's whole
 //                       aug_transforms() (default), or flip/rotate/zoom only (the PyTorch reference of ../shared/device)
 import { execFileSync } from 'node:child_process';
@@ -38,6 +40,7 @@ const { values: args } = parseArgs({
     graph: { type: 'string' },
     frozen: { type: 'string' },
     aug: { type: 'string' },
+    bn: { type: 'string' },
   },
 });
 const info = torchInfo();
@@ -67,6 +70,9 @@ const frozenModes = frozenArg === 'both' ? [true, false] : [frozenArg === 'froze
 const augArg = args.aug ?? 'full';
 if (!['full', 'affine', 'both'].includes(augArg)) throw new Error(`--aug must be full, affine or both, got '${augArg}'`);
 const augModes = augArg === 'both' ? ['full', 'affine'] : [augArg];
+const bnArg = args.bn ?? 'aten';
+if (!['cudnn', 'aten', 'both'].includes(bnArg)) throw new Error(`--bn must be cudnn, aten or both, got '${bnArg}'`);
+const bnModes = bnArg === 'both' ? [false, true] : [bnArg === 'cudnn'];
 // affine: every image flipped or not, rotated and zoomed (as the PyTorch side's affine-only pipeline); no warp, no lighting
 const trainAug = (aug: string) => (aug === 'full' ? augTransforms() : augTransforms({ maxWarp: 0, maxLighting: 0, pAffine: 1 }));
 const implName = (graph: boolean) => (graph ? (cuda ? 'torchlearn (CUDA graph)' : 'torchlearn (graph step, no capture)') : 'torchlearn');
@@ -117,9 +123,9 @@ async function trainBench() {
       for (let i = 0; i < images.length; i += 4096) images[i] = (i * 2654435761) >>> 24; // cheap non-constant fill
       const labels = Int32Array.from({ length: n }, (_, i) => i % 2);
       const dls = ImageDataLoaders.fromArrays(images, labels, ['a', 'b'], { presize: p, size: cfg.size, bs, validPct: 0, augment: trainAug(aug) });
-      for (const frozen of frozenModes) for (const graph of graphModes) {
+      for (const frozen of frozenModes) for (const graph of graphModes) for (const cudnnBatchNorm of bnModes) {
         native.cudaMemory(true);
-        const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0, cudaGraph: graph });
+        const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0, cudaGraph: graph, cudnnBatchNorm });
         if (frozen) learn.freeze();
         else learn.unfreeze();
         await learn.fitOneCycle(2); // epoch 0 warms up (cuDNN autotuning, allocator, the graph's capture), epoch 1 is measured
@@ -132,10 +138,10 @@ async function trainBench() {
           const per = (x: number) => ((1000 * x) / cfg.iters).toFixed(1);
           log(`profile torchlearn bs ${bs} ${prec} ${frozen ? 'frozen' : 'unfrozen'}: ms per step: data ${per(p.data)}, forward ${per(p.forward)}, backward ${per(p.backward)}, optimizer ${per(p.step)}; channels_last weight ${p.weightChannelsLast}, grad ${p.gradChannelsLast}, input ${p.inputChannelsLast}`);
         }
-        if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}-bs${bs}-${prec}-${aug}.json`));
+        if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}${cudnnBatchNorm ? '-cudnnbn' : ''}-bs${bs}-${prec}-${aug}.json`));
         const mem = native.cudaMemory();
         const row = {
-          bench: 'train step', impl: implName(graph), aug, arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
+          bench: 'train step', impl: implName(graph) + (cudnnBatchNorm && cuda && prec === 'bf16' ? ', cuDNN BatchNorm' : ''), aug, arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
           peak_device_bytes: mem.peakAllocated, peak_rss_bytes: process.resourceUsage().maxRSS * 1024, ...(graphInfo ? { graph: graphInfo } : {}),
         };
         rows.push(row);

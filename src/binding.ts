@@ -128,6 +128,7 @@ export interface NativeLearnerOptions {
   eps?: number;
   cudaGraph?: boolean;
   foldBatchNorm?: boolean;
+  cudnnBatchNorm?: boolean;
 }
 
 export interface NativeLearner {

@@ -18,6 +18,7 @@ const commands = join(root, 'build', 'compile_commands.json');
 const branches: [string, string][] = [
   ['native/step_graph.cpp', 'TL_CUDA_GRAPH'],
   ['native/common.cpp', 'TL_HAS_CUDA_HEADERS'],
+  ['native/batchnorm_cudnn.cpp', 'TL_CUDNN_BN'],
 ];
 const haveCudaHeaders = existsSync('/usr/include/ATen/cuda/CUDAGraph.h');
 const skip = torchInfo().cuda || !existsSync(commands) || !haveCudaHeaders;

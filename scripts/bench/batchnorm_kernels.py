@@ -13,7 +13,19 @@ SHAPES = [(256, 64, 112, 112), (256, 64, 56, 56), (256, 256, 56, 56), (256, 128,
           (256, 256, 14, 14), (256, 1024, 14, 14), (256, 2048, 7, 7)]
 
 
-def run(dtype, cudnn, iters=20):
+def timed(fn, iters=20):
+    """Milliseconds per call of fn, after 3 warm-up calls, the device synchronised at both ends."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / iters * 1000
+
+
+def run(dtype, cudnn):
     torch.backends.cudnn.enabled = cudnn
     total = 0.0
     for s in SHAPES:
@@ -22,23 +34,13 @@ def run(dtype, cudnn, iters=20):
         b = torch.zeros(s[1], device='cuda', requires_grad=True)
         rm, rv = torch.zeros(s[1], device='cuda'), torch.ones(s[1], device='cuda')
         g = torch.randn_like(x)
-
-        def step():
-            F.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5).backward(g)
-
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(iters):
-            step()
-        torch.cuda.synchronize()
-        ms = (time.perf_counter() - t) / iters * 1000
+        ms = timed(lambda: F.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5).backward(g))
         total += ms
         print(f'{str(dtype):15} cudnn={cudnn!s:5} {s}: {ms:.3f} ms forward+backward', flush=True)
     print(f'TOTAL {dtype} cudnn={cudnn}: {total:.2f} ms', flush=True)
 
 
-run(torch.bfloat16, True)   # what PyTorch and torchlearn run under bf16 autocast: ATen's kernels
-run(torch.float16, True)    # cuDNN's
-run(torch.float16, False)   # ATen's kernels on the same fp16 data
+if __name__ == '__main__':
+    run(torch.bfloat16, True)   # what PyTorch and torchlearn run under bf16 autocast: ATen's kernels
+    run(torch.float16, True)    # cuDNN's
+    run(torch.float16, False)   # ATen's kernels on the same fp16 data

@@ -50,6 +50,9 @@ export interface VisionLearnerOptions {
   /** validation and prediction run each BatchNorm of the body folded into its convolution (same results to
    * float rounding; default: on the CPU, where it is faster, off on CUDA); training is never folded */
   foldBatchNorm?: boolean;
+  /** training-mode BatchNorm of bf16 CUDA batches through cuDNN's own API rather than ATen's kernels, which
+   * PyTorch also runs for bf16 (default: off, as it has not yet run on a GPU; no effect on the CPU or in fp32) */
+  cudnnBatchNorm?: boolean;
   /** where save/load put checkpoints (default 'models') */
   modelDir?: string;
   /** the head: hidden units (512), dropout ps (0.5), concat pooling (true), biased linears (false = fast.ai v2) */
@@ -196,6 +199,7 @@ export class Learner {
       eps: DEFAULTS.eps,
       cudaGraph: this.cudaGraph,
       foldBatchNorm: opts.foldBatchNorm ?? foldBatchNormDefault(this.device),
+      cudnnBatchNorm: opts.cudnnBatchNorm ?? false,
     });
     this.#native.setData('train', dls.train.images, dls.train.labels, dls.presize);
     if (dls.valid.n) this.#native.setData('valid', dls.valid.images, dls.valid.labels, dls.presize);

@@ -1,0 +1,27 @@
+// cuDNN's BatchNorm for bf16 channels_last training batches, called through cuDNN's own C API.
+//
+// Why: under bf16 autocast ATen never hands a BatchNorm to cuDNN (its cudnn_batch_norm wants weights of the
+// input's type; only fp16 inputs may have fp32 weights), so PyTorch and torchlearn both run ATen's
+// channels_last kernels, 27.3 of 68 ms of kernel time in a ResNet50 step at batch 256 on an H100
+// (docs/bench/h100-run5-kernels.txt). cuDNN's BatchNorm did the same shapes 1.45x faster on fp16 data
+// (scripts/bench/batchnorm_kernels.py); whether cuDNN takes bf16 data with fp32 parameters is what
+// scripts/bench/cudnn_batchnorm_bf16.py checks on the GPU machine.
+//
+// The entry points are looked up in the cuDNN library LibTorch loaded (dlopen of its soname, dlsym), so no
+// cuDNN header or link flag is needed and the CPU build compiles the same file. NOT YET RUN ON A GPU:
+// off by default (visionLearner's cudnnBatchNorm option); the CUDA test compares it with ATen's kernels.
+#pragma once
+#include "common.h"
+
+namespace tl {
+
+// Whether this process can use it: a CUDA build whose loaded cuDNN has the entry points.
+bool cudnnBatchNormAvailable();
+
+// Training-mode BatchNorm of x (bf16, channels_last, on CUDA) with fp32 weight, bias and running statistics:
+// the running statistics are updated in place (momentum as PyTorch's), and the result is differentiable in
+// x, weight and bias (cuDNN's backward). Throws UserError with cuDNN's status when cuDNN refuses.
+torch::Tensor cudnnBatchNormTrain(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                                  const torch::Tensor& runningMean, const torch::Tensor& runningVar, double momentum, double eps);
+
+}  // namespace tl

@@ -1,0 +1,169 @@
+"""Does cuDNN's own BatchNorm API take bf16 data (with fp32 scale, bias and statistics), and how fast is it?
+
+ATen never sends a bf16 BatchNorm to cuDNN (its cudnn_batch_norm wants weights of the input's type), so
+PyTorch and torchlearn both run ATen's channels_last kernels under bf16 autocast: 27.3 of 68 ms of a
+ResNet50 step at batch 256 on an H100 (docs/bench/h100-run5-kernels.txt). cuDNN's BatchNorm was 1.45x
+faster on fp16 data (batchnorm_kernels.py). This calls cudnnBatchNormalizationForwardTrainingEx and
+BackwardEx through ctypes on ResNet50's activation shapes, NHWC bf16, with ops BN and BN + ReLU, checks the
+results against PyTorch's batch_norm in fp32 on the same data, and times forward + backward against ATen's
+bf16 kernels (and ATen's BatchNorm + ReLU). The go/no-go check for a cuDNN BatchNorm in native/.
+Run on the GPU machine:  python3 scripts/bench/cudnn_batchnorm_bf16.py"""
+import ctypes
+import sys
+
+import torch
+import torch.nn.functional as F
+from batchnorm_kernels import SHAPES, timed  # (scripts/bench/ is the script's own folder, first on sys.path)
+
+if not torch.cuda.is_available():
+    sys.exit('cudnn_batchnorm_bf16.py: no CUDA here; run it on the GPU machine')
+torch.backends.cudnn.version()  # loads cuDNN
+
+
+def load_cudnn():
+    # the library torch loaded, by soname; else the path /proc/self/maps shows
+    for name in ('libcudnn.so.9', 'libcudnn.so.8', 'libcudnn.so'):
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            pass
+    for line in open('/proc/self/maps'):
+        if 'libcudnn.so' in line:
+            return ctypes.CDLL(line.split()[-1])
+    sys.exit('cudnn_batchnorm_bf16.py: cannot find the libcudnn torch uses')
+
+
+lib = load_cudnn()
+lib.cudnnGetErrorString.restype = ctypes.c_char_p
+# cuDNN's enums (cudnn_graph.h / cudnn_ops.h, v8 and v9)
+FLOAT, BFLOAT16 = 0, 9
+NHWC = 1
+SPATIAL_PERSISTENT = 2
+OPS_BN, OPS_BN_ACTIVATION = 0, 1
+ACTIVATION_RELU, NOT_PROPAGATE_NAN = 1, 0
+V = ctypes.c_void_p
+SZ = ctypes.c_size_t
+
+
+class CudnnError(Exception):
+    pass
+
+
+def check(status, what):
+    if status != 0:
+        raise CudnnError(f'{what}: {lib.cudnnGetErrorString(status).decode()} ({status})')
+
+
+handle = V()
+check(lib.cudnnCreate(ctypes.byref(handle)), 'cudnnCreate')
+check(lib.cudnnSetStream(handle, V(torch.cuda.current_stream().cuda_stream)), 'cudnnSetStream')
+act = V()
+check(lib.cudnnCreateActivationDescriptor(ctypes.byref(act)), 'cudnnCreateActivationDescriptor')
+check(lib.cudnnSetActivationDescriptor(act, ACTIVATION_RELU, NOT_PROPAGATE_NAN, ctypes.c_double(0.0)), 'cudnnSetActivationDescriptor')
+ONE, ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
+
+
+def tensor_desc(n, c, h, w):
+    d = V()
+    check(lib.cudnnCreateTensorDescriptor(ctypes.byref(d)), 'cudnnCreateTensorDescriptor')
+    check(lib.cudnnSetTensor4dDescriptor(d, NHWC, BFLOAT16, n, c, h, w), 'cudnnSetTensor4dDescriptor(bf16, NHWC)')
+    p = V()
+    check(lib.cudnnCreateTensorDescriptor(ctypes.byref(p)), 'cudnnCreateTensorDescriptor')
+    check(lib.cudnnDeriveBNTensorDescriptor(p, d, SPATIAL_PERSISTENT), 'cudnnDeriveBNTensorDescriptor')
+    return d, p
+
+
+def ptr(t):
+    return V(t.data_ptr()) if t is not None else V()
+
+
+class CudnnBN:
+    """One shape's descriptors and buffers; forward and backward as cuDNN computes them."""
+
+    def __init__(self, shape, ops):
+        n, c, h, w = shape
+        self.ops, self.act = ops, (act if ops == OPS_BN_ACTIVATION else V())
+        self.x, self.p = tensor_desc(n, c, h, w)
+        ws, rs, bws = SZ(), SZ(), SZ()
+        check(lib.cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize(handle, SPATIAL_PERSISTENT, ops, self.x, V(), self.x, self.p, self.act, ctypes.byref(ws)), 'forward workspace size')
+        check(lib.cudnnGetBatchNormalizationTrainingExReserveSpaceSize(handle, SPATIAL_PERSISTENT, ops, self.act, self.x, ctypes.byref(rs)), 'reserve space size')
+        check(lib.cudnnGetBatchNormalizationBackwardExWorkspaceSize(handle, SPATIAL_PERSISTENT, ops, self.x, self.x, self.x, V(), self.x, self.p, self.act, ctypes.byref(bws)), 'backward workspace size')
+        self.sizes = (ws.value, rs.value, bws.value)
+        dev = dict(device='cuda', dtype=torch.uint8)
+        self.ws, self.rs, self.bws = (torch.empty(max(s, 1), **dev) for s in self.sizes)
+        self.save_mean = torch.empty(c, device='cuda')
+        self.save_inv = torch.empty(c, device='cuda')
+
+    def forward(self, x, w, b, rm, rv, momentum=0.1, eps=1e-5):
+        y = torch.empty_like(x)
+        check(lib.cudnnBatchNormalizationForwardTrainingEx(
+            handle, SPATIAL_PERSISTENT, self.ops, ctypes.byref(ONE), ctypes.byref(ZERO), self.x, ptr(x), V(), V(), self.x, ptr(y),
+            self.p, ptr(w), ptr(b), ctypes.c_double(momentum), ptr(rm), ptr(rv), ctypes.c_double(eps), ptr(self.save_mean), ptr(self.save_inv),
+            self.act, ptr(self.ws), SZ(self.sizes[0]), ptr(self.rs), SZ(self.sizes[1])), 'cudnnBatchNormalizationForwardTrainingEx')
+        return y
+
+    def backward(self, x, y, dy, w, b, eps=1e-5):
+        dx = torch.empty_like(x)
+        dw, db = torch.empty_like(w), torch.empty_like(b)
+        check(lib.cudnnBatchNormalizationBackwardEx(
+            handle, SPATIAL_PERSISTENT, self.ops, ctypes.byref(ONE), ctypes.byref(ZERO), ctypes.byref(ONE), ctypes.byref(ZERO),
+            # y only for the fused ReLU (torchlearn's native code passes none for BN alone, as here)
+            self.x, ptr(x), self.x, ptr(y) if self.ops == OPS_BN_ACTIVATION else V(), self.x, ptr(dy), V(), V(), self.x, ptr(dx), self.p, ptr(w), ptr(b), ptr(dw), ptr(db),
+            ctypes.c_double(eps), ptr(self.save_mean), ptr(self.save_inv), self.act, ptr(self.bws), SZ(self.sizes[2]), ptr(self.rs), SZ(self.sizes[1])),
+            'cudnnBatchNormalizationBackwardEx')
+        return dx, dw, db
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
+
+
+print(f'cuDNN {torch.backends.cudnn.version()}, PyTorch {torch.__version__}, {torch.cuda.get_device_name()}')
+totals = {}
+for ops, label in ((OPS_BN, 'BN'), (OPS_BN_ACTIVATION, 'BN+ReLU')):
+    for shape in SHAPES:
+        torch.manual_seed(0)
+        c = shape[1]
+        x = (torch.randn(shape, device='cuda') * 2 + 0.5).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        dy = torch.randn(shape, device='cuda').to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        w, b = torch.rand(c, device='cuda') + 0.5, torch.randn(c, device='cuda') * 0.1
+        try:
+            bn = CudnnBN(shape, ops)
+            rm, rv = torch.zeros(c, device='cuda'), torch.ones(c, device='cuda')
+            y = bn.forward(x, w, b, rm, rv)
+            dx, dw, db = bn.backward(x, y, dy, w, b)
+            torch.cuda.synchronize()
+        except CudnnError as e:
+            print(f'{label} {shape}: cuDNN refused: {e}')
+            continue
+        # the reference: PyTorch's batch_norm in fp32 on the same bf16 values
+        xr = x.float().requires_grad_()
+        wr, br = w.clone().requires_grad_(), b.clone().requires_grad_()
+        rmr, rvr = torch.zeros(c, device='cuda'), torch.ones(c, device='cuda')
+        yr = F.batch_norm(xr, rmr, rvr, wr, br, True, 0.1, 1e-5)
+        if ops == OPS_BN_ACTIVATION:
+            yr = F.relu(yr)
+        yr.backward(dy.float())
+        errs = dict(y=rel(y, yr), dx=rel(dx, xr.grad), dw=rel(dw, wr.grad), db=rel(db, br.grad), running_mean=rel(rm, rmr), running_var=rel(rv, rvr))
+
+        def ours():
+            yy = bn.forward(x, w, b, rm, rv)
+            bn.backward(x, yy, dy, w, b)
+
+        xa = x.detach().clone().requires_grad_()
+        wa, ba = w.clone().requires_grad_(), b.clone().requires_grad_()
+        rma, rva = torch.zeros(c, device='cuda'), torch.ones(c, device='cuda')
+
+        def aten():
+            ya = F.batch_norm(xa, rma, rva, wa, ba, True, 0.1, 1e-5)
+            if ops == OPS_BN_ACTIVATION:
+                ya = F.relu(ya)
+            ya.backward(dy)
+
+        t_c, t_a = timed(ours), timed(aten)
+        totals[(label, 'cudnn')] = totals.get((label, 'cudnn'), 0) + t_c
+        totals[(label, 'aten')] = totals.get((label, 'aten'), 0) + t_a
+        print(f'{label:7} {shape}: cuDNN bf16 {t_c:.3f} ms, ATen bf16 {t_a:.3f} ms forward+backward ({t_a / t_c:.2f}x); '
+              f'against fp32 PyTorch: ' + ', '.join(f'{k} {v:.1e}' for k, v in errs.items()) + f'; workspace/reserve bytes {bn.sizes}', flush=True)
+for (label, impl), ms in sorted(totals.items()):
+    print(f'TOTAL {label} {impl}: {ms:.2f} ms')
