@@ -17,7 +17,7 @@ namespace {
 
 // cuDNN's C API as this file uses it: handles and descriptors are pointers, enums are ints, statuses ints
 // (0 = success). Values from cudnn_graph.h / cudnn_ops.h, the same in cuDNN 8 and 9.
-constexpr int kNHWC = 1, kBFloat16 = 9, kSpatialPersistent = 2, kOpsBN = 0;
+constexpr int kNHWC = 1, kBFloat16 = 9, kSpatialPersistent = 2, kReluMode = 1, kNotPropagateNan = 0;
 using P = void*;
 using CP = const void*;
 
@@ -29,6 +29,9 @@ struct Api {
   int (*destroyTensorDesc)(P);
   int (*setTensor4d)(P, int format, int dtype, int n, int c, int h, int w);
   int (*deriveBN)(P derived, P x, int mode);
+  int (*createActivation)(P*);
+  int (*setActivation)(P, int mode, int nanOpt, double coef);
+  int (*destroyActivation)(P);
   int (*fwdWorkspace)(P h, int mode, int ops, P x, P z, P y, P param, P act, size_t* bytes);
   int (*reserveSpace)(P h, int mode, int ops, P act, P x, size_t* bytes);
   int (*bwdWorkspace)(P h, int mode, int ops, P x, P y, P dy, P dz, P dx, P dparam, P act, size_t* bytes);
@@ -62,6 +65,9 @@ const Api* api() {
     get(r->destroyTensorDesc, "cudnnDestroyTensorDescriptor");
     get(r->setTensor4d, "cudnnSetTensor4dDescriptor");
     get(r->deriveBN, "cudnnDeriveBNTensorDescriptor");
+    get(r->createActivation, "cudnnCreateActivationDescriptor");
+    get(r->setActivation, "cudnnSetActivationDescriptor");
+    get(r->destroyActivation, "cudnnDestroyActivationDescriptor");
     get(r->fwdWorkspace, "cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize");
     get(r->reserveSpace, "cudnnGetBatchNormalizationTrainingExReserveSpaceSize");
     get(r->bwdWorkspace, "cudnnGetBatchNormalizationBackwardExWorkspaceSize");
@@ -76,19 +82,28 @@ void check(int status, const char* what) {
   if (status != 0) throw UserError(std::string("cuDNN BatchNorm: ") + what + " failed: " + api()->errorString(status));
 }
 
-// A tensor descriptor of x's shape (NHWC, bf16) and the BatchNorm parameter descriptor cuDNN derives from it.
+// A tensor descriptor of x's shape (NHWC, bf16), the BatchNorm parameter descriptor cuDNN derives from
+// it, and for the fused ops a ReLU descriptor; `ops` is cuDNN's cudnnBatchNormOps_t (0 BN, 1 BN + activation,
+// 2 BN + add + activation), which BnFused's values are.
 struct Descs {
-  P x = nullptr, param = nullptr;
-  explicit Descs(const torch::Tensor& t) {
+  P x = nullptr, param = nullptr, act = nullptr;
+  int ops = 0;
+  Descs(const torch::Tensor& t, BnFused fused) : ops(static_cast<int>(fused)) {
     check(api()->createTensorDesc(&x), "cudnnCreateTensorDescriptor");
     check(api()->createTensorDesc(&param), "cudnnCreateTensorDescriptor");
     check(api()->setTensor4d(x, kNHWC, kBFloat16, static_cast<int>(t.size(0)), static_cast<int>(t.size(1)), static_cast<int>(t.size(2)), static_cast<int>(t.size(3))),
           "cudnnSetTensor4dDescriptor (bf16, NHWC)");
     check(api()->deriveBN(param, x, kSpatialPersistent), "cudnnDeriveBNTensorDescriptor");
+    if (fused != BnFused::None) {
+      check(api()->createActivation(&act), "cudnnCreateActivationDescriptor");
+      check(api()->setActivation(act, kReluMode, kNotPropagateNan, 0.0), "cudnnSetActivationDescriptor (ReLU)");
+    }
   }
+  P z() const { return ops == static_cast<int>(BnFused::AddRelu) ? x : nullptr; }  // the residual's (and its gradient's) descriptor
   ~Descs() {
     if (x) api()->destroyTensorDesc(x);
     if (param) api()->destroyTensorDesc(param);
+    if (act) api()->destroyActivation(act);
   }
   Descs(const Descs&) = delete;
   Descs& operator=(const Descs&) = delete;
@@ -114,46 +129,59 @@ P handleFor(const torch::Tensor& x) {
 #endif
 }
 
+// Inputs: x, weight, bias, residual (x itself when there is none: a Function takes tensors, and its
+// gradient slot then stays empty), running mean and variance, momentum, eps, BnFused as an integer.
 struct CudnnBatchNormFn : torch::autograd::Function<CudnnBatchNormFn> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor weight, torch::Tensor bias,
-                               torch::Tensor runningMean, torch::Tensor runningVar, double momentum, double eps) {
+                               torch::Tensor residual, torch::Tensor runningMean, torch::Tensor runningVar, double momentum, double eps,
+                               int64_t fusedCode) {
+    const auto fused = static_cast<BnFused>(fusedCode);
     x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+    if (fused == BnFused::AddRelu) residual = residual.to(x.scalar_type()).contiguous(torch::MemoryFormat::ChannelsLast);
     P h = handleFor(x);
-    Descs d(x);
+    Descs d(x, fused);
     size_t ws = 0, rs = 0;
-    check(api()->fwdWorkspace(h, kSpatialPersistent, kOpsBN, d.x, nullptr, d.x, d.param, nullptr, &ws), "forward workspace size");
-    check(api()->reserveSpace(h, kSpatialPersistent, kOpsBN, nullptr, d.x, &rs), "reserve space size");
+    check(api()->fwdWorkspace(h, kSpatialPersistent, d.ops, d.x, d.z(), d.x, d.param, d.act, &ws), "forward workspace size");
+    check(api()->reserveSpace(h, kSpatialPersistent, d.ops, d.act, d.x, &rs), "reserve space size");
     auto workspace = bytes(ws, x), reserve = bytes(rs, x);
     auto y = torch::empty_like(x, x.options(), torch::MemoryFormat::ChannelsLast);
     auto saveMean = torch::empty({x.size(1)}, weight.options()), saveInvVar = torch::empty({x.size(1)}, weight.options());
     const float one = 1, zero = 0;
-    check(api()->forward(h, kSpatialPersistent, kOpsBN, &one, &zero, d.x, x.data_ptr(), nullptr, nullptr, d.x, y.data_ptr(), d.param,
-                         weight.data_ptr(), bias.data_ptr(), momentum, runningMean.data_ptr(), runningVar.data_ptr(), eps,
-                         saveMean.data_ptr(), saveInvVar.data_ptr(), nullptr, workspace.data_ptr(), ws, reserve.data_ptr(), rs),
+    check(api()->forward(h, kSpatialPersistent, d.ops, &one, &zero, d.x, x.data_ptr(), d.z(), d.z() ? residual.data_ptr() : nullptr, d.x,
+                         y.data_ptr(), d.param, weight.data_ptr(), bias.data_ptr(), momentum, runningMean.data_ptr(), runningVar.data_ptr(),
+                         eps, saveMean.data_ptr(), saveInvVar.data_ptr(), d.act, workspace.data_ptr(), ws, reserve.data_ptr(), rs),
           "cudnnBatchNormalizationForwardTrainingEx");
-    ctx->save_for_backward({x, weight, bias, saveMean, saveInvVar, reserve});
+    // the fused ReLU's backward reads the output (which nothing may then change in place); BN alone does not
+    std::vector<torch::Tensor> saved{x, weight, bias, saveMean, saveInvVar, reserve};
+    if (fused != BnFused::None) saved.push_back(y);
+    ctx->save_for_backward(saved);
     ctx->saved_data["eps"] = eps;
+    ctx->saved_data["fused"] = fusedCode;
     return y;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
     auto s = ctx->get_saved_variables();
     const auto &x = s[0], &weight = s[1], &bias = s[2], &saveMean = s[3], &saveInvVar = s[4], &reserve = s[5];
+    const auto fused = static_cast<BnFused>(ctx->saved_data["fused"].toInt());
+    const torch::Tensor y = fused != BnFused::None ? s[6] : torch::Tensor();
     auto dy = grads[0].to(x.scalar_type()).contiguous(torch::MemoryFormat::ChannelsLast);
     P h = handleFor(x);
-    Descs d(x);
+    Descs d(x, fused);
     size_t ws = 0;
-    check(api()->bwdWorkspace(h, kSpatialPersistent, kOpsBN, d.x, d.x, d.x, nullptr, d.x, d.param, nullptr, &ws), "backward workspace size");
+    check(api()->bwdWorkspace(h, kSpatialPersistent, d.ops, d.x, d.x, d.x, d.z(), d.x, d.param, d.act, &ws), "backward workspace size");
     auto workspace = bytes(ws, x);
     auto dx = torch::empty_like(x, x.options(), torch::MemoryFormat::ChannelsLast);
+    auto dResidual = d.z() ? torch::empty_like(x, x.options(), torch::MemoryFormat::ChannelsLast) : torch::Tensor();
     auto dWeight = torch::empty_like(weight), dBias = torch::empty_like(bias);
     const float one = 1, zero = 0;
-    check(api()->backward(h, kSpatialPersistent, kOpsBN, &one, &zero, &one, &zero, d.x, x.data_ptr(), d.x, nullptr, d.x, dy.data_ptr(),
-                          nullptr, nullptr, d.x, dx.data_ptr(), d.param, weight.data_ptr(), bias.data_ptr(), dWeight.data_ptr(),
-                          dBias.data_ptr(), ctx->saved_data["eps"].toDouble(), saveMean.data_ptr(), saveInvVar.data_ptr(), nullptr,
-                          workspace.data_ptr(), ws, reserve.data_ptr(), static_cast<size_t>(reserve.numel())),
+    check(api()->backward(h, kSpatialPersistent, d.ops, &one, &zero, &one, &zero, d.x, x.data_ptr(), d.x, y.defined() ? y.data_ptr() : nullptr,
+                          d.x, dy.data_ptr(), d.z(), dResidual.defined() ? dResidual.data_ptr() : nullptr, d.x, dx.data_ptr(), d.param,
+                          weight.data_ptr(), bias.data_ptr(), dWeight.data_ptr(), dBias.data_ptr(), ctx->saved_data["eps"].toDouble(),
+                          saveMean.data_ptr(), saveInvVar.data_ptr(), d.act, workspace.data_ptr(), ws, reserve.data_ptr(),
+                          static_cast<size_t>(reserve.numel())),
           "cudnnBatchNormalizationBackwardEx");
-    return {dx, dWeight, dBias, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dx, dWeight, dBias, dResidual, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -168,13 +196,16 @@ bool cudnnBatchNormAvailable() {
 }
 
 torch::Tensor cudnnBatchNormTrain(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
-                                  const torch::Tensor& runningMean, const torch::Tensor& runningVar, double momentum, double eps) {
+                                  const torch::Tensor& runningMean, const torch::Tensor& runningVar, double momentum, double eps,
+                                  BnFused fused, const torch::Tensor& residual) {
   if (!cudnnBatchNormAvailable()) throw UserError("cuDNN BatchNorm is not available here (a CUDA build of LibTorch with cuDNN is needed)");
   TORCH_CHECK(x.dim() == 4 && x.is_cuda() && x.scalar_type() == torch::kBFloat16, "cudnnBatchNormTrain: x must be a 4-d bf16 CUDA tensor");
   TORCH_CHECK(weight.scalar_type() == torch::kFloat32 && bias.scalar_type() == torch::kFloat32 && runningMean.scalar_type() == torch::kFloat32 &&
                   runningVar.scalar_type() == torch::kFloat32,
               "cudnnBatchNormTrain: weight, bias and running statistics must be fp32");
-  return CudnnBatchNormFn::apply(x, weight, bias, runningMean, runningVar, momentum, eps);
+  TORCH_CHECK(fused != BnFused::AddRelu || (residual.defined() && residual.sizes() == x.sizes()), "cudnnBatchNormTrain: the residual must have x's shape");
+  return CudnnBatchNormFn::apply(x, weight, bias, fused == BnFused::AddRelu ? residual : x, runningMean, runningVar, momentum, eps,
+                                 static_cast<int64_t>(fused));
 }
 
 }  // namespace tl

@@ -1,4 +1,5 @@
-// cuDNN's BatchNorm for bf16 channels_last training batches, called through cuDNN's own C API.
+// cuDNN's BatchNorm for bf16 channels_last training batches, called through cuDNN's own C API, alone or
+// with the ReLU (and the residual add) that follow it in a ResNet fused into the same call.
 //
 // Why: under bf16 autocast ATen never hands a BatchNorm to cuDNN (its cudnn_batch_norm wants weights of the
 // input's type; only fp16 inputs may have fp32 weights), so PyTorch and torchlearn both run ATen's
@@ -9,7 +10,8 @@
 //
 // The entry points are looked up in the cuDNN library LibTorch loaded (dlopen of its soname, dlsym), so no
 // cuDNN header or link flag is needed and the CPU build compiles the same file. NOT YET RUN ON A GPU:
-// off by default (visionLearner's cudnnBatchNorm option); the CUDA test compares it with ATen's kernels.
+// off by default (visionLearner's cudnnBatchNorm option: true, or 'fused'); the CUDA test compares it with
+// ATen's kernels.
 #pragma once
 #include "common.h"
 
@@ -18,10 +20,17 @@ namespace tl {
 // Whether this process can use it: a CUDA build whose loaded cuDNN has the entry points.
 bool cudnnBatchNormAvailable();
 
-// Training-mode BatchNorm of x (bf16, channels_last, on CUDA) with fp32 weight, bias and running statistics:
-// the running statistics are updated in place (momentum as PyTorch's), and the result is differentiable in
-// x, weight and bias (cuDNN's backward). Throws UserError with cuDNN's status when cuDNN refuses.
+// What follows the BatchNorm inside the same cuDNN call: nothing, a ReLU, or the residual added and then
+// a ReLU (cuDNN's BN_ACTIVATION and BN_ADD_ACTIVATION ops: the two passes of ResNet's ReLU, and its
+// residual add, folded into the BatchNorm's, forward and backward).
+enum class BnFused { None = 0, Relu = 1, AddRelu = 2 };
+
+// Training-mode BatchNorm of x (bf16, channels_last, on CUDA) with fp32 weight, bias and running statistics,
+// then what `fused` says (residual: bf16, x's shape, for AddRelu): the running statistics are updated in
+// place (momentum as PyTorch's), and the result is differentiable in x, weight, bias and the residual
+// (cuDNN's backward). Throws UserError with cuDNN's status when cuDNN refuses.
 torch::Tensor cudnnBatchNormTrain(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
-                                  const torch::Tensor& runningMean, const torch::Tensor& runningVar, double momentum, double eps);
+                                  const torch::Tensor& runningMean, const torch::Tensor& runningVar, double momentum, double eps,
+                                  BnFused fused = BnFused::None, const torch::Tensor& residual = torch::Tensor());
 
 }  // namespace tl

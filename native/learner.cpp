@@ -101,7 +101,11 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
   if (o.Has("trainBn")) c.trainBn = o.Get("trainBn").ToBoolean();
   if (o.Has("bf16")) c.bf16 = o.Get("bf16").ToBoolean();
   if (o.Has("foldBatchNorm")) c.net->setFoldBatchNorm(o.Get("foldBatchNorm").ToBoolean());
-  if (o.Has("cudnnBatchNorm")) c.net->setCudnnBatchNorm(o.Get("cudnnBatchNorm").ToBoolean());
+  if (o.Has("cudnnBatchNorm")) {  // false, true (BatchNorm alone) or 'fused' (with the ReLU and residual add)
+    auto v = o.Get("cudnnBatchNorm");
+    const bool fused = v.IsString() && v.As<Napi::String>().Utf8Value() == "fused";
+    c.net->setCudnnBatchNorm(fused || v.ToBoolean(), fused);
+  }
   if (o.Has("labelSmoothing")) c.labelSmoothing = o.Get("labelSmoothing").As<Napi::Number>().DoubleValue();
   if (o.Has("classWeights")) {
     auto v = o.Get("classWeights");

@@ -14,28 +14,52 @@ static nn::Conv2d conv1x1(int64_t in, int64_t out, int64_t stride) {
 
 // Training-mode BatchNorm of a bf16 CUDA batch through cuDNN (batchnorm_cudnn.h says why), with
 // BatchNorm2d's semantics: running statistics updated with the module's momentum, num_batches_tracked
-// counted. Where cuDNN is missing or refuses, BatchNorm2d's own forward, and a message once per process.
-static torch::Tensor cudnnBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x) {
-  static std::atomic<bool> refused{false};
+// counted. Where cuDNN is missing or refuses: an undefined result, and a message once per process; the
+// caller then runs ATen's kernels.
+static std::atomic<bool> cudnnRefused{false};
+static bool cudnnEligible(const torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& y, const FoldState& fold) {
   const auto& o = bn.options;
-  if (refused || !o.affine() || !o.track_running_stats() || !o.momentum().has_value()) return bn.forward(x);
-  torch::Tensor y;
+  return fold.cudnnTrain && !cudnnRefused && bn.is_training() && y.is_cuda() && y.scalar_type() == torch::kBFloat16 && o.affine() &&
+         o.track_running_stats() && o.momentum().has_value();
+}
+static torch::Tensor cudnnBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& y, BnFused fused, const torch::Tensor& residual) {
+  torch::Tensor out;
   try {
-    y = cudnnBatchNormTrain(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, *o.momentum(), o.eps());
+    out = cudnnBatchNormTrain(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, *bn.options.momentum(), bn.options.eps(), fused, residual);
   } catch (const std::exception& e) {
-    if (!refused.exchange(true)) std::fprintf(stderr, "torchlearn: cuDNN BatchNorm not used (%s); ATen's kernels instead\n", e.what());
-    return bn.forward(x);
+    if (!cudnnRefused.exchange(true)) std::fprintf(stderr, "torchlearn: cuDNN BatchNorm not used (%s); ATen's kernels instead\n", e.what());
+    return torch::Tensor();
   }
   torch::NoGradGuard ng;
   bn.num_batches_tracked += 1;
-  return y;
+  return out;
+}
+
+torch::Tensor ConvBn::forwardRelu(const torch::Tensor& x, const FoldState& fold, const torch::Tensor& residual) {
+  if (fold.cudnnFuse && bn->is_training()) {
+    if (w_.defined()) w_ = b_ = torch::Tensor();  // (as forward: training will change the weights)
+    auto y = conv->forward(x);
+    if (cudnnEligible(*bn, y, fold)) {
+      auto out = cudnnBatchNorm(*bn, y, residual.defined() ? BnFused::AddRelu : BnFused::Relu, residual);
+      if (out.defined()) return out;
+    }
+    auto out = bn->forward(y);
+    if (residual.defined()) out += residual;
+    return torch::relu_(out);
+  }
+  auto out = forward(x, fold);
+  if (residual.defined()) out += residual;  // in place, as torchvision: no fresh activation-sized tensor per block
+  return torch::relu_(out);
 }
 
 torch::Tensor ConvBn::forward(const torch::Tensor& x, const FoldState& fold) {
   if (!fold.on || bn->is_training()) {
     if (w_.defined()) w_ = b_ = torch::Tensor();  // training (the weights will change) or folding off: no stale copies kept
     auto y = conv->forward(x);
-    if (fold.cudnnTrain && bn->is_training() && y.is_cuda() && y.scalar_type() == torch::kBFloat16) return cudnnBatchNorm(*bn, y);
+    if (cudnnEligible(*bn, y, fold)) {
+      auto out = cudnnBatchNorm(*bn, y, BnFused::None, torch::Tensor());
+      if (out.defined()) return out;
+    }
     return bn->forward(y);
   }
   if (generation_ != fold.generation || !w_.defined()) {
@@ -67,10 +91,8 @@ BasicBlockImpl::BasicBlockImpl(int64_t inplanes, int64_t planes, int64_t stride,
 
 torch::Tensor BasicBlockImpl::forward(torch::Tensor x) {
   auto identity = downsample ? dsCb.forward(x, *fold) : x;
-  auto out = relu(cb1.forward(x, *fold));
-  out = cb2.forward(out, *fold);
-  out += identity;  // in place, as torchvision: no fresh activation-sized tensor per block
-  return relu(out);
+  auto out = cb1.forwardRelu(x, *fold);
+  return cb2.forwardRelu(out, *fold, identity);
 }
 
 BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride, nn::Sequential ds) {
@@ -90,11 +112,9 @@ BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride,
 
 torch::Tensor BottleneckImpl::forward(torch::Tensor x) {
   auto identity = downsample ? dsCb.forward(x, *fold) : x;
-  auto out = relu(cb1.forward(x, *fold));
-  out = relu(cb2.forward(out, *fold));
-  out = cb3.forward(out, *fold);
-  out += identity;  // in place, as torchvision: no fresh activation-sized tensor per block
-  return relu(out);
+  auto out = cb1.forwardRelu(x, *fold);
+  out = cb2.forwardRelu(out, *fold);
+  return cb3.forwardRelu(out, *fold, identity);
 }
 
 ArchSpec archSpec(const std::string& arch) {
@@ -165,7 +185,7 @@ void ResNetImpl::setFoldBatchNorm(bool on) {
 }
 
 torch::Tensor ResNetImpl::features(torch::Tensor x) {
-  x = maxpool(relu(stem_.forward(x, *fold_)));
+  x = maxpool(stem_.forwardRelu(x, *fold_));
   return layer4->forward(layer3->forward(layer2->forward(layer1->forward(x))));
 }
 

@@ -8,11 +8,13 @@ namespace tl {
 // How the body's BatchNorms run, shared by every block of one ResNet. Eval mode: whether forwards fold
 // BatchNorm into the convolutions, and a generation bumped when the weights are replaced or moved (a load,
 // a move), which makes the folded copies stale. Training mode: whether a bf16 CUDA batch goes through
-// cuDNN's BatchNorm instead of ATen's own kernels (batchnorm_cudnn.h).
+// cuDNN's BatchNorm instead of ATen's own kernels, and whether the ReLU (and residual add) after it run
+// inside the same cuDNN call (batchnorm_cudnn.h).
 struct FoldState {
   bool on = false;
   int64_t generation = 0;
   bool cudnnTrain = false;
+  bool cudnnFuse = false;
 };
 
 // A convolution and the BatchNorm after it. In eval mode, with folding on, the two run as one convolution
@@ -27,6 +29,9 @@ struct ConvBn {
   std::shared_ptr<torch::nn::Conv2dImpl> conv;
   std::shared_ptr<torch::nn::BatchNorm2dImpl> bn;
   torch::Tensor forward(const torch::Tensor& x, const FoldState& fold);
+  // relu(forward(x)), or relu(forward(x) + residual) with a residual: torchvision's in-place add and ReLU,
+  // or one fused cuDNN call when the state says so
+  torch::Tensor forwardRelu(const torch::Tensor& x, const FoldState& fold, const torch::Tensor& residual = torch::Tensor());
 
  private:
   torch::Tensor w_, b_;
@@ -39,7 +44,7 @@ struct BasicBlockImpl : torch::nn::Module {
   torch::Tensor forward(torch::Tensor x);
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
-  torch::nn::ReLU relu{nullptr};
+  torch::nn::ReLU relu{nullptr};  // registered as torchvision's; ConvBn::forwardRelu applies the same in-place ReLU
   torch::nn::Sequential downsample{nullptr};
   std::shared_ptr<FoldState> fold = std::make_shared<FoldState>();  // the ResNet's, shared
   ConvBn cb1, cb2, dsCb;
@@ -52,7 +57,7 @@ struct BottleneckImpl : torch::nn::Module {
   torch::Tensor forward(torch::Tensor x);
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
-  torch::nn::ReLU relu{nullptr};
+  torch::nn::ReLU relu{nullptr};  // registered as torchvision's; ConvBn::forwardRelu applies the same in-place ReLU
   torch::nn::Sequential downsample{nullptr};
   std::shared_ptr<FoldState> fold = std::make_shared<FoldState>();  // the ResNet's, shared
   ConvBn cb1, cb2, cb3, dsCb;
@@ -75,14 +80,18 @@ struct ResNetImpl : torch::nn::Module {
   int64_t numFeatures() const { return numFeatures_; }
   // Eval-mode forwards with every BatchNorm of the body folded into its convolution (see ConvBn).
   void setFoldBatchNorm(bool on);
-  // Training-mode BatchNorm of bf16 CUDA batches through cuDNN (batchnorm_cudnn.h says why).
-  void setCudnnBatchNorm(bool on) { fold_->cudnnTrain = on; }
+  // Training-mode BatchNorm of bf16 CUDA batches through cuDNN (batchnorm_cudnn.h says why), with the
+  // ReLU and residual add fused into it or not.
+  void setCudnnBatchNorm(bool on, bool fuse) {
+    fold_->cudnnTrain = on;
+    fold_->cudnnFuse = on && fuse;
+  }
   // The weights were replaced or moved: folded copies are made again at the next eval forward.
   void weightsChanged() { fold_->generation++; }
 
   torch::nn::Conv2d conv1{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr};
-  torch::nn::ReLU relu{nullptr};
+  torch::nn::ReLU relu{nullptr};  // registered as torchvision's; ConvBn::forwardRelu applies the same in-place ReLU
   torch::nn::MaxPool2d maxpool{nullptr};
   torch::nn::Sequential layer1{nullptr}, layer2{nullptr}, layer3{nullptr}, layer4{nullptr};
   torch::nn::AdaptiveAvgPool2d avgpool{nullptr};

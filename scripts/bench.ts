@@ -10,8 +10,9 @@
 //   --graph off|on|both torchlearn's train step with the cudaGraph option off, on, or both (default: both
 //                       on CUDA, off on the CPU, where the graph's step runs without capture)
 //   --frozen frozen|unfrozen|both  which train-step rows, on both sides (default: both)
-//   --bn aten|cudnn|both  torchlearn's training-mode BatchNorm on CUDA in bf16: ATen's kernels (the default,
-//                       what PyTorch runs) or cuDNN's (the cudnnBatchNorm option), or both
+//   --bn LIST           torchlearn's training-mode BatchNorm on CUDA in bf16, some of aten,cudnn,fused (or all):
+//                       ATen's kernels (the default, what PyTorch runs), cuDNN's (cudnnBatchNorm: true), or
+//                       cuDNN's with the ReLU and residual add in the same call (cudnnBatchNorm: 'fused')
 //   --aug full|affine|both  the train step's augmentation, the same on both sides: fast.ai's whole
 //                       aug_transforms() (default), or flip/rotate/zoom only (the PyTorch reference of ../shared/device)
 import { execFileSync } from 'node:child_process';
@@ -70,9 +71,13 @@ const frozenModes = frozenArg === 'both' ? [true, false] : [frozenArg === 'froze
 const augArg = args.aug ?? 'full';
 if (!['full', 'affine', 'both'].includes(augArg)) throw new Error(`--aug must be full, affine or both, got '${augArg}'`);
 const augModes = augArg === 'both' ? ['full', 'affine'] : [augArg];
-const bnArg = args.bn ?? 'aten';
-if (!['cudnn', 'aten', 'both'].includes(bnArg)) throw new Error(`--bn must be cudnn, aten or both, got '${bnArg}'`);
-const bnModes = bnArg === 'both' ? [false, true] : [bnArg === 'cudnn'];
+const bnArg = args.bn === 'all' ? 'aten,cudnn,fused' : (args.bn ?? 'aten');
+const bnChoice = { aten: false, cudnn: true, fused: 'fused' } as const;
+const bnModes = bnArg.split(',').map((b) => {
+  if (!(b in bnChoice)) throw new Error(`--bn takes aten, cudnn, fused (a comma-separated list) or all, got '${b}'`);
+  return bnChoice[b as keyof typeof bnChoice];
+});
+const bnLabel = (b: boolean | 'fused') => (b === 'fused' ? ', cuDNN BatchNorm+ReLU fused' : b ? ', cuDNN BatchNorm' : '');
 // affine: every image flipped or not, rotated and zoomed (as the PyTorch side's affine-only pipeline); no warp, no lighting
 const trainAug = (aug: string) => (aug === 'full' ? augTransforms() : augTransforms({ maxWarp: 0, maxLighting: 0, pAffine: 1 }));
 const implName = (graph: boolean) => (graph ? (cuda ? 'torchlearn (CUDA graph)' : 'torchlearn (graph step, no capture)') : 'torchlearn');
@@ -138,10 +143,10 @@ async function trainBench() {
           const per = (x: number) => ((1000 * x) / cfg.iters).toFixed(1);
           log(`profile torchlearn bs ${bs} ${prec} ${frozen ? 'frozen' : 'unfrozen'}: ms per step: data ${per(p.data)}, forward ${per(p.forward)}, backward ${per(p.backward)}, optimizer ${per(p.step)}; channels_last weight ${p.weightChannelsLast}, grad ${p.gradChannelsLast}, input ${p.inputChannelsLast}`);
         }
-        if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}${cudnnBatchNorm ? '-cudnnbn' : ''}-bs${bs}-${prec}-${aug}.json`));
+        if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}${cudnnBatchNorm === 'fused' ? '-fusedbn' : cudnnBatchNorm ? '-cudnnbn' : ''}-bs${bs}-${prec}-${aug}.json`));
         const mem = native.cudaMemory();
         const row = {
-          bench: 'train step', impl: implName(graph) + (cudnnBatchNorm && cuda && prec === 'bf16' ? ', cuDNN BatchNorm' : ''), aug, arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
+          bench: 'train step', impl: implName(graph) + (cuda && prec === 'bf16' ? bnLabel(cudnnBatchNorm) : ''), aug, arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
           peak_device_bytes: mem.peakAllocated, peak_rss_bytes: process.resourceUsage().maxRSS * 1024, ...(graphInfo ? { graph: graphInfo } : {}),
         };
         rows.push(row);

@@ -128,7 +128,7 @@ export interface NativeLearnerOptions {
   eps?: number;
   cudaGraph?: boolean;
   foldBatchNorm?: boolean;
-  cudnnBatchNorm?: boolean;
+  cudnnBatchNorm?: boolean | 'fused';
 }
 
 export interface NativeLearner {

@@ -175,49 +175,52 @@ describe.skipIf(!cuda)('CUDA', () => {
     graph.learn.dispose();
   });
 
-  it('cudnnBatchNorm (bf16 training through cuDNN): the same losses and running statistics as the ATen kernels', async () => {
+  it('cudnnBatchNorm (bf16 training through cuDNN, alone and fused with ReLU and the residual add): the losses and running statistics of the ATen kernels', async () => {
     const dir = tempDir();
     await makeStripes(join(dir, 's'), 50, 48, 11);
     const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 5 });
-    const run = async (cudnnBatchNorm: boolean, lrMax: number) => {
-      const learn = visionLearner(dls, 'resnet18', { verbose: false, seed: 0, device: 'cuda', cudaGraph: false, cudnnBatchNorm, metrics: [accuracy()] });
-      const trace = join(dir, `bn-${cudnnBatchNorm}-${lrMax}.json`);
-      const r = await learn.fitOneCycle(1, { lrMax, trace });
-      // ATen BatchNorm calls over the traced epoch
-      const bnCalls = readTrace(trace).ops.filter((o) => o.name === 'aten::batch_norm').reduce((n, o) => n + o.count, 0);
+    const run = async (cudnnBatchNorm: boolean | 'fused') => {
+      const learn = visionLearner(dls, 'resnet18', { verbose: false, seed: 0, device: 'cuda', cudaGraph: false, cudnnBatchNorm });
+      const trace = join(dir, `bn-${cudnnBatchNorm}.json`);
+      // learning rate 1e-12: the weights stay as made, so each batch's loss and statistics can be compared
+      await learn.fitOneCycle(1, { lrMax: 1e-12, trace });
+      // ATen BatchNorm and in-place ReLU calls over the traced epoch
+      const calls = (name: string) => readTrace(trace).ops.filter((o) => o.name === name).reduce((n, o) => n + o.count, 0);
       const stats = readWeightFile(await learn.save(join(dir, `bn-${cudnnBatchNorm}.safetensors`))).tensors.filter((t) => /running_(mean|var)$/.test(t.name));
-      return { learn, r, losses: learn.recorder.rawLosses.slice(), bnCalls, stats };
+      const r = { losses: learn.recorder.rawLosses.slice(), bn: calls('aten::batch_norm'), relu: calls('aten::relu_'), stats };
+      learn.dispose();
+      return r;
     };
-    // learning rate 1e-12: the weights stay as made, so each batch's loss and statistics can be compared
-    const cud = await run(true, 1e-12);
-    const aten = await run(false, 1e-12);
-    // the path taken: with cuDNN's entry points only the head's two 1-d BatchNorms are ATen's, against 22 a
-    // step (a cuDNN that refused would leave the counts equal)
-    console.log(`ATen batch_norm calls in the traced epoch: ${cud.bnCalls} with cudnnBatchNorm, ${aten.bnCalls} without`);
-    expect(aten.bnCalls).toBeGreaterThan(0);
-    expect(cud.bnCalls).toBeLessThan(aten.bnCalls / 5);
-    const lossRel = Math.max(...cud.losses.map((l, i) => Math.abs(l - aten.losses[i]) / aten.losses[i]));
-    expect(cud.stats.map((t) => t.name)).toEqual(aten.stats.map((t) => t.name));
-    expect(cud.stats.length).toBeGreaterThanOrEqual(2 * 20); // resnet18's 20 BatchNorms (and the head's)
-    let statRel = 0;
-    cud.stats.forEach((t, k) => {
-      const a = new Float32Array(t.data.slice().buffer);
-      const b = new Float32Array(aten.stats[k].data.slice().buffer);
-      const scale = Math.max(...b.map(Math.abs), 1e-3);
-      a.forEach((v, i) => (statRel = Math.max(statRel, Math.abs(v - b[i]) / scale)));
-    });
-    console.log(`cuDNN vs ATen BatchNorm, bf16: losses within ${lossRel.toExponential(2)} (relative), running statistics within ${statRel.toExponential(2)} (of each tensor's largest)`);
-    // bf16 convolutions, autotuned per learner, round differently; a biased running variance would be 1/15
-    // off at layer4 (16 values per channel), a wrong momentum further
-    expect(lossRel).toBeLessThan(2e-2);
-    expect(statRel).toBeLessThan(2e-2);
-    for (const r of [cud, aten]) r.learn.dispose();
-    // and it trains: the stripes learnt with cuDNN's backward
-    const trained = visionLearner(dls, 'resnet18', { verbose: false, seed: 0, device: 'cuda', cudnnBatchNorm: true, metrics: [accuracy()] });
-    const t = await trained.fitOneCycle(6, { lrMax: 5e-3 });
-    console.log(`cudnnBatchNorm stripes accuracy ${t.values.at(-1)![2]}`);
-    expect(t.values.at(-1)![2]).toBeGreaterThanOrEqual(0.95);
-    trained.dispose();
+    const aten = await run(false);
+    expect(aten.stats.length).toBeGreaterThanOrEqual(2 * 20); // resnet18's 20 BatchNorms (and the head's)
+    for (const mode of [true, 'fused'] as const) {
+      const cud = await run(mode);
+      const lossRel = Math.max(...cud.losses.map((l, i) => Math.abs(l - aten.losses[i]) / aten.losses[i]));
+      expect(cud.stats.map((t) => t.name)).toEqual(aten.stats.map((t) => t.name));
+      let statRel = 0;
+      cud.stats.forEach((t, k) => {
+        const a = new Float32Array(t.data.slice().buffer);
+        const b = new Float32Array(aten.stats[k].data.slice().buffer);
+        const scale = Math.max(...b.map(Math.abs), 1e-3);
+        a.forEach((v, i) => (statRel = Math.max(statRel, Math.abs(v - b[i]) / scale)));
+      });
+      console.log(`cudnnBatchNorm ${mode} vs ATen, bf16: losses within ${lossRel.toExponential(2)} (relative), running statistics within ` +
+        `${statRel.toExponential(2)} (of each tensor's largest); ATen batch_norm / relu_ calls in the traced epoch ${cud.bn} / ${cud.relu} against ${aten.bn} / ${aten.relu}`);
+      // the path taken: only the head's two 1-d BatchNorms stay ATen's (20 more a step otherwise; a cuDNN that
+      // refused would leave the counts equal), and fused, the body's 17 ReLUs go too
+      expect(cud.bn).toBeLessThan(aten.bn / 5);
+      if (mode === 'fused') expect(cud.relu).toBeLessThan(aten.relu / 5);
+      // bf16 convolutions, autotuned per learner, round differently; a biased running variance would be 1/15
+      // off at layer4 (16 values per channel), a wrong momentum further
+      expect(lossRel).toBeLessThan(2e-2);
+      expect(statRel).toBeLessThan(2e-2);
+      // and it trains: the stripes learnt through cuDNN's backward
+      const trained = visionLearner(dls, 'resnet18', { verbose: false, seed: 0, device: 'cuda', cudnnBatchNorm: mode, metrics: [accuracy()] });
+      const t = await trained.fitOneCycle(6, { lrMax: 5e-3 });
+      console.log(`cudnnBatchNorm ${mode}: stripes accuracy ${t.values.at(-1)![2]}`);
+      expect(t.values.at(-1)![2]).toBeGreaterThanOrEqual(0.95);
+      trained.dispose();
+    }
   });
 
   it('out of memory names the batch size, and the learner goes on with a smaller batch', async () => {

@@ -4,9 +4,10 @@ ATen never sends a bf16 BatchNorm to cuDNN (its cudnn_batch_norm wants weights o
 PyTorch and torchlearn both run ATen's channels_last kernels under bf16 autocast: 27.3 of 68 ms of a
 ResNet50 step at batch 256 on an H100 (docs/bench/h100-run5-kernels.txt). cuDNN's BatchNorm was 1.45x
 faster on fp16 data (batchnorm_kernels.py). This calls cudnnBatchNormalizationForwardTrainingEx and
-BackwardEx through ctypes on ResNet50's activation shapes, NHWC bf16, with ops BN and BN + ReLU, checks the
+BackwardEx through ctypes on ResNet50's activation shapes, NHWC bf16, with ops BN, BN + ReLU and BN + add +
+ReLU (what native/batchnorm_cudnn.cpp calls), checks the
 results against PyTorch's batch_norm in fp32 on the same data, and times forward + backward against ATen's
-bf16 kernels (and ATen's BatchNorm + ReLU). The go/no-go check for a cuDNN BatchNorm in native/.
+bf16 kernels (and ATen's BatchNorm, add, ReLU). The go/no-go check for native/batchnorm_cudnn.cpp.
 Run on the GPU machine:  python3 scripts/bench/cudnn_batchnorm_bf16.py"""
 import ctypes
 import sys
@@ -39,7 +40,7 @@ lib.cudnnGetErrorString.restype = ctypes.c_char_p
 FLOAT, BFLOAT16 = 0, 9
 NHWC = 1
 SPATIAL_PERSISTENT = 2
-OPS_BN, OPS_BN_ACTIVATION = 0, 1
+OPS_BN, OPS_BN_ACTIVATION, OPS_BN_ADD_ACTIVATION = 0, 1, 2
 ACTIVATION_RELU, NOT_PROPAGATE_NAN = 1, 0
 V = ctypes.c_void_p
 SZ = ctypes.c_size_t
@@ -82,36 +83,38 @@ class CudnnBN:
 
     def __init__(self, shape, ops):
         n, c, h, w = shape
-        self.ops, self.act = ops, (act if ops == OPS_BN_ACTIVATION else V())
+        self.ops, self.act = ops, (act if ops != OPS_BN else V())
         self.x, self.p = tensor_desc(n, c, h, w)
+        self.z = self.x if ops == OPS_BN_ADD_ACTIVATION else V()  # the residual's descriptor
         ws, rs, bws = SZ(), SZ(), SZ()
-        check(lib.cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize(handle, SPATIAL_PERSISTENT, ops, self.x, V(), self.x, self.p, self.act, ctypes.byref(ws)), 'forward workspace size')
+        check(lib.cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize(handle, SPATIAL_PERSISTENT, ops, self.x, self.z, self.x, self.p, self.act, ctypes.byref(ws)), 'forward workspace size')
         check(lib.cudnnGetBatchNormalizationTrainingExReserveSpaceSize(handle, SPATIAL_PERSISTENT, ops, self.act, self.x, ctypes.byref(rs)), 'reserve space size')
-        check(lib.cudnnGetBatchNormalizationBackwardExWorkspaceSize(handle, SPATIAL_PERSISTENT, ops, self.x, self.x, self.x, V(), self.x, self.p, self.act, ctypes.byref(bws)), 'backward workspace size')
+        check(lib.cudnnGetBatchNormalizationBackwardExWorkspaceSize(handle, SPATIAL_PERSISTENT, ops, self.x, self.x, self.x, self.z, self.x, self.p, self.act, ctypes.byref(bws)), 'backward workspace size')
         self.sizes = (ws.value, rs.value, bws.value)
         dev = dict(device='cuda', dtype=torch.uint8)
         self.ws, self.rs, self.bws = (torch.empty(max(s, 1), **dev) for s in self.sizes)
         self.save_mean = torch.empty(c, device='cuda')
         self.save_inv = torch.empty(c, device='cuda')
 
-    def forward(self, x, w, b, rm, rv, momentum=0.1, eps=1e-5):
+    def forward(self, x, w, b, rm, rv, z=None, momentum=0.1, eps=1e-5):
         y = torch.empty_like(x)
         check(lib.cudnnBatchNormalizationForwardTrainingEx(
-            handle, SPATIAL_PERSISTENT, self.ops, ctypes.byref(ONE), ctypes.byref(ZERO), self.x, ptr(x), V(), V(), self.x, ptr(y),
+            handle, SPATIAL_PERSISTENT, self.ops, ctypes.byref(ONE), ctypes.byref(ZERO), self.x, ptr(x), self.z, ptr(z), self.x, ptr(y),
             self.p, ptr(w), ptr(b), ctypes.c_double(momentum), ptr(rm), ptr(rv), ctypes.c_double(eps), ptr(self.save_mean), ptr(self.save_inv),
             self.act, ptr(self.ws), SZ(self.sizes[0]), ptr(self.rs), SZ(self.sizes[1])), 'cudnnBatchNormalizationForwardTrainingEx')
         return y
 
     def backward(self, x, y, dy, w, b, eps=1e-5):
         dx = torch.empty_like(x)
+        dz = torch.empty_like(x) if self.ops == OPS_BN_ADD_ACTIVATION else None
         dw, db = torch.empty_like(w), torch.empty_like(b)
         check(lib.cudnnBatchNormalizationBackwardEx(
             handle, SPATIAL_PERSISTENT, self.ops, ctypes.byref(ONE), ctypes.byref(ZERO), ctypes.byref(ONE), ctypes.byref(ZERO),
             # y only for the fused ReLU (torchlearn's native code passes none for BN alone, as here)
-            self.x, ptr(x), self.x, ptr(y) if self.ops == OPS_BN_ACTIVATION else V(), self.x, ptr(dy), V(), V(), self.x, ptr(dx), self.p, ptr(w), ptr(b), ptr(dw), ptr(db),
+            self.x, ptr(x), self.x, ptr(y) if self.ops != OPS_BN else V(), self.x, ptr(dy), self.z, ptr(dz), self.x, ptr(dx), self.p, ptr(w), ptr(b), ptr(dw), ptr(db),
             ctypes.c_double(eps), ptr(self.save_mean), ptr(self.save_inv), self.act, ptr(self.bws), SZ(self.sizes[2]), ptr(self.rs), SZ(self.sizes[1])),
             'cudnnBatchNormalizationBackwardEx')
-        return dx, dw, db
+        return dx, dw, db, dz
 
 
 def rel(a, b):
@@ -120,50 +123,58 @@ def rel(a, b):
 
 print(f'cuDNN {torch.backends.cudnn.version()}, PyTorch {torch.__version__}, {torch.cuda.get_device_name()}')
 totals = {}
-for ops, label in ((OPS_BN, 'BN'), (OPS_BN_ACTIVATION, 'BN+ReLU')):
+for ops, label in ((OPS_BN, 'BN'), (OPS_BN_ACTIVATION, 'BN+ReLU'), (OPS_BN_ADD_ACTIVATION, 'BN+add+ReLU')):
     for shape in SHAPES:
         torch.manual_seed(0)
         c = shape[1]
-        x = (torch.randn(shape, device='cuda') * 2 + 0.5).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        dy = torch.randn(shape, device='cuda').to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        cl = dict(memory_format=torch.channels_last)
+        x = (torch.randn(shape, device='cuda') * 2 + 0.5).to(torch.bfloat16).contiguous(**cl)
+        z = torch.randn(shape, device='cuda').to(torch.bfloat16).contiguous(**cl) if ops == OPS_BN_ADD_ACTIVATION else None
+        dy = torch.randn(shape, device='cuda').to(torch.bfloat16).contiguous(**cl)
         w, b = torch.rand(c, device='cuda') + 0.5, torch.randn(c, device='cuda') * 0.1
         try:
             bn = CudnnBN(shape, ops)
             rm, rv = torch.zeros(c, device='cuda'), torch.ones(c, device='cuda')
-            y = bn.forward(x, w, b, rm, rv)
-            dx, dw, db = bn.backward(x, y, dy, w, b)
+            y = bn.forward(x, w, b, rm, rv, z)
+            dx, dw, db, dz = bn.backward(x, y, dy, w, b)
             torch.cuda.synchronize()
         except CudnnError as e:
             print(f'{label} {shape}: cuDNN refused: {e}')
             continue
-        # the reference: PyTorch's batch_norm in fp32 on the same bf16 values
+
+        def reference(xx, ww, bb, zz, rmm, rvv):
+            yy = F.batch_norm(xx, rmm, rvv, ww, bb, True, 0.1, 1e-5)
+            if zz is not None:
+                yy = yy + zz
+            return F.relu(yy) if ops != OPS_BN else yy
+
+        # the reference: PyTorch's batch_norm (and add, ReLU) in fp32 on the same bf16 values
         xr = x.float().requires_grad_()
+        zr = z.float().requires_grad_() if z is not None else None
         wr, br = w.clone().requires_grad_(), b.clone().requires_grad_()
         rmr, rvr = torch.zeros(c, device='cuda'), torch.ones(c, device='cuda')
-        yr = F.batch_norm(xr, rmr, rvr, wr, br, True, 0.1, 1e-5)
-        if ops == OPS_BN_ACTIVATION:
-            yr = F.relu(yr)
-        yr.backward(dy.float())
+        reference(xr, wr, br, zr, rmr, rvr).backward(dy.float())
+        yr = reference(xr.detach(), wr.detach(), br.detach(), zr.detach() if zr is not None else None, rmr.clone(), rvr.clone())
         errs = dict(y=rel(y, yr), dx=rel(dx, xr.grad), dw=rel(dw, wr.grad), db=rel(db, br.grad), running_mean=rel(rm, rmr), running_var=rel(rv, rvr))
+        if zr is not None:
+            errs['dz'] = rel(dz, zr.grad)
 
         def ours():
-            yy = bn.forward(x, w, b, rm, rv)
+            yy = bn.forward(x, w, b, rm, rv, z)
             bn.backward(x, yy, dy, w, b)
 
         xa = x.detach().clone().requires_grad_()
+        za = z.detach().clone().requires_grad_() if z is not None else None
         wa, ba = w.clone().requires_grad_(), b.clone().requires_grad_()
         rma, rva = torch.zeros(c, device='cuda'), torch.ones(c, device='cuda')
 
         def aten():
-            ya = F.batch_norm(xa, rma, rva, wa, ba, True, 0.1, 1e-5)
-            if ops == OPS_BN_ACTIVATION:
-                ya = F.relu(ya)
-            ya.backward(dy)
+            reference(xa, wa, ba, za, rma, rva).backward(dy)
 
         t_c, t_a = timed(ours), timed(aten)
         totals[(label, 'cudnn')] = totals.get((label, 'cudnn'), 0) + t_c
         totals[(label, 'aten')] = totals.get((label, 'aten'), 0) + t_a
-        print(f'{label:7} {shape}: cuDNN bf16 {t_c:.3f} ms, ATen bf16 {t_a:.3f} ms forward+backward ({t_a / t_c:.2f}x); '
+        print(f'{label:11} {shape}: cuDNN bf16 {t_c:.3f} ms, ATen bf16 {t_a:.3f} ms forward+backward ({t_a / t_c:.2f}x); '
               f'against fp32 PyTorch: ' + ', '.join(f'{k} {v:.1e}' for k, v in errs.items()) + f'; workspace/reserve bytes {bn.sizes}', flush=True)
 for (label, impl), ms in sorted(totals.items()):
     print(f'TOTAL {label} {impl}: {ms:.2f} ms')

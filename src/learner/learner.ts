@@ -51,8 +51,9 @@ export interface VisionLearnerOptions {
    * float rounding; default: on the CPU, where it is faster, off on CUDA); training is never folded */
   foldBatchNorm?: boolean;
   /** training-mode BatchNorm of bf16 CUDA batches through cuDNN's own API rather than ATen's kernels, which
-   * PyTorch also runs for bf16 (default: off, as it has not yet run on a GPU; no effect on the CPU or in fp32) */
-  cudnnBatchNorm?: boolean;
+   * PyTorch also runs for bf16; 'fused' also runs the ReLU and residual add after each BatchNorm inside the
+   * same cuDNN call (default: off, as neither has yet run on a GPU; no effect on the CPU or in fp32) */
+  cudnnBatchNorm?: boolean | 'fused';
   /** where save/load put checkpoints (default 'models') */
   modelDir?: string;
   /** the head: hidden units (512), dropout ps (0.5), concat pooling (true), biased linears (false = fast.ai v2) */
