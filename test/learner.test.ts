@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../src/binding.js';
-import { accuracy, DEFAULTS, ImageDataLoaders, lrPerGroup, setNumThreads, torchInfo, visionLearner, type Learner, type NamedTensor } from '../src/index.js';
+import { accuracy, DEFAULTS, ImageDataLoaders, lrPerGroup, manualSeed, setNumThreads, torchInfo, visionLearner, type Learner, type NamedTensor } from '../src/index.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { runPython, tempDir } from './helpers/python.js';
 
@@ -225,6 +225,24 @@ describe('BatchNorm folded into the convolutions for evaluation (the CPU default
     await agree('after a load');
     folded.dispose();
     plain.dispose();
+  });
+});
+
+describe('cudnnBatchNorm on the CPU', () => {
+  it("changes nothing there: cuDNN's BatchNorm is for bf16 CUDA batches, and the fused blocks fall back to the same add and ReLU", async () => {
+    // (the GPU side is test/cuda.test.ts; this runs the fused blocks' fallback path, which every CPU fit with
+    // the option takes, against the ordinary blocks)
+    const losses: number[][] = [];
+    for (const cudnnBatchNorm of [false, 'fused'] as const) {
+      manualSeed(0); // dropout draws from the global generator
+      const l = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, cudnnBatchNorm });
+      await l.fitOneCycle(1, { lrMax: 5e-3 });
+      losses.push(l.recorder.rawLosses.slice());
+      l.dispose();
+    }
+    expect(losses[0].length).toBeGreaterThan(0);
+    expect(losses[1].length).toBe(losses[0].length);
+    expect(Math.max(...losses[1].map((v, i) => Math.abs(v - losses[0][i])))).toBeLessThan(1e-6);
   });
 });
 
