@@ -241,6 +241,7 @@ describe('cudnnBatchNorm on the CPU', () => {
       l.dispose();
     }
     expect(losses[0].length).toBeGreaterThan(0);
+    expect(() => visionLearner(dls, 'resnet18', { ...quiet, cudnnBatchNorm: 'fuse' as 'fused' })).toThrow(/cudnnBatchNorm must be true, false or 'fused', got "fuse"/);
     expect(losses[1].length).toBe(losses[0].length);
     expect(Math.max(...losses[1].map((v, i) => Math.abs(v - losses[0][i])))).toBeLessThan(1e-6);
   });

@@ -169,6 +169,8 @@ export class Learner {
     const precision = opts.precision ?? 'auto';
     this.bf16 = precision === 'bf16' || (precision === 'auto' && this.device.startsWith('cuda'));
     if (this.bf16 && !this.device.startsWith('cuda')) throw new Error("precision 'bf16' is for CUDA; on the CPU use 'fp32' (or 'auto')");
+    const cbn = opts.cudnnBatchNorm;
+    if (cbn !== undefined && typeof cbn !== 'boolean' && cbn !== 'fused') throw new Error(`cudnnBatchNorm must be true, false or 'fused', got ${JSON.stringify(cbn)}`);
     this.modelDir = opts.modelDir ?? 'models';
     this.#verbose = opts.verbose ?? true;
     this.#logger = opts.logger ?? ((l) => console.log(l));
