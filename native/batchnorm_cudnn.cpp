@@ -5,8 +5,9 @@
 
 #include <map>
 
-// The stream and device guard need CUDA's headers, which only a CUDA build of LibTorch brings.
-#if __has_include(<c10/cuda/CUDAStream.h>) && __has_include(<cuda_runtime_api.h>)
+// The stream and device guard need CUDA's headers, which only a CUDA build of LibTorch brings
+// (TL_NO_CUDNN_BN leaves them out: scripts/gpu-check.sh builds so if this file does not compile there).
+#if __has_include(<c10/cuda/CUDAStream.h>) && __has_include(<cuda_runtime_api.h>) && !defined(TL_NO_CUDNN_BN)
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #define TL_CUDNN_BN 1
