@@ -190,7 +190,8 @@ struct CudnnBatchNormFn : torch::autograd::Function<CudnnBatchNormFn> {
 
 bool cudnnBatchNormAvailable() {
 #ifdef TL_CUDNN_BN
-  return torch::cuda::is_available() && api() != nullptr;
+  static const bool available = torch::cuda::is_available() && api() != nullptr;  // asked per BatchNorm call: once is enough
+  return available;
 #else
   return false;
 #endif

@@ -36,18 +36,18 @@ static torch::Tensor cudnnBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch:
 }
 
 torch::Tensor ConvBn::forwardRelu(const torch::Tensor& x, const FoldState& fold, const torch::Tensor& residual) {
+  torch::Tensor out;
   if (fold.cudnnFuse && bn->is_training()) {
     if (w_.defined()) w_ = b_ = torch::Tensor();  // (as forward: training will change the weights)
     auto y = conv->forward(x);
     if (cudnnEligible(*bn, y, fold)) {
-      auto out = cudnnBatchNorm(*bn, y, residual.defined() ? BnFused::AddRelu : BnFused::Relu, residual);
-      if (out.defined()) return out;
+      auto fused = cudnnBatchNorm(*bn, y, residual.defined() ? BnFused::AddRelu : BnFused::Relu, residual);
+      if (fused.defined()) return fused;
     }
-    auto out = bn->forward(y);
-    if (residual.defined()) out += residual;
-    return torch::relu_(out);
+    out = bn->forward(y);
+  } else {
+    out = forward(x, fold);
   }
-  auto out = forward(x, fold);
   if (residual.defined()) out += residual;  // in place, as torchvision: no fresh activation-sized tensor per block
   return torch::relu_(out);
 }
