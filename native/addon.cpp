@@ -36,6 +36,7 @@ static Napi::Value TorchInfo(const Napi::CallbackInfo& info) {
   if (cuda) o.Set("deviceName", at::cuda::getDeviceProperties(0)->name);
 #endif
   o.Set("threads", configuredThreads());
+  o.Set("fusedAdam", FastAdam::fusedCudaCompiled());
   return o;
   TL_CATCH(env)
 }

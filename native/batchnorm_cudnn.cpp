@@ -176,7 +176,9 @@ struct CudnnBatchNormFn : torch::autograd::Function<CudnnBatchNormFn> {
     auto dResidual = d.z() ? torch::empty_like(x, x.options(), torch::MemoryFormat::ChannelsLast) : torch::Tensor();
     auto dWeight = torch::empty_like(weight), dBias = torch::empty_like(bias);
     const float one = 1, zero = 0;
-    check(api()->backward(h, kSpatialPersistent, d.ops, &one, &zero, &one, &zero, d.x, x.data_ptr(), d.x, y.defined() ? y.data_ptr() : nullptr,
+    // y (its descriptor too) only for the fused ReLU's backward; BatchNorm alone passes none, as ATen's cudnn_batch_norm does
+    check(api()->backward(h, kSpatialPersistent, d.ops, &one, &zero, &one, &zero, d.x, x.data_ptr(), y.defined() ? d.x : nullptr,
+                          y.defined() ? y.data_ptr() : nullptr,
                           d.x, dy.data_ptr(), d.z(), dResidual.defined() ? dResidual.data_ptr() : nullptr, d.x, dx.data_ptr(), d.param,
                           weight.data_ptr(), bias.data_ptr(), dWeight.data_ptr(), dBias.data_ptr(), ctx->saved_data["eps"].toDouble(),
                           saveMean.data_ptr(), saveInvVar.data_ptr(), d.act, workspace.data_ptr(), ws, reserve.data_ptr(),

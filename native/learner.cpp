@@ -127,6 +127,10 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
     c.cudaGraph = o.Get("cudaGraph").ToBoolean();
     c.graph.reset();
   }
+  if (o.Has("fusedAdam") && o.Get("fusedAdam").ToBoolean() != c.opt.fuseOnCuda) {
+    c.opt.fuseOnCuda = o.Get("fusedAdam").ToBoolean();
+    c.graph.reset();  // a captured step with (or without) the Adam step inside
+  }
   if (o.Has("sqrMom")) c.opt.sqrMom = o.Get("sqrMom").As<Napi::Number>().DoubleValue();
   if (o.Has("eps")) c.opt.eps = o.Get("eps").As<Napi::Number>().DoubleValue();
   if (c.bs < 1) throw UserError("bs must be at least 1");

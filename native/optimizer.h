@@ -34,6 +34,14 @@ class FastAdam {
   double sqrMom = NAN;
   double eps = NAN;
   bool fuseOnCpu = true;  // the one-pass CPU loop where layouts allow; false: always the _foreach kernels
+  // On CUDA, PyTorch's fused AdamW kernel where this LibTorch has it (fusedCudaCompiled) and layouts allow:
+  // one pass instead of about a dozen. The learner option fusedAdam.
+  bool fuseOnCuda = false;
+  static bool fusedCudaCompiled();
+  // Whether step() runs the fused kernel for parameters on `device`: a CUDA graph then captures the forward
+  // and backward only, and step() runs after each replay (the kernel takes beta1, which fitOneCycle changes
+  // every step, as a host scalar, so it cannot be replayed from a graph).
+  bool fusedOn(const torch::Device& device) const { return fuseOnCuda && device.is_cuda() && fusedCudaCompiled(); }
   void step(const std::vector<ParamInfo>& params, const std::vector<Hyper>& groups);
   void clear();  // fast.ai clears the state on every freeze/unfreeze
   NamedTensors state(const std::vector<ParamInfo>& params) const;

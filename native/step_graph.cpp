@@ -107,7 +107,7 @@ void StepGraph::reset() {
 #endif
   signature_.clear();
   warm_ = 0;
-  ready_ = captured_ = false;
+  ready_ = captured_ = eagerAdam_ = false;
   plan_.clear();
   x_ = y_ = scalars_ = loss_ = table_ = torch::Tensor();
   grads_.clear();
@@ -128,8 +128,15 @@ void StepGraph::release() {
 
 torch::Tensor StepGraph::run(FastAdam& opt, const std::vector<ParamInfo>& params, const ForwardBackward& fb) {
   auto loss = fb(x_, y_);
-  opt.stepWith(params, plan_, scalars_);
+  if (!eagerAdam_) opt.stepWith(params, plan_, scalars_);
   return loss.detach();
+}
+
+void StepGraph::adamAfter(FastAdam& opt, const std::vector<ParamInfo>& params, const std::vector<std::vector<Hyper>>& hypers, size_t batch) {
+  if (eagerAdam_)
+    opt.step(params, hypers.at(batch));  // the fused kernel, after the replay, with this step's scalars
+  else
+    opt.advance(params, plan_);  // the graph stepped; the host counts
 }
 
 torch::Tensor StepGraph::step(FastAdam& opt, const std::vector<ParamInfo>& params, const std::vector<int64_t>& signature,
@@ -145,12 +152,15 @@ torch::Tensor StepGraph::step(FastAdam& opt, const std::vector<ParamInfo>& param
     return {};
   }
   if (!ready_) {
-    plan_ = opt.plan(params);  // the buckets and state the warm-up steps made
+    eagerAdam_ = opt.fusedOn(x.device());
+    if (!eagerAdam_) {
+      plan_ = opt.plan(params);  // the buckets and state the warm-up steps made
+      scalars_ = torch::empty({static_cast<int64_t>(plan_.size()), kNumAdamScalars}, x.options().dtype(torch::kFloat32));
+    }
     x_ = torch::empty_like(x);
     y_ = torch::empty_like(y);
-    scalars_ = torch::empty({static_cast<int64_t>(plan_.size()), kNumAdamScalars}, x.options().dtype(torch::kFloat32));
   }
-  if (!table_.defined() || batch < tableFrom_ || batch >= hypers.size()) {
+  if (!eagerAdam_ && (!table_.defined() || batch < tableFrom_ || batch >= hypers.size())) {
     table_ = opt.scalarTable(params, plan_, hypers, batch).to(x.device());  // once per epoch: one copy
     tableFrom_ = batch;
   }
@@ -158,7 +168,7 @@ torch::Tensor StepGraph::step(FastAdam& opt, const std::vector<ParamInfo>& param
     torch::NoGradGuard ng;
     x_.copy_(x);
     y_.copy_(y);
-    scalars_.copy_(table_[static_cast<int64_t>(batch - tableFrom_)]);
+    if (!eagerAdam_) scalars_.copy_(table_[static_cast<int64_t>(batch - tableFrom_)]);
   }
 #ifdef TL_CUDA_GRAPH
   if (cuda_ && cuda_->onStream) {
@@ -197,7 +207,7 @@ torch::Tensor StepGraph::step(FastAdam& opt, const std::vector<ParamInfo>& param
       ready_ = captured_ = true;
     }
     cuda_->graph->replay();  // (the capture only recorded: the batch it saw runs now)
-    opt.advance(params, plan_);
+    adamAfter(opt, params, hypers, batch);
     replays++;
     return loss_;
   }
@@ -206,7 +216,7 @@ torch::Tensor StepGraph::step(FastAdam& opt, const std::vector<ParamInfo>& param
   ready_ = true;
   zeroGrad();
   loss_ = run(opt, params, forwardBackward);
-  opt.advance(params, plan_);
+  adamAfter(opt, params, hypers, batch);
   replays++;
   return loss_;
 }

@@ -1,6 +1,7 @@
 // The training step as one CUDA graph (the learner option cudaGraph): forward, loss, backward and
-// fast.ai's Adam captured once, then replayed for every batch of the same shape, so that the host
-// launches one graph per batch instead of about two thousand kernels.
+// fast.ai's Adam (with the fusedAdam option: all but the Adam step, which follows each replay) captured
+// once, then replayed for every batch of the same shape, so that the host launches one graph per batch
+// instead of about two thousand kernels.
 //
 // PyTorch's recipe for whole-network capture (torch.cuda.graphs, "whole network capture"): a few eager
 // warm-up steps on the capture stream (cuDNN's autotuning, lazy workspaces and the optimizer state all
@@ -57,12 +58,16 @@ class StepGraph {
   std::vector<int64_t> signature_;
   int warm_ = 0;
   bool ready_ = false, captured_ = false;
+  // The optimizer runs eagerly after each replay instead of inside the graph (FastAdam::fusedOn: PyTorch's
+  // fused kernel takes the momentum as a host scalar): the graph is the forward and backward only.
+  bool eagerAdam_ = false;
   AdamPlan plan_;
   torch::Tensor x_, y_, scalars_, loss_;
   torch::Tensor table_;       // scalars for the steps [tableFrom_, hypers.size()) of this epoch
   size_t tableFrom_ = 0;
   std::vector<torch::Tensor> grads_;  // the gradients the graph writes (its memory)
   torch::Tensor run(FastAdam& opt, const std::vector<ParamInfo>& params, const ForwardBackward& fb);
+  void adamAfter(FastAdam& opt, const std::vector<ParamInfo>& params, const std::vector<std::vector<Hyper>>& hypers, size_t batch);
 };
 
 // RAII for beginEpoch/endEpoch.

@@ -13,6 +13,8 @@
 //   --bn LIST           torchlearn's training-mode BatchNorm on CUDA in bf16, some of aten,cudnn,fused (or all):
 //                       ATen's kernels (the default, what PyTorch runs), cuDNN's (cudnnBatchNorm: true), or
 //                       cuDNN's with the ReLU and residual add in the same call (cudnnBatchNorm: 'fused')
+//   --adam LIST         torchlearn's Adam step on CUDA, some of foreach,fused (or all): the multi-tensor kernels
+//                       (the default; inside the CUDA graph) or PyTorch's fused AdamW kernel (fusedAdam: true)
 //   --aug full|affine|both  the train step's augmentation, the same on both sides: fast.ai's whole
 //                       aug_transforms() (default), or flip/rotate/zoom only (the PyTorch reference of ../shared/device)
 import { execFileSync } from 'node:child_process';
@@ -42,6 +44,7 @@ const { values: args } = parseArgs({
     frozen: { type: 'string' },
     aug: { type: 'string' },
     bn: { type: 'string' },
+    adam: { type: 'string' },
   },
 });
 const info = torchInfo();
@@ -76,6 +79,15 @@ const bnChoice = { aten: false, cudnn: true, fused: 'fused' } as const;
 const bnModes = bnArg.split(',').map((b) => {
   if (!(b in bnChoice)) throw new Error(`--bn takes aten, cudnn, fused (a comma-separated list) or all, got '${b}'`);
   return bnChoice[b as keyof typeof bnChoice];
+});
+const adamArg = args.adam === 'all' ? 'foreach,fused' : (args.adam ?? 'foreach');
+const adamModes = adamArg.split(',').map((a) => {
+  if (a !== 'foreach' && a !== 'fused') throw new Error(`--adam takes foreach, fused (a comma-separated list) or all, got '${a}'`);
+  return a === 'fused';
+}).filter((fused) => {
+  const why = !cuda ? 'the fused AdamW kernel is for CUDA' : torchInfo().fusedAdam ? '' : "this addon was built without PyTorch's fused AdamW kernel (LibTorch 2.1 or later)";
+  if (fused && why) log(`--adam fused skipped: ${why}`);
+  return !fused || !why;
 });
 const bnLabel = (b: boolean | 'fused') => (b === 'fused' ? ', cuDNN BatchNorm+ReLU fused' : b ? ', cuDNN BatchNorm' : '');
 // affine: every image flipped or not, rotated and zoomed (as the PyTorch side's affine-only pipeline); no warp, no lighting
@@ -128,9 +140,9 @@ async function trainBench() {
       for (let i = 0; i < images.length; i += 4096) images[i] = (i * 2654435761) >>> 24; // cheap non-constant fill
       const labels = Int32Array.from({ length: n }, (_, i) => i % 2);
       const dls = ImageDataLoaders.fromArrays(images, labels, ['a', 'b'], { presize: p, size: cfg.size, bs, validPct: 0, augment: trainAug(aug) });
-      for (const frozen of frozenModes) for (const graph of graphModes) for (const cudnnBatchNorm of bnModes) {
+      for (const frozen of frozenModes) for (const graph of graphModes) for (const cudnnBatchNorm of bnModes) for (const fusedAdam of adamModes) {
         native.cudaMemory(true);
-        const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0, cudaGraph: graph, cudnnBatchNorm });
+        const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0, cudaGraph: graph, cudnnBatchNorm, fusedAdam });
         if (frozen) learn.freeze();
         else learn.unfreeze();
         await learn.fitOneCycle(2); // epoch 0 warms up (cuDNN autotuning, allocator, the graph's capture), epoch 1 is measured
@@ -143,10 +155,10 @@ async function trainBench() {
           const per = (x: number) => ((1000 * x) / cfg.iters).toFixed(1);
           log(`profile torchlearn bs ${bs} ${prec} ${frozen ? 'frozen' : 'unfrozen'}: ms per step: data ${per(p.data)}, forward ${per(p.forward)}, backward ${per(p.backward)}, optimizer ${per(p.step)}; channels_last weight ${p.weightChannelsLast}, grad ${p.gradChannelsLast}, input ${p.inputChannelsLast}`);
         }
-        if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}${cudnnBatchNorm === 'fused' ? '-fusedbn' : cudnnBatchNorm ? '-cudnnbn' : ''}-bs${bs}-${prec}-${aug}.json`));
+        if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}${cudnnBatchNorm === 'fused' ? '-fusedbn' : cudnnBatchNorm ? '-cudnnbn' : ''}${fusedAdam ? '-fusedadam' : ''}-bs${bs}-${prec}-${aug}.json`));
         const mem = native.cudaMemory();
         const row = {
-          bench: 'train step', impl: implName(graph) + (cuda && prec === 'bf16' ? bnLabel(cudnnBatchNorm) : ''), aug, arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
+          bench: 'train step', impl: implName(graph) + (cuda && prec === 'bf16' ? bnLabel(cudnnBatchNorm) : '') + (cuda && fusedAdam ? ', fused Adam' : ''), aug, arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
           peak_device_bytes: mem.peakAllocated, peak_rss_bytes: process.resourceUsage().maxRSS * 1024, ...(graphInfo ? { graph: graphInfo } : {}),
         };
         rows.push(row);

@@ -35,6 +35,7 @@ flags=
 failed() { grep -qE "$1:[0-9]+:[0-9]+: (fatal )?error" "$OUT/build.log"; }  # the compiler's errors in that file
 [ $rc != 0 ] && failed "step_graph\.cpp" && flags="$flags -DTL_NO_CUDA_GRAPH"
 [ $rc != 0 ] && failed "batchnorm_cudnn\.cpp" && flags="$flags -DTL_NO_CUDNN_BN"
+[ $rc != 0 ] && failed "optimizer\.cpp" && flags="$flags -DTL_NO_FUSED_ADAM"  # (the rest of that file built there before the fused AdamW call)
 if [ $rc != 0 ] && [ -n "$flags" ]; then
   echo "build: a CUDA branch does not compile here; building without it ($flags)"
   cmake -S . -B /tmp/tlbuild -DCMAKE_CXX_FLAGS="$flags" >> "$OUT/build.log" 2>&1 &&

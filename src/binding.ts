@@ -23,6 +23,8 @@ export interface TorchInfo {
   deviceCount: number;
   deviceName?: string;
   threads: number;
+  /** this LibTorch has PyTorch's fused AdamW kernel (2.1 or later): the learner option fusedAdam */
+  fusedAdam: boolean;
 }
 
 export interface LoadReport {
@@ -129,6 +131,7 @@ export interface NativeLearnerOptions {
   cudaGraph?: boolean;
   foldBatchNorm?: boolean;
   cudnnBatchNorm?: boolean | 'fused';
+  fusedAdam?: boolean;
 }
 
 export interface NativeLearner {
@@ -176,7 +179,7 @@ interface Addon {
   setNumThreads(n: number): void;
   manualSeed(seed: number): void;
   threadInfo(): { js: number; cpuWorker: number };
-  fastAdamSteps(o: { params: NamedTensor[]; noDecay: boolean[]; sqrMom: number; eps: number; fused?: boolean; graph?: boolean; steps: { grads: NamedTensor[]; lr: number; mom: number; wd: number }[] }): NamedTensor[];
+  fastAdamSteps(o: { params: NamedTensor[]; noDecay: boolean[]; sqrMom: number; eps: number; fused?: boolean; graph?: boolean; device?: string; steps: { grads: NamedTensor[]; lr: number; mom: number; wd: number }[] }): NamedTensor[];
   scheduleValues(s: NativeSchedule, groups: number, positions: Float64Array): { lrs: Float64Array; moms: Float64Array };
   cudaMemory(resetPeak?: boolean): { allocated: number; reserved: number; peakAllocated: number };
   benchAugment(o: { device: string; n: number; presize: number; size: number; bs: number; iters: number; aug: NativeAugOptions; mean: readonly number[]; std: readonly number[] }): number;

@@ -3,7 +3,8 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { native } from '../src/binding.js';
-import { accuracy, ImageDataLoaders, loadLearner, readTrace, readWeightFile, resnet50, torchInfo, visionLearner, type Prediction } from '../src/index.js';
+import { accuracy, DEFAULTS, ImageDataLoaders, loadLearner, readTrace, readWeightFile, resnet50, torchInfo, visionLearner, type Prediction } from '../src/index.js';
+import { adamCase } from './helpers/adam.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { maxRelError, tempDir } from './helpers/python.js';
 
@@ -221,6 +222,38 @@ describe.skipIf(!cuda)('CUDA', () => {
       expect(t.values.at(-1)![2]).toBeGreaterThanOrEqual(0.95);
       trained.dispose();
     }
+  });
+
+  it("fusedAdam: PyTorch's fused AdamW kernel computes fast.ai's Adam (the reference formula, on CUDA), replaces the _foreach kernels, and trains after each CUDA-graph replay", async () => {
+    expect(torchInfo().fusedAdam).toBe(true); // LibTorch 2.1 or later, as on the GPU machine
+    const c = adamCase();
+    for (const [fused, graph, what] of [[false, false, '_foreach kernels'], [false, true, 'CUDA-graph step (scalars from a tensor)'], [true, false, 'fused AdamW kernel']] as const) {
+      const worst = c.worst(native.fastAdamSteps({ ...c.input, sqrMom: DEFAULTS.sqrMom, eps: DEFAULTS.eps, fused, graph, device: 'cuda' }));
+      console.log(`fast.ai's Adam on CUDA, ${what}: 20 steps within ${worst.toExponential(2)} of the reference`);
+      // (the CPU paths meet 1e-6: learner.test.ts; a kernel's own operation order may round a little differently)
+      expect(worst, what).toBeLessThan(3e-6);
+    }
+    const dir = tempDir();
+    await makeStripes(join(dir, 's'), 50, 48, 11);
+    const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 5 });
+    // the path taken, in ordinary steps: the fused kernel once per bucket and step, no _foreach arithmetic
+    const traced = visionLearner(dls, 'resnet18', { verbose: false, seed: 0, device: 'cuda', cudaGraph: false, fusedAdam: true });
+    traced.unfreeze();
+    const trace = join(dir, 'fused-adam.json');
+    await traced.fitOneCycle(1, { lrMax: 1e-3, trace });
+    const calls = (name: string) => readTrace(trace).ops.filter((o) => o.name === name).reduce((n, o) => n + o.count, 0);
+    const steps = traced.recorder.rawLosses.length;
+    console.log(`fusedAdam: ${calls('aten::_fused_adamw_')} fused AdamW calls and ${calls('aten::_foreach_sqrt')} _foreach_sqrt calls in ${steps} steps`);
+    expect(calls('aten::_fused_adamw_')).toBeGreaterThanOrEqual(steps);
+    expect(calls('aten::_foreach_sqrt')).toBe(0);
+    traced.dispose();
+    // with the graph (forward and backward captured, the fused step after each replay) it learns the stripes
+    const learn = visionLearner(dls, 'resnet18', { verbose: false, metrics: [accuracy()], seed: 0, device: 'cuda', fusedAdam: true });
+    const r = await learn.fitOneCycle(6, { lrMax: 5e-3 });
+    console.log(`fusedAdam with cudaGraph: ${JSON.stringify(learn.recorder.graphs)}; stripes accuracy ${r.values.at(-1)![2]}`);
+    expect(learn.recorder.graphs.every((g) => g.captured)).toBe(true);
+    expect(r.values.at(-1)![2]).toBeGreaterThanOrEqual(0.95);
+    learn.dispose();
   });
 
   it('out of memory names the batch size, and the learner goes on with a smaller batch', async () => {

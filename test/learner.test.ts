@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../src/binding.js';
 import { accuracy, DEFAULTS, ImageDataLoaders, lrPerGroup, manualSeed, setNumThreads, torchInfo, visionLearner, type Learner, type NamedTensor } from '../src/index.js';
+import { adamCase } from './helpers/adam.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { runPython, tempDir } from './helpers/python.js';
 
@@ -85,48 +86,12 @@ print(json.dumps(out))`, [String(steps), String(lrMax[1])]),
 
 describe("fast.ai's Adam", () => {
   it('matches the reference formula to 1e-6 over 20 steps with changing beta1 and weight decay, no decay on norm/bias (fused CPU loop, _foreach kernels, the CUDA-graph step)', () => {
-    let seed = 7;
-    const rand = () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1;
-    const shapes = [[4, 3], [5]];
-    const noDecay = [false, true];
-    const params = shapes.map((s) => Float64Array.from({ length: s.reduce((a, b) => a * b, 1) }, rand));
-    const f32 = (a: Float64Array) => new Uint8Array(Float32Array.from(a).buffer);
-    const asTensors = (arrs: Float64Array[]) => arrs.map((a, i) => ({ name: `p${i}`, dtype: 'F32' as const, shape: shapes[i], data: f32(a) }));
-    const steps = Array.from({ length: 20 }, (_, k) => ({
-      grads: params.map((p) => Float64Array.from(p, () => rand())),
-      lr: 1e-2 * (1 + k / 10),
-      mom: 0.95 - 0.005 * k,
-      wd: k % 2 ? 0.1 : 0.01,
-    }));
-    // the same float32 inputs the native side sees
-    const round = (a: Float64Array) => Float64Array.from(Float32Array.from(a));
-    const ref = params.map(round);
-    const avg = ref.map((p) => new Float64Array(p.length));
-    const sqr = ref.map((p) => new Float64Array(p.length));
-    steps.forEach((s, k) => {
-      const step = k + 1;
-      ref.forEach((p, i) => {
-        const g = round(s.grads[i]);
-        for (let j = 0; j < p.length; j++) {
-          if (!noDecay[i]) p[j] *= 1 - s.lr * s.wd;
-          avg[i][j] = s.mom * avg[i][j] + (1 - s.mom) * g[j];
-          sqr[i][j] = 0.99 * sqr[i][j] + 0.01 * g[j] * g[j];
-          const d1 = 1 - s.mom ** step;
-          const d2 = 1 - 0.99 ** step;
-          p[j] -= ((s.lr / d1) * avg[i][j]) / (Math.sqrt(sqr[i][j] / d2) + 1e-5);
-        }
-      });
-    });
+    const c = adamCase();
     // both implementations: the one-pass CPU loop, and the _foreach kernels (what CUDA runs)
     // and the captured step (scalars read from a tensor, computed ahead for the whole run)
     for (const [fused, graph, what] of [[true, false, 'fused CPU loop'], [false, false, '_foreach kernels'], [false, true, 'CUDA-graph step']] as const) {
-      const out = native.fastAdamSteps({ params: asTensors(params), noDecay, sqrMom: DEFAULTS.sqrMom, eps: DEFAULTS.eps, fused, graph, steps: steps.map((s) => ({ ...s, grads: asTensors(s.grads) })) });
-      let worst = 0;
-      out.forEach((t, i) => {
-        const got = new Float32Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.byteLength));
-        got.forEach((v, j) => (worst = Math.max(worst, Math.abs(v - ref[i][j]))));
-      });
-      expect(worst, what).toBeLessThan(1e-6);
+      const out = native.fastAdamSteps({ ...c.input, sqrMom: DEFAULTS.sqrMom, eps: DEFAULTS.eps, fused, graph });
+      expect(c.worst(out), what).toBeLessThan(1e-6);
     }
     expect(DEFAULTS.sqrMom).toBe(0.99);
     expect(DEFAULTS.eps).toBe(1e-5);
@@ -228,22 +193,25 @@ describe('BatchNorm folded into the convolutions for evaluation (the CPU default
   });
 });
 
-describe('cudnnBatchNorm on the CPU', () => {
-  it("changes nothing there: cuDNN's BatchNorm is for bf16 CUDA batches, and the fused blocks fall back to the same add and ReLU", async () => {
+describe('cudnnBatchNorm and fusedAdam on the CPU', () => {
+  it("change nothing there: cuDNN's BatchNorm is for bf16 CUDA batches (the fused blocks fall back to the same add and ReLU), the fused AdamW kernel for CUDA", async () => {
     // (the GPU side is test/cuda.test.ts; this runs the fused blocks' fallback path, which every CPU fit with
     // the option takes, against the ordinary blocks)
     const losses: number[][] = [];
-    for (const cudnnBatchNorm of [false, 'fused'] as const) {
+    for (const opts of [{}, { cudnnBatchNorm: 'fused' as const }, { fusedAdam: true }]) {
       manualSeed(0); // dropout draws from the global generator
-      const l = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, cudnnBatchNorm });
+      const l = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, ...opts });
       await l.fitOneCycle(1, { lrMax: 5e-3 });
       losses.push(l.recorder.rawLosses.slice());
       l.dispose();
     }
     expect(losses[0].length).toBeGreaterThan(0);
     expect(() => visionLearner(dls, 'resnet18', { ...quiet, cudnnBatchNorm: 'fuse' as 'fused' })).toThrow(/cudnnBatchNorm must be true, false or 'fused', got "fuse"/);
-    expect(losses[1].length).toBe(losses[0].length);
-    expect(Math.max(...losses[1].map((v, i) => Math.abs(v - losses[0][i])))).toBeLessThan(1e-6);
+    expect(() => visionLearner(dls, 'resnet18', { ...quiet, fusedAdam: 'yes' as unknown as boolean })).toThrow(/fusedAdam must be true or false, got "yes"/);
+    for (const other of losses.slice(1)) {
+      expect(other.length).toBe(losses[0].length);
+      expect(Math.max(...other.map((v, i) => Math.abs(v - losses[0][i])))).toBeLessThan(1e-6);
+    }
   });
 });
 

@@ -7,7 +7,10 @@ faster on fp16 data (batchnorm_kernels.py). This calls cudnnBatchNormalizationFo
 BackwardEx through ctypes on ResNet50's activation shapes, NHWC bf16, with ops BN, BN + ReLU and BN + add +
 ReLU (what native/batchnorm_cudnn.cpp calls), checks the
 results against PyTorch's batch_norm in fp32 on the same data, and times forward + backward against ATen's
-bf16 kernels (and ATen's BatchNorm, add, ReLU). The go/no-go check for native/batchnorm_cudnn.cpp.
+bf16 kernels (and ATen's BatchNorm, add, ReLU) and against cuDNN on fp16 data (whose semi-persistent NHWC
+kernels cuDNN documents for fp16 only: a bf16 much slower than fp16 did not get them; the kernel names of
+one shape are printed). Where bf16 is refused with a workspace, it is tried without one (the plain
+functions' behaviour). The go/no-go check for native/batchnorm_cudnn.cpp.
 Run on the GPU machine:  python3 scripts/bench/cudnn_batchnorm_bf16.py"""
 import ctypes
 import sys
@@ -37,7 +40,7 @@ def load_cudnn():
 lib = load_cudnn()
 lib.cudnnGetErrorString.restype = ctypes.c_char_p
 # cuDNN's enums (cudnn_graph.h / cudnn_ops.h, v8 and v9)
-FLOAT, BFLOAT16 = 0, 9
+FLOAT, HALF, BFLOAT16 = 0, 2, 9
 NHWC = 1
 SPATIAL_PERSISTENT = 2
 OPS_BN, OPS_BN_ACTIVATION, OPS_BN_ADD_ACTIVATION = 0, 1, 2
@@ -64,10 +67,10 @@ check(lib.cudnnSetActivationDescriptor(act, ACTIVATION_RELU, NOT_PROPAGATE_NAN, 
 ONE, ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
 
 
-def tensor_desc(n, c, h, w):
+def tensor_desc(n, c, h, w, dtype):
     d = V()
     check(lib.cudnnCreateTensorDescriptor(ctypes.byref(d)), 'cudnnCreateTensorDescriptor')
-    check(lib.cudnnSetTensor4dDescriptor(d, NHWC, BFLOAT16, n, c, h, w), 'cudnnSetTensor4dDescriptor(bf16, NHWC)')
+    check(lib.cudnnSetTensor4dDescriptor(d, NHWC, dtype, n, c, h, w), f'cudnnSetTensor4dDescriptor({dtype}, NHWC)')
     p = V()
     check(lib.cudnnCreateTensorDescriptor(ctypes.byref(p)), 'cudnnCreateTensorDescriptor')
     check(lib.cudnnDeriveBNTensorDescriptor(p, d, SPATIAL_PERSISTENT), 'cudnnDeriveBNTensorDescriptor')
@@ -79,18 +82,19 @@ def ptr(t):
 
 
 class CudnnBN:
-    """One shape's descriptors and buffers; forward and backward as cuDNN computes them."""
+    """One shape's descriptors and buffers; forward and backward as cuDNN computes them. workspace=False
+    passes none, which makes the Ex functions behave as the plain ones (no semi-persistent NHWC kernel)."""
 
-    def __init__(self, shape, ops):
+    def __init__(self, shape, ops, dtype=BFLOAT16, workspace=True):
         n, c, h, w = shape
         self.ops, self.act = ops, (act if ops != OPS_BN else V())
-        self.x, self.p = tensor_desc(n, c, h, w)
+        self.x, self.p = tensor_desc(n, c, h, w, dtype)
         self.z = self.x if ops == OPS_BN_ADD_ACTIVATION else V()  # the residual's descriptor
         ws, rs, bws = SZ(), SZ(), SZ()
         check(lib.cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize(handle, SPATIAL_PERSISTENT, ops, self.x, self.z, self.x, self.p, self.act, ctypes.byref(ws)), 'forward workspace size')
         check(lib.cudnnGetBatchNormalizationTrainingExReserveSpaceSize(handle, SPATIAL_PERSISTENT, ops, self.act, self.x, ctypes.byref(rs)), 'reserve space size')
         check(lib.cudnnGetBatchNormalizationBackwardExWorkspaceSize(handle, SPATIAL_PERSISTENT, ops, self.x, self.x, self.x, self.z, self.x, self.p, self.act, ctypes.byref(bws)), 'backward workspace size')
-        self.sizes = (ws.value, rs.value, bws.value)
+        self.sizes = (ws.value if workspace else 0, rs.value, bws.value if workspace else 0)
         dev = dict(device='cuda', dtype=torch.uint8)
         self.ws, self.rs, self.bws = (torch.empty(max(s, 1), **dev) for s in self.sizes)
         self.save_mean = torch.empty(c, device='cuda')
@@ -101,7 +105,7 @@ class CudnnBN:
         check(lib.cudnnBatchNormalizationForwardTrainingEx(
             handle, SPATIAL_PERSISTENT, self.ops, ctypes.byref(ONE), ctypes.byref(ZERO), self.x, ptr(x), self.z, ptr(z), self.x, ptr(y),
             self.p, ptr(w), ptr(b), ctypes.c_double(momentum), ptr(rm), ptr(rv), ctypes.c_double(eps), ptr(self.save_mean), ptr(self.save_inv),
-            self.act, ptr(self.ws), SZ(self.sizes[0]), ptr(self.rs), SZ(self.sizes[1])), 'cudnnBatchNormalizationForwardTrainingEx')
+            self.act, ptr(self.ws) if self.sizes[0] else V(), SZ(self.sizes[0]), ptr(self.rs), SZ(self.sizes[1])), 'cudnnBatchNormalizationForwardTrainingEx')
         return y
 
     def backward(self, x, y, dy, w, b, eps=1e-5):
@@ -110,9 +114,10 @@ class CudnnBN:
         dw, db = torch.empty_like(w), torch.empty_like(b)
         check(lib.cudnnBatchNormalizationBackwardEx(
             handle, SPATIAL_PERSISTENT, self.ops, ctypes.byref(ONE), ctypes.byref(ZERO), ctypes.byref(ONE), ctypes.byref(ZERO),
-            # y only for the fused ReLU (torchlearn's native code passes none for BN alone, as here)
-            self.x, ptr(x), self.x, ptr(y) if self.ops != OPS_BN else V(), self.x, ptr(dy), self.z, ptr(dz), self.x, ptr(dx), self.p, ptr(w), ptr(b), ptr(dw), ptr(db),
-            ctypes.c_double(eps), ptr(self.save_mean), ptr(self.save_inv), self.act, ptr(self.bws), SZ(self.sizes[2]), ptr(self.rs), SZ(self.sizes[1])),
+            # y and its descriptor only for the fused ReLU (none for BN alone, as ATen's cudnn_batch_norm and
+            # torchlearn's native code pass)
+            self.x, ptr(x), self.x if self.ops != OPS_BN else V(), ptr(y) if self.ops != OPS_BN else V(), self.x, ptr(dy), self.z, ptr(dz), self.x, ptr(dx), self.p, ptr(w), ptr(b), ptr(dw), ptr(db),
+            ctypes.c_double(eps), ptr(self.save_mean), ptr(self.save_inv), self.act, ptr(self.bws) if self.sizes[2] else V(), SZ(self.sizes[2]), ptr(self.rs), SZ(self.sizes[1])),
             'cudnnBatchNormalizationBackwardEx')
         return dx, dw, db, dz
 
@@ -132,14 +137,19 @@ for ops, label in ((OPS_BN, 'BN'), (OPS_BN_ACTIVATION, 'BN+ReLU'), (OPS_BN_ADD_A
         z = torch.randn(shape, device='cuda').to(torch.bfloat16).contiguous(**cl) if ops == OPS_BN_ADD_ACTIVATION else None
         dy = torch.randn(shape, device='cuda').to(torch.bfloat16).contiguous(**cl)
         w, b = torch.rand(c, device='cuda') + 0.5, torch.randn(c, device='cuda') * 0.1
-        try:
-            bn = CudnnBN(shape, ops)
-            rm, rv = torch.zeros(c, device='cuda'), torch.ones(c, device='cuda')
-            y = bn.forward(x, w, b, rm, rv, z)
-            dx, dw, db, dz = bn.backward(x, y, dy, w, b)
-            torch.cuda.synchronize()
-        except CudnnError as e:
-            print(f'{label} {shape}: cuDNN refused: {e}')
+        bn = None
+        for workspace in (True, False):  # the semi-persistent NHWC path; else the plain functions' behaviour
+            try:
+                bn = CudnnBN(shape, ops, BFLOAT16, workspace)
+                rm, rv = torch.zeros(c, device='cuda'), torch.ones(c, device='cuda')
+                y = bn.forward(x, w, b, rm, rv, z)
+                dx, dw, db, dz = bn.backward(x, y, dy, w, b)
+                torch.cuda.synchronize()
+                break
+            except CudnnError as e:
+                print(f'{label} {shape}: cuDNN refused bf16 {"with" if workspace else "without"} a workspace: {e}')
+                bn = None
+        if bn is None:
             continue
 
         def reference(xx, ww, bb, zz, rmm, rvv):
@@ -171,10 +181,28 @@ for ops, label in ((OPS_BN, 'BN'), (OPS_BN_ACTIVATION, 'BN+ReLU'), (OPS_BN_ADD_A
         def aten():
             reference(xa, wa, ba, za, rma, rva).backward(dy)
 
-        t_c, t_a = timed(ours), timed(aten)
-        totals[(label, 'cudnn')] = totals.get((label, 'cudnn'), 0) + t_c
-        totals[(label, 'aten')] = totals.get((label, 'aten'), 0) + t_a
-        print(f'{label:11} {shape}: cuDNN bf16 {t_c:.3f} ms, ATen bf16 {t_a:.3f} ms forward+backward ({t_a / t_c:.2f}x); '
+        # cuDNN on fp16 data of the same shape (its semi-persistent NHWC kernels are documented for fp16): if bf16
+        # is much slower, bf16 did not get them
+        h16 = CudnnBN(shape, ops, HALF)
+        x16, dy16 = x.to(torch.float16), dy.to(torch.float16)
+        z16 = z.to(torch.float16) if z is not None else None
+        rm16, rv16 = torch.zeros(c, device='cuda'), torch.ones(c, device='cuda')
+
+        def fp16():
+            yy = h16.forward(x16, w, b, rm16, rv16, z16)
+            h16.backward(x16, yy, dy16, w, b)
+
+        t_c, t_a, t_16 = timed(ours), timed(aten), timed(fp16)
+        for impl, t in (('cudnn', t_c), ('aten', t_a), ('cudnn fp16', t_16)):
+            totals[(label, impl)] = totals.get((label, impl), 0) + t
+        print(f'{label:11} {shape}: cuDNN bf16 {t_c:.3f} ms, ATen bf16 {t_a:.3f} ms forward+backward ({t_a / t_c:.2f}x), cuDNN fp16 {t_16:.3f} ms; '
               f'against fp32 PyTorch: ' + ', '.join(f'{k} {v:.1e}' for k, v in errs.items()) + f'; workspace/reserve bytes {bn.sizes}', flush=True)
+        if shape == SHAPES[2]:  # which kernels ran (the persistent ones have 'nhwc' or 'persist' in their names)
+            for name, fn in (('bf16', ours), ('fp16', fp16)):
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    fn()
+                    torch.cuda.synchronize()
+                names = sorted({e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA})
+                print(f'  kernels, cuDNN {name} {label}: ' + ' | '.join(n[:90] for n in names), flush=True)
 for (label, impl), ms in sorted(totals.items()):
     print(f'TOTAL {label} {impl}: {ms:.2f} ms')

@@ -54,6 +54,11 @@ export interface VisionLearnerOptions {
    * PyTorch also runs for bf16; 'fused' also runs the ReLU and residual add after each BatchNorm inside the
    * same cuDNN call (default: off, as neither has yet run on a GPU; no effect on the CPU or in fp32) */
   cudnnBatchNorm?: boolean | 'fused';
+  /** fast.ai's Adam step on CUDA through PyTorch's fused AdamW kernel (the same formula, one pass over the
+   * parameters instead of about a dozen; with cudaGraph the graph then holds the forward and backward, and
+   * the step follows each replay, since fitOneCycle changes the momentum every step). Default: off, as it has
+   * not yet run on a GPU; it needs LibTorch 2.1 or later (torchInfo().fusedAdam); no effect on the CPU */
+  fusedAdam?: boolean;
   /** where save/load put checkpoints (default 'models') */
   modelDir?: string;
   /** the head: hidden units (512), dropout ps (0.5), concat pooling (true), biased linears (false = fast.ai v2) */
@@ -171,6 +176,9 @@ export class Learner {
     if (this.bf16 && !this.device.startsWith('cuda')) throw new Error("precision 'bf16' is for CUDA; on the CPU use 'fp32' (or 'auto')");
     const cbn = opts.cudnnBatchNorm;
     if (cbn !== undefined && typeof cbn !== 'boolean' && cbn !== 'fused') throw new Error(`cudnnBatchNorm must be true, false or 'fused', got ${JSON.stringify(cbn)}`);
+    if (opts.fusedAdam !== undefined && typeof opts.fusedAdam !== 'boolean') throw new Error(`fusedAdam must be true or false, got ${JSON.stringify(opts.fusedAdam)}`);
+    if (opts.fusedAdam && this.device.startsWith('cuda') && !torchInfo().fusedAdam)
+      throw new Error(`fusedAdam: this addon was built without PyTorch's fused AdamW kernel (it needs LibTorch 2.1 or later; built against ${torchInfo().torchVersion}); leave the option off for the multi-tensor Adam`);
     this.modelDir = opts.modelDir ?? 'models';
     this.#verbose = opts.verbose ?? true;
     this.#logger = opts.logger ?? ((l) => console.log(l));
@@ -203,6 +211,7 @@ export class Learner {
       cudaGraph: this.cudaGraph,
       foldBatchNorm: opts.foldBatchNorm ?? foldBatchNormDefault(this.device),
       cudnnBatchNorm: opts.cudnnBatchNorm ?? false,
+      fusedAdam: opts.fusedAdam ?? false,
     });
     this.#native.setData('train', dls.train.images, dls.train.labels, dls.presize);
     if (dls.valid.n) this.#native.setData('valid', dls.valid.images, dls.valid.labels, dls.presize);
