@@ -7,6 +7,8 @@
 # operator tables of both sides, compared; the tables and Chrome traces come back in trace.tar.xz):
 #   SKIP_TESTS=1 SKIP_EXAMPLE=1 TRACE=1 BENCH_ARGS="--only train --bs 256 --precisions bf16 --iters 10 --profile" \
 #   bash scripts/gpu-check.sh
+# SKIP_TESTS, SKIP_EXAMPLE and SKIP_BENCH leave a part out; TESTS, TEST_TIMEOUT, BENCH_ARGS and BENCH_TIMEOUT
+# trim the rest to the device time a session has.
 # What comes back under $OUT is kept to the device tool's 8 files: build.log, tests.log, example.log,
 # example.tar (pictures and metrics.json), bench.log, bench.json, trace.tar.xz.
 set -uo pipefail
@@ -64,6 +66,7 @@ if [ -d .device/covid ] && [ -z "${SKIP_EXAMPLE:-}" ]; then
   timeout 240 node --import tsx scripts/covid-xray.ts --data .device/covid --out /tmp/covid-xray --device "$DEVICE" 2>&1 | tee "$OUT/example.log" | tail -45
   (cd /tmp/covid-xray && tar cf "$OUT/example.tar" ./*.png ./*.json 2>/dev/null)
 fi
+[ -n "${SKIP_BENCH:-}" ] && exit 0
 echo "== bench"
 export UV_THREADPOOL_SIZE=16
 trace=; [ -n "${TRACE:-}" ] && { rm -rf /tmp/trace; trace="--trace /tmp/trace"; }
