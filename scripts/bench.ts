@@ -85,7 +85,7 @@ const adamModes = adamArg.split(',').map((a) => {
   if (a !== 'foreach' && a !== 'fused') throw new Error(`--adam takes foreach, fused (a comma-separated list) or all, got '${a}'`);
   return a === 'fused';
 }).filter((fused) => {
-  const why = !cuda ? 'the fused AdamW kernel is for CUDA' : torchInfo().fusedAdam ? '' : "this addon was built without PyTorch's fused AdamW kernel (LibTorch 2.1 or later)";
+  const why = !cuda ? 'the fused AdamW kernel is for CUDA' : info.fusedAdam ? '' : "this addon was built without PyTorch's fused AdamW kernel (LibTorch 2.1 or later)";
   if (fused && why) log(`--adam fused skipped: ${why}`);
   return !fused || !why;
 });
@@ -158,7 +158,7 @@ async function trainBench() {
         if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}${cudnnBatchNorm === 'fused' ? '-fusedbn' : cudnnBatchNorm ? '-cudnnbn' : ''}${fusedAdam ? '-fusedadam' : ''}-bs${bs}-${prec}-${aug}.json`));
         const mem = native.cudaMemory();
         const row = {
-          bench: 'train step', impl: implName(graph) + (cuda && prec === 'bf16' ? bnLabel(cudnnBatchNorm) : '') + (cuda && fusedAdam ? ', fused Adam' : ''), aug, arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
+          bench: 'train step', impl: implName(graph) + (cuda && prec === 'bf16' ? bnLabel(cudnnBatchNorm) : '') + (fusedAdam ? ', fused Adam' : ''), aug, arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
           peak_device_bytes: mem.peakAllocated, peak_rss_bytes: process.resourceUsage().maxRSS * 1024, ...(graphInfo ? { graph: graphInfo } : {}),
         };
         rows.push(row);
