@@ -1,3 +1,4 @@
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../src/binding.js';
@@ -95,6 +96,29 @@ describe("fast.ai's Adam", () => {
     }
     expect(DEFAULTS.sqrMom).toBe(0.99);
     expect(DEFAULTS.eps).toBe(1e-5);
+  });
+
+  it("is PyTorch's AdamW with beta1 = the momentum of each step, term for term (what the fusedAdam option relies on: PyTorch's fused kernel computes AdamW)", () => {
+    // torch.optim.AdamW in float64, its betas, lr and weight decay set before every step as fitOneCycle's
+    // schedule sets fast.ai's; the norm/bias parameter in a group without weight decay
+    const c = adamCase();
+    const file = join(tempDir(), 'adam.json');
+    writeFileSync(file, JSON.stringify(c.plain));
+    const out = JSON.parse(runPython(`import sys, json, torch
+case = json.load(open(sys.argv[1]))
+ps = [torch.tensor(p, dtype=torch.float64, requires_grad=True) for p in case['params']]
+groups = [{'params': [p], 'weight_decay': 0.0} for p in ps]
+opt = torch.optim.AdamW(groups, lr=1.0, betas=(0.9, ${DEFAULTS.sqrMom}), eps=${DEFAULTS.eps}, foreach=False)
+for s in case['steps']:
+    for p, g, nd, group in zip(ps, s['grads'], case['noDecay'], opt.param_groups):
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        group.update(lr=s['lr'], betas=(s['mom'], ${DEFAULTS.sqrMom}), weight_decay=0.0 if nd else s['wd'])
+    opt.step()
+print(json.dumps([p.detach().tolist() for p in ps]))`, [file])) as number[][];
+    let worst = 0;
+    out.forEach((p, i) => p.forEach((v, j) => (worst = Math.max(worst, Math.abs(v - c.ref[i][j])))));
+    console.log(`fast.ai's Adam against torch.optim.AdamW (float64, 20 steps): max difference ${worst.toExponential(2)}`);
+    expect(worst).toBeLessThan(1e-12);
   });
 });
 

@@ -37,6 +37,10 @@ export function adamCase() {
     });
   });
   return {
+    /** the same case as plain numbers (float32-rounded), for a Python reference */
+    plain: { params: params.map((p) => Array.from(round(p))), noDecay, steps: steps.map((s) => ({ ...s, grads: s.grads.map((g) => Array.from(round(g))) })) },
+    /** the reference's result */
+    ref,
     /** fastAdamSteps' input: the parameters and the steps, as float32 tensors */
     input: { params: asTensors(params), noDecay, steps: steps.map((s) => ({ ...s, grads: asTensors(s.grads) })) },
     /** the largest absolute difference between fastAdamSteps' result and the reference */
