@@ -101,10 +101,13 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
   if (o.Has("trainBn")) c.trainBn = o.Get("trainBn").ToBoolean();
   if (o.Has("bf16")) c.bf16 = o.Get("bf16").ToBoolean();
   if (o.Has("foldBatchNorm")) c.net->setFoldBatchNorm(o.Get("foldBatchNorm").ToBoolean());
-  if (o.Has("cudnnBatchNorm")) {  // false, true (BatchNorm alone) or 'fused' (with the ReLU and residual add)
-    auto v = o.Get("cudnnBatchNorm");
-    const bool fused = v.IsString() && v.As<Napi::String>().Utf8Value() == "fused";
-    c.net->setCudnnBatchNorm(fused || v.ToBoolean(), fused);
+  if (o.Has("batchNorm")) {  // the kernels of training-mode BatchNorm on bf16 CUDA batches (resnet.h, TrainBn)
+    const auto value = o.Get("batchNorm");
+    const std::string v = value.IsString() ? value.As<Napi::String>().Utf8Value() : value.ToString().Utf8Value();
+    const std::map<std::string, TrainBn> impls{{"aten", TrainBn::Aten}, {"cudnn", TrainBn::Cudnn}, {"cudnn-fused", TrainBn::CudnnFused}, {"fused", TrainBn::Fused}};
+    auto it = value.IsString() ? impls.find(v) : impls.end();
+    if (it == impls.end()) throw UserError("batchNorm must be 'aten', 'cudnn', 'cudnn-fused' or 'fused', got " + v);
+    c.net->setTrainBatchNorm(it->second);
   }
   if (o.Has("labelSmoothing")) c.labelSmoothing = o.Get("labelSmoothing").As<Napi::Number>().DoubleValue();
   if (o.Has("classWeights")) {

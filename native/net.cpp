@@ -119,7 +119,7 @@ Net::Net(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Net>(info) {
     s->features = [m](const torch::Tensor& x) mutable { return m->features(x); };
     s->classify = [m](const torch::Tensor& a) mutable { return m->fc(torch::flatten(m->avgpool(a), 1)); };
     s->setFoldBatchNorm = [m](bool on) mutable { m->setFoldBatchNorm(on); };
-    s->setCudnnBatchNorm = [m](bool on, bool fuse) mutable { m->setCudnnBatchNorm(on, fuse); };
+    s->setTrainBatchNorm = [m](TrainBn impl) mutable { m->setTrainBatchNorm(impl); };
     s->weightsChanged = [m]() mutable { m->weightsChanged(); };
     s->numGroups = 1;
     for (auto& p : m->named_parameters()) {
@@ -143,7 +143,7 @@ Net::Net(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Net>(info) {
     s->features = [m](const torch::Tensor& x) mutable { return m->body->features(x); };
     s->classify = [m](const torch::Tensor& a) mutable { return m->head->forward(a); };
     s->setFoldBatchNorm = [m](bool on) mutable { m->body->setFoldBatchNorm(on); };
-    s->setCudnnBatchNorm = [m](bool on, bool fuse) mutable { m->body->setCudnnBatchNorm(on, fuse); };
+    s->setTrainBatchNorm = [m](TrainBn impl) mutable { m->body->setTrainBatchNorm(impl); };
     s->weightsChanged = [m]() mutable { m->body->weightsChanged(); };
     s->numGroups = 3;
     // Layer groups as fast.ai's _resnet_split: body[:6] (stem..layer2), body[6:] (layer3, layer4), head.

@@ -31,7 +31,7 @@ struct NetState {
   std::function<torch::Tensor(const torch::Tensor&)> features;  // activations of layer4
   std::function<torch::Tensor(const torch::Tensor&)> classify;  // from layer4 activations to logits
   std::function<void(bool)> setFoldBatchNorm;                    // ResNetImpl::setFoldBatchNorm of the body
-  std::function<void(bool, bool)> setCudnnBatchNorm;             // ResNetImpl::setCudnnBatchNorm of the body (on, fuse)
+  std::function<void(TrainBn)> setTrainBatchNorm;                // ResNetImpl::setTrainBatchNorm of the body
   std::function<void()> weightsChanged;                          // ResNetImpl::weightsChanged: after loads and moves
   torch::Device device{torch::kCPU};
   bool channelsLast = false;

@@ -1,6 +1,7 @@
 #include "resnet.h"
 
 #include "batchnorm_cudnn.h"
+#include "batchnorm_fused.h"
 
 namespace tl {
 namespace nn = torch::nn;
@@ -12,23 +13,32 @@ static nn::Conv2d conv1x1(int64_t in, int64_t out, int64_t stride) {
   return nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false));
 }
 
-// Training-mode BatchNorm of a bf16 CUDA batch through cuDNN (batchnorm_cudnn.h says why), with
-// BatchNorm2d's semantics: running statistics updated with the module's momentum, num_batches_tracked
-// counted. Where cuDNN is missing or refuses: an undefined result, and a message once per process; the
-// caller then runs ATen's kernels.
-static std::atomic<bool> cudnnRefused{false};
-static bool cudnnEligible(const torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& y, const FoldState& fold) {
+// Training-mode BatchNorm of a bf16 CUDA batch through other kernels than ATen's (FoldState's TrainBn:
+// cuDNN's, batchnorm_cudnn.h, or torchlearn's fused forward, batchnorm_fused.h), with BatchNorm2d's
+// semantics: running statistics updated with the module's momentum, num_batches_tracked counted. `relu`:
+// the ReLU (after the residual add, with a residual) is part of the call. Where the implementation is
+// missing or refuses: an undefined result, and a message once per implementation and process; the caller
+// then runs ATen's kernels.
+static torch::Tensor trainBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& y, const FoldState& fold, bool relu,
+                                    const torch::Tensor& residual) {
+  static std::atomic<bool> refused[4] = {};
+  const auto impl = fold.trainBn;
   const auto& o = bn.options;
-  return fold.cudnnTrain && !cudnnRefused && bn.is_training() && y.is_cuda() && y.scalar_type() == torch::kBFloat16 && o.affine() &&
-         o.track_running_stats() && o.momentum().has_value();
-}
-static torch::Tensor cudnnBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& y, BnFused fused, const torch::Tensor& residual) {
+  auto& gaveUp = refused[static_cast<int>(impl)];
+  if (impl == TrainBn::Aten || gaveUp || !bn.is_training() || !y.is_cuda() || y.scalar_type() != torch::kBFloat16 || !o.affine() ||
+      !o.track_running_stats() || !o.momentum().has_value())
+    return {};
   torch::Tensor out;
   try {
-    out = cudnnBatchNormTrain(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, *bn.options.momentum(), bn.options.eps(), fused, residual);
+    if (impl == TrainBn::Fused)
+      out = fusedBatchNormTrain(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, *o.momentum(), o.eps(), relu, residual);
+    else
+      out = cudnnBatchNormTrain(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, *o.momentum(), o.eps(),
+                                !relu ? BnFused::None : residual.defined() ? BnFused::AddRelu : BnFused::Relu, residual);
   } catch (const std::exception& e) {
-    if (!cudnnRefused.exchange(true)) std::fprintf(stderr, "torchlearn: cuDNN BatchNorm not used (%s); ATen's kernels instead\n", e.what());
-    return torch::Tensor();
+    if (!gaveUp.exchange(true))
+      std::fprintf(stderr, "torchlearn: %s BatchNorm not used (%s); ATen's kernels instead\n", impl == TrainBn::Fused ? "fused" : "cuDNN", e.what());
+    return {};
   }
   torch::NoGradGuard ng;
   bn.num_batches_tracked += 1;
@@ -37,13 +47,11 @@ static torch::Tensor cudnnBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch:
 
 torch::Tensor ConvBn::forwardRelu(const torch::Tensor& x, const FoldState& fold, const torch::Tensor& residual) {
   torch::Tensor out;
-  if (fold.cudnnFuse && bn->is_training()) {
+  if (fold.fusesRelu() && bn->is_training()) {
     if (w_.defined()) w_ = b_ = torch::Tensor();  // (as forward: training will change the weights)
     auto y = conv->forward(x);
-    if (cudnnEligible(*bn, y, fold)) {
-      auto fused = cudnnBatchNorm(*bn, y, residual.defined() ? BnFused::AddRelu : BnFused::Relu, residual);
-      if (fused.defined()) return fused;
-    }
+    auto fused = trainBatchNorm(*bn, y, fold, true, residual);
+    if (fused.defined()) return fused;
     out = bn->forward(y);
   } else {
     out = forward(x, fold);
@@ -56,8 +64,9 @@ torch::Tensor ConvBn::forward(const torch::Tensor& x, const FoldState& fold) {
   if (!fold.on || bn->is_training()) {
     if (w_.defined()) w_ = b_ = torch::Tensor();  // training (the weights will change) or folding off: no stale copies kept
     auto y = conv->forward(x);
-    if (cudnnEligible(*bn, y, fold)) {
-      auto out = cudnnBatchNorm(*bn, y, BnFused::None, torch::Tensor());
+    // BatchNorm alone: through cuDNN when asked; the fused kernel would make ATen's passes, so ATen runs it
+    if (fold.trainBn == TrainBn::Cudnn || fold.trainBn == TrainBn::CudnnFused) {
+      auto out = trainBatchNorm(*bn, y, fold, false, torch::Tensor());
       if (out.defined()) return out;
     }
     return bn->forward(y);

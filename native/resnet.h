@@ -5,16 +5,21 @@
 
 namespace tl {
 
+// Which kernels run a training-mode BatchNorm of a bf16 CUDA batch: ATen's (what PyTorch runs), cuDNN's
+// (batchnorm_cudnn.h), cuDNN's with the ReLU and residual add after it in the same call, or ATen's
+// statistics and backward with torchlearn's own one-pass BatchNorm + add + ReLU forward (batchnorm_fused.h).
+// The learner option batchNorm: 'aten', 'cudnn', 'cudnn-fused', 'fused'.
+enum class TrainBn { Aten = 0, Cudnn = 1, CudnnFused = 2, Fused = 3 };
+
 // How the body's BatchNorms run, shared by every block of one ResNet. Eval mode: whether forwards fold
 // BatchNorm into the convolutions, and a generation bumped when the weights are replaced or moved (a load,
-// a move), which makes the folded copies stale. Training mode: whether a bf16 CUDA batch goes through
-// cuDNN's BatchNorm instead of ATen's own kernels, and whether the ReLU (and residual add) after it run
-// inside the same cuDNN call (batchnorm_cudnn.h).
+// a move), which makes the folded copies stale. Training mode: the kernels (TrainBn).
 struct FoldState {
   bool on = false;
   int64_t generation = 0;
-  bool cudnnTrain = false;
-  bool cudnnFuse = false;
+  TrainBn trainBn = TrainBn::Aten;
+  // the ReLU (and residual add) after a BatchNorm run in the BatchNorm's own call
+  bool fusesRelu() const { return trainBn == TrainBn::CudnnFused || trainBn == TrainBn::Fused; }
 };
 
 // A convolution and the BatchNorm after it. In eval mode, with folding on, the two run as one convolution
@@ -30,7 +35,7 @@ struct ConvBn {
   std::shared_ptr<torch::nn::BatchNorm2dImpl> bn;
   torch::Tensor forward(const torch::Tensor& x, const FoldState& fold);
   // relu(forward(x)), or relu(forward(x) + residual) with a residual: torchvision's in-place add and ReLU,
-  // or one fused cuDNN call when the state says so
+  // or one fused call when the state says so
   torch::Tensor forwardRelu(const torch::Tensor& x, const FoldState& fold, const torch::Tensor& residual = torch::Tensor());
 
  private:
@@ -80,12 +85,8 @@ struct ResNetImpl : torch::nn::Module {
   int64_t numFeatures() const { return numFeatures_; }
   // Eval-mode forwards with every BatchNorm of the body folded into its convolution (see ConvBn).
   void setFoldBatchNorm(bool on);
-  // Training-mode BatchNorm of bf16 CUDA batches through cuDNN (batchnorm_cudnn.h says why), with the
-  // ReLU and residual add fused into it or not.
-  void setCudnnBatchNorm(bool on, bool fuse) {
-    fold_->cudnnTrain = on;
-    fold_->cudnnFuse = on && fuse;
-  }
+  // The kernels of training-mode BatchNorm on bf16 CUDA batches (TrainBn).
+  void setTrainBatchNorm(TrainBn impl) { fold_->trainBn = impl; }
   // The weights were replaced or moved: folded copies are made again at the next eval forward.
   void weightsChanged() { fold_->generation++; }
 

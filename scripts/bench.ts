@@ -10,9 +10,10 @@
 //   --graph off|on|both torchlearn's train step with the cudaGraph option off, on, or both (default: both
 //                       on CUDA, off on the CPU, where the graph's step runs without capture)
 //   --frozen frozen|unfrozen|both  which train-step rows, on both sides (default: both)
-//   --bn LIST           torchlearn's training-mode BatchNorm on CUDA in bf16, some of aten,cudnn,fused (or all):
-//                       ATen's kernels (the default, what PyTorch runs), cuDNN's (cudnnBatchNorm: true), or
-//                       cuDNN's with the ReLU and residual add in the same call (cudnnBatchNorm: 'fused')
+//   --bn LIST           torchlearn's training-mode BatchNorm on CUDA in bf16 (the batchNorm option), some of
+//                       aten,cudnn,cudnn-fused,fused (or all): ATen's kernels (the default, what PyTorch runs),
+//                       cuDNN's, cuDNN's with the ReLU and residual add in the same call, or torchlearn's fused
+//                       forward kernel with ATen's statistics and backward
 //   --adam LIST         torchlearn's Adam step on CUDA, some of foreach,fused (or all): the multi-tensor kernels
 //                       (the default; inside the CUDA graph) or PyTorch's fused AdamW kernel (fusedAdam: true)
 //   --aug full|affine|both  the train step's augmentation, the same on both sides: fast.ai's whole
@@ -22,7 +23,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { native } from '../src/binding.js';
-import { augTransforms, compareTraces, imagenetStats, ImageDataLoaders, loadLearner, readCovidMetadata, readTrace, torchInfo, visionLearner } from '../src/index.js';
+import { augTransforms, type BatchNormKernels, compareTraces, imagenetStats, ImageDataLoaders, loadLearner, readCovidMetadata, readTrace, torchInfo, visionLearner } from '../src/index.js';
 import { decodeAll } from '../src/data/images.js';
 import { foldBatchNormDefault } from '../src/info.js';
 
@@ -74,12 +75,7 @@ const frozenModes = frozenArg === 'both' ? [true, false] : [frozenArg === 'froze
 const augArg = args.aug ?? 'full';
 if (!['full', 'affine', 'both'].includes(augArg)) throw new Error(`--aug must be full, affine or both, got '${augArg}'`);
 const augModes = augArg === 'both' ? ['full', 'affine'] : [augArg];
-const bnArg = args.bn === 'all' ? 'aten,cudnn,fused' : (args.bn ?? 'aten');
-const bnChoice = { aten: false, cudnn: true, fused: 'fused' } as const;
-const bnModes = bnArg.split(',').map((b) => {
-  if (!(b in bnChoice)) throw new Error(`--bn takes aten, cudnn, fused (a comma-separated list) or all, got '${b}'`);
-  return bnChoice[b as keyof typeof bnChoice];
-});
+const bnModes = (args.bn === 'all' ? 'aten,cudnn,cudnn-fused,fused' : (args.bn ?? 'aten')).split(',') as BatchNormKernels[];
 const adamArg = args.adam === 'all' ? 'foreach,fused' : (args.adam ?? 'foreach');
 const adamModes = adamArg.split(',').map((a) => {
   if (a !== 'foreach' && a !== 'fused') throw new Error(`--adam takes foreach, fused (a comma-separated list) or all, got '${a}'`);
@@ -89,7 +85,6 @@ const adamModes = adamArg.split(',').map((a) => {
   if (fused && why) log(`--adam fused skipped: ${why}`);
   return !fused || !why;
 });
-const bnLabel = (b: boolean | 'fused') => (b === 'fused' ? ', cuDNN BatchNorm+ReLU fused' : b ? ', cuDNN BatchNorm' : '');
 // affine: every image flipped or not, rotated and zoomed (as the PyTorch side's affine-only pipeline); no warp, no lighting
 const trainAug = (aug: string) => (aug === 'full' ? augTransforms() : augTransforms({ maxWarp: 0, maxLighting: 0, pAffine: 1 }));
 const implName = (graph: boolean) => (graph ? (cuda ? 'torchlearn (CUDA graph)' : 'torchlearn (graph step, no capture)') : 'torchlearn');
@@ -140,9 +135,9 @@ async function trainBench() {
       for (let i = 0; i < images.length; i += 4096) images[i] = (i * 2654435761) >>> 24; // cheap non-constant fill
       const labels = Int32Array.from({ length: n }, (_, i) => i % 2);
       const dls = ImageDataLoaders.fromArrays(images, labels, ['a', 'b'], { presize: p, size: cfg.size, bs, validPct: 0, augment: trainAug(aug) });
-      for (const frozen of frozenModes) for (const graph of graphModes) for (const cudnnBatchNorm of bnModes) for (const fusedAdam of adamModes) {
+      for (const frozen of frozenModes) for (const graph of graphModes) for (const batchNorm of bnModes) for (const fusedAdam of adamModes) {
         native.cudaMemory(true);
-        const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0, cudaGraph: graph, cudnnBatchNorm, fusedAdam });
+        const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0, cudaGraph: graph, batchNorm, fusedAdam });
         if (frozen) learn.freeze();
         else learn.unfreeze();
         await learn.fitOneCycle(2); // epoch 0 warms up (cuDNN autotuning, allocator, the graph's capture), epoch 1 is measured
@@ -155,10 +150,10 @@ async function trainBench() {
           const per = (x: number) => ((1000 * x) / cfg.iters).toFixed(1);
           log(`profile torchlearn bs ${bs} ${prec} ${frozen ? 'frozen' : 'unfrozen'}: ms per step: data ${per(p.data)}, forward ${per(p.forward)}, backward ${per(p.backward)}, optimizer ${per(p.step)}; channels_last weight ${p.weightChannelsLast}, grad ${p.gradChannelsLast}, input ${p.inputChannelsLast}`);
         }
-        if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}${cudnnBatchNorm === 'fused' ? '-fusedbn' : cudnnBatchNorm ? '-cudnnbn' : ''}${fusedAdam ? '-fusedadam' : ''}-bs${bs}-${prec}-${aug}.json`));
+        if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}${batchNorm === 'aten' ? '' : `-bn-${batchNorm}`}${fusedAdam ? '-fusedadam' : ''}-bs${bs}-${prec}-${aug}.json`));
         const mem = native.cudaMemory();
         const row = {
-          bench: 'train step', impl: implName(graph) + (cuda && prec === 'bf16' ? bnLabel(cudnnBatchNorm) : '') + (fusedAdam ? ', fused Adam' : ''), aug, arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
+          bench: 'train step', impl: implName(graph) + (cuda && prec === 'bf16' && batchNorm !== 'aten' ? `, ${batchNorm} BatchNorm` : '') + (fusedAdam ? ', fused Adam' : ''), aug, arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
           peak_device_bytes: mem.peakAllocated, peak_rss_bytes: process.resourceUsage().maxRSS * 1024, ...(graphInfo ? { graph: graphInfo } : {}),
         };
         rows.push(row);

@@ -15,6 +15,9 @@ export interface NamedTensor {
   data: Uint8Array;
 }
 
+/** The kernels of training-mode BatchNorm on bf16 CUDA batches (native/resnet.h, TrainBn). */
+export type BatchNormKernels = 'aten' | 'cudnn' | 'cudnn-fused' | 'fused';
+
 export interface TorchInfo {
   torchVersion: string;
   torchSource: string;
@@ -130,7 +133,7 @@ export interface NativeLearnerOptions {
   eps?: number;
   cudaGraph?: boolean;
   foldBatchNorm?: boolean;
-  cudnnBatchNorm?: boolean | 'fused';
+  batchNorm?: BatchNormKernels;
   fusedAdam?: boolean;
 }
 

@@ -5,7 +5,7 @@
 // not the one compiled. It checks names and types against this LibTorch's API, not against 2.x's, and
 // nothing runs: scripts/gpu-check.sh builds and tests for real.
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { torchInfo } from '../src/index.js';
@@ -15,10 +15,11 @@ const root = resolve(__dirname, '..');
 const commands = join(root, 'build', 'compile_commands.json');
 // the macro each file defines when it compiles its CUDA branch (addon.cpp's needs cuBLAS and cuSPARSE
 // headers too, and was built on the GPU machine before this check existed)
-const branches: [string, string][] = [
+const branches: [string, string, string?][] = [
   ['native/step_graph.cpp', 'TL_CUDA_GRAPH'],
   ['native/common.cpp', 'TL_HAS_CUDA_HEADERS'],
   ['native/batchnorm_cudnn.cpp', 'TL_CUDNN_BN'],
+  ['native/batchnorm_fused.cpp', 'TL_FUSED_BN', '-DTL_BN_KERNELS=1'], // (CMakeLists.txt defines it where it builds the kernels)
 ];
 const haveCudaHeaders = existsSync('/usr/include/ATen/cuda/CUDAGraph.h');
 const skip = torchInfo().cuda || !existsSync(commands) || !haveCudaHeaders;
@@ -26,9 +27,36 @@ if (skip)
   console.log(torchInfo().cuda ? 'CUDA syntax check skipped: this LibTorch has CUDA, the build itself compiled the CUDA branches'
     : `CUDA syntax check skipped: ${existsSync(commands) ? "LibTorch's CUDA headers are not in /usr/include" : 'no build/compile_commands.json (build the addon first)'}`);
 
+// torchlearn's own kernels (native/cuda/*.cu) are plain CUDA: nvcc compiles them here without LibTorch, for
+// the GPUs the build targets (CMakeLists.txt), where the machine has nvcc (this project's machines do).
+const nvcc = (() => {
+  try {
+    return execFileSync('bash', ['-c', 'command -v nvcc'], { encoding: 'utf8' }).trim();
+  } catch {
+    return '';
+  }
+})();
+if (!nvcc) console.log('CUDA kernel compile check skipped: no nvcc on this machine');
+describe.skipIf(!nvcc)('the CUDA kernels compile with nvcc', () => {
+  for (const file of readdirSync(join(root, 'native/cuda')).filter((f) => f.endsWith('.cu'))) {
+    it(`native/cuda/${file}`, () => {
+      const out = join(tempDir(), `${file}.o`);
+      let err = '';
+      try {
+        execFileSync(nvcc, ['-std=c++17', '-c', '-gencode=arch=compute_80,code=sm_80', '-gencode=arch=compute_90,code=sm_90', '-Xcompiler', '-fPIC',
+          `-I${join(root, 'native')}`, join(root, 'native/cuda', file), '-o', out], { stdio: 'pipe' });
+      } catch (e) {
+        err = String((e as { stderr?: Buffer }).stderr ?? e);
+      }
+      expect(err.split('\n').filter((l) => /error|warning/.test(l)).slice(0, 10).join('\n')).toBe('');
+      expect(existsSync(out)).toBe(true);
+    });
+  }
+});
+
 describe.skipIf(skip)("the native CUDA branches compile against LibTorch's CUDA headers", () => {
   const entries: { file: string; command: string }[] = skip ? [] : JSON.parse(readFileSync(commands, 'utf8'));
-  for (const [file, macro] of branches) {
+  for (const [file, macro, defines = ''] of branches) {
     it(file, () => {
       const entry = entries.find((e) => resolve(e.file) === join(root, file));
       expect(entry, `${file} in compile_commands.json`).toBeDefined();
@@ -40,7 +68,7 @@ describe.skipIf(skip)("the native CUDA branches compile against LibTorch's CUDA 
         .replace('-Winvalid-pch', '');
       const wrapper = join(tempDir(), 'check.cpp');
       writeFileSync(wrapper, `#include "${join(root, file)}"\n#ifndef ${macro}\n#error "the CUDA branch of ${file} was not compiled"\n#endif\n`);
-      const cmd = `${flags} -fsyntax-only -Werror=return-type -I${join(root, 'test/helpers/cuda-stub')} -include ${join(root, 'native/pch.h')} ${wrapper}`;
+      const cmd = `${flags} ${defines} -fsyntax-only -Werror=return-type -I${join(root, 'test/helpers/cuda-stub')} -include ${join(root, 'native/pch.h')} ${wrapper}`;
       let out = '';
       try {
         execFileSync('bash', ['-c', cmd], { cwd: join(root, 'build'), stdio: 'pipe' });

@@ -3,7 +3,7 @@
 // C++ on a native thread; this file only orchestrates.
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { native, type NativeLearner, type NativeNet, type NativeSchedule, type NamedTensor } from '../binding.js';
+import { native, type BatchNormKernels, type NativeLearner, type NativeNet, type NativeSchedule, type NamedTensor } from '../binding.js';
 import type { ImageDataLoaders } from '../data/loaders.js';
 import { decodeAll, type ImageSource } from '../data/images.js';
 import { foldBatchNormDefault, manualSeed, resolveDevice, torchInfo } from '../info.js';
@@ -50,10 +50,12 @@ export interface VisionLearnerOptions {
   /** validation and prediction run each BatchNorm of the body folded into its convolution (same results to
    * float rounding; default: on the CPU, where it is faster, off on CUDA); training is never folded */
   foldBatchNorm?: boolean;
-  /** training-mode BatchNorm of bf16 CUDA batches through cuDNN's own API rather than ATen's kernels, which
-   * PyTorch also runs for bf16; 'fused' also runs the ReLU and residual add after each BatchNorm inside the
-   * same cuDNN call (default: off, as neither has yet run on a GPU; no effect on the CPU or in fp32) */
-  cudnnBatchNorm?: boolean | 'fused';
+  /** the kernels of training-mode BatchNorm on bf16 CUDA batches: 'aten' (default; ATen's, which PyTorch also
+   * runs), 'cudnn' (cuDNN's own BatchNorm API), 'cudnn-fused' (cuDNN's, with the ReLU and residual add after
+   * each BatchNorm in the same call), 'fused' (ATen's statistics and backward, torchlearn's own one-pass
+   * BatchNorm + add + ReLU forward kernel). None has yet run on a GPU, hence the default; no effect on the
+   * CPU or in fp32 */
+  batchNorm?: BatchNormKernels;
   /** fast.ai's Adam step on CUDA through PyTorch's fused AdamW kernel (the same formula, one pass over the
    * parameters instead of about a dozen; with cudaGraph the graph then holds the forward and backward, and
    * the step follows each replay, since fitOneCycle changes the momentum every step). Default: off, as it has
@@ -174,8 +176,6 @@ export class Learner {
     const precision = opts.precision ?? 'auto';
     this.bf16 = precision === 'bf16' || (precision === 'auto' && this.device.startsWith('cuda'));
     if (this.bf16 && !this.device.startsWith('cuda')) throw new Error("precision 'bf16' is for CUDA; on the CPU use 'fp32' (or 'auto')");
-    const cbn = opts.cudnnBatchNorm;
-    if (cbn !== undefined && typeof cbn !== 'boolean' && cbn !== 'fused') throw new Error(`cudnnBatchNorm must be true, false or 'fused', got ${JSON.stringify(cbn)}`);
     if (opts.fusedAdam !== undefined && typeof opts.fusedAdam !== 'boolean') throw new Error(`fusedAdam must be true or false, got ${JSON.stringify(opts.fusedAdam)}`);
     if (opts.fusedAdam && this.device.startsWith('cuda') && !torchInfo().fusedAdam)
       throw new Error(`fusedAdam: this addon was built without PyTorch's fused AdamW kernel (it needs LibTorch 2.1 or later; built against ${torchInfo().torchVersion}); leave the option off for the multi-tensor Adam`);
@@ -210,7 +210,7 @@ export class Learner {
       eps: DEFAULTS.eps,
       cudaGraph: this.cudaGraph,
       foldBatchNorm: opts.foldBatchNorm ?? foldBatchNormDefault(this.device),
-      cudnnBatchNorm: opts.cudnnBatchNorm ?? false,
+      batchNorm: opts.batchNorm ?? 'aten',
       fusedAdam: opts.fusedAdam ?? false,
     });
     this.#native.setData('train', dls.train.images, dls.train.labels, dls.presize);
