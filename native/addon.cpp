@@ -168,6 +168,11 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // LibTorch's OpenMP pool defaults to one thread on some builds: use every core for CPU work unless the
   // user says otherwise (torchlearn's setNumThreads / TORCHLEARN_THREADS, read by the TypeScript side).
   setThreads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  // As the process exits, let the workers finish what they run in LibTorch before its static objects go
+  // (registered after LibTorch was loaded, so it runs before LibTorch's destructors); bounded, as a fit
+  // may still be running when a script calls process.exit().
+  static std::once_flag atExit;
+  std::call_once(atExit, [] { std::atexit([] { Worker::waitAllIdle(std::chrono::seconds(2)); }); });
   exports.Set("abiVersion", Napi::Number::New(env, TORCHLEARN_ABI_VERSION));
   exports.Set("torchInfo", Napi::Function::New(env, TorchInfo));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));

@@ -15,6 +15,9 @@ namespace {
 
 #ifdef TL_FUSED_BN
 void* currentStream(const torch::Tensor& x) { return c10::cuda::getCurrentCUDAStream(x.device().index()).stream(); }
+void launched(int err, const char* kernel) {
+  if (err != 0) throw UserError(std::string("fused BatchNorm: ") + kernel + " did not launch: " + cudaGetErrorString(static_cast<cudaError_t>(err)));
+}
 #endif
 
 // Inputs: x, weight, bias, residual (x itself when there is none: its gradient slot then stays empty),
@@ -35,12 +38,16 @@ struct FusedBatchNormFn : torch::autograd::Function<FusedBatchNormFn> {
     auto [mean, invstd] = at::batch_norm_stats(x, eps);
     auto scale = torch::empty_like(mean), shift = torch::empty_like(mean);
     const int64_t rows = x.numel() / channels;
-    kernels::bnPrepare(mean.data_ptr<float>(), invstd.data_ptr<float>(), weight.data_ptr<float>(), bias.data_ptr<float>(), scale.data_ptr<float>(),
-                       shift.data_ptr<float>(), runningMean.data_ptr<float>(), runningVar.data_ptr<float>(), channels, momentum, eps,
-                       static_cast<double>(rows), currentStream(x));
-    kernels::bnActForward(reinterpret_cast<const uint16_t*>(x.data_ptr()), add ? reinterpret_cast<const uint16_t*>(residual.data_ptr()) : nullptr,
-                          reinterpret_cast<uint16_t*>(y.data_ptr()), scale.data_ptr<float>(), shift.data_ptr<float>(), rows, channels, relu,
-                          currentStream(x));
+    const float* scaleP = scale.data_ptr<float>();
+    const float* shiftP = shift.data_ptr<float>();
+    launched(kernels::bnPrepare(mean.data_ptr<float>(), invstd.data_ptr<float>(), weight.data_ptr<float>(), bias.data_ptr<float>(),
+                                scale.data_ptr<float>(), shift.data_ptr<float>(), runningMean.data_ptr<float>(), runningVar.data_ptr<float>(),
+                                channels, momentum, eps, static_cast<double>(rows), currentStream(x)),
+             "bnPrepare");
+    launched(kernels::bnActForward(reinterpret_cast<const uint16_t*>(x.data_ptr()),
+                                   add ? reinterpret_cast<const uint16_t*>(residual.data_ptr()) : nullptr,
+                                   reinterpret_cast<uint16_t*>(y.data_ptr()), scaleP, shiftP, rows, channels, relu, currentStream(x)),
+             "bnActForward");
     // the ReLU's backward reads the output (which nothing may then change in place), as ATen's relu_ does
     ctx->save_for_backward({x, weight, mean, invstd, relu ? y : torch::Tensor()});
     ctx->saved_data["eps"] = eps;

@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <algorithm>
 #include <cstring>
 
 #if __has_include(<c10/cuda/CUDACachingAllocator.h>) && __has_include(<cuda_runtime_api.h>)
@@ -21,6 +22,40 @@ int64_t threadSerial() {
   return mine;
 }
 
+namespace {
+// Every worker's queue, for waitAllIdle (weak: a queue goes with its thread).
+std::mutex& queuesMutex() {
+  static auto* m = new std::mutex();  // never destroyed: used as the process exits
+  return *m;
+}
+std::vector<std::weak_ptr<void>>& queues() {
+  static auto* v = new std::vector<std::weak_ptr<void>>();
+  return *v;
+}
+}  // namespace
+
+Worker::Worker() {
+  std::lock_guard<std::mutex> lock(queuesMutex());
+  auto& all = queues();
+  all.erase(std::remove_if(all.begin(), all.end(), [](const std::weak_ptr<void>& w) { return w.expired(); }), all.end());
+  all.push_back(queue_);
+}
+
+void Worker::waitAllIdle(std::chrono::milliseconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  std::vector<std::shared_ptr<void>> live;
+  {
+    std::lock_guard<std::mutex> lock(queuesMutex());
+    for (auto& w : queues())
+      if (auto q = w.lock()) live.push_back(q);
+  }
+  for (auto& p : live) {
+    auto* q = static_cast<Queue*>(p.get());
+    std::unique_lock<std::mutex> lock(q->m);
+    q->idleCv.wait_until(lock, deadline, [&] { return !q->running && q->tasks.empty(); });
+  }
+}
+
 void Worker::post(std::function<void()> task) {
   std::call_once(started_, [this] {
     std::thread([q = queue_]() {
@@ -28,10 +63,13 @@ void Worker::post(std::function<void()> task) {
         std::function<void()> task;
         {
           std::unique_lock<std::mutex> lock(q->m);
+          q->running = false;
+          q->idleCv.notify_all();
           q->cv.wait(lock, [&] { return q->stop || !q->tasks.empty(); });
           if (q->tasks.empty()) return;  // stopped and drained
           task = std::move(q->tasks.front());
           q->tasks.pop_front();
+          q->running = true;
         }
         task();  // runAsync's tasks catch everything they throw
       }

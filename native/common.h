@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -59,15 +60,23 @@ void releaseDeviceCache();
 // the queue is empty (never joined, so an owner may be released on the thread itself).
 class Worker {
  public:
+  Worker();
   ~Worker();
   void post(std::function<void()> task);
+  // Waits (up to `limit`) until no worker runs or has a task: called as the process exits (addon.cpp), as
+  // LibTorch's static objects (its thread pool, its operator registry) are destroyed after that, and a
+  // worker thread still in LibTorch then crashed the process (seen: a script that loaded the addon and
+  // exited at once, while the CPU worker was still applying the thread count, 1 run in 10).
+  static void waitAllIdle(std::chrono::milliseconds limit);
 
  private:
   struct Queue {
     std::mutex m;
-    std::condition_variable cv;
+    std::condition_variable cv;      // a task, or stop
+    std::condition_variable idleCv;  // a task finished
     std::deque<std::function<void()>> tasks;
     bool stop = false;
+    bool running = false;
   };
   std::shared_ptr<Queue> queue_ = std::make_shared<Queue>();
   std::once_flag started_;

@@ -145,6 +145,23 @@ function rssOfChild(helper: string, nodeFlags: string[] = []): number[] {
 }
 
 describe('concurrency and lifetime', () => {
+  it('a process that loads the addon and exits at once exits cleanly (its native workers finish before LibTorch is torn down)', () => {
+    // the CPU worker applies the thread count as the addon loads; a process that exited meanwhile tore
+    // LibTorch's thread pool down under it: 8 crashes and 1 hang in 30 runs before the exit hook (addon.cpp)
+    const addon = process.env.TORCHLEARN_ADDON ?? join(__dirname, '..', 'build', 'Release', 'torchlearn.node');
+    const failures: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      try {
+        const out = execFileSync(process.execPath, ['-e', `console.log(require(${JSON.stringify(addon)}).torchInfo().threads)`], { encoding: 'utf8', timeout: 30_000, stdio: 'pipe' });
+        if (!/^\d+\s*$/.test(out)) failures.push(`run ${i}: printed ${JSON.stringify(out)}`);
+      } catch (e) {
+        const err = e as { status?: number; signal?: string; stderr?: string };
+        failures.push(`run ${i}: status ${err.status} signal ${err.signal} ${String(err.stderr ?? '').trim().split('\n').at(-1)}`);
+      }
+    }
+    expect(failures).toEqual([]);
+  });
+
   it('two learners trained concurrently both finish (on the CPU their calls take turns); predictions issued concurrently; calls after dispose are clear errors', async () => {
     const a = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
     const b = visionLearner(dls, 'resnet18', { ...quiet, seed: 1 });

@@ -78,12 +78,13 @@ __global__ void __launch_bounds__(kThreads) bnActKernel(const uint4* __restrict_
 
 }  // namespace
 
-void bnPrepare(const float* mean, const float* invstd, const float* weight, const float* bias, float* scale, float* shift,
+int bnPrepare(const float* mean, const float* invstd, const float* weight, const float* bias, float* scale, float* shift,
                float* runningMean, float* runningVar, int channels, double momentum, double eps, double count, void* stream) {
   const double unbias = count > 1 ? count / (count - 1) : 1.0;
   bnPrepareKernel<<<(channels + kThreads - 1) / kThreads, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       mean, invstd, weight, bias, scale, shift, runningMean, runningVar, channels, static_cast<float>(momentum), static_cast<float>(eps),
       static_cast<float>(unbias));
+  return static_cast<int>(cudaGetLastError());
 }
 
 bool bnActSupported(int channels, const void* x, const void* residual, const void* y) {
@@ -91,7 +92,7 @@ bool bnActSupported(int channels, const void* x, const void* residual, const voi
   return channels > 0 && channels % kVec == 0 && (kThreads % (channels / kVec)) == 0 && aligned(x) && aligned(residual) && aligned(y);
 }
 
-void bnActForward(const uint16_t* x, const uint16_t* residual, uint16_t* y, const float* scale, const float* shift, int64_t rows,
+int bnActForward(const uint16_t* x, const uint16_t* residual, uint16_t* y, const float* scale, const float* shift, int64_t rows,
                   int channels, bool relu, void* stream) {
   const int vecPerRow = channels / kVec;
   const int64_t vectors = rows * vecPerRow;
@@ -110,6 +111,7 @@ void bnActForward(const uint16_t* x, const uint16_t* residual, uint16_t* y, cons
     bnActKernel<false, true><<<g, kThreads, 0, s>>>(xv, nullptr, yv, scale, shift, vectors, vecPerRow);
   else
     bnActKernel<false, false><<<g, kThreads, 0, s>>>(xv, nullptr, yv, scale, shift, vectors, vecPerRow);
+  return static_cast<int>(cudaGetLastError());
 }
 
 }  // namespace tl::kernels

@@ -10,15 +10,16 @@ namespace tl::kernels {
 // Per channel, from the batch statistics (ATen's batch_norm_stats: mean, 1/sqrt(var + eps)): the affine
 // transform's scale = weight * invstd and shift = bias - mean * scale, and, when runningMean is not null, the
 // running statistics updated as BatchNorm2d does (momentum, unbiased variance of `count` values per channel).
-// All fp32, on the device; one launch on `stream` (a cudaStream_t).
-void bnPrepare(const float* mean, const float* invstd, const float* weight, const float* bias, float* scale, float* shift,
+// All fp32, on the device; one launch on `stream` (a cudaStream_t). Returns the launch's cudaError_t (0: none).
+int bnPrepare(const float* mean, const float* invstd, const float* weight, const float* bias, float* scale, float* shift,
                float* runningMean, float* runningVar, int channels, double momentum, double eps, double count, void* stream);
 
 // y = x * scale[c] + shift[c] (+ residual), then max(0, .) when relu; x, residual and y bf16 (raw 16-bit) in
 // channels_last order, `rows` = N*H*W rows of `channels` values. Needs channels % 8 == 0 and 2048 % channels
 // == 0 (ResNet's 64..2048) and 16-byte aligned pointers: bnActSupported says whether a shape qualifies.
+// Returns the launch's cudaError_t (0: none).
 bool bnActSupported(int channels, const void* x, const void* residual, const void* y);
-void bnActForward(const uint16_t* x, const uint16_t* residual, uint16_t* y, const float* scale, const float* shift, int64_t rows,
+int bnActForward(const uint16_t* x, const uint16_t* residual, uint16_t* y, const float* scale, const float* shift, int64_t rows,
                   int channels, bool relu, void* stream);
 
 }  // namespace tl::kernels
