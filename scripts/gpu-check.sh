@@ -15,6 +15,8 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
 export PATH=/tmp:$PATH
+# nvcc for torchlearn's CUDA kernels (the lent machine has it in /usr/local/cuda/bin, maybe not on PATH)
+command -v nvcc >/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && export PATH=$PATH:/usr/local/cuda/bin; }
 [ -x /tmp/node ] || { xz -d < .device/node.xz > /tmp/node && chmod +x /tmp/node; }
 [ -d node_modules ] || tar xJf .device/nm.tar.xz
 # DEVICE=cpu PYTHON=/usr/bin/python3 runs the same steps on a machine without a GPU (a dry run of this script)
@@ -28,7 +30,7 @@ cmake -S . -B /tmp/tlbuild -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Rele
   -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=/tmp/tlbuild/Release > "$OUT/build.log" 2>&1 &&
   cmake --build /tmp/tlbuild -j"$(nproc)" >> "$OUT/build.log" 2>&1
 rc=$?
-grep -E "torchlearn: using|error" "$OUT/build.log" | head -20
+grep -E "torchlearn: |error" "$OUT/build.log" | head -20
 echo "build: rc=$rc in $(( $(date +%s) - t0 )) s"
 # CUDA branches only syntax-checked against LibTorch 1.13 before they meet this LibTorch: one that does not
 # compile is built without (the CUDA graph: steps run without capture; cuDNN BatchNorm, the fused BatchNorm
