@@ -22,4 +22,11 @@ bool bnActSupported(int channels, const void* x, const void* residual, const voi
 int bnActForward(const uint16_t* x, const uint16_t* residual, uint16_t* y, const float* scale, const float* shift, int64_t rows,
                   int channels, bool relu, void* stream);
 
+// The same two computations on host memory, each kernel's threads run one after another on the CPU with the
+// grid the launch would have: for checking the kernels on a machine without a GPU.
+void bnPrepareEmulated(const float* mean, const float* invstd, const float* weight, const float* bias, float* scale, float* shift,
+                       float* runningMean, float* runningVar, int channels, double momentum, double eps, double count);
+void bnActForwardEmulated(const uint16_t* x, const uint16_t* residual, uint16_t* y, const float* scale, const float* shift, int64_t rows,
+                          int channels, bool relu);
+
 }  // namespace tl::kernels
