@@ -1,12 +1,17 @@
 // Training-mode BatchNorm of bf16 channels_last CUDA batches with the ReLU, and a ResNet block's residual
-// add, in the same pass: the batch statistics and the whole backward are ATen's (the kernels PyTorch runs),
-// the forward transform is torchlearn's own kernel (native/cuda/bn_act.cu), which writes relu(BN(x) [+ z])
-// in one pass where ATen makes three (transform, add, ReLU), each reading and writing the activation.
+// add, in the same passes, on torchlearn's own kernels (native/cuda/bn_act.cu). Two depths:
+// - the forward transform alone ('fused'): ATen's batch statistics and backward (the kernels PyTorch runs),
+//   and one kernel writing relu(BN(x) [+ z]) where ATen makes three passes (transform, add, ReLU);
+// - everything ('fused-full'): also the statistics (float sums per thread and block, double per channel)
+//   and the backward, which reads the ReLU's mask from its output in the same passes as dy and x, instead
+//   of ATen's ReLU backward as a pass of its own.
 //
 // Why: on the H100 at batch 256 (docs/bench/h100-run5-kernels.txt) BatchNorm, ReLU and the adds are 43 of
-// the 68 ms of kernels of a ResNet50 step, all bound by memory bandwidth; the forward ReLU and add passes
-// are about 5 ms of that. The kernels are built only against a CUDA LibTorch with nvcc at hand
-// (CMakeLists.txt: TL_BN_KERNELS). NOT YET RUN ON A GPU: off by default (visionLearner's batchNorm: 'fused').
+// the 68 ms of kernels of a ResNet50 step, all bound by memory bandwidth, and ATen's BatchNorm kernels
+// move their 16 bytes an element at about half the card's bandwidth (27.3 ms; cuDNN's did the same in
+// 1.45x less time on fp16). The kernels are built only against a CUDA LibTorch with nvcc at hand
+// (CMakeLists.txt: TL_BN_KERNELS); here they are checked emulated on the CPU (test/cuda-syntax.test.ts).
+// NOT YET RUN ON A GPU: off by default (visionLearner's batchNorm: 'fused' or 'fused-full').
 #pragma once
 #include "common.h"
 
@@ -17,8 +22,9 @@ bool fusedBatchNormAvailable();
 
 // relu(BatchNorm(x) [+ residual]) (relu optional without a residual), x bf16 channels_last on CUDA, fp32
 // weight, bias and running statistics (updated in place, momentum as PyTorch's); differentiable in x,
-// weight, bias and the residual. Throws UserError where the build or the shape does not allow it.
+// weight, bias and the residual; `full`: our statistics and backward too. Throws UserError where the build or
+// the shape does not allow it.
 torch::Tensor fusedBatchNormTrain(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, const torch::Tensor& runningMean,
-                                  const torch::Tensor& runningVar, double momentum, double eps, bool relu, const torch::Tensor& residual);
+                                  const torch::Tensor& runningVar, double momentum, double eps, bool relu, const torch::Tensor& residual, bool full);
 
 }  // namespace tl

@@ -104,9 +104,10 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
   if (o.Has("batchNorm")) {  // the kernels of training-mode BatchNorm on bf16 CUDA batches (resnet.h, TrainBn)
     const auto value = o.Get("batchNorm");
     const std::string v = value.IsString() ? value.As<Napi::String>().Utf8Value() : value.ToString().Utf8Value();
-    const std::map<std::string, TrainBn> impls{{"aten", TrainBn::Aten}, {"cudnn", TrainBn::Cudnn}, {"cudnn-fused", TrainBn::CudnnFused}, {"fused", TrainBn::Fused}};
+    const std::map<std::string, TrainBn> impls{{"aten", TrainBn::Aten}, {"cudnn", TrainBn::Cudnn}, {"cudnn-fused", TrainBn::CudnnFused}, {"fused", TrainBn::Fused},
+                                               {"fused-full", TrainBn::FusedFull}};
     auto it = value.IsString() ? impls.find(v) : impls.end();
-    if (it == impls.end()) throw UserError("batchNorm must be 'aten', 'cudnn', 'cudnn-fused' or 'fused', got " + v);
+    if (it == impls.end()) throw UserError("batchNorm must be 'aten', 'cudnn', 'cudnn-fused', 'fused' or 'fused-full', got " + v);
     c.net->setTrainBatchNorm(it->second);
   }
   if (o.Has("labelSmoothing")) c.labelSmoothing = o.Get("labelSmoothing").As<Napi::Number>().DoubleValue();

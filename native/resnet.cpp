@@ -21,7 +21,7 @@ static nn::Conv2d conv1x1(int64_t in, int64_t out, int64_t stride) {
 // then runs ATen's kernels.
 static torch::Tensor trainBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& y, const FoldState& fold, bool relu,
                                     const torch::Tensor& residual) {
-  static std::atomic<bool> refused[4] = {};
+  static std::atomic<bool> refused[5] = {};
   const auto impl = fold.trainBn;
   const auto& o = bn.options;
   auto& gaveUp = refused[static_cast<int>(impl)];
@@ -30,14 +30,16 @@ static torch::Tensor trainBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch:
     return {};
   torch::Tensor out;
   try {
-    if (impl == TrainBn::Fused)
-      out = fusedBatchNormTrain(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, *o.momentum(), o.eps(), relu, residual);
+    if (impl == TrainBn::Fused || impl == TrainBn::FusedFull)
+      out = fusedBatchNormTrain(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, *o.momentum(), o.eps(), relu, residual,
+                                impl == TrainBn::FusedFull);
     else
       out = cudnnBatchNormTrain(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, *o.momentum(), o.eps(),
                                 !relu ? BnFused::None : residual.defined() ? BnFused::AddRelu : BnFused::Relu, residual);
   } catch (const std::exception& e) {
     if (!gaveUp.exchange(true))
-      std::fprintf(stderr, "torchlearn: %s BatchNorm not used (%s); ATen's kernels instead\n", impl == TrainBn::Fused ? "fused" : "cuDNN", e.what());
+      std::fprintf(stderr, "torchlearn: %s BatchNorm not used (%s); ATen's kernels instead\n",
+                   impl == TrainBn::Fused || impl == TrainBn::FusedFull ? "fused" : "cuDNN", e.what());
     return {};
   }
   torch::NoGradGuard ng;
@@ -64,8 +66,8 @@ torch::Tensor ConvBn::forward(const torch::Tensor& x, const FoldState& fold) {
   if (!fold.on || bn->is_training()) {
     if (w_.defined()) w_ = b_ = torch::Tensor();  // training (the weights will change) or folding off: no stale copies kept
     auto y = conv->forward(x);
-    // BatchNorm alone: through cuDNN when asked; the fused kernel would make ATen's passes, so ATen runs it
-    if (fold.trainBn == TrainBn::Cudnn || fold.trainBn == TrainBn::CudnnFused) {
+    // BatchNorm alone: 'fused' would make ATen's passes with the same kernels, so ATen runs it there
+    if (fold.takesBatchNormAlone()) {
       auto out = trainBatchNorm(*bn, y, fold, false, torch::Tensor());
       if (out.defined()) return out;
     }

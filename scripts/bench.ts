@@ -11,9 +11,10 @@
 //                       on CUDA, off on the CPU, where the graph's step runs without capture)
 //   --frozen frozen|unfrozen|both  which train-step rows, on both sides (default: both)
 //   --bn LIST           torchlearn's training-mode BatchNorm on CUDA in bf16 (the batchNorm option), some of
-//                       aten,cudnn,cudnn-fused,fused (or all): ATen's kernels (the default, what PyTorch runs),
-//                       cuDNN's, cuDNN's with the ReLU and residual add in the same call, or torchlearn's fused
-//                       forward kernel with ATen's statistics and backward
+//                       aten,cudnn,cudnn-fused,fused,fused-full (or all): ATen's kernels (the default, what
+//                       PyTorch runs), cuDNN's, cuDNN's with the ReLU and residual add in the same call,
+//                       torchlearn's fused forward kernel with ATen's statistics and backward, or torchlearn's
+//                       kernels throughout
 //   --adam LIST         torchlearn's Adam step on CUDA, some of foreach,fused (or all): the multi-tensor kernels
 //                       (the default; inside the CUDA graph) or PyTorch's fused AdamW kernel (fusedAdam: true)
 //   --aug full|affine|both  the train step's augmentation, the same on both sides: fast.ai's whole
@@ -75,7 +76,7 @@ const frozenModes = frozenArg === 'both' ? [true, false] : [frozenArg === 'froze
 const augArg = args.aug ?? 'full';
 if (!['full', 'affine', 'both'].includes(augArg)) throw new Error(`--aug must be full, affine or both, got '${augArg}'`);
 const augModes = augArg === 'both' ? ['full', 'affine'] : [augArg];
-const bnModes = (args.bn === 'all' ? 'aten,cudnn,cudnn-fused,fused' : (args.bn ?? 'aten')).split(',') as BatchNormKernels[];
+const bnModes = (args.bn === 'all' ? 'aten,cudnn,cudnn-fused,fused,fused-full' : (args.bn ?? 'aten')).split(',') as BatchNormKernels[];
 const adamArg = args.adam === 'all' ? 'foreach,fused' : (args.adam ?? 'foreach');
 const adamModes = adamArg.split(',').map((a) => {
   if (a !== 'foreach' && a !== 'fused') throw new Error(`--adam takes foreach, fused (a comma-separated list) or all, got '${a}'`);

@@ -16,7 +16,7 @@ export interface NamedTensor {
 }
 
 /** The kernels of training-mode BatchNorm on bf16 CUDA batches (native/resnet.h, TrainBn). */
-export type BatchNormKernels = 'aten' | 'cudnn' | 'cudnn-fused' | 'fused';
+export type BatchNormKernels = 'aten' | 'cudnn' | 'cudnn-fused' | 'fused' | 'fused-full';
 
 export interface TorchInfo {
   torchVersion: string;

@@ -43,7 +43,7 @@ describe.skipIf(!nvcc)('the CUDA kernels compile with nvcc', () => {
       const out = join(tempDir(), `${file}.o`);
       let err = '';
       try {
-        execFileSync(nvcc, ['-std=c++17', '-c', '-gencode=arch=compute_80,code=sm_80', '-gencode=arch=compute_90,code=sm_90', '-Xcompiler', '-fPIC',
+        execFileSync(nvcc, ['-std=c++17', '--extended-lambda', '-c', '-gencode=arch=compute_80,code=sm_80', '-gencode=arch=compute_90,code=sm_90', '-Xcompiler', '-fPIC',
           `-I${join(root, 'native')}`, join(root, 'native/cuda', file), '-o', out], { stdio: 'pipe' });
       } catch (e) {
         err = String((e as { stderr?: Buffer }).stderr ?? e);
@@ -52,19 +52,19 @@ describe.skipIf(!nvcc)('the CUDA kernels compile with nvcc', () => {
       expect(existsSync(out)).toBe(true);
     });
   }
-  it('native/cuda/bn_act.cu, run emulated on the CPU (every thread of the grid a launch would use): outputs correctly rounded, none missed, running statistics as BatchNorm2d', () => {
+  it("native/cuda/bn_act.cu, run emulated on the CPU (every thread of the grid a launch would use): BatchNorm's statistics, forward and backward against the formulas in double, every output written", () => {
     // (this caught the forward kernel reading its 16-byte vectors through a pointer of another type, which
     // the host compiler at -O2 took as licence to drop x from the result)
     const exe = join(tempDir(), 'bn_act_check');
-    execFileSync(nvcc, ['-std=c++17', '-O2', `-I${join(root, 'native')}`, join(root, 'test/helpers/bn_act_check.cu'), join(root, 'native/cuda/bn_act.cu'), '-o', exe], { stdio: 'pipe' });
+    execFileSync(nvcc, ['-std=c++17', '--extended-lambda', '-O2', `-I${join(root, 'native')}`, join(root, 'test/helpers/bn_act_check.cu'), join(root, 'native/cuda/bn_act.cu'), '-o', exe], { stdio: 'pipe' });
     let out = '';
     try {
       out = execFileSync(exe, { encoding: 'utf8' });
     } catch (e) {
       out = String((e as { stdout?: string }).stdout ?? e);
     }
-    console.log(out.trim().split('\n').filter((l) => /rows  3137|OK|FAIL|element/.test(l)).join('\n'));
-    expect(out).toMatch(/^OK 36 cases$/m);
+    console.log(out.trim().split('\n').filter((l) => /rows  3137|OK|FAIL/.test(l)).join('\n'));
+    expect(out).toMatch(/^OK 24 cases$/m);
   });
 });
 

@@ -176,7 +176,7 @@ describe.skipIf(!cuda)('CUDA', () => {
     graph.learn.dispose();
   });
 
-  it("batchNorm kernels (bf16 training through cuDNN, alone and fused with ReLU and the residual add, and torchlearn's fused forward): the losses and running statistics of ATen's kernels", async () => {
+  it("batchNorm kernels (bf16 training through cuDNN, alone and fused with ReLU and the residual add, and torchlearn's fused kernels, forward alone and throughout): the losses and running statistics of ATen's kernels", async () => {
     const dir = tempDir();
     await makeStripes(join(dir, 's'), 50, 48, 11);
     const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 5 });
@@ -194,7 +194,7 @@ describe.skipIf(!cuda)('CUDA', () => {
     };
     const aten = await run('aten');
     expect(aten.stats.length).toBeGreaterThanOrEqual(2 * 20); // resnet18's 20 BatchNorms (and the head's)
-    for (const mode of ['cudnn', 'cudnn-fused', 'fused'] as const) {
+    for (const mode of ['cudnn', 'cudnn-fused', 'fused', 'fused-full'] as const) {
       const cud = await run(mode);
       const lossRel = Math.max(...cud.losses.map((l, i) => Math.abs(l - aten.losses[i]) / aten.losses[i]));
       expect(cud.stats.map((t) => t.name)).toEqual(aten.stats.map((t) => t.name));
@@ -207,9 +207,10 @@ describe.skipIf(!cuda)('CUDA', () => {
       });
       console.log(`batchNorm '${mode}' vs ATen, bf16: losses within ${lossRel.toExponential(2)} (relative), running statistics within ` +
         `${statRel.toExponential(2)} (of each tensor's largest); ATen batch_norm / relu_ calls in the traced epoch ${cud.bn} / ${cud.relu} against ${aten.bn} / ${aten.relu}`);
-      // the path taken: with cuDNN only the head's two 1-d BatchNorms stay ATen's (20 more a step otherwise; a
-      // cuDNN that refused would leave the counts equal); the fused modes take the body's 17 ReLUs too, and
-      // 'fused' the 17 BatchNorms followed by a ReLU (the 3 downsample ones stay ATen's: 5 of 22 a step)
+      // the path taken: with cuDNN and 'fused-full' only the head's two 1-d BatchNorms stay ATen's (20 more a
+      // step otherwise; a path that refused would leave the counts equal); the fused modes take the body's 17
+      // ReLUs too, and 'fused' the 17 BatchNorms followed by a ReLU (the 3 downsample ones stay ATen's: 5 of
+      // 22 a step)
       expect(cud.bn).toBeLessThan(aten.bn / (mode === 'fused' ? 3 : 5));
       if (mode !== 'cudnn') expect(cud.relu).toBeLessThan(aten.relu / 5);
       // bf16 convolutions, autotuned per learner, round differently; a biased running variance would be 1/15

@@ -222,7 +222,7 @@ describe('batchNorm kernels and fusedAdam on the CPU', () => {
     // (the GPU side is test/cuda.test.ts; this runs the fused blocks' fallback path, which every CPU fit with
     // the option takes, against the ordinary blocks)
     const losses: number[][] = [];
-    for (const opts of [{}, { batchNorm: 'cudnn-fused' as const }, { batchNorm: 'fused' as const }, { fusedAdam: true }]) {
+    for (const opts of [{}, { batchNorm: 'cudnn-fused' as const }, { batchNorm: 'fused-full' as const }, { fusedAdam: true }]) {
       manualSeed(0); // dropout draws from the global generator
       const l = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, ...opts });
       await l.fitOneCycle(1, { lrMax: 5e-3 });
@@ -230,7 +230,7 @@ describe('batchNorm kernels and fusedAdam on the CPU', () => {
       l.dispose();
     }
     expect(losses[0].length).toBeGreaterThan(0);
-    expect(() => visionLearner(dls, 'resnet18', { ...quiet, batchNorm: 'fuse' as 'fused' })).toThrow(/batchNorm must be 'aten', 'cudnn', 'cudnn-fused' or 'fused', got fuse/);
+    expect(() => visionLearner(dls, 'resnet18', { ...quiet, batchNorm: 'fuse' as 'fused' })).toThrow(/batchNorm must be 'aten', 'cudnn', 'cudnn-fused', 'fused' or 'fused-full', got fuse/);
     expect(() => visionLearner(dls, 'resnet18', { ...quiet, fusedAdam: 'yes' as unknown as boolean })).toThrow(/fusedAdam must be true or false, got "yes"/);
     for (const other of losses.slice(1)) {
       expect(other.length).toBe(losses[0].length);

@@ -53,8 +53,9 @@ export interface VisionLearnerOptions {
   /** the kernels of training-mode BatchNorm on bf16 CUDA batches: 'aten' (default; ATen's, which PyTorch also
    * runs), 'cudnn' (cuDNN's own BatchNorm API), 'cudnn-fused' (cuDNN's, with the ReLU and residual add after
    * each BatchNorm in the same call), 'fused' (ATen's statistics and backward, torchlearn's own one-pass
-   * BatchNorm + add + ReLU forward kernel). None has yet run on a GPU, hence the default; no effect on the
-   * CPU or in fp32 */
+   * BatchNorm + add + ReLU forward kernel), 'fused-full' (torchlearn's kernels for the statistics, forward
+   * and backward, the ReLU's mask read in the backward's own passes). None has yet run on a GPU, hence the
+   * default; no effect on the CPU or in fp32 */
   batchNorm?: BatchNormKernels;
   /** fast.ai's Adam step on CUDA through PyTorch's fused AdamW kernel (the same formula, one pass over the
    * parameters instead of about a dozen; with cudaGraph the graph then holds the forward and backward, and
