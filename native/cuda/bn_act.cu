@@ -25,7 +25,12 @@ namespace {
 // --- launch shapes ---
 // elementwise: about four vectors per thread; reductions: at most 1024 blocks, at least 16 vectors a thread
 int64_t elementwiseBlocks(int64_t vectors) { return std::max<int64_t>(1, std::min<int64_t>((vectors + 4 * kThreads - 1) / (4 * kThreads), 1 << 20)); }
-int64_t reduceBlocks(int64_t vectors) { return std::max<int64_t>(1, std::min<int64_t>(vectors / (16 * kThreads), 1024)); }
+// reductions: at least 16 vectors a thread, at most 1024 blocks, and at most rows / 32 blocks, so that the
+// partial sums (8 bytes a channel and block) stay an eighth of the input at most (layer4's 2048 channels
+// and 12,544 rows at batch 256: 392 blocks)
+int64_t reduceBlocks(int64_t rows, int64_t vectors) {
+  return std::max<int64_t>(1, std::min<int64_t>({vectors / (16 * kThreads), rows / 32, 1024}));
+}
 int channelBlocks(int channels) { return (channels + kThreads - 1) / kThreads; }
 
 struct Shape {
@@ -103,16 +108,16 @@ __host__ __device__ inline void blockPartial(int64_t block, int lt, const float 
   }
 }
 
-// The two sums of channel c over all blocks, in double.
-__host__ __device__ inline void channelTotals(int c, const float* partial, int64_t blocks, int channels, double& t1, double& t2) {
+// One lane's share of the two sums of channel c over all blocks (blocks lane, lane + lanes, ...), in double.
+__host__ __device__ inline void laneTotals(int c, int lane, int lanes, const float* partial, int64_t blocks, int channels, double& t1, double& t2) {
   t1 = t2 = 0;
-  for (int64_t b = 0; b < blocks; b++) t1 += partial[b * channels + c], t2 += partial[(blocks + b) * channels + c];
+  for (int64_t b = lane; b < blocks; b += lanes) t1 += partial[b * channels + c], t2 += partial[(blocks + b) * channels + c];
 }
 
 // Runs a reduction: every thread's sums (f), then each block's partials, on the device or emulated.
 template <typename F>
 void reduce(const Shape& s, const float* constant, F f, float* partial, cudaStream_t stream, bool emulate) {
-  const int64_t blocks = reduceBlocks(s.vectors);
+  const int64_t blocks = reduceBlocks(s.rows, s.vectors);
   const int64_t stride = blocks * kThreads;
   if (emulate) {
     std::vector<float> sh1(kThreads * kVec), sh2(kThreads * kVec);
@@ -126,7 +131,9 @@ void reduce(const Shape& s, const float* constant, F f, float* partial, cudaStre
   }
   kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>([=] __device__(unsigned block, unsigned lt) {
     __shared__ float sh1[kThreads][kVec], sh2[kThreads][kVec];
-    threadSums(static_cast<int64_t>(block) * kThreads + lt, stride, s, constant, f, sh1[lt], sh2[lt]);
+    float a[kVec], b[kVec];  // (in registers while the thread sums; to shared memory once)
+    threadSums(static_cast<int64_t>(block) * kThreads + lt, stride, s, constant, f, a, b);
+    for (int k = 0; k < kVec; k++) sh1[lt][k] = a[k], sh2[lt][k] = b[k];
     __syncthreads();
     blockPartial(block, static_cast<int>(lt), sh1, sh2, s, blocks, partial);
   });
@@ -153,6 +160,37 @@ void perChannel(int channels, F body, cudaStream_t stream, bool emulate) {
   kernel<<<channelBlocks(channels), kThreads, 0, stream>>>([=] __device__(unsigned block, unsigned lt) {
     const int c = static_cast<int>(block * kThreads + lt);
     if (c < channels) body(c);
+  });
+}
+
+// Runs body(c, t1, t2) per channel with the channel's two sums over the blocks' partials: a warp per channel
+// on the device (each lane a share of the blocks, then the warp's shuffles); emulated, the lanes one by one.
+template <typename F>
+void perChannelTotals(int channels, const float* partial, int64_t blocks, F body, cudaStream_t stream, bool emulate) {
+  constexpr int kWarp = 32;
+  if (emulate) {
+    for (int c = 0; c < channels; c++) {
+      double t1 = 0, t2 = 0;
+      for (int lane = 0; lane < kWarp; lane++) {  // the lanes' shares, added as the shuffles do
+        double l1, l2;
+        laneTotals(c, lane, kWarp, partial, blocks, channels, l1, l2);
+        t1 += l1, t2 += l2;
+      }
+      body(c, t1, t2);
+    }
+    return;
+  }
+  const int gridBlocks = (channels * kWarp + kThreads - 1) / kThreads;
+  kernel<<<gridBlocks, kThreads, 0, stream>>>([=] __device__(unsigned block, unsigned lt) {
+    const int64_t t = static_cast<int64_t>(block) * kThreads + lt;
+    const int c = static_cast<int>(t / kWarp), lane = static_cast<int>(t % kWarp);
+    double t1 = 0, t2 = 0;
+    if (c < channels) laneTotals(c, lane, kWarp, partial, blocks, channels, t1, t2);
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) {  // (every lane of the warp takes part, channel or not)
+      t1 += __shfl_down_sync(0xffffffffu, t1, offset);
+      t2 += __shfl_down_sync(0xffffffffu, t2, offset);
+    }
+    if (c < channels && lane == 0) body(c, t1, t2);
   });
 }
 
@@ -194,7 +232,7 @@ int bnActForward(const uint16_t* x, const uint16_t* residual, uint16_t* y, const
   return launched(emulate);
 }
 
-int64_t bnScratchFloats(int64_t rows, int channels) { return 2 * reduceBlocks(Shape(rows, channels).vectors) * channels; }
+int64_t bnScratchFloats(int64_t rows, int channels) { return 2 * reduceBlocks(rows, Shape(rows, channels).vectors) * channels; }
 
 int bnStats(const uint16_t* x, int64_t rows, int channels, const float* weight, const float* bias, float* runningMean, float* runningVar,
             double momentum, double eps, float* scratch, float* saveMean, float* saveInvstd, float* scale, float* shift, void* stream, bool emulate) {
@@ -215,13 +253,11 @@ int bnStats(const uint16_t* x, int64_t rows, int channels, const float* weight, 
       },
       scratch, st, emulate);
   const int first = launched(emulate);
-  const int64_t blocks = reduceBlocks(s.vectors);
+  const int64_t blocks = reduceBlocks(s.rows, s.vectors);
   const float m = static_cast<float>(momentum), e = static_cast<float>(eps);
-  perChannel(
-      channels,
-      [=] __host__ __device__(int c) {
-        double sum, sq;
-        channelTotals(c, scratch, blocks, channels, sum, sq);
+  perChannelTotals(
+      channels, scratch, blocks,
+      [=] __host__ __device__(int c, double sum, double sq) {
         const double n = static_cast<double>(rows);
         const double shifted = sum / n, var = fmax(sq / n - shifted * shifted, 0.0);
         const double mean = (runningMean ? runningMean[c] : 0.0) + shifted;  // (read before the update below)
@@ -269,13 +305,11 @@ int bnBackward(const uint16_t* dy, const uint16_t* y, const uint16_t* x, int64_t
       },
       scratch, st, emulate);
   const int first = launched(emulate);
-  const int64_t blocks = reduceBlocks(s.vectors);
+  const int64_t blocks = reduceBlocks(s.rows, s.vectors);
   // per channel: the parameters' gradients, and dx = k1 * (dy - k2 - (x - mean) * k3)
-  perChannel(
-      channels,
-      [=] __host__ __device__(int c) {
-        double sumDy, sumDyXmu;
-        channelTotals(c, scratch, blocks, channels, sumDy, sumDyXmu);
+  perChannelTotals(
+      channels, scratch, blocks,
+      [=] __host__ __device__(int c, double sumDy, double sumDyXmu) {
         const double invstd = saveInvstd[c], n = static_cast<double>(rows);
         gradBias[c] = static_cast<float>(sumDy);
         gradWeight[c] = static_cast<float>(sumDyXmu * invstd);
