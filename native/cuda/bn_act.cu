@@ -23,7 +23,7 @@ namespace tl::kernels {
 namespace {
 
 // --- launch shapes ---
-// elementwise: about four vectors per thread; reductions: at most 1024 blocks, at least 16 vectors a thread
+// elementwise: about four vectors per thread
 int64_t elementwiseBlocks(int64_t vectors) { return std::max<int64_t>(1, std::min<int64_t>((vectors + 4 * kThreads - 1) / (4 * kThreads), 1 << 20)); }
 // reductions: at least 16 vectors a thread, at most 1024 blocks, and at most rows / 32 blocks, so that the
 // partial sums (8 bytes a channel and block) stay an eighth of the input at most (layer4's 2048 channels
@@ -39,9 +39,8 @@ struct Shape {
   Shape(int64_t r, int c) : rows(r), vectors(r * (c / kVec)), channels(c), vecPerRow(c / kVec) {}
 };
 
-// Runs body(blockIdx, threadIdx) for every thread: on the device as a kernel, or emulated on the CPU (block
-// after block; a block's shared memory is `Shared`, the two phases of a reducing block, before and after its
-// __syncthreads, are phase 0 and 1).
+// The one kernel every launch below instantiates: body(blockIdx, threadIdx), a __device__ lambda that calls
+// the __host__ __device__ bodies the emulated paths call on the CPU.
 template <typename Body>
 __global__ void __launch_bounds__(kThreads) kernel(Body body) {
   body(blockIdx.x, threadIdx.x);
