@@ -203,11 +203,6 @@ torch::Tensor cudnnBatchNormTrain(const torch::Tensor& x, const torch::Tensor& w
                                   const torch::Tensor& runningMean, const torch::Tensor& runningVar, double momentum, double eps,
                                   BnFused fused, const torch::Tensor& residual) {
   if (!cudnnBatchNormAvailable()) throw UserError("cuDNN BatchNorm is not available here (a CUDA build of LibTorch with cuDNN is needed)");
-  TORCH_CHECK(x.dim() == 4 && x.is_cuda() && x.scalar_type() == torch::kBFloat16, "cudnnBatchNormTrain: x must be a 4-d bf16 CUDA tensor");
-  TORCH_CHECK(weight.scalar_type() == torch::kFloat32 && bias.scalar_type() == torch::kFloat32 && runningMean.scalar_type() == torch::kFloat32 &&
-                  runningVar.scalar_type() == torch::kFloat32,
-              "cudnnBatchNormTrain: weight, bias and running statistics must be fp32");
-  TORCH_CHECK(fused != BnFused::AddRelu || (residual.defined() && residual.sizes() == x.sizes()), "cudnnBatchNormTrain: the residual must have x's shape");
   return CudnnBatchNormFn::apply(x, weight, bias, fused == BnFused::AddRelu ? residual : x, runningMean, runningVar, momentum, eps,
                                  static_cast<int64_t>(fused));
 }

@@ -28,7 +28,8 @@ enum class BnFused { None = 0, Relu = 1, AddRelu = 2 };
 // Training-mode BatchNorm of x (bf16, channels_last, on CUDA) with fp32 weight, bias and running statistics,
 // then what `fused` says (residual: bf16, x's shape, for AddRelu): the running statistics are updated in
 // place (momentum as PyTorch's), and the result is differentiable in x, weight, bias and the residual
-// (cuDNN's backward). Throws UserError with cuDNN's status when cuDNN refuses.
+// (cuDNN's backward). Throws UserError with cuDNN's status when cuDNN refuses. The caller (resnet.cpp's
+// trainBatchNorm) has checked the types and shapes.
 torch::Tensor cudnnBatchNormTrain(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                                   const torch::Tensor& runningMean, const torch::Tensor& runningVar, double momentum, double eps,
                                   BnFused fused = BnFused::None, const torch::Tensor& residual = torch::Tensor());

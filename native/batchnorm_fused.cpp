@@ -115,12 +115,7 @@ bool fusedBatchNormAvailable() {
 torch::Tensor fusedBatchNormTrain(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, const torch::Tensor& runningMean,
                                   const torch::Tensor& runningVar, double momentum, double eps, bool relu, const torch::Tensor& residual, bool full) {
   if (!fusedBatchNormAvailable()) throw UserError("fused BatchNorm is not available here (it needs a CUDA build with torchlearn's kernels)");
-  TORCH_CHECK(x.dim() == 4 && x.is_cuda() && x.scalar_type() == torch::kBFloat16, "fusedBatchNormTrain: x must be a 4-d bf16 CUDA tensor");
-  TORCH_CHECK(weight.scalar_type() == torch::kFloat32 && bias.scalar_type() == torch::kFloat32 && runningMean.scalar_type() == torch::kFloat32 &&
-                  runningVar.scalar_type() == torch::kFloat32,
-              "fusedBatchNormTrain: weight, bias and running statistics must be fp32");
   const bool add = residual.defined();
-  TORCH_CHECK(!add || residual.sizes() == x.sizes(), "fusedBatchNormTrain: the residual must have x's shape");
   return FusedBatchNormFn::apply(x, weight, bias, add ? residual : x, runningMean, runningVar, momentum, eps, relu, add, full);
 }
 

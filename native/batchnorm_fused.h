@@ -23,7 +23,7 @@ bool fusedBatchNormAvailable();
 // relu(BatchNorm(x) [+ residual]) (relu optional without a residual), x bf16 channels_last on CUDA, fp32
 // weight, bias and running statistics (updated in place, momentum as PyTorch's); differentiable in x,
 // weight, bias and the residual; `full`: our statistics and backward too. Throws UserError where the build or
-// the shape does not allow it.
+// the channel count does not allow it. The caller (resnet.cpp's trainBatchNorm) has checked types and shapes.
 torch::Tensor fusedBatchNormTrain(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, const torch::Tensor& runningMean,
                                   const torch::Tensor& runningVar, double momentum, double eps, bool relu, const torch::Tensor& residual, bool full);
 

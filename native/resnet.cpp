@@ -25,8 +25,11 @@ static torch::Tensor trainBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch:
   const auto impl = fold.trainBn;
   const auto& o = bn.options;
   auto& gaveUp = refused[static_cast<int>(impl)];
+  // what both implementations take (checked here once, for both): a bf16 CUDA batch, fp32 weight, bias and
+  // running statistics (autocast keeps the parameters fp32), a residual of the batch's shape
   if (impl == TrainBn::Aten || gaveUp || !bn.is_training() || !y.is_cuda() || y.scalar_type() != torch::kBFloat16 || !o.affine() ||
-      !o.track_running_stats() || !o.momentum().has_value())
+      !o.track_running_stats() || !o.momentum().has_value() || bn.weight.scalar_type() != torch::kFloat32 ||
+      bn.running_mean.scalar_type() != torch::kFloat32 || (residual.defined() && residual.sizes() != y.sizes()))
     return {};
   torch::Tensor out;
   try {
