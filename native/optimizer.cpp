@@ -23,13 +23,25 @@ bool FastAdam::fusedCudaCompiled() {
 #endif
 }
 
-// The one-pass kernels (ours on the CPU, PyTorch's on CUDA) take float32 tensors of one layout: the usual
-// case; anything else takes the _foreach path.
+// The one-pass kernels (ours on the CPU, PyTorch's on CUDA) walk each tensor's memory as a flat array, so
+// they take float32 tensors whose elements lie in the same order: the usual case; anything else takes the
+// _foreach path. Strides along dimensions of size 1 do not count: autograd's layout contract ignores them
+// too, and a channels_last 1x1 convolution's weight (the downsamples) gets a gradient that differs there
+// (seen on the H200: two of eight buckets a step went to the _foreach path while the check compared them).
+// PyTorch's fused kernel compares all strides before 2.5, hence asStrided below.
 static bool sameLayout(const torch::Tensor& p, const torch::Tensor& g, const torch::Tensor& m, const torch::Tensor& v) {
   if (p.scalar_type() != torch::kFloat32 || !p.is_non_overlapping_and_dense()) return false;
-  for (const auto* t : {&g, &m, &v})
-    if (t->scalar_type() != torch::kFloat32 || t->device() != p.device() || t->strides() != p.strides()) return false;
+  for (const auto* t : {&g, &m, &v}) {
+    if (t->scalar_type() != torch::kFloat32 || t->device() != p.device() || t->sizes() != p.sizes() || !t->is_non_overlapping_and_dense()) return false;
+    for (int64_t d = 0; d < p.dim(); ++d)
+      if (p.size(d) != 1 && t->stride(d) != p.stride(d)) return false;
+  }
   return true;
+}
+
+// t seen with p's strides: the same memory, as sameLayout(p, t, ...) holds
+static torch::Tensor asStrided(const torch::Tensor& t, const torch::Tensor& p) {
+  return t.strides() == p.strides() ? t : t.as_strided(p.sizes(), p.strides(), t.storage_offset());
 }
 
 // On the CPU the _foreach kernels fall back to one operator per tensor and per formula term: nine passes
@@ -97,7 +109,10 @@ void FastAdam::step(const std::vector<ParamInfo>& params, const std::vector<Hype
                      static_cast<float>(-h.lr / debias1));
         continue;
       }
-      (fusedOn(data.device()) && sameLayout(data, grad, avg, sqr) ? onePass : multi).add(data, grad, avg, sqr);
+      if (fusedOn(data.device()) && sameLayout(data, grad, avg, sqr))
+        onePass.add(data, asStrided(grad, data), asStrided(avg, data), asStrided(sqr, data));
+      else
+        multi.add(data, grad, avg, sqr);
     }
 #ifdef TL_FUSED_ADAM
     if (!onePass.ps.empty()) {

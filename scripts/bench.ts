@@ -11,12 +11,13 @@
 //                       on CUDA, off on the CPU, where the graph's step runs without capture)
 //   --frozen frozen|unfrozen|both  which train-step rows, on both sides (default: both)
 //   --bn LIST           torchlearn's training-mode BatchNorm on CUDA in bf16 (the batchNorm option), some of
-//                       aten,cudnn,cudnn-fused,fused,fused-full (or all): ATen's kernels (the default, what
-//                       PyTorch runs), cuDNN's, cuDNN's with the ReLU and residual add in the same call,
-//                       torchlearn's fused forward kernel with ATen's statistics and backward, or torchlearn's
-//                       kernels throughout
+//                       aten,cudnn,cudnn-fused,fused,fused-full (or all): ATen's kernels (what PyTorch runs),
+//                       cuDNN's, cuDNN's with the ReLU and residual add in the same call (the learner's default,
+//                       which the rows without --bn run), torchlearn's fused forward kernel with ATen's statistics
+//                       and backward, or torchlearn's kernels throughout
 //   --adam LIST         torchlearn's Adam step on CUDA, some of foreach,fused (or all): the multi-tensor kernels
-//                       (the default; inside the CUDA graph) or PyTorch's fused AdamW kernel (fusedAdam: true)
+//                       (inside the CUDA graph) or PyTorch's fused AdamW kernel (fusedAdam; the learner's
+//                       default where LibTorch has it, which the rows without --adam run)
 //   --aug full|affine|both  the train step's augmentation, the same on both sides: fast.ai's whole
 //                       aug_transforms() (default), or flip/rotate/zoom only (the PyTorch reference of ../shared/device)
 import { execFileSync } from 'node:child_process';
@@ -76,9 +77,9 @@ const frozenModes = frozenArg === 'both' ? [true, false] : [frozenArg === 'froze
 const augArg = args.aug ?? 'full';
 if (!['full', 'affine', 'both'].includes(augArg)) throw new Error(`--aug must be full, affine or both, got '${augArg}'`);
 const augModes = augArg === 'both' ? ['full', 'affine'] : [augArg];
-const bnModes = (args.bn === 'all' ? 'aten,cudnn,cudnn-fused,fused,fused-full' : (args.bn ?? 'aten')).split(',') as BatchNormKernels[];
-const adamArg = args.adam === 'all' ? 'foreach,fused' : (args.adam ?? 'foreach');
-const adamModes = adamArg.split(',').map((a) => {
+// left out, each is the learner's own default (undefined here)
+const bnModes: (BatchNormKernels | undefined)[] = args.bn ? (args.bn === 'all' ? 'aten,cudnn,cudnn-fused,fused,fused-full' : args.bn).split(',') as BatchNormKernels[] : [undefined];
+const adamModes: (boolean | undefined)[] = !args.adam ? [undefined] : (args.adam === 'all' ? 'foreach,fused' : args.adam).split(',').map((a) => {
   if (a !== 'foreach' && a !== 'fused') throw new Error(`--adam takes foreach, fused (a comma-separated list) or all, got '${a}'`);
   return a === 'fused';
 }).filter((fused) => {
@@ -136,6 +137,13 @@ async function trainBench() {
       for (let i = 0; i < images.length; i += 4096) images[i] = (i * 2654435761) >>> 24; // cheap non-constant fill
       const labels = Int32Array.from({ length: n }, (_, i) => i % 2);
       const dls = ImageDataLoaders.fromArrays(images, labels, ['a', 'b'], { presize: p, size: cfg.size, bs, validPct: 0, augment: trainAug(aug) });
+      // PyTorch's baseline first: a bench cut short by its time limit still has the number to compare with
+      const ptTrace = args.trace ? ['--trace', join(args.trace, `pytorch-bs${bs}-${prec}-${aug}.json`)] : [];
+      for (const r of pytorch(['--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec, '--frozen', frozenArg, '--aug', aug, ...(args.profile ? ['--profile'] : []), ...ptTrace])) {
+        if (r.profile_ms) log(`profile pytorch bs ${bs} ${prec} ${r.frozen ? 'frozen' : 'unfrozen'}: ms per step: ${JSON.stringify(r.profile_ms)}`);
+        rows.push({ bench: 'train step', ...r, impl: 'pytorch eager', precision: prec });
+        log(JSON.stringify(r));
+      }
       for (const frozen of frozenModes) for (const graph of graphModes) for (const batchNorm of bnModes) for (const fusedAdam of adamModes) {
         native.cudaMemory(true);
         const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0, cudaGraph: graph, batchNorm, fusedAdam });
@@ -151,21 +159,15 @@ async function trainBench() {
           const per = (x: number) => ((1000 * x) / cfg.iters).toFixed(1);
           log(`profile torchlearn bs ${bs} ${prec} ${frozen ? 'frozen' : 'unfrozen'}: ms per step: data ${per(p.data)}, forward ${per(p.forward)}, backward ${per(p.backward)}, optimizer ${per(p.step)}; channels_last weight ${p.weightChannelsLast}, grad ${p.gradChannelsLast}, input ${p.inputChannelsLast}`);
         }
-        if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}${batchNorm === 'aten' ? '' : `-bn-${batchNorm}`}${fusedAdam ? '-fusedadam' : ''}-bs${bs}-${prec}-${aug}.json`));
+        if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}${batchNorm ? `-bn-${batchNorm}` : ''}${fusedAdam ? '-fusedadam' : ''}-bs${bs}-${prec}-${aug}.json`));
         const mem = native.cudaMemory();
         const row = {
-          bench: 'train step', impl: implName(graph) + (cuda && prec === 'bf16' && batchNorm !== 'aten' ? `, ${batchNorm} BatchNorm` : '') + (fusedAdam ? ', fused Adam' : ''), aug, arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
+          bench: 'train step', impl: implName(graph) + (cuda && prec === 'bf16' && batchNorm ? `, ${batchNorm} BatchNorm` : '') + (cuda && fusedAdam !== undefined ? (fusedAdam ? ', fused Adam' : ', foreach Adam') : ''), aug, arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
           peak_device_bytes: mem.peakAllocated, peak_rss_bytes: process.resourceUsage().maxRSS * 1024, ...(graphInfo ? { graph: graphInfo } : {}),
         };
         rows.push(row);
         log(JSON.stringify(row));
         learn.dispose();
-      }
-      const ptTrace = args.trace ? ['--trace', join(args.trace, `pytorch-bs${bs}-${prec}-${aug}.json`)] : [];
-      for (const r of pytorch(['--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec, '--frozen', frozenArg, '--aug', aug, ...(args.profile ? ['--profile'] : []), ...ptTrace])) {
-        if (r.profile_ms) log(`profile pytorch bs ${bs} ${prec} ${r.frozen ? 'frozen' : 'unfrozen'}: ms per step: ${JSON.stringify(r.profile_ms)}`);
-        rows.push({ bench: 'train step', ...r, impl: 'pytorch eager', precision: prec });
-        log(JSON.stringify(r));
       }
       if (args.trace) {
         const ours = join(args.trace, `torchlearn-bs${bs}-${prec}-${aug}.json`);
