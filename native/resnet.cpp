@@ -41,7 +41,7 @@ static torch::Tensor trainBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch:
                                 !relu ? BnFused::None : residual.defined() ? BnFused::AddRelu : BnFused::Relu, residual);
   } catch (const std::exception& e) {
     if (!gaveUp.exchange(true))
-      std::fprintf(stderr, "torchlearn: %s BatchNorm not used (%s); ATen's kernels instead\n",
+      std::fprintf(stderr, "torchlearn: %s BatchNorm not used (%s); ATen's kernels instead (the option batchNorm: 'aten' chooses them without this note)\n",
                    impl == TrainBn::Fused || impl == TrainBn::FusedFull ? "fused" : "cuDNN", e.what());
     return {};
   }

@@ -12,9 +12,9 @@
 //   --frozen frozen|unfrozen|both  which train-step rows, on both sides (default: both)
 //   --bn LIST           torchlearn's training-mode BatchNorm on CUDA in bf16 (the batchNorm option), some of
 //                       aten,cudnn,cudnn-fused,fused,fused-full (or all): ATen's kernels (what PyTorch runs),
-//                       cuDNN's, cuDNN's with the ReLU and residual add in the same call (the learner's default,
-//                       which the rows without --bn run), torchlearn's fused forward kernel with ATen's statistics
-//                       and backward, or torchlearn's kernels throughout
+//                       cuDNN's, cuDNN's with the ReLU and residual add in the same call, torchlearn's fused
+//                       forward kernel with ATen's statistics and backward (the learner's default, which the rows
+//                       without --bn run), or torchlearn's kernels throughout
 //   --adam LIST         torchlearn's Adam step on CUDA, some of foreach,fused (or all): the multi-tensor kernels
 //                       (inside the CUDA graph) or PyTorch's fused AdamW kernel (fusedAdam; the learner's
 //                       default where LibTorch has it, which the rows without --adam run)

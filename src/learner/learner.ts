@@ -50,12 +50,13 @@ export interface VisionLearnerOptions {
   /** validation and prediction run each BatchNorm of the body folded into its convolution (same results to
    * float rounding; default: on the CPU, where it is faster, off on CUDA); training is never folded */
   foldBatchNorm?: boolean;
-  /** the kernels of training-mode BatchNorm on bf16 CUDA batches: 'cudnn-fused' (default: cuDNN's BatchNorm
-   * API, with the ReLU and residual add after each BatchNorm in the same call; where cuDNN refuses, it says
-   * so once and ATen's kernels run), 'aten' (ATen's, which PyTorch also runs), 'cudnn' (cuDNN's BatchNorm
-   * alone), 'fused' (ATen's statistics and backward, torchlearn's own one-pass BatchNorm + add + ReLU forward
-   * kernel), 'fused-full' (torchlearn's kernels for the statistics, forward and backward). Train step at
-   * batch 256 on an H200, against PyTorch eager: 1.05x 'aten', 1.11x 'fused', 1.08x 'fused-full', 1.42x
+  /** the kernels of training-mode BatchNorm on bf16 CUDA batches: 'fused' (default: torchlearn's one-pass
+   * BatchNorm + residual add + ReLU forward kernel between ATen's statistics and ATen's backward), 'aten'
+   * (ATen's, which PyTorch also runs), 'cudnn' (cuDNN's own BatchNorm API), 'cudnn-fused' (cuDNN's, with the
+   * ReLU and residual add after each BatchNorm in the same call; the fastest, its gradients not yet checked
+   * against ATen's on a GPU), 'fused-full' (torchlearn's kernels for the statistics, forward and backward).
+   * Where one refuses a batch, it says so once and ATen's kernels run. Train step at batch 256 with the fused
+   * Adam on an H200, against PyTorch eager: 1.08x 'aten', 1.14x 'fused', 1.11x 'fused-full', 1.46x
    * 'cudnn-fused' (README, Performance). No effect on the CPU or in fp32 */
   batchNorm?: BatchNormKernels;
   /** fast.ai's Adam step on CUDA through PyTorch's fused AdamW kernel (the same formula, one pass over the
@@ -212,7 +213,7 @@ export class Learner {
       eps: DEFAULTS.eps,
       cudaGraph: this.cudaGraph,
       foldBatchNorm: opts.foldBatchNorm ?? foldBatchNormDefault(this.device),
-      batchNorm: opts.batchNorm ?? 'cudnn-fused',
+      batchNorm: opts.batchNorm ?? 'fused',
       fusedAdam: opts.fusedAdam ?? (this.device.startsWith('cuda') && torchInfo().fusedAdam),
     });
     this.#native.setData('train', dls.train.images, dls.train.labels, dls.presize);
