@@ -41,8 +41,10 @@ struct FusedBatchNormFn : torch::autograd::Function<FusedBatchNormFn> {
       throw UserError("fused BatchNorm: " + std::to_string(channels) + " channels (or an unaligned tensor) is not a shape its kernels take");
     auto stream = currentStream(x);
     auto stat = [&] { return torch::empty({channels}, weight.options()); };
-    auto mean = stat(), invstd = stat(), scale = stat(), shift = stat();
+    auto scale = stat(), shift = stat();
+    torch::Tensor mean, invstd;  // ours (full) or ATen's
     if (full) {
+      mean = stat(), invstd = stat();
       auto scratch = torch::empty({kernels::bnScratchFloats(rows, channels)}, weight.options());
       launched(kernels::bnStats(bits(x), rows, channels, f32(weight), f32(bias), f32(runningMean), f32(runningVar), momentum, eps, f32(scratch),
                                 f32(mean), f32(invstd), f32(scale), f32(shift), stream, false),

@@ -28,7 +28,8 @@ bool FastAdam::fusedCudaCompiled() {
 // _foreach path. Strides along dimensions of size 1 do not count: autograd's layout contract ignores them
 // too, and a channels_last 1x1 convolution's weight (the downsamples) gets a gradient that differs there
 // (seen on the H200: two of eight buckets a step went to the _foreach path while the check compared them).
-// PyTorch's fused kernel compares all strides before 2.5, hence asStrided below.
+// PyTorch's fused kernel has compared all strides in some versions (its size-1 exception came with
+// pytorch#134546), hence asStrided below.
 static bool sameLayout(const torch::Tensor& p, const torch::Tensor& g, const torch::Tensor& m, const torch::Tensor& v) {
   if (p.scalar_type() != torch::kFloat32 || !p.is_non_overlapping_and_dense()) return false;
   for (const auto* t : {&g, &m, &v}) {

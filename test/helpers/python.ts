@@ -21,12 +21,13 @@ export function readF32(path: string): Float32Array {
   return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
 }
 
-export function maxRelError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+// max |a - b| over max |b| (at least `floor`, for tensors near zero)
+export function maxRelError(a: ArrayLike<number>, b: ArrayLike<number>, floor = 0): number {
   let num = 0;
   let den = 0;
   for (let i = 0; i < a.length; i++) {
     num = Math.max(num, Math.abs(a[i] - b[i]));
     den = Math.max(den, Math.abs(b[i]));
   }
-  return num / den;
+  return num / Math.max(den, floor);
 }
