@@ -1,5 +1,6 @@
 // The addon's entry point: registers the native classes and the few free functions.
 #include <ATen/CPUGeneratorImpl.h>
+#include "js.h"
 
 #include <chrono>
 #include <cstring>
@@ -43,16 +44,23 @@ static Napi::Value TorchInfo(const Napi::CallbackInfo& info) {
 
 static Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   TL_TRY
-  int n = info[0].As<Napi::Number>().Int32Value();
-  if (n < 1) throw UserError("threads must be a positive integer, got " + std::to_string(n));
-  setThreads(n);
+  // Bounded: thousands of threads made a forward pass take tens of seconds (and a hundred thousand never
+  // returned). More threads than cores never helps LibTorch's CPU kernels; a few times the cores is allowed.
+  const int64_t cores = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
+  const int64_t most = std::max<int64_t>(64, 4 * cores);
+  const auto v = info[0];
+  if (!v.IsNumber() || !(v.As<Napi::Number>().DoubleValue() >= 1 && v.As<Napi::Number>().DoubleValue() <= static_cast<double>(most)) ||
+      v.As<Napi::Number>().DoubleValue() != std::floor(v.As<Napi::Number>().DoubleValue()))
+    throw UserError("threads must be an integer from 1 to " + std::to_string(most) + " (this machine has " + std::to_string(cores) +
+                    " cores), got " + (v.IsNumber() ? js::show(v.As<Napi::Number>().DoubleValue()) : std::string("a ") + (v.IsString() ? "string" : "non-number")));
+  setThreads(static_cast<int>(v.As<Napi::Number>().DoubleValue()));
   return info.Env().Undefined();
   TL_CATCH(info.Env())
 }
 
 static Napi::Value ManualSeed(const Napi::CallbackInfo& info) {
   TL_TRY
-  torch::manual_seed(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()));
+  torch::manual_seed(static_cast<uint64_t>(js::integer(info[0], "seed", 0, int64_t{1} << 53)));
   return info.Env().Undefined();
   TL_CATCH(info.Env())
 }
@@ -62,20 +70,16 @@ static Napi::Value ManualSeed(const Napi::CallbackInfo& info) {
 static Napi::Value AugmentImagesJs(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
-  int64_t n = info[1].As<Napi::Number>().Int64Value();
-  int64_t p = info[2].As<Napi::Number>().Int64Value();
-  int64_t size = info[3].As<Napi::Number>().Int64Value();
-  auto o = info[4].As<Napi::Object>();
-  auto a = info[0].As<Napi::TypedArray>();
-  if (static_cast<int64_t>(a.ByteLength()) != n * p * p * 3) throw UserError("augmentImages: images must hold n*presize*presize*3 bytes");
-  auto images = torch::from_blob(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset(), {n, p, p, 3}, torch::kUInt8).clone();
+  const int64_t n = js::integer(info[1], "augmentImages: n", 1, js::kMaxCount);
+  const int64_t p = js::integer(info[2], "augmentImages: presize", 1, js::kMaxSide);
+  const int64_t size = js::integer(info[3], "augmentImages: size", 1, js::kMaxSide);
+  auto o = js::object(info[4], "augmentImages: options");
+  auto images = uint8Images(info[0], n, p, "augmentImages: images");
   torch::Tensor params;
-  if (o.Get("params").IsTypedArray()) {
-    auto pa = o.Get("params").As<Napi::Float64Array>();
-    if (static_cast<int64_t>(pa.ElementLength()) != n * 9) throw UserError("augmentImages: params must hold 9 values per image");
-    params = torch::from_blob(pa.Data(), {n, 9}, torch::kFloat64).clone();
+  if (js::has(o, "params")) {
+    params = js::copyTyped<double>(o.Get("params"), "augmentImages: params (9 per image)", torch::kFloat64, n * 9).view({n, 9});
   } else if (o.Get("aug").IsObject()) {
-    auto gen = at::make_generator<at::CPUGeneratorImpl>(o.Get("seed").IsNumber() ? o.Get("seed").As<Napi::Number>().Int64Value() : 0);
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(js::has(o, "seed") ? static_cast<uint64_t>(js::integer(o.Get("seed"), "seed", 0, int64_t{1} << 53)) : 0);
     params = drawAugParams(n, augOptionsFromJs(o.Get("aug")), gen);
   } else {
     params = identityAugParams(n);
@@ -168,11 +172,9 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // LibTorch's OpenMP pool defaults to one thread on some builds: use every core for CPU work unless the
   // user says otherwise (torchlearn's setNumThreads / TORCHLEARN_THREADS, read by the TypeScript side).
   setThreads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-  // As the process exits, let the workers finish what they run in LibTorch before its static objects go
-  // (registered after LibTorch was loaded, so it runs before LibTorch's destructors); bounded, as a fit
-  // may still be running when a script calls process.exit().
-  static std::once_flag atExit;
-  std::call_once(atExit, [] { std::atexit([] { Worker::waitAllIdle(std::chrono::seconds(2)); }); });
+  // As the process exits, the loops stop and the workers finish what they run in LibTorch before its static
+  // objects go (common.h, armExitHook).
+  armExitHook();
   exports.Set("abiVersion", Napi::Number::New(env, TORCHLEARN_ABI_VERSION));
   exports.Set("torchInfo", Napi::Function::New(env, TorchInfo));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));

@@ -1,4 +1,5 @@
 #include "augment.h"
+#include "js.h"
 
 #include <cmath>
 
@@ -9,29 +10,31 @@ AugOptions augOptionsFromJs(const Napi::Value& v) {
   AugOptions o;
   if (!v.IsObject()) return o;
   auto obj = v.As<Napi::Object>();
-  auto num = [&](const char* k, double& dst) {
+  auto num = [&](const char* k, double& dst, double lo, double hi) {
     if (!obj.Get(k).IsNumber()) throw UserError(std::string("augmentation option '") + k + "' must be a number (use augTransforms())");
-    dst = obj.Get(k).As<Napi::Number>().DoubleValue();
+    dst = js::number(obj.Get(k), std::string("augmentation option '") + k + "'", lo, hi);
   };
   o.enabled = true;
   o.doFlip = obj.Get("doFlip").ToBoolean();
-  num("maxRotate", o.maxRotate);
-  num("minZoom", o.minZoom);
-  num("maxZoom", o.maxZoom);
-  num("maxLighting", o.maxLighting);
-  num("maxWarp", o.maxWarp);
-  num("pAffine", o.pAffine);
-  num("pLighting", o.pLighting);
+  num("maxRotate", o.maxRotate, 0, 360);
+  num("minZoom", o.minZoom, 0.01, 100);
+  num("maxZoom", o.maxZoom, 0.01, 100);
+  num("maxLighting", o.maxLighting, 0, 1);
+  num("maxWarp", o.maxWarp, 0, 1);
+  num("pAffine", o.pAffine, 0, 1);
+  num("pLighting", o.pLighting, 0, 1);
+  if (o.minZoom > o.maxZoom) throw UserError("augmentation: minZoom must not exceed maxZoom");
   return o;
 }
 
 Normalize normalizeFromJs(const Napi::Value& mean, const Napi::Value& std) {
-  if (!mean.IsArray() || !std.IsArray()) throw UserError("normalize needs mean and std arrays of 3 numbers");
+  if (!mean.IsArray() || !std.IsArray() || mean.As<Napi::Array>().Length() != 3 || std.As<Napi::Array>().Length() != 3)
+    throw UserError("normalize needs mean and std arrays of 3 numbers");
   Normalize n;
   auto m = mean.As<Napi::Array>(), s = std.As<Napi::Array>();
   for (uint32_t i = 0; i < 3; i++) {
-    n.mean[i] = m.Get(i).As<Napi::Number>().DoubleValue();
-    n.std[i] = s.Get(i).As<Napi::Number>().DoubleValue();
+    n.mean[i] = js::number(m.Get(i), "normalize: mean");
+    n.std[i] = js::number(s.Get(i), "normalize: std");
     if (!(n.std[i] > 0)) throw UserError("normalize: std values must be positive");
   }
   return n;

@@ -1,6 +1,7 @@
 #include "common.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #if __has_include(<c10/cuda/CUDACachingAllocator.h>) && __has_include(<cuda_runtime_api.h>)
@@ -33,6 +34,27 @@ std::vector<std::weak_ptr<void>>& queues() {
   return *v;
 }
 }  // namespace
+
+namespace {
+std::atomic<bool> g_exiting{false};
+std::atomic<int> g_hooks{0};
+// At most this many registrations: enough to follow the lazy set-up of the first tasks of each kind.
+constexpr int kMaxHooks = 24;
+// How long the hook waits for a batch in flight to end (a large network's CPU batch takes seconds).
+constexpr auto kExitWait = std::chrono::seconds(30);
+
+void onExit() {
+  if (g_exiting.exchange(true)) return;  // the first of the registrations to run does the work
+  Worker::waitAllIdle(std::chrono::duration_cast<std::chrono::milliseconds>(kExitWait));
+}
+}  // namespace
+
+bool exiting() { return g_exiting.load(std::memory_order_relaxed); }
+
+void armExitHook() {
+  if (g_hooks.load() >= kMaxHooks || g_exiting.load()) return;
+  if (g_hooks.fetch_add(1) < kMaxHooks) std::atexit(onExit);
+}
 
 Worker::Worker() {
   std::lock_guard<std::mutex> lock(queuesMutex());
@@ -72,6 +94,7 @@ void Worker::post(std::function<void()> task) {
           q->running = true;
         }
         task();  // runAsync's tasks catch everything they throw
+        armExitHook();  // (after the task: LibTorch's lazily made objects now have their destructors registered)
       }
     }).detach();
   });
@@ -167,15 +190,20 @@ void ProgressSink::emit(std::function<Napi::Value(Napi::Env)> fill) {
 std::vector<int64_t> toShape(const Napi::Value& v, const char* what) {
   if (!v.IsArray()) throw UserError(std::string(what) + " must be an array of positive integers");
   auto arr = v.As<Napi::Array>();
+  if (arr.Length() > 8) throw UserError(std::string(what) + " has " + std::to_string(arr.Length()) + " dimensions; at most 8 are taken");
   std::vector<int64_t> shape;
+  double numel = 1;
   for (uint32_t i = 0; i < arr.Length(); i++) {
     Napi::Value d = arr.Get(i);
     if (!d.IsNumber()) throw UserError(std::string(what) + " must be an array of positive integers");
     double x = d.As<Napi::Number>().DoubleValue();
-    if (!(x >= 0) || x != static_cast<double>(static_cast<int64_t>(x)))
+    if (!(x >= 0 && x <= 4294967296.0) || x != std::floor(x))
       throw UserError(std::string(what) + " must be an array of non-negative integers, got " + std::to_string(x));
+    numel *= x;
     shape.push_back(static_cast<int64_t>(x));
   }
+  // no tensor the addon takes from JavaScript is near this (16 G elements): a product past it is a damaged file
+  if (numel > 17179869184.0) throw UserError(std::string(what) + " has " + std::to_string(numel) + " elements: too many");
   return shape;
 }
 
@@ -276,7 +304,10 @@ NamedTensors namedTensorsFromJs(const Napi::Value& v) {
   NamedTensors out;
   out.reserve(arr.Length());
   for (uint32_t i = 0; i < arr.Length(); i++) {
-    auto o = arr.Get(i).As<Napi::Object>();
+    Napi::Value item = arr.Get(i);
+    if (!item.IsObject()) throw UserError("named tensor " + std::to_string(i) + " must be an object { name, dtype, shape, data }");
+    auto o = item.As<Napi::Object>();
+    if (!o.Get("name").IsString() || !o.Get("dtype").IsString()) throw UserError("named tensor " + std::to_string(i) + " needs a string name and dtype");
     std::string name = o.Get("name").As<Napi::String>();
     auto dtype = dtypeFromName(o.Get("dtype").As<Napi::String>());
     auto shape = toShape(o.Get("shape"), ("shape of tensor '" + name + "'").c_str());
@@ -297,7 +328,7 @@ NamedTensors namedTensorsFromJs(const Napi::Value& v) {
   return out;
 }
 
-Napi::Array namedTensorsToJs(Napi::Env env, const NamedTensors& tensors) {
+Napi::Array namedTensorsToJs(Napi::Env env, const NamedTensors& tensors, bool owned) {
   auto arr = Napi::Array::New(env, tensors.size());
   for (size_t i = 0; i < tensors.size(); i++) {
     auto c = tensors[i].second.detach().to(torch::kCPU).contiguous();
@@ -305,9 +336,18 @@ Napi::Array namedTensorsToJs(Napi::Env env, const NamedTensors& tensors) {
     o.Set("name", tensors[i].first);
     o.Set("dtype", dtypeName(c.scalar_type()));
     o.Set("shape", shapeToJs(env, c));
-    auto bytes = Napi::Uint8Array::New(env, static_cast<size_t>(c.numel() * dtypeSize(c.scalar_type())));
-    if (c.numel() > 0) std::memcpy(bytes.Data(), c.data_ptr(), bytes.ByteLength());
-    o.Set("data", bytes);
+    const auto nbytes = static_cast<size_t>(c.numel() * dtypeSize(c.scalar_type()));
+    if (owned && nbytes > 0 && c.data_ptr() == tensors[i].second.data_ptr()) {
+      // The tensor's own memory becomes the ArrayBuffer's, freed with it: no copy on the JavaScript thread
+      // (a checkpoint's hundreds of MB took that thread hundreds of ms to allocate and copy).
+      auto* keep = new torch::Tensor(c);
+      auto buf = Napi::ArrayBuffer::New(env, c.data_ptr(), nbytes, [](Napi::Env, void*, torch::Tensor* t) { delete t; }, keep);
+      o.Set("data", Napi::Uint8Array::New(env, nbytes, buf, 0));
+    } else {
+      auto bytes = Napi::Uint8Array::New(env, nbytes);
+      if (nbytes > 0) std::memcpy(bytes.Data(), c.data_ptr(), nbytes);
+      o.Set("data", bytes);
+    }
     arr.Set(static_cast<uint32_t>(i), o);
   }
   return arr;

@@ -82,6 +82,17 @@ class Worker {
   std::once_flag started_;
 };
 
+// The process is exiting (process.exit, or the end of the script): set by the exit hook, read by every
+// native loop at each batch, which then stops as a stop request would.
+bool exiting();
+// Registers the exit hook (again). atexit handlers run in the reverse order of registration, and LibTorch,
+// oneDNN and OpenMP register the destructors of their lazily made objects (primitive caches, thread pools)
+// the first time they are used, after the addon loaded. A hook registered only at load time runs after
+// those destructors: a worker still in a convolution then faulted. So the hook is registered again after
+// the first native tasks ran (a handful of times in all: it is idempotent), so that it runs first: it stops
+// the loops and waits, bounded, until every worker is idle.
+void armExitHook();
+
 // A number for the calling thread, never reused by another (unlike thread ids, which the system
 // recycles): says which threads ran what.
 int64_t threadSerial();
@@ -213,6 +224,8 @@ int64_t dtypeSize(torch::ScalarType t);
 // Named tensors (a state dict) crossing the boundary: [{ name, dtype, shape, data: Uint8Array }].
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 NamedTensors namedTensorsFromJs(const Napi::Value& v);
-Napi::Array namedTensorsToJs(Napi::Env env, const NamedTensors& tensors);
+// `owned`: the tensors are private CPU copies made for this call; their memory is handed to JavaScript
+// as it is. Otherwise (tensors that alias a network's weights) the bytes are copied.
+Napi::Array namedTensorsToJs(Napi::Env env, const NamedTensors& tensors, bool owned = false);
 
 }  // namespace tl

@@ -1,5 +1,6 @@
 // Grad-CAM (fast.ai v1) in native code.
 #include "learner_core.h"
+#include "js.h"
 
 namespace tl {
 
@@ -14,8 +15,8 @@ Napi::Value Learner::GradCam(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
   core_->check();
-  int64_t p = info[1].As<Napi::Number>().Int64Value();
-  int64_t cls = info[2].As<Napi::Number>().Int64Value();
+  const int64_t p = js::integer(info[1], "gradCam: presize", 1, js::kMaxSide);
+  const int64_t cls = js::integer(info[2], "gradCam: classIdx", 0, core_->net->numClasses - 1);
   auto image = uint8Images(info[0], 1, p, "image");
   auto c = core_;
   return runAsync<CamResult>(

@@ -1,8 +1,11 @@
 #include "learner_core.h"
+#include "js.h"
 #include "trace.h"
 
 #include <cmath>
 #include <cstring>
+#include <map>
+#include <optional>
 
 namespace tl {
 
@@ -21,7 +24,7 @@ Napi::Function Learner::Init(Napi::Env env) {
 Learner::Learner(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Learner>(info) {
   auto env = info.Env();
   TL_TRY
-  if (!info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(Net::constructor.Value()))
+  if (!Net::isNet(env, info[0]))
     throw UserError("Learner needs a Net");
   auto net = Napi::ObjectWrap<Net>::Unwrap(info[0].As<Napi::Object>())->state();
   if (net->kind != "fastai") throw UserError("a Learner trains a fast.ai classifier (body + head)");
@@ -29,7 +32,7 @@ Learner::Learner(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Learner>(inf
   core_ = std::make_shared<Core>();
   core_->net = net;
   auto device = parseDevice(o.Get("device").As<Napi::String>());
-  std::lock_guard<std::mutex> lock(net->mutex);
+  auto lock = net->lockNow("new Learner");
   net->check();
   // channels_last: the default on CUDA (tensor-core convolutions want NHWC), an option elsewhere
   net->channelsLast = o.Get("channelsLast").IsBoolean() ? o.Get("channelsLast").ToBoolean() : device.is_cuda();
@@ -55,7 +58,8 @@ Learner::~Learner() { memory_.release(Env()); }
 torch::Tensor uint8ImagesView(const Napi::Value& v, int64_t n, int64_t p, const char* what) {
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) throw UserError(std::string(what) + " must be a Uint8Array");
   auto a = v.As<Napi::TypedArray>();
-  if (static_cast<int64_t>(a.ByteLength()) != n * p * p * 3)
+  if (n < 0 || p < 1 || p > js::kMaxSide) throw UserError(std::string(what) + ": bad image count or size");
+  if (static_cast<int64_t>(a.ByteLength()) != js::imageBytes(n, p))
     throw UserError(std::string(what) + " holds " + std::to_string(a.ByteLength()) + " bytes, expected " + std::to_string(n) + " images of " +
                     std::to_string(p) + "x" + std::to_string(p) + "x3");
   auto* base = static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset();
@@ -71,13 +75,21 @@ Napi::Value Learner::SetData(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
   core_->check();
-  std::string split = info[0].As<Napi::String>();
-  auto labelsArr = info[2].As<Napi::Int32Array>();
-  int64_t n = static_cast<int64_t>(labelsArr.ElementLength());
-  int64_t p = info[3].As<Napi::Number>().Int64Value();
+  std::string split = js::string(info[0], "setData: split");
+  core_->cache(split);  // (checks the name)
+  auto labels32 = js::copyTyped<int32_t>(info[2], "setData: labels", torch::kInt32);
+  int64_t n = labels32.numel();
+  int64_t p = js::integer(info[3], "setData: presize", 1, js::kMaxSide);
   auto images = uint8Images(info[1], n, p, "images");
-  auto labels = torch::from_blob(labelsArr.Data(), {n}, torch::kInt32).to(torch::kInt64);
-  std::lock_guard<std::mutex> lock(core_->net->mutex);
+  // a label outside [0, classes) would index past the loss's class weights, or be ignored (-100)
+  const int64_t classes = core_->net->numClasses;
+  if (n > 0) {
+    const auto lo = labels32.min().item<int32_t>(), hi = labels32.max().item<int32_t>();
+    if (lo < 0 || hi >= classes)
+      throw UserError("setData: labels must be class indices in [0, " + std::to_string(classes) + "), got " + std::to_string(lo < 0 ? lo : hi));
+  }
+  auto labels = labels32.to(torch::kInt64);
+  auto lock = core_->net->lockNow("setData");
   auto& c = core_->cache(split);
   // Resident on the training device: no per-batch host-to-device image traffic.
   c.images = images.to(core_->net->device);
@@ -87,58 +99,85 @@ Napi::Value Learner::SetData(const Napi::CallbackInfo& info) {
   TL_CATCH(env)
 }
 
+// setOptions({ bs, size, aug, wd, ... }): every value is read and checked into locals first, then all are
+// assigned: a refused call changes nothing.
 Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
   core_->check();
-  auto o = info[0].As<Napi::Object>();
-  std::lock_guard<std::mutex> lock(core_->net->mutex);
-  auto& c = *core_;
-  if (o.Has("bs")) c.bs = o.Get("bs").As<Napi::Number>().Int64Value();
-  if (o.Has("size")) c.size = o.Get("size").As<Napi::Number>().Int64Value();
-  if (o.Has("aug")) c.aug = augOptionsFromJs(o.Get("aug"));
-  if (o.Has("wd")) c.wd = o.Get("wd").As<Napi::Number>().DoubleValue();
-  if (o.Has("trainBn")) c.trainBn = o.Get("trainBn").ToBoolean();
-  if (o.Has("bf16")) c.bf16 = o.Get("bf16").ToBoolean();
-  if (o.Has("foldBatchNorm")) c.net->setFoldBatchNorm(o.Get("foldBatchNorm").ToBoolean());
-  if (o.Has("batchNorm")) {  // the kernels of training-mode BatchNorm on bf16 CUDA batches (resnet.h, TrainBn)
+  auto o = js::object(info[0], "setOptions: options");
+  using js::has;
+  std::optional<int64_t> bs, size;
+  std::optional<AugOptions> aug;
+  std::optional<double> wd, labelSmoothing, sqrMom, eps;
+  std::optional<bool> trainBn, bf16, foldBn, cudaGraph, fusedAdam;
+  std::optional<TrainBn> batchNorm;
+  std::optional<torch::Tensor> classWeights;
+  std::optional<Normalize> norm;
+  std::optional<int64_t> seed;
+  if (has(o, "bs")) bs = js::integer(o.Get("bs"), "bs", 1, js::kMaxCount);
+  if (has(o, "size")) size = js::integer(o.Get("size"), "size", 32, js::kMaxSide);
+  if (has(o, "aug")) aug = augOptionsFromJs(o.Get("aug"));
+  if (has(o, "wd")) wd = js::number(o.Get("wd"), "wd", 0, 1e6);
+  if (has(o, "trainBn")) trainBn = js::boolean(o.Get("trainBn"), "trainBn");
+  if (has(o, "bf16")) bf16 = js::boolean(o.Get("bf16"), "bf16");
+  if (has(o, "foldBatchNorm")) foldBn = js::boolean(o.Get("foldBatchNorm"), "foldBatchNorm");
+  if (has(o, "batchNorm")) {  // the kernels of training-mode BatchNorm on bf16 CUDA batches (resnet.h, TrainBn)
     const auto value = o.Get("batchNorm");
     const std::string v = value.IsString() ? value.As<Napi::String>().Utf8Value() : value.ToString().Utf8Value();
     const std::map<std::string, TrainBn> impls{{"aten", TrainBn::Aten}, {"cudnn", TrainBn::Cudnn}, {"cudnn-fused", TrainBn::CudnnFused}, {"fused", TrainBn::Fused},
                                                {"fused-full", TrainBn::FusedFull}};
     auto it = value.IsString() ? impls.find(v) : impls.end();
     if (it == impls.end()) throw UserError("batchNorm must be 'aten', 'cudnn', 'cudnn-fused', 'fused' or 'fused-full', got " + v);
-    c.net->setTrainBatchNorm(it->second);
+    batchNorm = it->second;
   }
-  if (o.Has("labelSmoothing")) c.labelSmoothing = o.Get("labelSmoothing").As<Napi::Number>().DoubleValue();
-  if (o.Has("classWeights")) {
+  if (has(o, "labelSmoothing")) labelSmoothing = js::number(o.Get("labelSmoothing"), "labelSmoothing", 0, 1);
+  if (has(o, "classWeights")) {
     auto v = o.Get("classWeights");
-    if (v.IsTypedArray()) {
-      auto w = v.As<Napi::Float32Array>();
-      // on the device once: a copy per step could not be captured in a CUDA graph
-      c.classWeights = torch::from_blob(w.Data(), {static_cast<int64_t>(w.ElementLength())}, torch::kFloat32).clone().to(c.net->device);
+    if (v.IsNull()) {
+      classWeights = torch::Tensor();
     } else {
-      c.classWeights = torch::Tensor();
+      auto w = js::copyTyped<float>(v, "classWeights", torch::kFloat32, core_->net->numClasses);
+      if (!torch::isfinite(w).all().item<bool>() || (w < 0).any().item<bool>()) throw UserError("classWeights must be finite and non-negative");
+      classWeights = w;
     }
   }
-  if (o.Has("mean")) {
-    c.norm = normalizeFromJs(o.Get("mean"), o.Get("std"));
+  if (has(o, "mean")) norm = normalizeFromJs(o.Get("mean"), o.Get("std"));
+  if (has(o, "seed")) seed = js::integer(o.Get("seed"), "seed", 0, int64_t{1} << 53);
+  if (has(o, "cudaGraph")) cudaGraph = js::boolean(o.Get("cudaGraph"), "cudaGraph");
+  if (has(o, "fusedAdam")) fusedAdam = js::boolean(o.Get("fusedAdam"), "fusedAdam");
+  if (has(o, "sqrMom")) sqrMom = js::number(o.Get("sqrMom"), "sqrMom", 0, 1);
+  if (has(o, "eps")) eps = js::number(o.Get("eps"), "eps", 0, 1);
+
+  auto lock = core_->net->lockNow("setOptions");
+  auto& c = *core_;
+  if (bs) c.bs = *bs;
+  if (size) c.size = *size;
+  if (aug) c.aug = *aug;
+  if (wd) c.wd = *wd;
+  if (trainBn) c.trainBn = *trainBn;
+  if (bf16) c.bf16 = *bf16;
+  if (foldBn) c.net->setFoldBatchNorm(*foldBn);
+  if (batchNorm) c.net->setTrainBatchNorm(*batchNorm);
+  if (labelSmoothing) c.labelSmoothing = *labelSmoothing;
+  // on the device once: a copy per step could not be captured in a CUDA graph
+  if (classWeights) c.classWeights = classWeights->defined() ? classWeights->to(c.net->device) : torch::Tensor();
+  if (norm) {
+    c.norm = *norm;
     c.normMean = torch::Tensor();
     c.normStd = torch::Tensor();
   }
-  if (o.Has("seed") && o.Get("seed").IsNumber()) c.gen.set_current_seed(o.Get("seed").As<Napi::Number>().Int64Value());
-  if (o.Has("cudaGraph") && o.Get("cudaGraph").ToBoolean() != c.cudaGraph) {
-    c.cudaGraph = o.Get("cudaGraph").ToBoolean();
+  if (seed) c.gen.set_current_seed(static_cast<uint64_t>(*seed));
+  if (cudaGraph && *cudaGraph != c.cudaGraph) {
+    c.cudaGraph = *cudaGraph;
     c.graph.reset();
   }
-  if (o.Has("fusedAdam") && o.Get("fusedAdam").ToBoolean() != c.opt.fuseOnCuda) {
-    c.opt.fuseOnCuda = o.Get("fusedAdam").ToBoolean();
+  if (fusedAdam && *fusedAdam != c.opt.fuseOnCuda) {
+    c.opt.fuseOnCuda = *fusedAdam;
     c.graph.reset();  // a captured step with (or without) the Adam step inside
   }
-  if (o.Has("sqrMom")) c.opt.sqrMom = o.Get("sqrMom").As<Napi::Number>().DoubleValue();
-  if (o.Has("eps")) c.opt.eps = o.Get("eps").As<Napi::Number>().DoubleValue();
-  if (c.bs < 1) throw UserError("bs must be at least 1");
-  if (c.size < 32) throw UserError("size must be at least 32 pixels for a ResNet");
+  if (sqrMom) c.opt.sqrMom = *sqrMom;
+  if (eps) c.opt.eps = *eps;
   return env.Undefined();
   TL_CATCH(env)
 }
@@ -148,9 +187,11 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
 Napi::Value Learner::FreezeTo(const Napi::CallbackInfo& info) {
   TL_TRY
   core_->check();
-  int n = info[0].As<Napi::Number>().Int32Value();
-  std::lock_guard<std::mutex> lock(core_->net->mutex);
   const int g = core_->net->numGroups;
+  const double v = js::number(info[0], "freezeTo: n");
+  if (v != std::floor(v) || v < -g || v > g) throw UserError("freezeTo(" + js::show(v) + "): there are " + std::to_string(g) + " layer groups");
+  const int n = static_cast<int>(v);
+  auto lock = core_->net->lockNow("freezeTo");
   int idx = n >= 0 ? n : g + n;
   if (idx < 0 || idx > g) throw UserError("freezeTo(" + std::to_string(n) + "): there are " + std::to_string(g) + " layer groups");
   core_->frozenIdx = idx;
@@ -158,6 +199,9 @@ Napi::Value Learner::FreezeTo(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
   TL_CATCH(info.Env())
 }
+
+// How often a CUDA epoch reads its losses back (each read waits for the device).
+constexpr int64_t kCudaLossReadEvery = 25;
 
 struct EpochResult {
   // profile mode: seconds per phase (device synchronised between phases) and memory-format checks
@@ -181,18 +225,17 @@ struct EpochResult {
   double seconds = 0;
 };
 
-// trainEpoch({ schedule, epoch, nEpochs, smoothVal, smoothCount, reportEvery, onProgress })
+// trainEpoch({ schedule, epoch, nEpochs, smoothVal, smoothCount, onProgress, ... })
 Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
   core_->check();
-  auto o = info[0].As<Napi::Object>();
-  auto sched = scheduleFromJs(o.Get("schedule").As<Napi::Object>(), core_->net->numGroups);
-  int64_t epoch = o.Get("epoch").As<Napi::Number>().Int64Value();
-  int64_t nEpochs = o.Get("nEpochs").As<Napi::Number>().Int64Value();
-  double smoothVal = o.Get("smoothVal").As<Napi::Number>().DoubleValue();
-  double smoothCount = o.Get("smoothCount").As<Napi::Number>().DoubleValue();
-  int64_t reportEvery = o.Has("reportEvery") ? o.Get("reportEvery").As<Napi::Number>().Int64Value() : 0;
+  auto o = js::object(info[0], "trainEpoch: options");
+  auto sched = scheduleFromJs(js::object(o.Get("schedule"), "schedule"), core_->net->numGroups);
+  const int64_t nEpochs = js::integer(o.Get("nEpochs"), "nEpochs", 1, js::kMaxCount);
+  const int64_t epoch = js::integer(o.Get("epoch"), "epoch", 0, nEpochs - 1);
+  const double smoothVal = js::number(o.Get("smoothVal"), "smoothVal");
+  const double smoothCount = js::number(o.Get("smoothCount"), "smoothCount", 0, 1e15);
   bool profile = o.Get("profile").ToBoolean();
   // trace: a Chrome trace (operators, and CUDA kernels on a GPU) of this part of the epoch, written by
   // LibTorch's profiler to the path given: the same format torch.profiler exports, so the bench can put
@@ -200,12 +243,14 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
   std::string trace = o.Get("trace").IsString() ? o.Get("trace").As<Napi::String>().Utf8Value() : std::string();
   // Part of an epoch: batches [startBatch, endBatch). A later part (or a resumed one) passes the
   // random state the epoch started with, so the same permutation and augmentations come out.
-  int64_t startBatch = o.Get("startBatch").IsNumber() ? o.Get("startBatch").As<Napi::Number>().Int64Value() : 0;
-  int64_t endBatch = o.Get("endBatch").IsNumber() ? o.Get("endBatch").As<Napi::Number>().Int64Value() : -1;
+  const int64_t startBatch = js::has(o, "startBatch") ? js::integer(o.Get("startBatch"), "startBatch", 0, js::kMaxCount) : 0;
+  const int64_t endBatch = js::has(o, "endBatch") ? js::integer(o.Get("endBatch"), "endBatch", startBatch + 1, js::kMaxCount) : -1;
   torch::Tensor epochRng;
-  if (o.Get("epochRng").IsTypedArray()) {
-    auto a = o.Get("epochRng").As<Napi::Uint8Array>();
-    epochRng = torch::from_blob(a.Data(), {static_cast<int64_t>(a.ElementLength())}, torch::kUInt8).clone();
+  if (js::has(o, "epochRng")) {
+    epochRng = js::copyTyped<uint8_t>(o.Get("epochRng"), "epochRng", torch::kUInt8);
+    // the state of LibTorch's CPU generator: its size is fixed (a file could hold any bytes)
+    if (epochRng.numel() != core_->gen.get_state().numel())
+      throw UserError("epochRng holds " + std::to_string(epochRng.numel()) + " bytes, not a random state (" + std::to_string(core_->gen.get_state().numel()) + ")");
   }
   if (startBatch > 0 && !epochRng.defined()) throw UserError("trainEpoch: startBatch needs the epoch's random state (epochRng)");
   auto progress = std::make_shared<ProgressSink>(env, o.Get("onProgress"));
@@ -213,7 +258,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
   c->stopRequested = false;
   return runAsync<EpochResult>(
       env, c->net->workerFor(),
-      [c, sched, epoch, nEpochs, smoothVal, smoothCount, reportEvery, progress, profile, startBatch, endBatch, epochRng, trace]() {
+      [c, sched, epoch, nEpochs, smoothVal, smoothCount, progress, profile, startBatch, endBatch, epochRng, trace]() {
         std::lock_guard<std::mutex> lock(c->net->mutex);
         c->check();
         const double t0 = nowSeconds();
@@ -233,7 +278,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
         r.done = std::min(startBatch, r.nIter);
         const bool cuda = c->onCuda();
         // On CUDA, losses stay on the device and are read every `every` batches (a host sync).
-        const int64_t every = reportEvery > 0 ? reportEvery : (cuda ? 25 : 1);
+        const int64_t every = cuda ? kCudaLossReadEvery : 1;
         auto lossBuf = torch::zeros({r.nIter}, torch::TensorOptions().dtype(torch::kFloat32).device(c->net->device));
         int64_t synced = r.done;
         auto sync = [&](int64_t upto) {
@@ -256,15 +301,24 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
             r.losses.push_back(static_cast<float>(l));
             r.smoothLosses.push_back(static_cast<float>(r.smoothVal / (1 - std::pow(0.98, r.smoothCount))));
           }
+          // Every batch since the last read, in order, with its loss: callbacks see each batch on every
+          // device (on CUDA a little later, in groups, since reading a loss waits for the device).
+          const size_t first = r.losses.size() - static_cast<size_t>(upto - synced);
+          std::vector<float> raw(r.losses.begin() + static_cast<std::ptrdiff_t>(first), r.losses.end());
+          std::vector<float> smooth(r.smoothLosses.begin() + static_cast<std::ptrdiff_t>(first), r.smoothLosses.end());
+          const int64_t from = synced, n = r.nIter;
           synced = upto;
-          const float sm = r.smoothLosses.back();
-          const int64_t it = upto, n = r.nIter;
-          progress->emit([it, n, sm, epoch](Napi::Env env) {
+          progress->emit([from, n, epoch, raw = std::move(raw), smooth = std::move(smooth)](Napi::Env env) {
             auto e = Napi::Object::New(env);
             e.Set("epoch", Napi::Number::New(env, static_cast<double>(epoch)));
-            e.Set("iter", Napi::Number::New(env, static_cast<double>(it)));
+            e.Set("from", Napi::Number::New(env, static_cast<double>(from)));
             e.Set("total", Napi::Number::New(env, static_cast<double>(n)));
-            e.Set("smoothLoss", Napi::Number::New(env, sm));
+            auto l = Napi::Float32Array::New(env, raw.size());
+            std::copy(raw.begin(), raw.end(), l.Data());
+            auto sm = Napi::Float32Array::New(env, smooth.size());
+            std::copy(smooth.begin(), smooth.end(), sm.Data());
+            e.Set("losses", l);
+            e.Set("smoothLosses", sm);
             return e;
           });
         };
@@ -285,7 +339,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
         TraceScope traceScope(trace, cuda);
         try {
           for (int64_t i = r.done; i < end; i++) {
-            if (c->stopRequested) {
+            if (c->stopRequested || exiting()) {
               r.stopped = true;
               break;
             }
@@ -428,23 +482,47 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
   TL_CATCH(env)
 }
 
-// getState(withOpt) -> named tensors: model.*, opt.* and rng.* (the TypeScript side writes the file).
+// getState(withOpt) -> Promise<named tensors>: model.*, opt.* and rng.* (the TypeScript side writes the
+// file). On the network's worker, after any epoch in flight: the JavaScript thread never waits for the
+// network's lock, and the copies are taken where training cannot change them underneath.
 Napi::Value Learner::GetState(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
   TL_TRY
   core_->check();
-  std::lock_guard<std::mutex> lock(core_->net->mutex);
-  return namedTensorsToJs(info.Env(), core_->fullState(info[0].ToBoolean()));
-  TL_CATCH(info.Env())
+  const bool withOpt = info[0].ToBoolean();
+  auto c = core_;
+  return runAsync<NamedTensors>(
+      env, c->net->workerFor(),
+      [c, withOpt]() {
+        std::lock_guard<std::mutex> lock(c->net->mutex);
+        c->check();
+        NamedTensors out;
+        for (auto& kv : c->fullState(withOpt)) out.emplace_back(kv.first, kv.second.detach().to(torch::kCPU, false, true).contiguous());
+        return out;
+      },
+      [](Napi::Env env, NamedTensors& t) -> Napi::Value { return namedTensorsToJs(env, t, true); });
+  TL_CATCH(env)
 }
 
+// setState(tensors, withOpt) -> Promise: the bytes are copied here, on the JavaScript thread; the network
+// takes them on its worker.
 Napi::Value Learner::SetState(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
   TL_TRY
   core_->check();
-  auto tensors = namedTensorsFromJs(info[0]);
-  std::lock_guard<std::mutex> lock(core_->net->mutex);
-  core_->loadFullState(tensors, info[1].ToBoolean());
-  return info.Env().Undefined();
-  TL_CATCH(info.Env())
+  auto tensors = std::make_shared<NamedTensors>(namedTensorsFromJs(info[0]));
+  const bool withOpt = info[1].ToBoolean();
+  auto c = core_;
+  return runAsync<bool>(
+      env, c->net->workerFor(),
+      [c, tensors, withOpt]() {
+        std::lock_guard<std::mutex> lock(c->net->mutex);
+        c->check();
+        c->loadFullState(*tensors, withOpt);
+        return true;
+      },
+      [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+  TL_CATCH(env)
 }
 
 Napi::Value Learner::RequestStop(const Napi::CallbackInfo& info) {
@@ -452,16 +530,31 @@ Napi::Value Learner::RequestStop(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Marks the learner disposed and stops what runs; the caches and optimizer state are freed now if nothing
+// runs on the network, else on its worker after the task in flight: the JavaScript thread never waits.
 Napi::Value Learner::Dispose(const Napi::CallbackInfo& info) {
   TL_TRY
-  core_->stopRequested = true;
-  std::lock_guard<std::mutex> lock(core_->net->mutex);
-  core_->disposed = true;
-  core_->train = ImageCache{};
-  core_->valid = ImageCache{};
-  core_->opt.clear();
-  core_->graph.release();
-  releaseDeviceCache();
+  auto c = core_;
+  c->stopRequested = true;
+  if (!c->disposed.exchange(true)) {
+    auto release = [](Core& k) {
+      k.train = ImageCache{};
+      k.valid = ImageCache{};
+      k.opt.clear();
+      k.graph.release();
+      releaseDeviceCache();
+    };
+    std::unique_lock<std::mutex> now(c->net->mutex, std::try_to_lock);
+    if (now.owns_lock()) {
+      release(*c);  // nothing runs: freed before dispose() returns
+    } else {
+      now = std::unique_lock<std::mutex>();
+      c->net->workerFor().post([c, release] {
+        std::lock_guard<std::mutex> lock(c->net->mutex);
+        release(*c);
+      });
+    }
+  }
   memory_.release(info.Env());
   return info.Env().Undefined();
   TL_CATCH(info.Env())

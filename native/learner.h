@@ -16,6 +16,14 @@ struct ImageCache {
   int64_t size() const { return images.defined() ? images.size(0) : 0; }
 };
 
+// n uint8 images [P, P, 3] in a JavaScript Uint8Array, checked for kind and size: a view of the JS bytes,
+// to be copied before the call returns (the caller may change, transfer or drop the array after it).
+torch::Tensor uint8ImagesView(const Napi::Value& v, int64_t n, int64_t p, const char* what);
+// The same copied into a tensor the worker owns.
+torch::Tensor uint8Images(const Napi::Value& v, int64_t n, int64_t p, const char* what);
+// A page-locked copy (images bound for the GPU: the copy there reads it directly).
+torch::Tensor pinnedCopy(const torch::Tensor& view);
+
 class Learner : public Napi::ObjectWrap<Learner> {
  public:
   static Napi::Function Init(Napi::Env env);

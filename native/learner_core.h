@@ -31,7 +31,7 @@ struct Learner::Core {
   bool cudaGraph = false;  // train with the step captured as a CUDA graph (step_graph.h)
   StepGraph graph;
   std::atomic<bool> stopRequested{false};
-  bool disposed = false;
+  std::atomic<bool> disposed{false};
 
   void check() const {
     if (disposed) throw UserError("this learner was disposed: create a new one");
@@ -172,13 +172,6 @@ struct Learner::Core {
   }
 };
 
-// n uint8 images [P, P, 3] in a JavaScript Uint8Array, checked for size: a view of the JS bytes
-// (valid while the array is referenced and not detached).
-torch::Tensor uint8ImagesView(const Napi::Value& v, int64_t n, int64_t p, const char* what);
-// The same copied into a tensor the worker owns.
-torch::Tensor uint8Images(const Napi::Value& v, int64_t n, int64_t p, const char* what);
-// A page-locked copy (images bound for the GPU: the copy there reads it directly).
-torch::Tensor pinnedCopy(const torch::Tensor& view);
 
 inline double nowSeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();

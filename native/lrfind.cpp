@@ -1,5 +1,6 @@
 // fast.ai's LR finder in native code: an exponential ramp of learning rates over training batches.
 #include "learner_core.h"
+#include "js.h"
 
 #include <cmath>
 
@@ -15,21 +16,21 @@ Napi::Value Learner::LrFind(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
   core_->check();
-  auto o = info[0].As<Napi::Object>();
+  auto o = js::object(info[0], "lrFind: options");
   Schedule sched;
   sched.kind = "exp";
   auto sObj = Napi::Object::New(env);
   sObj.Set("kind", "exp");
   sObj.Set("lrMax", o.Get("startLr"));
   sObj.Set("lrEnd", o.Get("endLr"));
-  auto mom = o.Get("mom").As<Napi::Number>().DoubleValue();
+  const double mom = js::number(o.Get("mom"), "mom", 0, 1);
   auto momArr = Napi::Array::New(env, 3);
   for (uint32_t i = 0; i < 3; i++) momArr.Set(i, mom);
   sObj.Set("moms", momArr);
   sched = scheduleFromJs(sObj, core_->net->numGroups);
-  int64_t numIt = o.Get("numIt").As<Napi::Number>().Int64Value();
+  // (at least 6: fast.ai's minimum)
+  const int64_t numIt = js::integer(o.Get("numIt"), "lrFind: numIt", 6, 1 << 24);
   bool stopDiv = o.Get("stopDiv").ToBoolean();
-  if (numIt < 6) throw UserError("lrFind: numIt must be at least 6 (fast.ai's minimum)");
   auto progress = std::make_shared<ProgressSink>(env, o.Get("onProgress"));
   auto c = core_;
   c->stopRequested = false;
@@ -49,7 +50,7 @@ Napi::Value Learner::LrFind(const Napi::CallbackInfo& info) {
             auto batches = c->trainBatches();
             bool stop = false;
             for (auto& idx : batches) {
-              if (it >= numIt || c->stopRequested) {
+              if (it >= numIt || c->stopRequested || exiting()) {
                 stop = true;
                 break;
               }

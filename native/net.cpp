@@ -1,4 +1,5 @@
 #include "net.h"
+#include "js.h"
 
 namespace tl {
 namespace nn = torch::nn;
@@ -8,6 +9,40 @@ ClassifierImpl::ClassifierImpl(const std::string& arch, const HeadOptions& h) {
   HeadOptions ho = h;
   ho.numFeatures = body->numFeatures();
   head = register_module("head", makeHead(ho));
+}
+
+std::unique_lock<std::mutex> NetState::lockNow(const char* what) {
+  std::unique_lock<std::mutex> lock(mutex, std::try_to_lock);
+  if (!lock.owns_lock())
+    throw UserError(std::string(what) + ": the network is busy (a fit, prediction or other call on it is running); call it when that ends");
+  return lock;
+}
+
+void NetState::releaseLater() {
+  disposed = true;
+  auto release = [](NetState& self) {
+    self.params.clear();
+    self.forward = nullptr;
+    self.features = nullptr;
+    self.classify = nullptr;
+    // these captured the module too: with them kept, dispose() freed nothing while JavaScript held the object
+    self.setFoldBatchNorm = nullptr;
+    self.setTrainBatchNorm = nullptr;
+    self.weightsChanged = nullptr;
+    self.module.reset();
+    releaseDeviceCache();
+  };
+  // Now, when nothing runs on the network (the usual case: the memory is back when dispose() returns);
+  // otherwise on its worker, after the task in flight (the task keeps the state alive until it ran).
+  std::unique_lock<std::mutex> now(mutex, std::try_to_lock);
+  if (now.owns_lock()) {
+    release(*this);
+    return;
+  }
+  workerFor().post([self = shared_from_this(), release] {
+    std::lock_guard<std::mutex> lock(self->mutex);
+    release(*self);
+  });
 }
 
 void NetState::check() const {
@@ -28,7 +63,7 @@ void NetState::moveTo(const torch::Device& d) {
 static bool startsWith(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
 
 LoadReport loadNamed(nn::Module& module, const NamedTensors& tensors, bool strict, const std::vector<std::string>& skip,
-                     const std::string& source) {
+                     const std::string& source, const std::string& hint) {
   auto skipped = [&](const std::string& k) {
     for (auto& p : skip)
       if (startsWith(k, p)) return true;
@@ -68,16 +103,18 @@ LoadReport loadNamed(nn::Module& module, const NamedTensors& tensors, bool stric
   if (problems && strict) {
     std::ostringstream m;
     m << source << " does not match this network";
+    // at most kListed names of each kind: a file of another architecture has hundreds
+    constexpr size_t kListed = 10;
     auto list = [&](const char* what, const std::vector<std::string>& v) {
       if (v.empty()) return;
       m << "\n  " << what << " (" << v.size() << "): ";
-      for (size_t i = 0; i < v.size(); i++) m << (i ? ", " : "") << v[i];
+      for (size_t i = 0; i < v.size() && i < kListed; i++) m << (i ? ", " : "") << v[i];
+      if (v.size() > kListed) m << ", ... and " << (v.size() - kListed) << " more";
     };
     list("missing keys", r.missing);
     list("unexpected keys", r.unexpected);
     list("shape or dtype mismatches", r.mismatched);
-    m << "\nIs it a weight file for another architecture? For transfer learning with another number of classes, "
-         "load with { skipClassifier: true } (or { strict: false } to load what matches).";
+    if (!hint.empty()) m << "\n" << hint;
     throw UserError(m.str());
   }
   torch::NoGradGuard ng;
@@ -88,7 +125,11 @@ LoadReport loadNamed(nn::Module& module, const NamedTensors& tensors, bool stric
   return r;
 }
 
-Napi::FunctionReference Net::constructor;
+
+bool Net::isNet(Napi::Env env, const Napi::Value& v) {
+  auto* data = env.GetInstanceData<AddonData>();
+  return data != nullptr && v.IsObject() && v.As<Napi::Object>().InstanceOf(data->netConstructor.Value());
+}
 
 Napi::Function Net::Init(Napi::Env env) {
   auto fn = DefineClass(env, "Net",
@@ -98,8 +139,15 @@ Napi::Function Net::Init(Napi::Env env) {
                          InstanceMethod("setTraining", &Net::SetTraining), InstanceMethod("isTraining", &Net::IsTraining),
                          InstanceMethod("device", &Net::Device), InstanceMethod("paramTable", &Net::ParamTable),
                          InstanceMethod("dispose", &Net::Dispose)});
-  constructor = Napi::Persistent(fn);
-  constructor.SuppressDestruct();
+  // Per environment (the main thread and each worker_threads Worker load the addon into their own): a
+  // process-wide static would be overwritten by the last environment to load, and the others' checks
+  // would then fail (or read a reference of an environment already gone).
+  auto* data = env.GetInstanceData<AddonData>();
+  if (data == nullptr) {
+    data = new AddonData();
+    env.SetInstanceData<AddonData>(data);
+  }
+  data->netConstructor = Napi::Persistent(fn);
   return fn;
 }
 
@@ -107,11 +155,13 @@ Napi::Function Net::Init(Napi::Env env) {
 Net::Net(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Net>(info) {
   auto env = info.Env();
   TL_TRY
-  auto o = info[0].As<Napi::Object>();
+  auto o = js::object(info[0], "Net: options");
   auto s = std::make_shared<NetState>();
-  s->arch = o.Get("arch").As<Napi::String>();
-  s->kind = o.Get("kind").As<Napi::String>();
-  int64_t numClasses = o.Get("numClasses").As<Napi::Number>().Int64Value();
+  s->arch = js::string(o.Get("arch"), "arch");
+  s->kind = js::string(o.Get("kind"), "kind");
+  // (an upper bound, so that a typo cannot ask for terabytes of classifier)
+  const int64_t numClasses = js::integer(o.Get("numClasses"), "numClasses", 1, 1 << 20);
+  s->numClasses = numClasses;
   if (s->kind == "torchvision") {
     auto m = ResNet(s->arch, numClasses, true);
     s->module = m.ptr();
@@ -129,14 +179,13 @@ Net::Net(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Net>(info) {
   } else if (s->kind == "fastai") {
     HeadOptions ho{0, numClasses};
     Napi::Value hv = o.Get("head");
-    if (hv.IsObject()) {
-      auto h = hv.As<Napi::Object>();
-      if (h.Has("hidden")) ho.hidden = h.Get("hidden").As<Napi::Number>().Int64Value();
-      if (h.Has("ps")) ho.ps = h.Get("ps").As<Napi::Number>().DoubleValue();
-      if (h.Has("concatPool")) ho.concatPool = h.Get("concatPool").As<Napi::Boolean>();
-      if (h.Has("linearBias")) ho.linearBias = h.Get("linearBias").As<Napi::Boolean>();
+    if (!hv.IsUndefined() && !hv.IsNull()) {
+      auto h = js::object(hv, "head");
+      if (js::has(h, "hidden")) ho.hidden = js::integer(h.Get("hidden"), "head.hidden", 1, 1 << 16);
+      if (js::has(h, "ps")) ho.ps = js::number(h.Get("ps"), "head.ps", 0, 1);
+      if (js::has(h, "concatPool")) ho.concatPool = js::boolean(h.Get("concatPool"), "head.concatPool");
+      if (js::has(h, "linearBias")) ho.linearBias = js::boolean(h.Get("linearBias"), "head.linearBias");
     }
-    if (numClasses < 1) throw UserError("numClasses must be a positive integer, got " + std::to_string(numClasses));
     auto m = Classifier(s->arch, ho);
     s->module = m.ptr();
     s->forward = [m](const torch::Tensor& x) mutable { return m->forward(x); };
@@ -188,14 +237,14 @@ Napi::Value Net::StateDictKeys(const Napi::CallbackInfo& info) {
 Napi::Value Net::StateDict(const Napi::CallbackInfo& info) {
   TL_TRY
   state_->check();
-  std::lock_guard<std::mutex> lock(state_->mutex);
+  auto lock = state_->lockNow("stateDict");
   auto sd = stateDict(*state_->module);
   for (auto& kv : sd) kv.second = kv.second.contiguous();  // channels_last weights are saved in NCHW order
   return namedTensorsToJs(info.Env(), sd);
   TL_CATCH(info.Env())
 }
 
-// loadStateDict(tensors, { strict, skipPrefixes: string[], source })
+// loadStateDict(tensors, { strict, skipPrefixes: string[], source, hint })
 Napi::Value Net::LoadStateDict(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
@@ -209,8 +258,9 @@ Napi::Value Net::LoadStateDict(const Napi::CallbackInfo& info) {
     for (uint32_t i = 0; i < a.Length(); i++) skip.push_back(a.Get(i).As<Napi::String>());
   }
   std::string source = o.Get("source").IsString() ? std::string(o.Get("source").As<Napi::String>()) : "the weights";
-  std::lock_guard<std::mutex> lock(state_->mutex);
-  auto r = loadNamed(*state_->module, tensors, strict, skip, source);
+  std::string hint = o.Get("hint").IsString() ? std::string(o.Get("hint").As<Napi::String>()) : "";
+  auto lock = state_->lockNow("loadStateDict");
+  auto r = loadNamed(*state_->module, tensors, strict, skip, source, hint);
   state_->weightsChanged();
   auto out = Napi::Object::New(env);
   auto toArr = [&](const std::vector<std::string>& v) {
@@ -275,7 +325,7 @@ Napi::Value Net::To(const Napi::CallbackInfo& info) {
   TL_TRY
   state_->check();
   auto d = parseDevice(info[0].As<Napi::String>());
-  std::lock_guard<std::mutex> lock(state_->mutex);
+  auto lock = state_->lockNow("to");
   state_->moveTo(d);
   return info.This();
   TL_CATCH(info.Env())
@@ -284,7 +334,7 @@ Napi::Value Net::To(const Napi::CallbackInfo& info) {
 Napi::Value Net::SetTraining(const Napi::CallbackInfo& info) {
   TL_TRY
   state_->check();
-  std::lock_guard<std::mutex> lock(state_->mutex);
+  auto lock = state_->lockNow("setTraining");
   state_->module->train(info[0].ToBoolean());
   return info.This();
   TL_CATCH(info.Env())
@@ -326,16 +376,7 @@ Napi::Value Net::ParamTable(const Napi::CallbackInfo& info) {
 
 Napi::Value Net::Dispose(const Napi::CallbackInfo& info) {
   TL_TRY
-  std::lock_guard<std::mutex> lock(state_->mutex);
-  if (!state_->disposed) {
-    state_->disposed = true;
-    state_->params.clear();
-    state_->forward = nullptr;
-    state_->features = nullptr;
-    state_->classify = nullptr;
-    state_->module.reset();
-    releaseDeviceCache();
-  }
+  if (!state_->disposed) state_->releaseLater();
   memory_.release(info.Env());
   return info.Env().Undefined();
   TL_CATCH(info.Env())

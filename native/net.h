@@ -23,7 +23,7 @@ struct ParamInfo {
 };
 
 // The native state behind a JavaScript Net object; shared with a Learner.
-struct NetState {
+struct NetState : std::enable_shared_from_this<NetState> {
   std::string arch;
   std::string kind;  // "torchvision" or "fastai"
   std::shared_ptr<torch::nn::Module> module;
@@ -36,21 +36,33 @@ struct NetState {
   torch::Device device{torch::kCPU};
   bool channelsLast = false;
   int numGroups = 1;
+  int64_t numClasses = 0;
   std::vector<ParamInfo> params;
   std::mutex mutex;  // one native operation at a time on a network
   Worker worker;     // on CUDA, the thread every native operation on this network runs on
   // where the next operation runs: the network's own thread on CUDA, the shared CPU thread otherwise
   Worker& workerFor() { return device.is_cuda() ? worker : cpuWorker(); }
-  bool disposed = false;
+  std::atomic<bool> disposed{false};
 
   void moveTo(const torch::Device& d);
   void check() const;
+  // The network's lock, for calls on the JavaScript thread: taken only if free. A fit holds it for a whole
+  // epoch on its worker, and waiting for it here froze the event loop that long; such a call refuses instead.
+  std::unique_lock<std::mutex> lockNow(const char* what);
+  // Frees the weights on the worker, after whatever runs there now (dispose: the JavaScript thread only marks).
+  void releaseLater();
+};
+
+// What the addon keeps per JavaScript environment (napi instance data, freed with the environment).
+struct AddonData {
+  Napi::FunctionReference netConstructor;
 };
 
 class Net : public Napi::ObjectWrap<Net> {
  public:
   static Napi::Function Init(Napi::Env env);
-  static Napi::FunctionReference constructor;
+  // whether `v` is a Net of this environment
+  static bool isNet(Napi::Env env, const Napi::Value& v);
   explicit Net(const Napi::CallbackInfo& info);
   ~Net() override;
   std::shared_ptr<NetState> state() const { return state_; }
@@ -76,7 +88,10 @@ struct LoadReport {
   std::vector<std::string> missing, unexpected, mismatched;
   int64_t loaded = 0;
 };
-LoadReport loadNamed(torch::nn::Module& module, const NamedTensors& tensors, bool strict,
-                     const std::vector<std::string>& skipPrefixes, const std::string& source);
+// Copies the named tensors into the module's parameters and buffers by name; with `strict`, any missing,
+// unexpected or mismatched key refuses the whole file, naming `source`, with `hint` (what the caller
+// suggests) after the list.
+LoadReport loadNamed(torch::nn::Module& module, const NamedTensors& tensors, bool strict, const std::vector<std::string>& skip,
+                     const std::string& source, const std::string& hint = "");
 
 }  // namespace tl

@@ -1,4 +1,5 @@
 #include "optimizer.h"
+#include "js.h"
 
 #include <cmath>
 #include <map>
@@ -307,12 +308,14 @@ static std::vector<double> numbers(const Napi::Value& v, int n, const char* what
 
 Schedule scheduleFromJs(const Napi::Object& o, int numGroups) {
   Schedule s;
-  s.kind = o.Get("kind").As<Napi::String>();
+  s.kind = js::string(o.Get("kind"), "schedule.kind");
+  if (s.kind != "onecycle" && s.kind != "constant" && s.kind != "flatcos" && s.kind != "exp")
+    throw UserError("schedule.kind must be 'onecycle', 'constant', 'flatcos' or 'exp', got '" + s.kind + "'");
   s.lrMax = numbers(o.Get("lrMax"), numGroups, "lrMax");
   if (s.kind == "exp") s.lrEnd = numbers(o.Get("lrEnd"), numGroups, "endLr");
   auto need = [&](const char* k, double& dst) {
     if (!o.Get(k).IsNumber()) throw UserError(std::string("schedule '") + s.kind + "' needs " + k);
-    dst = o.Get(k).As<Napi::Number>().DoubleValue();
+    dst = js::number(o.Get(k), k);
   };
   if (s.kind == "onecycle") need("div", s.div);
   if (s.kind == "onecycle" || s.kind == "flatcos") {
@@ -323,7 +326,7 @@ Schedule scheduleFromJs(const Napi::Object& o, int numGroups) {
   }
   if (!o.Get("moms").IsArray() || o.Get("moms").As<Napi::Array>().Length() != 3) throw UserError("a schedule needs moms: [start, middle, end]");
   auto m = o.Get("moms").As<Napi::Array>();
-  for (uint32_t i = 0; i < 3; i++) s.moms[i] = m.Get(i).As<Napi::Number>().DoubleValue();
+  for (uint32_t i = 0; i < 3; i++) s.moms[i] = js::number(m.Get(i), "moms", 0, 1);
   return s;
 }
 
@@ -389,9 +392,9 @@ Napi::Value FastAdamSteps(const Napi::CallbackInfo& info) {
 Napi::Value ScheduleValues(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
-  int groups = info[1].As<Napi::Number>().Int32Value();
-  auto s = scheduleFromJs(info[0].As<Napi::Object>(), groups);
-  auto pos = info[2].As<Napi::Float64Array>();
+  const int groups = static_cast<int>(js::integer(info[1], "scheduleValues: groups", 1, 64));
+  auto s = scheduleFromJs(js::object(info[0], "schedule"), groups);
+  auto pos = js::typedArray<double>(info[2], "scheduleValues: positions");
   auto lrs = Napi::Float64Array::New(env, pos.ElementLength() * groups);
   auto moms = Napi::Float64Array::New(env, pos.ElementLength());
   for (size_t i = 0; i < pos.ElementLength(); i++) {

@@ -1,6 +1,7 @@
 // The inference half of the native Learner: validation passes (probabilities, targets, losses) and
 // predictions on decoded images.
 #include "learner_core.h"
+#include "js.h"
 #include "trace.h"
 
 #include <cstring>
@@ -35,8 +36,8 @@ Napi::Value Learner::Validate(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
   core_->check();
-  auto o = info[0].As<Napi::Object>();
-  std::string split = o.Get("split").As<Napi::String>();
+  auto o = js::object(info[0], "validate: options");
+  std::string split = js::string(o.Get("split"), "split");
   bool augment = o.Get("augment").ToBoolean();
   auto progress = std::make_shared<ProgressSink>(env, o.Get("onProgress"));
   auto c = core_;
@@ -56,6 +57,7 @@ Napi::Value Learner::Validate(const Napi::CallbackInfo& info) {
         std::vector<torch::Tensor> logits;
         const int64_t nb = (n + c->bs - 1) / c->bs;
         for (int64_t b = 0; b < nb; b++) {
+          if (exiting()) throw UserError("the process is exiting");
           auto idx = torch::arange(b * c->bs, std::min(n, (b + 1) * c->bs), torch::kInt64);
           auto params = augment ? drawAugParams(idx.size(0), c->aug, c->gen) : identityAugParams(idx.size(0));
           auto x = c->inputs(data.images.index_select(0, toDevice(idx, c->net->device)), params);
@@ -87,16 +89,17 @@ Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
   core_->check();
-  int64_t n = info[1].As<Napi::Number>().Int64Value();
-  int64_t p = info[2].As<Napi::Number>().Int64Value();
+  const int64_t n = js::integer(info[1], "predict: n", 1, js::kMaxCount);
+  const int64_t p = js::integer(info[2], "predict: presize", 1, js::kMaxSide);
   bool augment = info[3].IsObject() && info[3].As<Napi::Object>().Get("augment").ToBoolean();
   std::string trace = info[3].IsObject() && info[3].As<Napi::Object>().Get("trace").IsString()
                           ? info[3].As<Napi::Object>().Get("trace").As<Napi::String>().Utf8Value()
                           : std::string();
-  // The bytes are read on the worker, not copied here: a batch is tens of MB, and copying it on the
-  // JavaScript thread blocked the event loop for 22-40 ms per call of 256 images (2-core machine). The
-  // array is referenced until the Promise settles; it must not change meanwhile (as with Node's fs.write).
-  auto view = uint8ImagesView(info[0], n, p, "images");
+  // Copied here, on the JavaScript thread: the caller's array may be changed, transferred (detached) or
+  // collected as soon as this call returns, and a worker thread reading it then read freed memory. On CUDA
+  // the copy goes straight into page-locked memory, the copy the device reads anyway.
+  auto src = uint8ImagesView(info[0], n, p, "images");
+  auto view = core_->onCuda() ? pinnedCopy(src) : src.clone();
   auto c = core_;
   return runAsync<PredsResult>(
       env, c->net->workerFor(),
@@ -105,14 +108,14 @@ Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
         c->check();
         const double t0 = nowSeconds();
         TraceScope traceScope(trace, c->onCuda());
-        // on the CPU the view itself is read (the first transform makes a new tensor anyway)
-        auto images = c->onCuda() ? pinnedCopy(view) : view;
+        const auto& images = view;
         torch::NoGradGuard ng;
         c->net->module->eval();
         AutocastScope ac(c->bf16 && c->onCuda());
         std::vector<torch::Tensor> probs;
         const int64_t n = images.size(0);
         for (int64_t s = 0; s < n; s += c->bs) {
+          if (exiting()) throw UserError("the process is exiting");
           auto chunk = toDevice(images.slice(0, s, std::min(n, s + c->bs)), c->net->device);
           auto params = augment ? drawAugParams(chunk.size(0), c->aug, c->gen) : identityAugParams(chunk.size(0));
           // stays on the device: one copy back at the end, so no chunk waits for the one before it
@@ -127,7 +130,7 @@ Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
         r.seconds = nowSeconds() - t0;
         return r;
       },
-      predsToJs, info[0]);
+      predsToJs);
   TL_CATCH(env)
 }
 

@@ -22,6 +22,7 @@ import {
   rocAucBinary,
   segregateByLabel,
   torchInfo,
+  TORCHVISION_WEIGHTS,
   visionLearner,
   type Arch,
 } from '../src/index.js';
@@ -103,11 +104,11 @@ await dls.showBatch({ n: 9, path: join(out, 'batch.png') });
 say(`   a batch as the model sees it: ${join(out, 'batch.png')}`);
 
 // --- 3. the learner ------------------------------------------------------------------------------------
-const pretrained = opt.pretrained ?? null;
+const pretrained = opt.pretrained ?? false;
 if (!pretrained) {
-  say(`\n3. No --pretrained weights: the ${arch} body trains from scratch. Transfer learning needs ImageNet weights`);
-  say('   (torchvision resnet50 .pth or .safetensors); from scratch, on ~230 images, expect little better than');
-  say('   predicting the majority class. torchlearn downloads nothing: pass --pretrained FILE.');
+  say(`\n3. No --pretrained weights: the ${arch} body trains from scratch. Transfer learning needs torchvision's ImageNet`);
+  say(`   weights for ${arch} (${TORCHVISION_WEIGHTS[arch]}); from scratch, on ~230 images, expect little better than`);
+  say('   predicting the majority class. Pass --pretrained FILE.');
 } else say(`\n3. ${arch} with ImageNet weights from ${pretrained}, body frozen`);
 const learn = visionLearner(dls, arch, {
   pretrained,

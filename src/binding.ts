@@ -50,7 +50,7 @@ export interface NativeNet {
   numParams(): number;
   stateDictKeys(): string[];
   stateDict(): NamedTensor[];
-  loadStateDict(t: NamedTensor[], o: { strict: boolean; skipPrefixes?: string[]; source?: string }): LoadReport;
+  loadStateDict(t: NamedTensor[], o: { strict: boolean; skipPrefixes?: string[]; source?: string; hint?: string }): LoadReport;
   forward(data: Float32Array, shape: number[]): Promise<{ data: Float32Array; shape: number[] }>;
   to(device: string): NativeNet;
   setTraining(on: boolean): NativeNet;
@@ -147,13 +147,13 @@ export interface NativeLearner {
     nEpochs: number;
     smoothVal: number;
     smoothCount: number;
-    reportEvery?: number;
     profile?: boolean;
     trace?: string;
     startBatch?: number;
     endBatch?: number;
     epochRng?: Uint8Array;
-    onProgress?: (e: { epoch: number; iter: number; total: number; smoothLoss: number }) => void;
+    /** the batches [from, from + losses.length) of the epoch, in order: every batch once */
+    onProgress?: (e: { epoch: number; from: number; total: number; losses: Float32Array; smoothLosses: Float32Array }) => void;
   }): Promise<NativeEpochResult>;
   validate(o: {
     split: 'train' | 'valid';
@@ -170,8 +170,8 @@ export interface NativeLearner {
   }): Promise<{ lrs: Float64Array; losses: Float64Array }>;
   predict(images: Uint8Array, n: number, presize: number, o?: { augment?: boolean; trace?: string }): Promise<NativePreds>;
   gradCam(image: Uint8Array, presize: number, classIdx: number): Promise<{ map: Float32Array; h: number; w: number; probs: Float32Array }>;
-  getState(withOpt: boolean): NamedTensor[];
-  setState(t: NamedTensor[], withOpt: boolean): void;
+  getState(withOpt: boolean): Promise<NamedTensor[]>;
+  setState(t: NamedTensor[], withOpt: boolean): Promise<void>;
   requestStop(): void;
   dispose(): void;
 }

@@ -2,32 +2,71 @@
 // torchlearn's command line:
 //   torchlearn predict model.safetensors images-or-folders... [--json] [--device cpu|cuda]
 //   torchlearn info
-import { statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { folderItems } from './data/loaders.js';
-import { loadLearner } from './inference.js';
-import { torchInfo } from './info.js';
 
 const usage = `usage:
   torchlearn predict MODEL.safetensors IMAGE|FOLDER... [--json] [--device auto|cpu|cuda]
-  torchlearn info`;
+  torchlearn info
+  torchlearn --help | --version
+
+  predict   the classes of images with a model written by learn.export()
+  info      the LibTorch this addon runs on, its device and threads`;
+
+const predictUsage = `usage: torchlearn predict MODEL.safetensors IMAGE|FOLDER... [--json] [--device auto|cpu|cuda]
+
+  MODEL     an export written by learn.export() (one .safetensors file with the weights, classes and
+            image size); a torchvision weight file is not one
+  IMAGE     image files; a FOLDER stands for the images in it and in its sub-folders
+  --json    one JSON array instead of the table
+  --device  'auto' (default: CUDA when LibTorch has it), 'cpu', 'cuda' or 'cuda:N'
+A file that cannot be read gets its error in its row; the others are predicted, and the exit code is 1.`;
+
+function version(): string {
+  return JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
+}
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
+  if (cmd === '--help' || cmd === '-h' || cmd === 'help') {
+    console.log(usage);
+    return 0;
+  }
+  if (cmd === '--version' || cmd === '-v') {
+    console.log(version());
+    return 0;
+  }
   if (cmd === 'info') {
+    const { torchInfo } = await import('./info.js');
     const i = torchInfo();
+    console.log(`torchlearn ${version()}`);
     console.log(`LibTorch ${i.torchVersion} (${i.torchSource})`);
     console.log(`device: ${i.cuda ? `cuda (${i.deviceCount} x ${i.deviceName ?? 'GPU'}), cuDNN ${i.cudnn ? 'yes' : 'no'}` : 'cpu (this LibTorch has no CUDA)'}`);
     console.log(`threads: ${i.threads}`);
     return 0;
   }
   if (cmd === 'predict') {
-    const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { json: { type: 'boolean', default: false }, device: { type: 'string', default: 'auto' } } });
-    const [model, ...args] = positionals;
-    if (!model || args.length === 0) {
-      console.error(usage);
+    let parsed;
+    try {
+      parsed = parseArgs({ args: rest, allowPositionals: true, options: { json: { type: 'boolean', default: false }, device: { type: 'string', default: 'auto' }, help: { type: 'boolean', short: 'h', default: false } } });
+    } catch (e) {
+      console.error(`torchlearn predict: ${(e as Error).message}\n\n${predictUsage}`);
       return 2;
     }
+    const { values, positionals } = parsed;
+    if (values.help) {
+      console.log(predictUsage);
+      return 0;
+    }
+    const [model, ...args] = positionals;
+    if (!model || args.length === 0) {
+      console.error(predictUsage);
+      return 2;
+    }
+    if (!existsSync(model))
+      throw new Error(`${model}: no such model file. torchlearn predict needs an export: the .safetensors file that learn.export() writes after training (a torchvision weight file is not one)`);
+    const { folderItems } = await import('./data/loaders.js');
+    const { loadLearner } = await import('./inference.js');
     // a folder stands for its images (those in it and in its sub-folders, as getPreds reads a folder)
     const images = args.flatMap((a) => {
       if (!statSync(a, { throwIfNoEntry: false })?.isDirectory()) return [a];
@@ -36,21 +75,31 @@ async function main(argv: string[]): Promise<number> {
       return found;
     });
     const learn = loadLearner(model, { device: values.device });
+    let failed = 0;
     try {
-      const preds = await learn.predictBatch(images);
+      const preds = await learn.predictEach(images);
       if (values.json) {
-        console.log(JSON.stringify(preds.map((p, i) => ({ file: images[i], label: p.label, index: p.index, probs: Object.fromEntries(learn.vocab.map((v, k) => [v, p.probs[k]])) })), null, 2));
+        const rows = preds.map((p, i) => {
+          if ('error' in p) return { file: images[i], error: p.error };
+          return { file: images[i], label: p.label, index: p.index, probs: Object.fromEntries(learn.vocab.map((v, k) => [v, p.probs[k]])) };
+        });
+        console.log(JSON.stringify(rows, null, 2));
       } else {
         const w = Math.max(4, ...images.map((f) => f.length));
         console.log(`${'file'.padEnd(w)}  ${'prediction'.padEnd(16)}  ${learn.vocab.map((v) => v.padStart(14)).join('  ')}`);
-        preds.forEach((p, i) => console.log(`${images[i].padEnd(w)}  ${p.label.padEnd(16)}  ${Array.from(p.probs, (x) => x.toFixed(4).padStart(14)).join('  ')}`));
+        preds.forEach((p, i) => {
+          if ('error' in p) console.log(`${images[i].padEnd(w)}  ${'error'.padEnd(16)}  ${p.error}`);
+          else console.log(`${images[i].padEnd(w)}  ${p.label.padEnd(16)}  ${Array.from(p.probs, (x) => x.toFixed(4).padStart(14)).join('  ')}`);
+        });
       }
+      failed = preds.filter((p) => 'error' in p).length;
     } finally {
       learn.dispose();
     }
-    return 0;
+    if (failed) console.error(`torchlearn: ${failed} of ${images.length} image(s) could not be read`);
+    return failed ? 1 : 0;
   }
-  console.error(usage);
+  console.error(cmd === undefined ? usage : `torchlearn: unknown command '${cmd}'\n\n${usage}`);
   return 2;
 }
 

@@ -146,6 +146,21 @@ export class InferenceLearner {
     return predictPaths(this.nat, paths, { presize: this.info.presize, method: this.info.method }, this.vocab);
   }
 
+  /** Like predictBatch, but an unreadable file does not fail the call: each entry is that file's
+   * prediction or the reason it could not be read (the command line's folder predictions). */
+  async predictEach(paths: ImageSource[]): Promise<(Prediction | { error: string })[]> {
+    const r = await predictFiles(this.nat, paths, { presize: this.info.presize, method: this.info.method });
+    const preds = decode(r.probs, r.numClasses, this.vocab);
+    const out: (Prediction | { error: string })[] = [];
+    let f = 0;
+    let k = 0;
+    for (let i = 0; i < paths.length; i++) {
+      if (r.ok[k] === i) out.push(preds[k++]);
+      else out.push({ error: r.failed[f++].reason });
+    }
+    return out;
+  }
+
   /** Predictions for images already decoded and presized: uint8 [n, presize, presize, 3] (video frames, buffers).
    * The native side reads `images` off the main thread: do not change it until the Promise settles.
    * `trace`: write this call's operator table there (and the Chrome trace beside it where LibTorch has

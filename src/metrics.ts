@@ -10,6 +10,8 @@ export interface Metric {
   /** 'lower' when smaller is better (losses, error rates); used by saveModel/earlyStopping */
   better?: 'higher' | 'lower';
   fn: MetricFn;
+  /** Refuses a number of classes the metric cannot score (the learner calls it before training). */
+  check?: (numClasses: number) => void;
 }
 
 export function argmax(probs: Float32Array, numClasses: number): Int32Array {
@@ -31,15 +33,59 @@ export function confusionMatrix(probs: Float32Array, targets: Int32Array, numCla
   return cm;
 }
 
-function binaryCounts(probs: Float32Array, targets: Int32Array, c: number, pos: number) {
+/** How precision, recall and F1 combine the classes, as sklearn's `average`: 'binary' scores the positive
+ * class alone (two classes only), 'macro' is the unweighted mean over classes, 'weighted' the mean weighted
+ * by each class's number of true items, 'micro' counts every item once (for one label per item it equals
+ * accuracy). */
+export type Average = 'binary' | 'macro' | 'weighted' | 'micro';
+const AVERAGES: readonly Average[] = ['binary', 'macro', 'weighted', 'micro'];
+
+/** Per class: true positives, predicted count and true count. */
+function classCounts(probs: Float32Array, targets: Int32Array, c: number) {
   const pred = argmax(probs, c);
-  let tp = 0, fp = 0, fn = 0;
+  const tp = new Array<number>(c).fill(0);
+  const predicted = new Array<number>(c).fill(0);
+  const actual = new Array<number>(c).fill(0);
   targets.forEach((t, i) => {
-    if (pred[i] === pos && t === pos) tp++;
-    else if (pred[i] === pos) fp++;
-    else if (t === pos) fn++;
+    predicted[pred[i]]++;
+    actual[t]++;
+    if (pred[i] === t) tp[t]++;
   });
-  return { tp, fp, fn };
+  return { tp, predicted, actual };
+}
+
+type Score = (tp: number, predicted: number, actual: number) => number;
+// sklearn's zero_division default: a score whose denominator is 0 counts as 0
+const precisionOf: Score = (tp, predicted) => (predicted ? tp / predicted : 0);
+const recallOf: Score = (tp, _predicted, actual) => (actual ? tp / actual : 0);
+const f1Of: Score = (tp, predicted, actual) => (predicted + actual ? (2 * tp) / (predicted + actual) : 0);
+
+function averaged(name: string, score: Score, o: { average?: Average; posLabel?: number }): Metric {
+  const average = o.average ?? 'binary';
+  if (!AVERAGES.includes(average)) throw new Error(`${name}: average must be one of ${AVERAGES.map((a) => `'${a}'`).join(', ')}, got '${average}'`);
+  const pos = o.posLabel ?? 1;
+  const check = (c: number) => {
+    if (average === 'binary' && c !== 2)
+      throw new Error(`${name}: average 'binary' scores one positive class and needs two classes; these data have ${c}. Pass { average: 'macro' }, 'weighted' or 'micro'`);
+    if (average === 'binary' && !(Number.isInteger(pos) && pos >= 0 && pos < c)) throw new Error(`${name}: posLabel must be a class index in [0, ${c}), got ${pos}`);
+  };
+  return {
+    name,
+    better: 'higher',
+    check,
+    fn: (p, t, c) => {
+      check(c);
+      const { tp, predicted, actual } = classCounts(p, t, c);
+      if (average === 'binary') return score(tp[pos], predicted[pos], actual[pos]);
+      if (average === 'micro') return score(tp.reduce((a, b) => a + b, 0), t.length, t.length);
+      // sklearn averages over the classes present in the targets or the predictions
+      const present = [...Array(c).keys()].filter((k) => actual[k] + predicted[k] > 0);
+      if (present.length === 0) return 0;
+      if (average === 'macro') return present.reduce((a, k) => a + score(tp[k], predicted[k], actual[k]), 0) / present.length;
+      const total = present.reduce((a, k) => a + actual[k], 0);
+      return total ? present.reduce((a, k) => a + score(tp[k], predicted[k], actual[k]) * actual[k], 0) / total : 0;
+    },
+  };
 }
 
 export function accuracy(): Metric {
@@ -49,41 +95,72 @@ export function errorRate(): Metric {
   const a = accuracy().fn;
   return { name: 'error_rate', better: 'lower', fn: (p, t, c) => 1 - a(p, t, c) };
 }
-/** sklearn's precision_score(average='binary', pos_label): 0 when nothing is predicted positive. */
-export function precision(o: { posLabel?: number } = {}): Metric {
-  return { name: 'precision_score', better: 'higher', fn: (p, t, c) => { const { tp, fp } = binaryCounts(p, t, c, o.posLabel ?? 1); return tp + fp ? tp / (tp + fp) : 0; } };
+/** sklearn's precision_score(average, pos_label); default 'binary' with pos_label 1, as fast.ai's Precision. */
+export function precision(o: { average?: Average; posLabel?: number } = {}): Metric {
+  return averaged('precision_score', precisionOf, o);
 }
-export function recall(o: { posLabel?: number } = {}): Metric {
-  return { name: 'recall_score', better: 'higher', fn: (p, t, c) => { const { tp, fn } = binaryCounts(p, t, c, o.posLabel ?? 1); return tp + fn ? tp / (tp + fn) : 0; } };
+/** sklearn's recall_score(average, pos_label); default 'binary' with pos_label 1. */
+export function recall(o: { average?: Average; posLabel?: number } = {}): Metric {
+  return averaged('recall_score', recallOf, o);
 }
-export function f1Score(o: { posLabel?: number } = {}): Metric {
-  return { name: 'f1_score', better: 'higher', fn: (p, t, c) => { const { tp, fp, fn } = binaryCounts(p, t, c, o.posLabel ?? 1); return tp ? (2 * tp) / (2 * tp + fp + fn) : 0; } };
+/** sklearn's f1_score(average, pos_label); default 'binary' with pos_label 1. */
+export function f1Score(o: { average?: Average; posLabel?: number } = {}): Metric {
+  return averaged('f1_score', f1Of, o);
 }
+
+/** ROC AUC of one score against a yes/no target (Mann-Whitney U with average ranks for ties); NaN when
+ * one side is empty. */
+function aucOf(scores: ArrayLike<number>, isPos: ArrayLike<boolean>): number {
+  const scored = Array.from(scores, (s, i) => ({ s, y: isPos[i] }));
+  const nPos = scored.filter((x) => x.y).length;
+  const nNeg = scored.length - nPos;
+  if (nPos === 0 || nNeg === 0) return NaN;
+  scored.sort((a, b) => a.s - b.s);
+  let rankSum = 0;
+  for (let i = 0; i < scored.length; ) {
+    let j = i;
+    while (j + 1 < scored.length && scored[j + 1].s === scored[i].s) j++;
+    const avg = (i + j) / 2 + 1;
+    for (let k = i; k <= j; k++) if (scored[k].y) rankSum += avg;
+    i = j + 1;
+  }
+  return (rankSum - (nPos * (nPos + 1)) / 2) / (nPos * nNeg);
+}
+
 /** ROC AUC of the positive class's probability (fast.ai's RocAucBinary: softmax[:, posLabel]); ties count half. */
 export function rocAucBinary(o: { posLabel?: number } = {}): Metric {
+  const pos = o.posLabel ?? 1;
+  return {
+    name: 'roc_auc_score',
+    better: 'higher',
+    fn: (p, t, c) => aucOf(Array.from(t, (_y, i) => p[i * c + pos]), Array.from(t, (y) => y === pos)),
+  };
+}
+
+/** fast.ai's RocAuc: sklearn's roc_auc_score on the probabilities; for two classes the positive class's
+ * (index 1), for more one-vs-rest ('ovr') averaged over classes, 'macro' (default) or 'weighted' by
+ * each class's number of true items. A class absent from the targets makes it NaN, as sklearn refuses it. */
+export function rocAuc(o: { average?: 'macro' | 'weighted' } = {}): Metric {
+  const average = o.average ?? 'macro';
+  if (average !== 'macro' && average !== 'weighted') throw new Error(`rocAuc: average must be 'macro' or 'weighted', got '${average}'`);
   return {
     name: 'roc_auc_score',
     better: 'higher',
     fn: (p, t, c) => {
-      const pos = o.posLabel ?? 1;
-      const scored = Array.from(t, (y, i) => ({ s: p[i * c + pos], y: y === pos }));
-      const nPos = scored.filter((x) => x.y).length;
-      const nNeg = scored.length - nPos;
-      if (nPos === 0 || nNeg === 0) return NaN;
-      // Mann-Whitney U with average ranks for ties
-      scored.sort((a, b) => a.s - b.s);
-      let rankSum = 0;
-      for (let i = 0; i < scored.length; ) {
-        let j = i;
-        while (j + 1 < scored.length && scored[j + 1].s === scored[i].s) j++;
-        const avg = (i + j) / 2 + 1;
-        for (let k = i; k <= j; k++) if (scored[k].y) rankSum += avg;
-        i = j + 1;
+      if (c === 2) return aucOf(Array.from(t, (_y, i) => p[i * c + 1]), Array.from(t, (y) => y === 1));
+      let sum = 0;
+      let weight = 0;
+      for (let k = 0; k < c; k++) {
+        const isPos = Array.from(t, (y) => y === k);
+        const w = average === 'weighted' ? isPos.filter(Boolean).length : 1;
+        sum += aucOf(Array.from(t, (_y, i) => p[i * c + k]), isPos) * w;
+        weight += w;
       }
-      return (rankSum - (nPos * (nPos + 1)) / 2) / (nPos * nNeg);
+      return sum / weight;
     },
   };
 }
+
 /** A user metric: any function of (probabilities, targets, numClasses). */
 export function metric(name: string, fn: MetricFn, better: 'higher' | 'lower' = 'higher'): Metric {
   return { name, fn, better };

@@ -5,6 +5,22 @@ import { readWeightFile, writeWeightFile } from './weights/index.js';
 export type Arch = 'resnet18' | 'resnet34' | 'resnet50' | 'resnet101' | 'resnet152';
 export const ARCHS: readonly Arch[] = ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152'];
 
+/** torchvision's ImageNet weight file for each architecture (IMAGENET1K_V1), as torch.hub names it in its cache. */
+export const TORCHVISION_WEIGHTS: Readonly<Record<Arch, string>> = {
+  resnet18: 'resnet18-f37072fd.pth',
+  resnet34: 'resnet34-b627a593.pth',
+  resnet50: 'resnet50-0676ba61.pth',
+  resnet101: 'resnet101-63fe2227.pth',
+  resnet152: 'resnet152-394f9c45.pth',
+};
+
+/** What a weight file is, when it is one of ours rather than torchvision weights; null otherwise. */
+export function torchlearnFileKind(path: string, metadata: Record<string, string>): string | null {
+  if (metadata.format === 'torchlearn-checkpoint') return `${path} is a torchlearn checkpoint (written by learn.save()${metadata.arch ? ` for a ${metadata.arch}` : ''}): load it with learn.load('${path}')`;
+  if (metadata.format?.startsWith('torchlearn-export')) return `${path} is a torchlearn export (written by learn.export()${metadata.arch ? ` for a ${metadata.arch}` : ''}): load it with loadLearner('${path}')`;
+  return null;
+}
+
 export interface LoadWeightsOptions {
   /** Every key must match (default true); otherwise loads what matches and reports the rest. */
   strict?: boolean;
@@ -60,10 +76,13 @@ export class Model {
   /** Loads a torchvision `.pth` or a `.safetensors` file by parameter name. */
   loadWeights(path: string, opts: LoadWeightsOptions = {}): LoadReport {
     const file = readWeightFile(path);
+    const ours = torchlearnFileKind(path, file.metadata);
+    if (ours) throw new Error(`${ours}; Model.loadWeights takes torchvision weights (${TORCHVISION_WEIGHTS[this.arch]} for a ${this.arch}) or a file from saveWeights()`);
     return this.#h.net.loadStateDict(file.tensors, {
       strict: opts.strict ?? true,
       skipPrefixes: opts.skipClassifier ? ['fc.'] : [],
       source: path,
+      hint: `Is it a weight file for another architecture (this is a ${this.arch})? For transfer learning to another number of classes, load with { skipClassifier: true }; { strict: false } loads what matches.`,
     });
   }
 

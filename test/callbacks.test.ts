@@ -16,12 +16,12 @@ beforeAll(async () => {
 });
 
 describe('callbacks', () => {
-  it('onBatchEnd and onEpochEnd see every batch and epoch; the table is fast.ai\'s', async () => {
+  it('afterBatch and afterEpoch see every batch and epoch; the table is fast.ai\'s', async () => {
     const lines: string[] = [];
     const learn = visionLearner(dls, 'resnet18', { metrics: [accuracy()], seed: 0, logger: (l) => lines.push(l) });
     const batches: number[] = [];
     const epochs: number[] = [];
-    await learn.fitOneCycle(2, { cbs: [{ onBatchEnd: (b) => batches.push(b.iter), onEpochEnd: (e) => void epochs.push(e.epoch) }] });
+    await learn.fitOneCycle(2, { cbs: [{ afterBatch: (b) => batches.push(b.iter), afterEpoch: (e) => void epochs.push(e.epoch) }] });
     expect(epochs).toEqual([0, 1]);
     expect(batches.length).toBe(2 * dls.train.length);
     const header = lines.find((l) => l.startsWith('epoch'))!;
@@ -38,7 +38,7 @@ describe('callbacks', () => {
   it('saveModel keeps the best epoch by the monitored value and loads it at the end; earlyStopping stops', async () => {
     const learn = visionLearner(dls, 'resnet18', { ...quiet, metrics: [accuracy()], seed: 0, modelDir: join(dir, 'models') });
     const seen: number[] = [];
-    const r = await learn.fitOneCycle(3, { cbs: [saveModel({ monitor: 'valid_loss', fname: 'best' }), { onEpochEnd: (e) => void seen.push(e.values.valid_loss) }] });
+    const r = await learn.fitOneCycle(3, { cbs: [saveModel({ monitor: 'valid_loss', fname: 'best' }), { afterEpoch: (e) => void seen.push(e.values.valid_loss) }] });
     expect(r.epochs).toBe(3);
     const best = Math.min(...seen);
     const now = (await learn.validate()).valid_loss;
@@ -55,7 +55,7 @@ describe('callbacks', () => {
     const fname = join(dir, 'history.csv');
     const lines = () => readFileSync(fname, 'utf8').trimEnd().split('\n');
     const seenAtEpochEnd: number[] = [];
-    await learn.fitOneCycle(2, { cbs: [csvLogger({ fname }), { onEpochEnd: () => void seenAtEpochEnd.push(lines().length) }] });
+    await learn.fitOneCycle(2, { cbs: [csvLogger({ fname }), { afterEpoch: () => void seenAtEpochEnd.push(lines().length) }] });
     expect(seenAtEpochEnd).toEqual([2, 3]); // each epoch's line is on disk when the epoch ends
     expect(lines()[0]).toBe('epoch,train_loss,valid_loss,accuracy,time');
     lines().slice(1).forEach((l, e) => {
@@ -75,7 +75,7 @@ describe('callbacks', () => {
   it('an AbortSignal stops after the current batch, leaving a usable learner', async () => {
     const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
     const ac = new AbortController();
-    const r = await learn.fitOneCycle(5, { signal: ac.signal, cbs: [{ onBatchEnd: (b) => b.iter === 1 && ac.abort() }] });
+    const r = await learn.fitOneCycle(5, { signal: ac.signal, cbs: [{ afterBatch: (b) => b.iter === 1 && ac.abort() }] });
     expect(r.stopped).toBe(true);
     expect(r.epochs).toBe(0);
     expect(learn.recorder.losses.length).toBeLessThan(dls.train.length);

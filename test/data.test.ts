@@ -1,10 +1,11 @@
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../src/binding.js';
 import { ImageDataLoaders, isCovidFinding, readCovidMetadata, segregateByLabel } from '../src/index.js';
+import { makeStripes } from './helpers/fixtures.js';
 import { runPython, tempDir } from './helpers/python.js';
 
 const DATA = join(__dirname, '..', '..', 'shared', 'datasets', 'covid-chestxray');
@@ -168,10 +169,33 @@ describe('ImageDataLoaders', () => {
     expect(dls.vocab).toEqual(['a', 'b']);
   });
 
+  it('a folder with one class is refused, naming the folder and the class (it would train a classifier of one class)', async () => {
+    const dir = tempDir();
+    await makeStripes(join(dir, 'only'), 4, 32, 1);
+    // makeStripes writes one folder per orientation: keep one of them
+    const [keep, ...rest] = readdirSync(join(dir, 'only')).sort();
+    for (const r of rest) rmSync(join(dir, 'only', r), { recursive: true });
+    await expect(ImageDataLoaders.fromFolder(join(dir, 'only'))).rejects.toThrow(new RegExp(`only/?: only one class folder found \\('${keep}'\\)`));
+    const items = readdirSync(join(dir, 'only', keep)).map((f) => ({ path: join(dir, 'only', keep, f), label: keep }));
+    await expect(ImageDataLoaders.fromItems(items, { quiet: true })).rejects.toThrow(new RegExp(`only one class in the data \\('${keep}'`));
+  });
+
+  it('a dangling or looping link in a class folder is skipped and counted like an unreadable image', async () => {
+    const dir = tempDir();
+    await makeStripes(join(dir, 's'), 4, 32, 1);
+    const cls = readdirSync(join(dir, 's')).sort()[0];
+    symlinkSync(join(dir, 'nowhere.png'), join(dir, 's', cls, 'dangling.png'));
+    symlinkSync(join(dir, 's', cls, 'loop.png'), join(dir, 's', cls, 'loop.png'));
+    const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, quiet: true });
+    expect(dls.skipped.map((s) => basename(s.path)).sort()).toEqual(['dangling.png', 'loop.png']);
+    expect(dls.train.n + dls.valid.n).toBe(8);
+  });
+
   it('a folder without classes or a class without images is an error that says so', async () => {
     const dir = tempDir();
     await expect(ImageDataLoaders.fromFolder(dir)).rejects.toThrow(/no class sub-folders/);
     mkdirSync(join(dir, 'x'));
+    mkdirSync(join(dir, 'y'));
     await expect(ImageDataLoaders.fromFolder(dir)).rejects.toThrow(/the class 'x' has no images/);
     await expect(ImageDataLoaders.fromItems([{ path: 'a', label: 'x' }], { validPct: 1 })).rejects.toThrow(/validPct must be in \[0, 1\)/);
     await expect(ImageDataLoaders.fromItems([{ path: 'a', label: 'x' }], { bs: 0 })).rejects.toThrow(/bs must be a positive integer/);

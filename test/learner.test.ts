@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../src/binding.js';
-import { accuracy, DEFAULTS, ImageDataLoaders, lrPerGroup, manualSeed, setNumThreads, torchInfo, visionLearner, type Learner, type NamedTensor } from '../src/index.js';
+import { accuracy, DEFAULTS, ImageDataLoaders, lrPerGroup, manualSeed, setNumThreads, torchInfo, visionLearner, writeWeightFile, type Learner, type NamedTensor } from '../src/index.js';
 import { adamCase } from './helpers/adam.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { runPython, tempDir } from './helpers/python.js';
@@ -22,8 +22,8 @@ beforeAll(async () => {
   dls = await ImageDataLoaders.fromFolder(join(dir, 'stripes'), { size: 32, presize: 40, bs: 8, seed: 3 });
 });
 
-function sameBytes(a: Learner, b: ReturnType<Learner['state']>) {
-  const now = a.state(true);
+async function sameBytes(a: Learner, b: Awaited<ReturnType<Learner['state']>>) {
+  const now = await a.state(true);
   expect(now.map((t) => t.name)).toEqual(b.map((t) => t.name));
   now.forEach((t, i) => expect(Buffer.from(t.data).equals(Buffer.from(b[i].data)), t.name).toBe(true));
 }
@@ -138,14 +138,14 @@ torch.manual_seed(0); torch.save(torchvision.models.resnet18().state_dict(), sys
     expect(trainable).toEqual(expected);
     expect(trainable).toContain('body.bn1.weight');
     expect(trainable).not.toContain('body.conv1.weight');
-    const get = (name: string) => Buffer.from(learn.state(false).find((t) => t.name === `model.${name}`)!.data);
-    const conv = get('body.layer1.0.conv1.weight');
-    const bn = get('body.layer1.0.bn1.weight');
-    const headW = get('head.4.weight');
+    const get = async (name: string) => Buffer.from((await learn.state(false)).find((t) => t.name === `model.${name}`)!.data);
+    const conv = await get('body.layer1.0.conv1.weight');
+    const bn = await get('body.layer1.0.bn1.weight');
+    const headW = await get('head.4.weight');
     await learn.fitOneCycle(1, { lrMax: 1e-2 });
-    expect(get('body.layer1.0.conv1.weight').equals(conv)).toBe(true);
-    expect(get('body.layer1.0.bn1.weight').equals(bn)).toBe(false);
-    expect(get('head.4.weight').equals(headW)).toBe(false);
+    expect((await get('body.layer1.0.conv1.weight')).equals(conv)).toBe(true);
+    expect((await get('body.layer1.0.bn1.weight')).equals(bn)).toBe(false);
+    expect((await get('head.4.weight')).equals(headW)).toBe(false);
     learn.unfreeze();
     expect(learn.trainableParams().length).toBe(all.length);
     learn.freezeTo(-2);
@@ -156,7 +156,7 @@ torch.manual_seed(0); torch.save(torchvision.models.resnet18().state_dict(), sys
   it('lrFind leaves weights, optimizer state and random state bit-identical; suggestions lie inside the ramp', async () => {
     const learn = visionLearner(dls, 'resnet18', { ...quiet, pretrained: weights, seed: 0 });
     await learn.fitOneCycle(1); // so that there is optimizer state to preserve
-    const before = learn.state(true);
+    const before = (await learn.state(true));
     expect(before.some((t) => t.name.startsWith('opt.'))).toBe(true);
     const r = await learn.lrFind({ numIt: 20, stopDiv: false });
     expect(r.lrs.length).toBe(20);
@@ -166,7 +166,7 @@ torch.manual_seed(0); torch.save(torchvision.models.resnet18().state_dict(), sys
       expect(v).toBeGreaterThanOrEqual(1e-8);
       expect(v).toBeLessThanOrEqual(10);
     }
-    sameBytes(learn, before);
+    await sameBytes(learn, before);
     const png = join(dir, 'lr.png');
     const size = await r.plot(png);
     expect(size.width).toBeGreaterThan(300);
@@ -273,60 +273,96 @@ describe('native threads', () => {
 });
 
 describe('the captured training step (cudaGraph)', () => {
-  it('computes what the ordinary step computes: same losses and weights over fits, a freeze and a new schedule (CPU: the graph step runs without capture)', async () => {
-    // 64 px, batch 16 and a low learning rate: the two steps order the optimizer's float operations
-    // differently (1e-6 apart after one step), and small batches through BatchNorm amplify that from step
-    // to step (at batch 8: 5e-3 apart by step 16, measured)
+  it('computes what the ordinary step computes, to float rounding: over fits, a freeze and a new schedule (CPU: the graph step runs without capture)', async () => {
+    // The two steps order some float operations differently, and BLAS libraries round differently with the
+    // buffers' alignment (OpenBLAS does), so the runs drift apart by rounding, and small batches through
+    // BatchNorm amplify that from step to step: how far depends on the machine. What holds everywhere: the
+    // graph step ends no farther from the ordinary step than the ordinary step ends from itself when its
+    // starting weights move by one float rounding (a control run). An optimizer reading another step's
+    // scalars ends about 5e-2 of the training's movement apart, far outside both.
     await makeStripes(join(dir, 'stripes64'), 40, 64);
     const small = await ImageDataLoaders.fromFolder(join(dir, 'stripes64'), { size: 64, presize: 72, bs: 16, seed: 3 });
     // one after the other: the seed also resets LibTorch's global generator, which draws the dropout masks
     let init: NamedTensor[] = [];
-    const train = async (cudaGraph: boolean) => {
+    const firstFit = new Map<string, number[]>();
+    const train = async (cudaGraph: boolean, perturb = false) => {
       const learn = visionLearner(small, 'resnet18', { ...quiet, seed: 5, cudaGraph });
-      if (!cudaGraph) init = learn.state(false);
+      if (!cudaGraph && !perturb) init = await learn.state(false);
+      if (perturb) {
+        // every weight moved by one float32 rounding, alternately up and down
+        const moved = init.map((t) => {
+          if (t.dtype !== 'F32') return t;
+          const v = Float32Array.from(f32(t), (x, k) => x * (1 + (k % 2 ? 1 : -1) * 2 ** -23));
+          return { ...t, data: new Uint8Array(v.buffer) };
+        });
+        const file = join(dir, 'perturbed.safetensors');
+        writeWeightFile(file, moved, { format: 'torchlearn-checkpoint', arch: 'resnet18' });
+        await learn.load(file, { withOpt: false });
+      }
       await learn.fitOneCycle(2, { lrMax: 1e-4 });
+      firstFit.set(cudaGraph ? 'graph' : perturb ? 'control' : 'plain', [...learn.recorder.rawLosses]);
       learn.freeze();
       await learn.fitOneCycle(1, { lrMax: 1e-4 });
       return learn;
     };
+    const f32 = (t: NamedTensor) => new Float32Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.byteLength));
     const plain = await train(false);
     const graph = await train(true);
+    const control = await train(false, true);
     // the recorder holds the last fit: one epoch after the freeze, 3 warm-up steps then the graph's
     const nIter = graph.recorder.iters[0];
     expect(nIter).toBeGreaterThan(3);
     expect(graph.recorder.graphs).toEqual([{ steps: nIter - 3, captured: false }]);
     expect(plain.recorder.graphs).toEqual([]);
-    const a = plain.recorder.rawLosses;
-    const b = graph.recorder.rawLosses;
-    expect(b.length).toBe(a.length);
-    b.forEach((l, i) => expect(Math.abs(l - a[i]), `loss ${i}`).toBeLessThan(1e-3 * Math.abs(a[i])));
-    // the weights: how far the two runs ended apart, against how far training moved them (an optimizer
-    // reading the next step's scalars: 5e-2; measured here 7e-5)
-    const f32 = (t: NamedTensor) => new Float32Array(t.data.buffer, t.data.byteOffset, t.data.byteLength / 4);
-    const wa = plain.state(false);
-    const wb = graph.state(false);
-    let apart = 0, moved = 0, compared = 0;
-    wa.forEach((t, i) => {
-      if (t.dtype !== 'F32') return;
-      expect(wb[i].name).toBe(t.name);
-      const a = f32(t), b = f32(wb[i]), z = f32(init[i]);
-      for (let k = 0; k < a.length; k++) {
-        apart += Math.abs(a[k] - b[k]);
-        moved += Math.abs(a[k] - z[k]);
-      }
-      compared++;
-    });
-    expect(compared).toBeGreaterThan(50);
-    expect(moved).toBeGreaterThan(0);
-    expect(apart / moved).toBeLessThan(1e-3);
+    const distance = async (other: Learner) => {
+      const a = plain.recorder.rawLosses;
+      const b = other.recorder.rawLosses;
+      expect(b.length).toBe(a.length);
+      const losses = Math.max(...b.map((l, i) => Math.abs(l - a[i]) / Math.abs(a[i])));
+      // the weights: how far the two runs ended apart, against how far training moved them
+      const wa = await plain.state(false);
+      const wb = await other.state(false);
+      let apart = 0, moved = 0, compared = 0;
+      wa.forEach((t, i) => {
+        if (t.dtype !== 'F32') return;
+        expect(wb[i].name).toBe(t.name);
+        const x = f32(t), y = f32(wb[i]), z = f32(init[i]);
+        for (let k = 0; k < x.length; k++) {
+          apart += Math.abs(x[k] - y[k]);
+          moved += Math.abs(x[k] - z[k]);
+        }
+        compared++;
+      });
+      expect(compared).toBeGreaterThan(50);
+      expect(moved).toBeGreaterThan(0);
+      return { losses, weights: apart / moved };
+    };
+    const rel = (x: number[]) => x.map((l, i) => (Math.abs(l - firstFit.get('plain')![i]) / l).toExponential(1)).join(' ');
+    console.log(`first fit, per step: graph ${rel(firstFit.get('graph')!)}\ncontrol ${rel(firstFit.get('control')!)}`);
+    // The first fit step by step: the 3 warm-up steps are ordinary steps (the same losses through step 3),
+    // and the loss after the first graph step is where a step computing something else would show first,
+    // before any drift (measured 1e-7 apart with either BLAS).
+    const p0 = firstFit.get('plain')!;
+    const g0 = firstFit.get('graph')!;
+    for (let i = 0; i <= 3; i++) expect(Math.abs(g0[i] - p0[i]) / p0[i], `warm-up step ${i}`).toBeLessThan(1e-6);
+    expect(Math.abs(g0[4] - p0[4]) / p0[4], 'after the first graph step').toBeLessThan(1e-5);
+    const g = await distance(graph);
+    const c = await distance(control);
+    const fmt = (d: { losses: number; weights: number }) => `losses ${d.losses.toExponential(2)} apart (relative), weights ${d.weights.toExponential(2)} of training's movement`;
+    console.log(`graph step vs ordinary step: ${fmt(g)}\ncontrol (ordinary step, weights moved by one rounding): ${fmt(c)}`);
+    // the control drifts too (else this machine rounds identically and the bound below is the floor)
+    expect(g.weights).toBeLessThan(Math.max(10 * c.weights, 1e-4));
+    expect(g.losses).toBeLessThan(Math.max(10 * c.losses, 1e-4));
+    expect(g.weights).toBeLessThan(1e-2);
     plain.dispose();
     graph.dispose();
+    control.dispose();
   });
 
   it('a stopped fit lets its graph go: the next fit warms up again', async () => {
     const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 2, cudaGraph: true });
     const stop = new AbortController();
-    const r = await learn.fitOneCycle(3, { signal: stop.signal, cbs: [{ onBatchEnd: (e) => { if (e.epoch === 1 && e.iter >= 1) stop.abort(); } }] });
+    const r = await learn.fitOneCycle(3, { signal: stop.signal, cbs: [{ afterBatch: (e) => { if (e.epoch === 1 && e.iter >= 1) stop.abort(); } }] });
     expect(r.stopped).toBe(true);
     await learn.fitOneCycle(1);
     expect(learn.recorder.graphs.map((g) => g.steps)).toEqual([learn.recorder.iters[0] - 3]);

@@ -18,8 +18,8 @@ beforeAll(async () => {
   dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 8, seed: 3 });
 });
 
-const finite = (l: ReturnType<typeof visionLearner>) =>
-  l.state(false).every((t) => t.dtype !== 'F32' || new Float32Array(t.data.slice().buffer).every(Number.isFinite));
+const finite = async (l: ReturnType<typeof visionLearner>) =>
+  (await l.state(false)).every((t) => t.dtype !== 'F32' || new Float32Array(t.data.slice().buffer).every(Number.isFinite));
 
 describe('checkpoints and resume', () => {
   it('SIGKILL in the middle of an epoch: the last checkpoint is intact and the fit resumes with the same schedule', async () => {
@@ -60,7 +60,7 @@ describe('checkpoints and resume', () => {
     const expected = pos < 0.25 ? schedCos(top / 25, top, pos / 0.25) : schedCos(top, top / 1e5, (pos - 0.25) / 0.75);
     expect(learn.recorder.lrs[0][2]).toBeGreaterThan(0);
     expect(Math.abs(learn.recorder.lrs[0][2] - expected) / expected).toBeLessThan(1e-6);
-    expect(finite(learn)).toBe(true);
+    expect(await finite(learn)).toBe(true);
     expect(JSON.parse(readWeightFile(join(models, 'run.safetensors')).metadata.fit).epochsDone).toBe(6);
     await expect(learn.fitOneCycle(3, { resume: 'run' })).rejects.toThrow(/fit of 6 epochs; this call asks for onecycle over 3/);
     learn.dispose();
@@ -71,7 +71,7 @@ describe('checkpoints and resume', () => {
     await a.fitOneCycle(2, { checkpoint: 'x', checkpointEvery: 2 });
     const b = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, modelDir: join(dir, 'mb') });
     const ac = new AbortController();
-    const rb = await b.fitOneCycle(2, { checkpoint: 'x', checkpointEvery: 2, signal: ac.signal, cbs: [{ onBatchEnd: (e) => void (e.epoch === 1 && e.iter === 3 && ac.abort()) }] });
+    const rb = await b.fitOneCycle(2, { checkpoint: 'x', checkpointEvery: 2, signal: ac.signal, cbs: [{ afterBatch: (e) => void (e.epoch === 1 && e.iter === 2 && ac.abort()) }] });
     expect(rb.stopped).toBe(true);
     b.dispose();
     const fit = JSON.parse(readWeightFile(join(dir, 'mb', 'x.safetensors')).metadata.fit);
@@ -79,8 +79,8 @@ describe('checkpoints and resume', () => {
     expect(fit.batchesDone).toBeGreaterThan(0);
     const c = visionLearner(dls, 'resnet18', { ...quiet, seed: 9, modelDir: join(dir, 'mb') });
     await c.fitOneCycle(2, { resume: 'x', checkpointEvery: 2 });
-    const sa = a.state(false);
-    const sc = c.state(false);
+    const sa = (await a.state(false));
+    const sc = (await c.state(false));
     expect(sc.map((t) => t.name)).toEqual(sa.map((t) => t.name));
     sc.forEach((t, i) => expect(Buffer.from(t.data).equals(Buffer.from(sa[i].data)), t.name).toBe(true));
     a.dispose();
@@ -90,11 +90,11 @@ describe('checkpoints and resume', () => {
   it('save and load round-trip the model and optimizer state exactly', async () => {
     const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, modelDir: join(dir, 'm2') });
     await learn.fitOneCycle(1);
-    const before = learn.state(true);
+    const before = (await learn.state(true));
     await learn.save('a');
     await learn.fitOneCycle(1);
     await learn.load('a');
-    const after = learn.state(true);
+    const after = (await learn.state(true));
     expect(after.map((t) => t.name)).toEqual(before.map((t) => t.name));
     after.forEach((t, i) => expect(Buffer.from(t.data).equals(Buffer.from(before[i].data)), t.name).toBe(true));
     await expect(learn.load('nope')).rejects.toThrow(/no such checkpoint/);
@@ -106,7 +106,7 @@ describe('divergence', () => {
   it('a NaN/Inf loss stops training with the batch and lr, and leaves finite weights', async () => {
     const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
     await expect(learn.fit(3, { lr: 1e9 })).rejects.toThrow(/training diverged: the loss is .* at batch \d+ of epoch \d+ \(lr 1e\+09\)/);
-    expect(finite(learn)).toBe(true);
+    expect(await finite(learn)).toBe(true);
     learn.dispose();
   });
 

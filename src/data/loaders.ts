@@ -85,16 +85,33 @@ export function folderItems(dir: string): { items: { path: string; label?: strin
   entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const items: { path: string; label?: string }[] = [];
   const folders: string[] = [];
+  // A link that leads nowhere (dangling, or a loop) is not a folder: as a file it reaches the decoder, which
+  // skips and counts it like any unreadable image.
+  const kind = (p: string): 'dir' | 'file' | 'other' => {
+    try {
+      const st = statSync(p);
+      return st.isDirectory() ? 'dir' : st.isFile() ? 'file' : 'other';
+    } catch {
+      return 'file';
+    }
+  };
   for (const e of entries) {
-    if (statSync(join(dir, e.name)).isDirectory()) folders.push(e.name); // (a link to a folder counts)
-    else if (IMAGE_EXT.test(e.name)) items.push({ path: join(dir, e.name) });
+    const k = kind(join(dir, e.name));
+    if (k === 'dir') folders.push(e.name); // (a link to a folder counts)
+    else if (k === 'file' && IMAGE_EXT.test(e.name)) items.push({ path: join(dir, e.name) });
   }
   for (const name of folders) {
-    const files = readdirSync(join(dir, name))
+    let names: string[];
+    try {
+      names = readdirSync(join(dir, name));
+    } catch (e) {
+      throw new Error(`${join(dir, name)}: cannot read the class folder (${(e as NodeJS.ErrnoException).code ?? e})`);
+    }
+    const files = names
       .filter((f) => !f.startsWith('.'))
       .sort()
       .map((f) => join(dir, name, f))
-      .filter((p) => statSync(p).isFile());
+      .filter((p) => kind(p) === 'file');
     for (const p of files) items.push({ path: p, label: name });
   }
   return { items, folders };
@@ -121,6 +138,8 @@ export class ImageDataLoaders {
   static async fromFolder(dir: string, opts: DataLoadersOptions = {}): Promise<ImageDataLoaders> {
     const { items, folders } = folderItems(dir);
     if (folders.length === 0) throw new Error(`${dir}: no class sub-folders found (expected one folder per class, e.g. ${dir}/covid_positive)`);
+    if (folders.length === 1)
+      throw new Error(`${dir}: only one class folder found ('${folders[0]}'): a classifier needs at least two classes, each in its own sub-folder (e.g. ${dir}/${folders[0]} and ${dir}/other)`);
     for (const c of folders) if (!items.some((i) => i.label === c)) throw new Error(`${join(dir, c)}: the class '${c}' has no images`);
     // (images lying beside the class folders have no label: not training data)
     return ImageDataLoaders.fromItems(items.filter((i): i is Item => i.label !== undefined), opts);
@@ -158,6 +177,7 @@ export class ImageDataLoaders {
     const vocab = opts.vocab ?? [...new Set(items.map((i) => i.label))].sort();
     for (const v of new Set(items.map((i) => i.label))) if (!vocab.includes(v)) throw new Error(`label '${v}' is not in the vocab [${vocab.join(', ')}]`);
     for (const v of vocab) if (!good.some((g) => g.item.label === v)) throw new Error(`the class '${v}' has no readable images`);
+    if (vocab.length < 2) throw new Error(`only one class in the data ('${vocab[0]}', ${good.length} images): a classifier needs at least two`);
     const labels = good.map((g) => vocab.indexOf(g.item.label));
 
     let split: { train: number[]; valid: number[] };
@@ -197,6 +217,10 @@ export class ImageDataLoaders {
     const bs = opts.bs ?? 64;
     const p = opts.presize;
     if (images.length !== labels.length * p * p * 3) throw new Error(`fromArrays: images must hold ${labels.length}*${p}*${p}*3 bytes`);
+    if (vocab.length < 2) throw new Error(`fromArrays: a classifier needs at least two classes, the vocab has ${vocab.length}`);
+    labels.forEach((l, i) => {
+      if (!(Number.isInteger(l) && l >= 0 && l < vocab.length)) throw new Error(`fromArrays: label ${l} of image ${i} is not an index of the vocab [0, ${vocab.length})`);
+    });
     const split = randomSplit(labels.length, opts.validPct ?? 0.2, opts.seed ?? 42);
     const items = Array.from(labels, (l, i) => ({ path: `#${i}`, label: vocab[l] }));
     const make = (idx: number[], train: boolean) => {

@@ -14,37 +14,56 @@ export interface EpochInfo {
 
 export interface BatchInfo {
   epoch: number;
+  /** the batch's index in the epoch, from 0 (fast.ai's `iter`) */
   iter: number;
+  /** batches in the epoch (fast.ai's `n_iter`) */
   total: number;
+  /** this batch's loss */
+  loss: number;
+  /** fast.ai's smoothed training loss after this batch */
   smoothLoss: number;
 }
 
+/**
+ * fast.ai's callback events. Every event runs on the JavaScript thread, in order; `afterBatch` runs once
+ * for every training batch, on the CPU and on CUDA alike (on CUDA in groups, a little after the batches
+ * ran, since reading a loss waits for the device). A callback that throws (or rejects) stops the fit after
+ * the batch in flight, and the fit rejects with that error. An async `afterBatch` does not hold training
+ * up: the fit waits for it at the end of the epoch.
+ */
 export interface Callback {
   beforeFit?(learn: Learner): void | Promise<void>;
-  onBatchEnd?(info: BatchInfo): void;
+  beforeEpoch?(info: { epoch: number; nEpochs: number }, learn: Learner): void | Promise<void>;
+  afterBatch?(info: BatchInfo, learn: Learner): void | Promise<void>;
   /** return true to stop training after this epoch */
-  onEpochEnd?(info: EpochInfo, learn: Learner): boolean | void | Promise<boolean | void>;
+  afterEpoch?(info: EpochInfo, learn: Learner): boolean | void | Promise<boolean | void>;
   afterFit?(learn: Learner): void | Promise<void>;
 }
 
-function lowerIsBetter(monitor: string, comp?: 'lower' | 'higher'): boolean {
+/** Whether smaller values of a results-table column are better: `comp` when given, else the metric's own
+ * `better`, else the losses are lower-is-better and any other column higher-is-better. */
+function lowerIsBetter(monitor: string, learn: Learner, comp?: 'lower' | 'higher'): boolean {
   if (comp) return comp === 'lower';
-  return /loss|error/.test(monitor); // fast.ai's mode='auto'
+  const m = learn.metrics.find((x) => x.name === monitor);
+  if (m?.better) return m.better === 'lower';
+  return monitor === 'train_loss' || monitor === 'valid_loss';
 }
 
-/** Saves the model whenever `monitor` improves, and loads the best one when the fit ends. */
+/** Saves the model whenever `monitor` improves, and loads the best one when the fit ends. Which way is
+ * better: `comp`, else the metric's `better` (losses: lower). */
 export function saveModel(o: { monitor?: string; comp?: 'lower' | 'higher'; minDelta?: number; fname?: string } = {}): Callback {
   const monitor = o.monitor ?? 'valid_loss';
-  const lower = lowerIsBetter(monitor, o.comp);
   const fname = o.fname ?? 'model';
-  let best = lower ? Infinity : -Infinity;
+  let lower = true;
+  let best = Infinity;
   let saved = false;
   return {
-    beforeFit() {
+    beforeFit(learn) {
+      lower = lowerIsBetter(monitor, learn, o.comp);
       best = lower ? Infinity : -Infinity;
       saved = false;
     },
-    async onEpochEnd(info, learn) {
+    async afterEpoch(info, learn) {
       const v = info.values[monitor];
       if (v === undefined) throw new Error(`saveModel: '${monitor}' is not a column of the results table (${Object.keys(info.values).join(', ')})`);
       const d = o.minDelta ?? 0;
@@ -64,16 +83,17 @@ export function saveModel(o: { monitor?: string; comp?: 'lower' | 'higher'; minD
 /** Stops when `monitor` has not improved for `patience` epochs (fast.ai v2: wait >= patience). */
 export function earlyStopping(o: { monitor?: string; comp?: 'lower' | 'higher'; minDelta?: number; patience?: number } = {}): Callback {
   const monitor = o.monitor ?? 'valid_loss';
-  const lower = lowerIsBetter(monitor, o.comp);
   const patience = o.patience ?? 1;
-  let best = lower ? Infinity : -Infinity;
+  let lower = true;
+  let best = Infinity;
   let wait = 0;
   return {
-    beforeFit() {
+    beforeFit(learn) {
+      lower = lowerIsBetter(monitor, learn, o.comp);
       best = lower ? Infinity : -Infinity;
       wait = 0;
     },
-    onEpochEnd(info, learn) {
+    afterEpoch(info, learn) {
       const v = info.values[monitor];
       if (v === undefined) throw new Error(`earlyStopping: '${monitor}' is not a column of the results table`);
       const d = o.minDelta ?? 0;
@@ -103,7 +123,7 @@ export function csvLogger(o: { fname?: string; append?: boolean } = {}): Callbac
     beforeFit() {
       if (!o.append) rmSync(fname, { force: true });
     },
-    onEpochEnd(info) {
+    afterEpoch(info) {
       if (!existsSync(fname) || statSync(fname).size === 0) appendFileSync(fname, ['epoch', ...Object.keys(info.values), 'time'].join(',') + '\n');
       const row = [String(info.epoch), ...Object.values(info.values).map((v) => (Number.isFinite(v) ? String(v) : '')), formatTime(info.seconds)];
       appendFileSync(fname, row.join(',') + '\n');

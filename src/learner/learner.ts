@@ -3,17 +3,17 @@
 // C++ on a native thread; this file only orchestrates.
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { native, type BatchNormKernels, type NativeLearner, type NativeNet, type NativeSchedule, type NamedTensor } from '../binding.js';
+import { native, type BatchNormKernels, type NativeEpochResult, type NativeLearner, type NativeNet, type NativeSchedule, type NamedTensor } from '../binding.js';
 import type { ImageDataLoaders } from '../data/loaders.js';
 import { decodeAll, type ImageSource } from '../data/images.js';
 import { foldBatchNormDefault, manualSeed, resolveDevice, torchInfo } from '../info.js';
-import { checkArch, NetHandle, type Arch } from '../model.js';
+import { checkArch, NetHandle, torchlearnFileKind, TORCHVISION_WEIGHTS, type Arch } from '../model.js';
 import { lrFindSpec, renderChart } from '../plot/charts.js';
 import { writeGrid } from '../plot/grid.js';
-import { readWeightFile, writeWeightFile } from '../weights/index.js';
+import { readWeightFile, writeWeightFileAsync } from '../weights/index.js';
 import { decode, exportMetadata, predictPaths, type Prediction } from '../inference.js';
 import type { Metric } from '../metrics.js';
-import type { Callback, EpochInfo } from './callbacks.js';
+import type { BatchInfo, Callback, EpochInfo } from './callbacks.js';
 import { suggest, type Suggestions } from './lrfind.js';
 import { formatTime, formatValue, ProgressBar, ResultsTable } from './progress.js';
 import { Recorder } from './recorder.js';
@@ -28,8 +28,9 @@ export interface LossOptions {
 }
 
 export interface VisionLearnerOptions {
-  /** torchvision weights for the body (.pth or .safetensors); without them the body trains from scratch */
-  pretrained?: string | null;
+  /** torchvision weights for the body (.pth or .safetensors); `false` (or null) trains from scratch, said
+   * explicitly; left out, the body also trains from scratch, with a notice naming the weight file to use */
+  pretrained?: string | false | null;
   metrics?: Metric[];
   /** decoupled weight decay (fast.ai: 0.01), not applied to BatchNorm parameters and biases */
   wd?: number;
@@ -102,6 +103,29 @@ interface FitState {
   smoothCount: number;
 }
 
+/** A checkpoint's fit state, checked field by field: a file is not trusted to hold what we wrote. */
+function parseFitState(text: string, path: string): FitState {
+  const bad = (what: string) => new Error(`resume: ${path}: damaged fit state (${what}); start the fit again without resume, or use another checkpoint`);
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    throw bad('not JSON');
+  }
+  const f = v as Partial<FitState>;
+  const count = (x: unknown) => typeof x === 'number' && Number.isInteger(x) && x >= 0;
+  if (typeof f !== 'object' || f === null) throw bad('not an object');
+  if (!count(f.nEpoch) || f.nEpoch! < 1) throw bad(`nEpoch ${JSON.stringify(f.nEpoch)}`);
+  if (!count(f.epochsDone) || f.epochsDone! > f.nEpoch!) throw bad(`epochsDone ${JSON.stringify(f.epochsDone)}`);
+  if (!count(f.batchesDone)) throw bad(`batchesDone ${JSON.stringify(f.batchesDone)}`);
+  if (typeof f.smoothVal !== 'number' || !Number.isFinite(f.smoothVal)) throw bad(`smoothVal ${JSON.stringify(f.smoothVal)}`);
+  if (!count(f.smoothCount)) throw bad(`smoothCount ${JSON.stringify(f.smoothCount)}`);
+  const s = f.schedule;
+  if (typeof s !== 'object' || s === null || !['onecycle', 'constant', 'flatcos', 'exp'].includes(s.kind) || !Array.isArray(s.lrMax) || !s.lrMax.every((x) => typeof x === 'number' && x >= 0))
+    throw bad('schedule');
+  return f as FitState;
+}
+
 export interface OneCycleOptions extends FitOptions {
   /** a number, [max] (slice(max)) or [min, max] (slice(min, max)); default 1e-3 */
   lrMax?: LrSpec;
@@ -166,6 +190,8 @@ export class Learner {
   #logger: (line: string) => void;
   #lossOpts: LossOptions;
   #busy = false;
+  /** a native training epoch is in flight: the network is the worker's until it ends */
+  #inEpoch = false;
   #bs: number;
   #head: NonNullable<VisionLearnerOptions['head']>;
 
@@ -193,8 +219,10 @@ export class Learner {
     this.#h = new NetHandle(net, 'this learner');
     this.pretrained = Boolean(opts.pretrained);
     this.cudaGraph = opts.cudaGraph ?? this.device.startsWith('cuda');
-    if (opts.pretrained) loadBody(net, opts.pretrained);
-    else if (this.#verbose) this.log(`torchlearn: no pretrained weights given: the ${arch} body trains from scratch (transfer learning needs torchvision weights: pretrained: 'resnet50.pth')`);
+    for (const m of this.metrics) m.check?.(dls.c);
+    if (opts.pretrained) loadBody(net, opts.pretrained, this.arch);
+    else if (opts.pretrained === undefined && this.#verbose)
+      this.log(`torchlearn: no pretrained weights given: the ${arch} body trains from scratch (transfer learning needs torchvision's ImageNet weights for it: pretrained: '${TORCHVISION_WEIGHTS[this.arch]}'; pretrained: false says from scratch is meant)`);
     this.#native = new native.Learner(net, { device: this.device, seed: opts.seed ?? dls.seed, channelsLast: opts.channelsLast });
     const cw = this.#lossOpts.classWeights;
     if (cw && cw.length !== dls.c) throw new Error(`lossFunc.classWeights needs ${dls.c} values (one per class), got ${cw.length}`);
@@ -244,6 +272,7 @@ export class Learner {
   /** Groups [:n] frozen except their BatchNorm layers; [n:] train. Clears the optimizer state. */
   freezeTo(n: number): void {
     if (!Number.isInteger(n)) throw new Error(`freezeTo: n must be an integer, got ${n}`);
+    this.#refuseInEpoch('freezeTo');
     this.nat.freezeTo(n);
     this.#frozenTo = n >= 0 ? n : this.numGroups + n;
   }
@@ -294,42 +323,44 @@ export class Learner {
 
   /** fast.ai's fine_tune: one frozen cycle, then unfreeze and a discriminative cycle. */
   async fineTune(epochs: number, o: FitOptions & { baseLr?: number; freezeEpochs?: number; lrMult?: number; pctStart?: number; div?: number } = {}): Promise<FitResult> {
-    let baseLr = o.baseLr ?? 2e-3;
+    // As fast.ai's fine_tune: only the fit options (callbacks, wd, ...) reach the frozen stage; its schedule
+    // is fitOneCycle's own (div 25) at slice(baseLr) with pctStart 0.99, and the stage-2 options are stage 2's.
+    const { baseLr: base = 2e-3, freezeEpochs = 1, lrMult = 100, pctStart = 0.3, div = 5, ...fitOpts } = o;
     this.freeze();
-    await this.fitOneCycle(o.freezeEpochs ?? 1, { ...o, lrMax: [baseLr], pctStart: 0.99 });
-    baseLr /= 2;
+    await this.fitOneCycle(freezeEpochs, { ...fitOpts, lrMax: [base], pctStart: 0.99 });
+    const baseLr = base / 2;
     this.unfreeze();
-    return this.fitOneCycle(epochs, { ...o, lrMax: [baseLr / (o.lrMult ?? 100), baseLr], pctStart: o.pctStart ?? 0.3, div: o.div ?? 5 });
+    return this.fitOneCycle(epochs, { ...fitOpts, lrMax: [baseLr / lrMult, baseLr], pctStart, div });
   }
 
   async #fit(nEpoch: number, schedule: NativeSchedule, o: FitOptions): Promise<FitResult> {
     if (!Number.isInteger(nEpoch) || nEpoch < 1) throw new Error(`the number of epochs must be a positive integer, got ${nEpoch}`);
     const wd = o.wd ?? this.wd;
     if (!(wd >= 0)) throw new Error(`wd must be >= 0, got ${wd}`);
+    if (o.checkpointEvery !== undefined && !(Number.isInteger(o.checkpointEvery) && o.checkpointEvery > 0))
+      throw new Error(`checkpointEvery must be a positive number of batches, got ${o.checkpointEvery}`);
     this.#enter();
+    try {
+      return await this.#fitLoop(nEpoch, schedule, o, wd);
+    } catch (e) {
+      throw this.#explain(e);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  async #fitLoop(nEpoch: number, schedule: NativeSchedule, o: FitOptions, wd: number): Promise<FitResult> {
     let startEpoch = 0;
     let startBatch = 0;
     let epochRng: Uint8Array | undefined;
     let smoothVal = 0;
     let smoothCount = 0;
-    if (o.checkpointEvery !== undefined && !(Number.isInteger(o.checkpointEvery) && o.checkpointEvery > 0)) {
-      this.#busy = false;
-      throw new Error(`checkpointEvery must be a positive number of batches, got ${o.checkpointEvery}`);
-    }
     if (o.resume) {
-      let st: FitState & { epochRng?: Uint8Array };
-      try {
-        st = await this.#loadFitState(o.resume);
-      } catch (e) {
-        this.#busy = false;
-        throw e;
-      }
-      if (st.nEpoch !== nEpoch || st.schedule.kind !== schedule.kind) {
-        this.#busy = false;
+      const st = await this.#loadFitState(o.resume);
+      if (st.nEpoch !== nEpoch || st.schedule.kind !== schedule.kind)
         throw new Error(`resume: the checkpoint '${o.resume}' is from a ${st.schedule.kind} fit of ${st.nEpoch} epochs; this call asks for ${schedule.kind} over ${nEpoch}`);
-      }
       ({ schedule, epochsDone: startEpoch, smoothVal, smoothCount, epochRng } = st);
-      startBatch = st.batchesDone ?? 0;
+      startBatch = st.batchesDone;
       this.log(`resuming from '${o.resume}' at epoch ${startEpoch} of ${nEpoch}${startBatch ? `, batch ${startBatch}` : ''}`);
     }
     const checkpoint = o.checkpoint ?? o.resume;
@@ -339,6 +370,16 @@ export class Learner {
     this.recorder.reset(names);
     const table = new ResultsTable((l) => this.log(l));
     const bar = new ProgressBar(process.stdout, this.#verbose && Boolean(process.stdout.isTTY));
+    // A callback's error stops the fit after the batch in flight, and the fit rejects with it.
+    let cbError: { error: unknown } | null = null;
+    const fail = (error: unknown) => {
+      if (!cbError) cbError = { error };
+      nat.requestStop();
+    };
+    const rethrow = () => {
+      if (cbError) throw cbError.error;
+    };
+    let batchChain: Promise<void> = Promise.resolve();
     const onAbort = () => nat.requestStop();
     o.signal?.addEventListener('abort', onAbort);
     const t0 = Date.now();
@@ -357,6 +398,7 @@ export class Learner {
           stopped = true;
           break;
         }
+        for (const cb of cbs) await cb.beforeEpoch?.({ epoch, nEpochs: nEpoch }, this);
         const te = Date.now();
         // One epoch, in parts of checkpointEvery batches when asked (a checkpoint after each part).
         let from = epoch === startEpoch ? startBatch : 0;
@@ -366,15 +408,40 @@ export class Learner {
         let epochStopped = false;
         let lastSmooth = NaN;
         do {
-          const r = await nat.trainEpoch({
-            schedule, epoch, nEpochs: nEpoch, smoothVal, smoothCount, profile: o.profile,
-            trace: traceTo ? chromeTracePath(traceTo) : undefined,
-            startBatch: from, endBatch: o.checkpointEvery ? from + o.checkpointEvery : undefined, epochRng: rng,
-            onProgress: (e) => {
-              bar.update(`epoch ${epoch + 1}/${nEpoch} train`, e.iter, e.total, `loss ${e.smoothLoss.toFixed(4)}`);
-              for (const cb of cbs) cb.onBatchEnd?.({ epoch, iter: e.iter, total: e.total, smoothLoss: e.smoothLoss });
-            },
-          });
+          // (each part starts with the stop flag cleared: an abort or a callback's error that came before it still counts)
+          if (o.signal?.aborted || cbError) {
+            epochStopped = true;
+            break;
+          }
+          this.#inEpoch = true;
+          let r: NativeEpochResult;
+          try {
+            r = await nat.trainEpoch({
+              schedule, epoch, nEpochs: nEpoch, smoothVal, smoothCount, profile: o.profile,
+              trace: traceTo ? chromeTracePath(traceTo) : undefined,
+              startBatch: from, endBatch: o.checkpointEvery ? from + o.checkpointEvery : undefined, epochRng: rng,
+              onProgress: (e) => {
+                const last = e.from + e.losses.length;
+                bar.update(`epoch ${epoch + 1}/${nEpoch} train`, last, e.total, `loss ${e.smoothLosses[e.smoothLosses.length - 1].toFixed(4)}`);
+                for (let k = 0; k < e.losses.length; k++) {
+                  const info: BatchInfo = { epoch, iter: e.from + k, total: e.total, loss: e.losses[k], smoothLoss: e.smoothLosses[k] };
+                  for (const cb of cbs) {
+                    if (!cb.afterBatch || cbError) continue;
+                    try {
+                      const p = cb.afterBatch(info, this);
+                      if (p && typeof (p as Promise<void>).then === 'function') batchChain = batchChain.then(() => p).catch(fail);
+                    } catch (err) {
+                      fail(err);
+                    }
+                  }
+                }
+              },
+            });
+          } finally {
+            this.#inEpoch = false;
+          }
+          await batchChain;
+          rethrow();
           if (traceTo && r.ops) {
             writeNativeTrace(traceTo, this.device, r.moms.length, r.ops);
             this.log(`trace of ${r.moms.length} steps written to ${traceTo}`);
@@ -427,15 +494,13 @@ export class Learner {
         const info: EpochInfo = { epoch, values: Object.fromEntries(names.map((n, i) => [n, values[i]])), seconds };
         if (checkpoint) await this.#save(checkpoint, true, { schedule, nEpoch, epochsDone: epoch + 1, batchesDone: 0, smoothVal, smoothCount });
         let stop = false;
-        for (const cb of cbs) if (await cb.onEpochEnd?.(info, this)) stop = true;
+        for (const cb of cbs) if (await cb.afterEpoch?.(info, this)) stop = true;
         if (stop) break;
       }
+      rethrow();
       for (const cb of cbs) await cb.afterFit?.(this);
-    } catch (e) {
-      throw this.#explain(e);
     } finally {
       o.signal?.removeEventListener('abort', onAbort);
-      this.#busy = false;
     }
     return { epochs, stopped, values: this.recorder.values, names, seconds: (Date.now() - t0) / 1000 };
   }
@@ -467,6 +532,12 @@ export class Learner {
     const dev = this.device.startsWith('cuda') ? `${this.device} (${info.deviceName ?? 'CUDA'})` : `cpu (${info.threads} threads)`;
     const graph = this.cudaGraph ? (this.device.startsWith('cuda') ? ', the step as a CUDA graph' : ', the graph step without capture (CPU)') : '';
     return `torchlearn: training ${this.arch} on ${dev}, ${this.bf16 ? 'bf16 autocast' : 'fp32'}${graph}, LibTorch ${info.torchVersion}${info.cuda ? '' : ', no CUDA in this LibTorch'}`;
+  }
+
+  /** The network belongs to the native worker while an epoch trains; calls that would wait for it on the
+   * JavaScript thread refuse instead (from afterBatch, say), rather than freeze the event loop. */
+  #refuseInEpoch(what: string): void {
+    if (this.#inEpoch) throw new Error(`${what}: a training epoch is running; call it from afterEpoch or after the fit (or use fit's { checkpoint, checkpointEvery } to save during an epoch)`);
   }
 
   #enter(): void {
@@ -523,6 +594,7 @@ export class Learner {
     const numIt = o.numIt ?? 100;
     if (!(startLr > 0) || !(endLr > startLr)) throw new Error(`lrFind: need 0 < startLr < endLr, got ${startLr} and ${endLr}`);
     if (!Number.isInteger(numIt) || numIt < 6) throw new Error(`lrFind: numIt must be an integer >= 6, got ${numIt}`);
+    if (o.signal?.aborted) throw new Error('lrFind: the signal was already aborted; nothing was run');
     this.#enter();
     const nat = this.nat;
     const bar = new ProgressBar(process.stdout, this.#verbose && Boolean(process.stdout.isTTY));
@@ -566,7 +638,7 @@ export class Learner {
 
   async #save(name: string, withOpt: boolean, fit?: FitState, epochRng?: Uint8Array): Promise<string> {
     const path = this.#checkpointPath(name);
-    const tensors = this.nat.getState(withOpt);
+    const tensors = await this.nat.getState(withOpt);
     if (epochRng) tensors.push({ name: 'rng.epochStart', dtype: 'U8', shape: [epochRng.length], data: epochRng });
     const meta: Record<string, string> = {
       format: 'torchlearn-checkpoint',
@@ -575,7 +647,7 @@ export class Learner {
       frozenTo: String(this.#frozenTo),
     };
     if (fit) meta.fit = JSON.stringify(fit);
-    writeWeightFile(path, tensors, meta);
+    await writeWeightFileAsync(path, tensors, meta);
     return path;
   }
 
@@ -584,10 +656,12 @@ export class Learner {
     if (!existsSync(path)) throw new Error(`resume: ${path}: no such checkpoint (fit with { checkpoint: '${name}' } writes one after every epoch)`);
     const f = readWeightFile(path);
     if (!f.metadata.fit) throw new Error(`resume: ${path} was not written during a fit (it has no fit state); use learn.load()`);
-    if (f.metadata.frozenTo !== undefined) this.freezeTo(Number(f.metadata.frozenTo));
-    this.nat.setState(f.tensors, true);
+    const fit = parseFitState(f.metadata.fit, path);
     const epochRng = f.tensors.find((t) => t.name === 'rng.epochStart')?.data;
-    return { ...(JSON.parse(f.metadata.fit) as FitState), epochRng: epochRng ? Uint8Array.from(epochRng) : undefined };
+    if (fit.batchesDone > 0 && !epochRng) throw new Error(`resume: ${path} stops inside epoch ${fit.epochsDone} but holds no random state for it (rng.epochStart): the file is damaged`);
+    this.#applyFrozenTo(f.metadata.frozenTo, path);
+    await this.nat.setState(f.tensors, true);
+    return { ...fit, epochRng: epochRng ? Uint8Array.from(epochRng) : undefined };
   }
 
   async load(name: string, o: { withOpt?: boolean } = {}): Promise<void> {
@@ -595,8 +669,9 @@ export class Learner {
     if (!existsSync(path)) throw new Error(`${path}: no such checkpoint (learn.save('${name}') writes it)`);
     const f = readWeightFile(path);
     if (f.metadata.arch && f.metadata.arch !== this.arch) throw new Error(`${path} is a ${f.metadata.arch} checkpoint; this learner is a ${this.arch}`);
-    if (f.metadata.frozenTo !== undefined) this.freezeTo(Number(f.metadata.frozenTo));
-    this.nat.setState(f.tensors, o.withOpt ?? true);
+    this.#refuseInEpoch('load');
+    this.#applyFrozenTo(f.metadata.frozenTo, path);
+    await this.nat.setState(f.tensors, o.withOpt ?? true);
   }
 
   /**
@@ -605,8 +680,8 @@ export class Learner {
    */
   async export(path = 'export.safetensors'): Promise<string> {
     const d = this.dls;
-    const tensors = this.nat.getState(false);
-    writeWeightFile(path, tensors, exportMetadata({ arch: this.arch, vocab: d.vocab, size: d.size, presize: d.presize, method: d.method, mean: d.normalize.mean, std: d.normalize.std, head: this.#head, augment: d.augment }));
+    const tensors = await this.nat.getState(false);
+    await writeWeightFileAsync(path, tensors, exportMetadata({ arch: this.arch, vocab: d.vocab, size: d.size, presize: d.presize, method: d.method, mean: d.normalize.mean, std: d.normalize.std, head: this.#head, augment: d.augment }));
     return path;
   }
 
@@ -677,8 +752,16 @@ export class Learner {
   }
 
   /** @internal the state tensors (model.*, opt.*, rng.*) */
-  state(withOpt: boolean): NamedTensor[] {
+  async state(withOpt: boolean): Promise<NamedTensor[]> {
     return this.nat.getState(withOpt);
+  }
+
+  /** A checkpoint's frozenTo, checked: it comes from a file. */
+  #applyFrozenTo(v: string | undefined, path: string): void {
+    if (v === undefined) return;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < -this.numGroups || n > this.numGroups) throw new Error(`${path}: damaged checkpoint (frozenTo '${v}' is not a layer group index)`);
+    this.freezeTo(n);
   }
 
   dispose(): void {
@@ -693,10 +776,18 @@ export class Learner {
 }
 
 /** Loads torchvision ResNet weights into the body (the classifier fc.* of the file is not used). */
-function loadBody(net: NativeNet, path: string): void {
+function loadBody(net: NativeNet, path: string, arch: Arch): void {
+  if (typeof path !== 'string') throw new Error(`pretrained must be the path of a torchvision weight file (or false), got ${JSON.stringify(path)}`);
   const file = readWeightFile(path);
+  const ours = torchlearnFileKind(path, file.metadata);
+  if (ours) throw new Error(`pretrained: ${ours}. pretrained takes torchvision's ImageNet weights (${TORCHVISION_WEIGHTS[arch]} for a ${arch})`);
   const tensors = file.tensors.filter((t) => !t.name.startsWith('fc.')).map((t) => ({ ...t, name: `body.${t.name}` }));
-  net.loadStateDict(tensors, { strict: true, skipPrefixes: ['head.'], source: path });
+  net.loadStateDict(tensors, {
+    strict: true,
+    skipPrefixes: ['head.'],
+    source: path,
+    hint: `pretrained takes torchvision's ImageNet weights for the learner's architecture (${TORCHVISION_WEIGHTS[arch]} for a ${arch}); is this file for another one? pretrained: false trains from scratch.`,
+  });
 }
 
 /** fast.ai's vision_learner: a ResNet body (pretrained from a file), fast.ai's head, frozen when pretrained. */

@@ -1,7 +1,7 @@
 // Weight files by format: .pth (torch.save zip) or .safetensors, chosen by content, not name.
 import { readFileSync } from 'node:fs';
 import type { NamedTensor } from '../binding.js';
-import { writeFileAtomic } from '../io/atomic.js';
+import { writeFileAtomic, writeFileAtomicAsync } from '../io/atomic.js';
 import { encodePth, readPth } from './pth.js';
 import { encodeSafetensors, readSafetensors } from './safetensors.js';
 
@@ -35,4 +35,9 @@ export function readWeightFile(path: string): WeightFile {
 export function writeWeightFile(path: string, tensors: NamedTensor[], metadata: Record<string, string> = {}): void {
   if (path.endsWith('.pth') || path.endsWith('.pt')) writeFileAtomic(path, encodePth(tensors));
   else writeFileAtomic(path, encodeSafetensors(tensors, metadata));
+}
+
+/** writeWeightFile, the writing off the JavaScript thread. */
+export async function writeWeightFileAsync(path: string, tensors: NamedTensor[], metadata: Record<string, string> = {}): Promise<void> {
+  await writeFileAtomicAsync(path, path.endsWith('.pth') || path.endsWith('.pt') ? encodePth(tensors) : encodeSafetensors(tensors, metadata));
 }

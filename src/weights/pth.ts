@@ -6,6 +6,9 @@ import { DTYPE_SIZE, numel } from './dtypes.js';
 import { pickleStateDict, unpickle, type StorageRef, type TensorRef } from './pickle.js';
 import { ZipReader } from './zip.js';
 
+/** The most a state dict's pickle (names, shapes, storage keys) may declare. */
+const MAX_PICKLE_BYTES = 256 * 1024 * 1024;
+
 function isTensorRef(v: unknown): v is TensorRef {
   return typeof v === 'object' && v !== null && (v as TensorRef).kind === 'tensor';
 }
@@ -33,18 +36,23 @@ export function readPth(buf: Buffer, path: string): NamedTensor[] {
   const pklName = [...zip.entries.keys()].find((n) => n.endsWith('data.pkl') && n.split('/').length === 2);
   if (!pklName) throw new Error(`${path}: not a PyTorch checkpoint (no data.pkl inside the zip)`);
   const prefix = pklName.slice(0, -'data.pkl'.length);
+  const pkl = zip.entries.get(pklName)!;
+  // (a state dict's pickle is kilobytes; a declared size past this is a damaged or hostile file)
+  if (pkl.size > MAX_PICKLE_BYTES) throw new Error(`${path}: data.pkl declares ${pkl.size} bytes, more than a state dict's pickle holds (${MAX_PICKLE_BYTES})`);
   const sd = findStateDict(unpickle(zip.read(pklName), path), path);
   const storages = new Map<string, Buffer>();
   const out: NamedTensor[] = [];
   for (const [name, t] of sd) {
     if (!isTensorRef(t)) continue; // e.g. _metadata
     const st: StorageRef = t.storage;
+    const size = DTYPE_SIZE[st.dtype as DType];
+    if (!(Number.isSafeInteger(st.numel) && st.numel >= 0)) throw new Error(`${path}: storage ${st.key} of '${name}' has a bad size (${st.numel})`);
     let raw = storages.get(st.key);
     if (!raw) {
-      raw = zip.read(`${prefix}data/${st.key}`);
+      // torch.save writes a storage's bytes exactly: the entry must hold numel * element size
+      raw = zip.read(`${prefix}data/${st.key}`, st.numel * size);
       storages.set(st.key, raw);
     }
-    const size = DTYPE_SIZE[st.dtype as DType];
     if (raw.length < st.numel * size) throw new Error(`${path}: storage ${st.key} of '${name}' is cut short (truncated file?)`);
     out.push({ name, dtype: st.dtype as DType, shape: t.shape, data: gather(raw, t, size, path, name) });
   }
@@ -53,6 +61,8 @@ export function readPth(buf: Buffer, path: string): NamedTensor[] {
 
 /** Copies a (possibly strided) view out of its storage into C order. */
 function gather(raw: Buffer, t: TensorRef, size: number, path: string, name: string): Uint8Array {
+  if (!t.shape.every((d) => Number.isSafeInteger(d) && d >= 0) || t.stride.length !== t.shape.length || !Number.isSafeInteger(t.offset))
+    throw new Error(`${path}: tensor '${name}' has a bad shape, stride or offset ([${t.shape.join(', ')}], [${t.stride.join(', ')}], ${t.offset})`);
   const n = numel(t.shape);
   const contiguous = t.shape.every((_, i) => t.shape[i] === 1 || t.stride[i] === numel(t.shape.slice(i + 1)));
   const storageBytes = raw.length;
@@ -62,6 +72,17 @@ function gather(raw: Buffer, t: TensorRef, size: number, path: string, name: str
     if (start < 0 || end > storageBytes) throw new Error(`${path}: tensor '${name}' lies outside its storage`);
     return new Uint8Array(raw.buffer, raw.byteOffset + start, n * size);
   }
+  // A strided view (a transposed weight, say) reads each element of its storage at most once: its elements
+  // fit in the storage. A broadcast view (stride 0) could claim any number of elements over a few bytes, and
+  // copying them all took minutes: no weight file holds one.
+  let last = t.offset;
+  for (let d = 0; d < t.shape.length; d++) {
+    if (!(Number.isSafeInteger(t.stride[d]) && t.stride[d] >= 0)) throw new Error(`${path}: tensor '${name}' has a bad stride (${t.stride[d]})`);
+    if (t.shape[d] > 1 && t.stride[d] === 0) throw new Error(`${path}: tensor '${name}' is a broadcast view (stride 0 along dimension ${d}), not weights`);
+    last += (t.shape[d] - 1) * t.stride[d];
+  }
+  if (n > 0 && (t.offset < 0 || (last + 1) * size > storageBytes || n * size > storageBytes - t.offset * size))
+    throw new Error(`${path}: tensor '${name}' (shape [${t.shape.join(', ')}]) lies outside its storage of ${storageBytes} bytes`);
   const out = new Uint8Array(n * size);
   const idx = new Array(t.shape.length).fill(0);
   for (let k = 0; k < n; k++) {

@@ -66,9 +66,12 @@ export class ZipReader {
     }
   }
 
-  read(name: string): Buffer {
+  /** An entry's bytes. `expectedSize`: what the entry must hold (a tensor storage's bytes), checked before
+   * anything is inflated; a deflated entry never inflates past its declared size, which must match. */
+  read(name: string, expectedSize?: number): Buffer {
     const e = this.entries.get(name);
     if (!e) this.fail(`entry '${name}' is missing`);
+    if (expectedSize !== undefined && e.size !== expectedSize) this.fail(`entry '${name}' holds ${e.size} bytes where ${expectedSize} are expected`);
     const p = e.localOffset;
     if (p + 30 > this.buf.length || this.buf.readUInt32LE(p) !== 0x04034b50) this.fail(`bad local header for '${name}'`);
     const start = p + 30 + this.buf.readUInt16LE(p + 26) + this.buf.readUInt16LE(p + 28);
@@ -76,7 +79,16 @@ export class ZipReader {
     if (end > this.buf.length) this.fail(`entry '${name}' is cut short (truncated file?)`);
     const raw = this.buf.subarray(start, end);
     if (e.method === 0) return raw;
-    if (e.method === 8) return inflateRawSync(raw);
+    if (e.method === 8) {
+      let out: Buffer;
+      try {
+        out = inflateRawSync(raw, { maxOutputLength: Math.max(1, e.size) });
+      } catch (err) {
+        this.fail(`entry '${name}' does not inflate to its declared ${e.size} bytes (${(err as Error).message})`);
+      }
+      if (out.length !== e.size) this.fail(`entry '${name}' inflates to ${out.length} bytes, not its declared ${e.size}`);
+      return out;
+    }
     this.fail(`entry '${name}' uses compression method ${e.method}, which is not supported`);
   }
 

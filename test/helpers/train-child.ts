@@ -8,6 +8,6 @@ const learn = visionLearner(dls, 'resnet18', { verbose: false, seed: 0, modelDir
 await learn.fitOneCycle(6, {
   checkpoint: 'run',
   checkpointEvery: 2,
-  cbs: [{ onEpochEnd: (e) => void console.log(`epoch ${e.epoch} done`) }],
+  cbs: [{ afterEpoch: (e) => void console.log(`epoch ${e.epoch} done`) }],
 });
 console.log('finished');
