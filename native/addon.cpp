@@ -168,10 +168,35 @@ static Napi::Value ThreadInfo(const Napi::CallbackInfo& info) {
   TL_CATCH(env)
 }
 
+// prepareExit(): the process is exiting (the main thread's 'exit' event, src/binding.ts): stop every loop
+// and wait, bounded, for the native workers to go idle.
+static Napi::Value PrepareExit(const Napi::CallbackInfo& info) {
+  prepareExit();
+  return info.Env().Undefined();
+}
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // LibTorch's OpenMP pool defaults to one thread on some builds: use every core for CPU work unless the
   // user says otherwise (torchlearn's setNumThreads / TORCHLEARN_THREADS, read by the TypeScript side).
   setThreads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  // A tiny forward and backward of each kind of layer on the CPU worker, now: oneDNN and LibTorch make their
+  // process-wide objects (primitive caches, kernel registries) on first use and register their destructors
+  // then; made here, before the exit hook is armed again after this task, the hook runs before them
+  // (common.h, armExitHook), also for a script that exits in its very first batch.
+  cpuWorker().post([] {
+    try {
+      torch::NoGradGuard outer;
+      auto conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 4, 3).padding(1).bias(false));
+      auto bn = torch::nn::BatchNorm2d(4);
+      auto fc = torch::nn::Linear(4, 2);
+      torch::AutoGradMode grad(true);
+      auto x = torch::rand({2, 3, 8, 8});
+      auto y = fc->forward(torch::adaptive_avg_pool2d(torch::relu(bn->forward(conv->forward(x))), {1, 1}).flatten(1));
+      torch::nn::functional::cross_entropy(y, torch::zeros({2}, torch::kLong)).backward();
+    } catch (...) {
+      // a warm-up only: whatever fails here fails again, with its message, where it is used
+    }
+  });
   // As the process exits, the loops stop and the workers finish what they run in LibTorch before its static
   // objects go (common.h, armExitHook).
   armExitHook();
@@ -179,6 +204,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("torchInfo", Napi::Function::New(env, TorchInfo));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   exports.Set("threadInfo", Napi::Function::New(env, ThreadInfo));
+  exports.Set("prepareExit", Napi::Function::New(env, PrepareExit));
   exports.Set("manualSeed", Napi::Function::New(env, ManualSeed));
   exports.Set("fastAdamSteps", Napi::Function::New(env, FastAdamSteps));
   exports.Set("scheduleValues", Napi::Function::New(env, ScheduleValues));

@@ -51,6 +51,8 @@ void onExit() {
 
 bool exiting() { return g_exiting.load(std::memory_order_relaxed); }
 
+void prepareExit() { onExit(); }
+
 void armExitHook() {
   if (g_hooks.load() >= kMaxHooks || g_exiting.load()) return;
   if (g_hooks.fetch_add(1) < kMaxHooks) std::atexit(onExit);

@@ -92,6 +92,9 @@ bool exiting();
 // the first native tasks ran (a handful of times in all: it is idempotent), so that it runs first: it stops
 // the loops and waits, bounded, until every worker is idle.
 void armExitHook();
+// What the exit hook does, callable first: JavaScript's process 'exit' event calls it (before any atexit
+// handler, whatever their order), so that no loop is inside LibTorch while its objects are destroyed.
+void prepareExit();
 
 // A number for the calling thread, never reused by another (unlike thread ids, which the system
 // recycles): says which threads ran what.

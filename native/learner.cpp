@@ -255,6 +255,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
   if (startBatch > 0 && !epochRng.defined()) throw UserError("trainEpoch: startBatch needs the epoch's random state (epochRng)");
   auto progress = std::make_shared<ProgressSink>(env, o.Get("onProgress"));
   auto c = core_;
+  c->requireOptimizer();
   c->stopRequested = false;
   return runAsync<EpochResult>(
       env, c->net->workerFor(),
@@ -343,6 +344,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
               r.stopped = true;
               break;
             }
+            armExitHook();  // (LibTorch's first batches make objects whose destructors run at exit)
             const auto& h = hs[static_cast<size_t>(i)];
             for (auto& g : h) r.lrs.push_back(g.lr);
             r.moms.push_back(h[0].mom);
@@ -371,6 +373,7 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
             if (!cuda)
               for (auto& b : c->net->module->buffers()) buffersBefore.push_back(b.clone());
             auto loss = c->forwardLoss(x, y);
+            armExitHook();
             lossBuf[i].copy_(loss.detach());
             if (!cuda) {
               try {

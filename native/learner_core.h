@@ -9,6 +9,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstring>
 
 namespace tl {
@@ -38,6 +39,11 @@ struct Learner::Core {
     net->check();
   }
   bool onCuda() const { return net->device.is_cuda(); }
+  // Adam's constants have no native default (fast.ai's live in the TypeScript DEFAULTS): training without
+  // them would compute NaN, so it refuses.
+  void requireOptimizer() const {
+    if (!std::isfinite(opt.sqrMom) || !std::isfinite(opt.eps)) throw UserError("set the optimizer's sqrMom and eps first (setOptions({ sqrMom, eps }))");
+  }
 
   ImageCache& cache(const std::string& split) {
     if (split == "train") return train;

@@ -33,6 +33,7 @@ Napi::Value Learner::LrFind(const Napi::CallbackInfo& info) {
   bool stopDiv = o.Get("stopDiv").ToBoolean();
   auto progress = std::make_shared<ProgressSink>(env, o.Get("onProgress"));
   auto c = core_;
+  c->requireOptimizer();
   c->stopRequested = false;
   return runAsync<LrFindResult>(
       env, c->net->workerFor(),

@@ -4,6 +4,7 @@ import { createRequire } from 'node:module';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { isMainThread } from 'node:worker_threads';
 
 export type DType = 'F32' | 'F64' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
@@ -178,6 +179,7 @@ export interface NativeLearner {
 
 interface Addon {
   abiVersion: number;
+  prepareExit(): void;
   torchInfo(): TorchInfo;
   setNumThreads(n: number): void;
   manualSeed(seed: number): void;
@@ -237,8 +239,18 @@ function loadAddon(): Addon {
         `Rebuild it: ${rebuild}`,
     );
   }
-  const threads = Number(process.env.TORCHLEARN_THREADS);
-  if (Number.isInteger(threads) && threads > 0) addon.setNumThreads(threads);
+  // As the process exits, before any native exit handler: stop the native loops and let the workers leave
+  // LibTorch (its objects are destroyed next). The main thread's exit only: a worker thread's ending is not
+  // the process's.
+  if (isMainThread) process.once('exit', () => addon.prepareExit());
+  const threads = process.env.TORCHLEARN_THREADS;
+  if (threads !== undefined && threads !== '') {
+    try {
+      addon.setNumThreads(Number(threads));
+    } catch (e) {
+      throw new Error(`torchlearn: TORCHLEARN_THREADS=${threads}: ${(e as Error).message}`);
+    }
+  }
   return addon;
 }
 

@@ -21,7 +21,7 @@ describe('callbacks', () => {
     const learn = visionLearner(dls, 'resnet18', { metrics: [accuracy()], seed: 0, logger: (l) => lines.push(l) });
     const batches: number[] = [];
     const epochs: number[] = [];
-    await learn.fitOneCycle(2, { cbs: [{ afterBatch: (b) => batches.push(b.iter), afterEpoch: (e) => void epochs.push(e.epoch) }] });
+    await learn.fitOneCycle(2, { cbs: [{ afterBatch: (b) => void batches.push(b.iter), afterEpoch: (e) => void epochs.push(e.epoch) }] });
     expect(epochs).toEqual([0, 1]);
     expect(batches.length).toBe(2 * dls.train.length);
     const header = lines.find((l) => l.startsWith('epoch'))!;
@@ -75,7 +75,7 @@ describe('callbacks', () => {
   it('an AbortSignal stops after the current batch, leaving a usable learner', async () => {
     const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
     const ac = new AbortController();
-    const r = await learn.fitOneCycle(5, { signal: ac.signal, cbs: [{ afterBatch: (b) => b.iter === 1 && ac.abort() }] });
+    const r = await learn.fitOneCycle(5, { signal: ac.signal, cbs: [{ afterBatch: (b) => void (b.iter === 1 && ac.abort()) }] });
     expect(r.stopped).toBe(true);
     expect(r.epochs).toBe(0);
     expect(learn.recorder.losses.length).toBeLessThan(dls.train.length);

@@ -146,7 +146,8 @@ export class ImageDataLoaders {
   }
 
   /** Items with a path and a label (and any keys to split by, e.g. patient). */
-  static async fromItems(items: Item[], opts: DataLoadersOptions = {}): Promise<ImageDataLoaders> {
+  static async fromItems(itemList: readonly { path: string; label: string }[], opts: DataLoadersOptions = {}): Promise<ImageDataLoaders> {
+    const items = itemList as Item[];
     const size = opts.size ?? 224;
     const bs = opts.bs ?? 64;
     const validPct = opts.validPct ?? 0.2;

@@ -361,6 +361,8 @@ export class Learner {
         throw new Error(`resume: the checkpoint '${o.resume}' is from a ${st.schedule.kind} fit of ${st.nEpoch} epochs; this call asks for ${schedule.kind} over ${nEpoch}`);
       ({ schedule, epochsDone: startEpoch, smoothVal, smoothCount, epochRng } = st);
       startBatch = st.batchesDone;
+      const nIter = Math.max(1, Math.floor(this.dls.train.n / this.#bs));
+      if (startBatch >= nIter) throw new Error(`resume: ${o.resume}: damaged fit state (batchesDone ${startBatch}, but an epoch has ${nIter} batches at batch size ${this.#bs})`);
       this.log(`resuming from '${o.resume}' at epoch ${startEpoch} of ${nEpoch}${startBatch ? `, batch ${startBatch}` : ''}`);
     }
     const checkpoint = o.checkpoint ?? o.resume;
@@ -730,6 +732,8 @@ export class Learner {
 
   /** Grad-CAM for one image file (fast.ai v1): the map of layer4 for `classIdx` (default: the predicted class). */
   async gradcam(path: string, o: { classIdx?: number } = {}): Promise<{ map: Float32Array; h: number; w: number; probs: Float32Array; classIdx: number }> {
+    const c = o.classIdx;
+    if (c !== undefined && !(Number.isInteger(c) && c >= 0 && c < this.dls.c)) throw new Error(`gradcam: classIdx must be a class index in [0, ${this.dls.c}), got ${c}`);
     const [d] = await decodeAll([path], this.dls.presize, this.dls.method);
     if (!d.ok) throw new Error(`cannot read image ${path}: ${d.reason}`);
     return this.gradcamRaw(d.data, o.classIdx);

@@ -2,6 +2,9 @@
 // files over 4 GiB). Reads the central directory only, so a truncated file is detected.
 import { inflateRawSync } from 'node:zlib';
 
+/** The most an entry over 1 MiB may inflate, as a multiple of its compressed size. */
+const MAX_INFLATE_RATIO = 100;
+
 export interface ZipEntry {
   name: string;
   method: number;
@@ -80,6 +83,10 @@ export class ZipReader {
     const raw = this.buf.subarray(start, end);
     if (e.method === 0) return raw;
     if (e.method === 8) {
+      // Weights are close to incompressible (deflate gains a few percent on floats): an entry declaring many
+      // times its compressed size is a decompression bomb, refused before anything is inflated.
+      if (e.size > 1 << 20 && e.size > MAX_INFLATE_RATIO * e.compressedSize)
+        this.fail(`entry '${name}' declares ${e.size} bytes from ${e.compressedSize} compressed (over ${MAX_INFLATE_RATIO}x: not weights)`);
       let out: Buffer;
       try {
         out = inflateRawSync(raw, { maxOutputLength: Math.max(1, e.size) });

@@ -1,5 +1,6 @@
 // Prints one closing line, "N passed, N failed, N skipped", after vitest's own report, so that any
 // CI reading the plain closing line sees the counts.
+import { appendFileSync } from 'node:fs';
 import type { Reporter, TestModule } from 'vitest/node';
 
 export default class SummaryReporter implements Reporter {
@@ -13,6 +14,9 @@ export default class SummaryReporter implements Reporter {
         else counts.skipped++;
       }
     }
-    console.log(`\n${counts.passed} passed, ${counts.failed} failed, ${counts.skipped} skipped`);
+    const pass = process.env.TORCHLEARN_BLAS_PASS ? `${process.env.TORCHLEARN_BLAS_PASS}-blas: ` : '';
+    console.log(`\n${pass}${counts.passed} passed, ${counts.failed} failed, ${counts.skipped} skipped`);
+    // scripts/test.sh adds the passes up into one closing line
+    if (process.env.TORCHLEARN_TEST_COUNTS) appendFileSync(process.env.TORCHLEARN_TEST_COUNTS, JSON.stringify(counts) + '\n');
   }
 }
