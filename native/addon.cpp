@@ -179,24 +179,25 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // LibTorch's OpenMP pool defaults to one thread on some builds: use every core for CPU work unless the
   // user says otherwise (torchlearn's setNumThreads / TORCHLEARN_THREADS, read by the TypeScript side).
   setThreads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-  // A tiny forward and backward of each kind of layer on the CPU worker, now: oneDNN and LibTorch make their
-  // process-wide objects (primitive caches, kernel registries) on first use and register their destructors
-  // then; made here, before the exit hook is armed again after this task, the hook runs before them
-  // (common.h, armExitHook), also for a script that exits in its very first batch.
-  cpuWorker().post([] {
-    try {
-      torch::NoGradGuard outer;
-      auto conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 4, 3).padding(1).bias(false));
-      auto bn = torch::nn::BatchNorm2d(4);
-      auto fc = torch::nn::Linear(4, 2);
-      torch::AutoGradMode grad(true);
-      auto x = torch::rand({2, 3, 8, 8});
-      auto y = fc->forward(torch::adaptive_avg_pool2d(torch::relu(bn->forward(conv->forward(x))), {1, 1}).flatten(1));
-      torch::nn::functional::cross_entropy(y, torch::zeros({2}, torch::kLong)).backward();
-    } catch (...) {
-      // a warm-up only: whatever fails here fails again, with its message, where it is used
-    }
-  });
+  // A tiny forward and backward of each kind of layer, here on the JavaScript thread (one CPU thread, see
+  // setThreads): oneDNN and LibTorch make their process-wide objects (primitive caches, kernel registries)
+  // on first use and register their destructors then. Made now, before the exit hook is armed (below), the
+  // hook runs before those destructors (common.h, armExitHook), also for a script that exits in its first
+  // batch.
+  try {
+    // (the global generator's state is put back: loading the addon draws no random numbers)
+    at::Generator global = at::detail::getDefaultCPUGenerator();
+    const auto state = global.get_state();
+    auto conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 4, 3).padding(1).bias(false));
+    auto bn = torch::nn::BatchNorm2d(4);
+    auto fc = torch::nn::Linear(4, 2);
+    auto x = torch::rand({2, 3, 8, 8});
+    auto y = fc->forward(torch::adaptive_avg_pool2d(torch::relu(bn->forward(conv->forward(x))), {1, 1}).flatten(1));
+    torch::nn::functional::cross_entropy(y, torch::zeros({2}, torch::kLong)).backward();
+    global.set_state(state);
+  } catch (...) {
+    // a warm-up only: whatever fails here fails again, with its message, where it is used
+  }
   // As the process exits, the loops stop and the workers finish what they run in LibTorch before its static
   // objects go (common.h, armExitHook).
   armExitHook();
