@@ -25,7 +25,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { native } from '../src/binding.js';
-import { augTransforms, type BatchNormKernels, compareTraces, imagenetStats, ImageDataLoaders, loadLearner, readCovidMetadata, readTrace, torchInfo, visionLearner } from '../src/index.js';
+import { augTransforms, type BatchNormKernels, compareTraces, imagenetStats, ImageDataLoaders, loadLearner, readCovidMetadata, readTrace, torchInfo, visionLearner, type Learner } from '../src/index.js';
 import { decodeAll } from '../src/data/images.js';
 import { foldBatchNormDefault } from '../src/info.js';
 
@@ -120,7 +120,7 @@ async function decodeBench() {
 }
 
 // One more epoch under LibTorch's profiler; a profiler that fails (no CUPTI, say) costs the trace, not the bench.
-async function traced(learn: ReturnType<typeof visionLearner>, path: string) {
+async function traced(learn: Learner, path: string) {
   try {
     await learn.fitOneCycle(1, { trace: path });
   } catch (e) {
@@ -146,7 +146,7 @@ async function trainBench() {
       }
       for (const frozen of frozenModes) for (const graph of graphModes) for (const batchNorm of bnModes) for (const fusedAdam of adamModes) {
         native.cudaMemory(true);
-        const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0, cudaGraph: graph, batchNorm, fusedAdam });
+        const learn = await visionLearner(dls, cfg.arch as 'resnet50', { pretrained: false, verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0, cudaGraph: graph, batchNorm, fusedAdam });
         if (frozen) learn.freeze();
         else learn.unfreeze();
         await learn.fitOneCycle(2); // epoch 0 warms up (cuDNN autotuning, allocator, the graph's capture), epoch 1 is measured
@@ -193,7 +193,7 @@ async function endToEndBench() {
   const prec = cuda ? 'bf16' : 'fp32';
   for (const graph of graphModes) {
     native.cudaMemory(true);
-    const learn = visionLearner(dls, cfg.arch as 'resnet50', { verbose: false, device, precision: prec, seed: 0, cudaGraph: graph });
+    const learn = await visionLearner(dls, cfg.arch as 'resnet50', { pretrained: false, verbose: false, device, precision: prec, seed: 0, cudaGraph: graph });
     learn.unfreeze();
     await learn.fitOneCycle(3);
     const nTrain = dls.train.length * bs;
@@ -230,7 +230,7 @@ async function inferenceBench() {
   const n = 64;
   const images = new Uint8Array(n * presize * presize * 3);
   const dls = ImageDataLoaders.fromArrays(images, Int32Array.from({ length: n }, (_, i) => i % 2), ['a', 'b'], { presize, size, bs });
-  const learn = visionLearner(dls, 'resnet50', { verbose: false, device, seed: 0 });
+  const learn = await visionLearner(dls, 'resnet50', { pretrained: false, verbose: false, device, seed: 0 });
   const path = await learn.export(join(tmp, 'export.safetensors'));
   learn.dispose();
   const inf = loadLearner(path, { device, bs });

@@ -104,20 +104,29 @@ await dls.showBatch({ n: 9, path: join(out, 'batch.png') });
 say(`   a batch as the model sees it: ${join(out, 'batch.png')}`);
 
 // --- 3. the learner ------------------------------------------------------------------------------------
-const pretrained = opt.pretrained ?? false;
-if (!pretrained) {
-  say(`\n3. No --pretrained weights: the ${arch} body trains from scratch. Transfer learning needs torchvision's ImageNet`);
-  say(`   weights for ${arch} (${TORCHVISION_WEIGHTS[arch]}); from scratch, on ~230 images, expect little better than`);
-  say('   predicting the majority class. Pass --pretrained FILE.');
-} else say(`\n3. ${arch} with ImageNet weights from ${pretrained}, body frozen`);
-const learn = visionLearner(dls, arch, {
-  pretrained,
+// torchvision's ImageNet weights unless --pretrained names a file: from PyTorch's hub cache, else downloaded
+// into it. Offline (this project's own machines), the example alone trains from scratch, and says so.
+const learnerOptions = {
   metrics: [precision(), recall()],
   device: opt.device,
   seed,
   modelDir: join(out, 'models'),
   cudaGraph: opt['no-cuda-graph'] ? false : undefined,
-});
+};
+let pretrained: string | false = opt.pretrained ?? TORCHVISION_WEIGHTS[arch];
+let learn;
+try {
+  learn = await visionLearner(dls, arch, { ...learnerOptions, pretrained: opt.pretrained ?? true });
+  say(`\n3. ${arch} with ImageNet weights (${opt.pretrained ?? TORCHVISION_WEIGHTS[arch]}), body frozen`);
+} catch (e) {
+  if (opt.pretrained) throw e;
+  pretrained = false;
+  say(`\n3. !!! No ImageNet weights: ${(e as Error).message.split('\n')[0]}`);
+  say(`   !!! The ${arch} body trains FROM SCRATCH: on ~230 images, expect little better than predicting the majority`);
+  say(`   !!! class. With a network the weights download by themselves; offline, put ${TORCHVISION_WEIGHTS[arch]} in PyTorch's`);
+  say(`   !!! hub cache (torchlearn weights list shows where) or pass --pretrained FILE.`);
+  learn = await visionLearner(dls, arch, { ...learnerOptions, pretrained: false });
+}
 
 // Ctrl-C stops after the current batch, leaving a consistent model.
 const stop = new AbortController();

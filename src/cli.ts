@@ -3,14 +3,18 @@
 //   torchlearn predict model.safetensors images-or-folders... [--json] [--device cpu|cuda]
 //   torchlearn info
 import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 const usage = `usage:
   torchlearn predict MODEL.safetensors IMAGE|FOLDER... [--json] [--device auto|cpu|cuda]
+  torchlearn weights list
+  torchlearn weights get ARCH [--version IMAGENET1K_V1|IMAGENET1K_V2]
   torchlearn info
   torchlearn --help | --version
 
   predict   the classes of images with a model written by learn.export()
+  weights   torchvision's ImageNet weights: which exist and which are in PyTorch's hub cache; download one
   info      the LibTorch this addon runs on, its device and threads`;
 
 const predictUsage = `usage: torchlearn predict MODEL.safetensors IMAGE|FOLDER... [--json] [--device auto|cpu|cuda]
@@ -44,6 +48,40 @@ async function main(argv: string[]): Promise<number> {
     console.log(`device: ${i.cuda ? `cuda (${i.deviceCount} x ${i.deviceName ?? 'GPU'}), cuDNN ${i.cudnn ? 'yes' : 'no'}` : 'cpu (this LibTorch has no CUDA)'}`);
     console.log(`threads: ${i.threads}`);
     return 0;
+  }
+  if (cmd === 'weights') {
+    const { ARCHS } = await import('./model.js');
+    const { PRETRAINED, WEIGHTS_VERSIONS, cachedWeightFile, hubCacheDir, pretrainedFileName, weightsBaseUrl } = await import('./weights/pretrained.js');
+    const [sub, ...args] = rest;
+    if (sub === 'list') {
+      console.log(`PyTorch's hub cache: ${hubCacheDir()}; downloads from ${weightsBaseUrl()}`);
+      console.log(`${'architecture'.padEnd(14)}${'version'.padEnd(16)}${'file'.padEnd(26)}cache`);
+      for (const arch of ARCHS)
+        for (const v of WEIGHTS_VERSIONS) {
+          const file = PRETRAINED[arch][v];
+          if (!file) continue;
+          const st = statSync(join(hubCacheDir(), file), { throwIfNoEntry: false });
+          console.log(`${arch.padEnd(14)}${v.padEnd(16)}${file.padEnd(26)}${st ? `cached (${(st.size / 2 ** 20).toFixed(1)} MiB)` : 'not cached'}`);
+        }
+      return 0;
+    }
+    if (sub === 'get') {
+      const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { version: { type: 'string', default: 'IMAGENET1K_V1' } } });
+      const arch = positionals[0];
+      if (!arch || !(ARCHS as readonly string[]).includes(arch)) {
+        console.error(`torchlearn weights get: name an architecture: ${ARCHS.join(', ')}`);
+        return 2;
+      }
+      const file = pretrainedFileName(arch as (typeof ARCHS)[number], values.version as 'IMAGENET1K_V1');
+      const { ProgressBar } = await import('./learner/progress.js');
+      const bar = new ProgressBar(process.stderr, Boolean(process.stderr.isTTY));
+      const path = await cachedWeightFile(file, { onProgress: (r, t) => bar.update(file, r, t) });
+      bar.clear();
+      console.log(path);
+      return 0;
+    }
+    console.error(usage);
+    return 2;
   }
   if (cmd === 'predict') {
     let parsed;

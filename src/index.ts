@@ -6,6 +6,8 @@ export { Model, resnet18, resnet34, resnet50, resnet101, resnet152, ARCHS, TORCH
 export type { Arch, LoadWeightsOptions, ResNetOptions } from './model.js';
 export type { LoadReport, NamedTensor, DType } from './binding.js';
 export { readWeightFile, writeWeightFile } from './weights/index.js';
+export { PRETRAINED, WEIGHTS_VERSIONS, TORCHVISION_WEIGHTS_URL, cachedWeightFile, hubCacheDir, pretrainedFileName, weightsBaseUrl } from './weights/pretrained.js';
+export type { WeightsVersion, DownloadOptions } from './weights/pretrained.js';
 export { readCovidMetadata, isCovidFinding, POSITIVE, NEGATIVE } from './data/metadata.js';
 export type { CovidItem, MetadataFilters, MetadataResult } from './data/metadata.js';
 export { segregateByLabel } from './data/segregate.js';

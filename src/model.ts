@@ -1,18 +1,15 @@
 // torchvision's ResNets as TypeScript objects: build, load/save weights, run forward off the main thread.
 import { native, type LoadReport, type NativeNet } from './binding.js';
 import { readWeightFile, writeWeightFile } from './weights/index.js';
+import { PRETRAINED } from './weights/pretrained.js';
 
 export type Arch = 'resnet18' | 'resnet34' | 'resnet50' | 'resnet101' | 'resnet152';
 export const ARCHS: readonly Arch[] = ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152'];
 
 /** torchvision's ImageNet weight file for each architecture (IMAGENET1K_V1), as torch.hub names it in its cache. */
-export const TORCHVISION_WEIGHTS: Readonly<Record<Arch, string>> = {
-  resnet18: 'resnet18-f37072fd.pth',
-  resnet34: 'resnet34-b627a593.pth',
-  resnet50: 'resnet50-0676ba61.pth',
-  resnet101: 'resnet101-63fe2227.pth',
-  resnet152: 'resnet152-394f9c45.pth',
-};
+export const TORCHVISION_WEIGHTS: Readonly<Record<Arch, string>> = Object.fromEntries(
+  ARCHS.map((a) => [a, PRETRAINED[a].IMAGENET1K_V1!]),
+) as Record<Arch, string>;
 
 /** What a weight file is, when it is one of ours rather than torchvision weights; null otherwise. */
 export function torchlearnFileKind(path: string, metadata: Record<string, string>): string | null {

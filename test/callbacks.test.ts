@@ -18,7 +18,7 @@ beforeAll(async () => {
 describe('callbacks', () => {
   it('afterBatch and afterEpoch see every batch and epoch; the table is fast.ai\'s', async () => {
     const lines: string[] = [];
-    const learn = visionLearner(dls, 'resnet18', { metrics: [accuracy()], seed: 0, logger: (l) => lines.push(l) });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, metrics: [accuracy()], seed: 0, logger: (l) => lines.push(l) });
     const batches: number[] = [];
     const epochs: number[] = [];
     await learn.fitOneCycle(2, { cbs: [{ afterBatch: (b) => void batches.push(b.iter), afterEpoch: (e) => void epochs.push(e.epoch) }] });
@@ -36,7 +36,7 @@ describe('callbacks', () => {
   });
 
   it('saveModel keeps the best epoch by the monitored value and loads it at the end; earlyStopping stops', async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, metrics: [accuracy()], seed: 0, modelDir: join(dir, 'models') });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, metrics: [accuracy()], seed: 0, modelDir: join(dir, 'models') });
     const seen: number[] = [];
     const r = await learn.fitOneCycle(3, { cbs: [saveModel({ monitor: 'valid_loss', fname: 'best' }), { afterEpoch: (e) => void seen.push(e.values.valid_loss) }] });
     expect(r.epochs).toBe(3);
@@ -51,7 +51,7 @@ describe('callbacks', () => {
   });
 
   it("csvLogger writes fast.ai's history.csv: a header, then one line per epoch as it ends; append adds to it", async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, metrics: [accuracy()], seed: 0 });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, metrics: [accuracy()], seed: 0 });
     const fname = join(dir, 'history.csv');
     const lines = () => readFileSync(fname, 'utf8').trimEnd().split('\n');
     const seenAtEpochEnd: number[] = [];
@@ -73,7 +73,7 @@ describe('callbacks', () => {
   });
 
   it('an AbortSignal stops after the current batch, leaving a usable learner', async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0 });
     const ac = new AbortController();
     const r = await learn.fitOneCycle(5, { signal: ac.signal, cbs: [{ afterBatch: (b) => void (b.iter === 1 && ac.abort()) }] });
     expect(r.stopped).toBe(true);
@@ -85,7 +85,7 @@ describe('callbacks', () => {
   });
 
   it('fineTune: one frozen cycle at slice(base_lr) with pct_start 0.99, then slice(base_lr/2/100, base_lr/2)', async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0 });
     await learn.fineTune(1, { baseLr: 2e-3 });
     expect(learn.frozenTo).toBe(0);
     const peak = learn.recorder.lrs.reduce((a, r) => (r[2] > a[2] ? r : a));
@@ -95,12 +95,12 @@ describe('callbacks', () => {
   });
 
   it('class weights and label smoothing change the loss', async () => {
-    const base = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
-    const weighted = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, lossFunc: { classWeights: [1, 5], labelSmoothing: 0.1 } });
+    const base = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0 });
+    const weighted = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0, lossFunc: { classWeights: [1, 5], labelSmoothing: 0.1 } });
     const a = (await base.validate()).valid_loss;
     const b = (await weighted.validate()).valid_loss;
     expect(a).not.toBeCloseTo(b, 3);
-    expect(() => visionLearner(dls, 'resnet18', { ...quiet, lossFunc: { classWeights: [1] } })).toThrow(/needs 2 values/);
+    await expect(visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, lossFunc: { classWeights: [1] } })).rejects.toThrow(/needs 2 values/);
     base.dispose();
     weighted.dispose();
   });

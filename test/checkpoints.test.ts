@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { ImageDataLoaders, readWeightFile, visionLearner } from '../src/index.js';
+import { ImageDataLoaders, readWeightFile, visionLearner, type Learner } from '../src/index.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { tempDir } from './helpers/python.js';
 
@@ -19,7 +19,7 @@ beforeAll(async () => {
   dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 8, seed: 3 });
 });
 
-const finite = async (l: ReturnType<typeof visionLearner>) =>
+const finite = async (l: Learner) =>
   (await l.state(false)).every((t) => t.dtype !== 'F32' || new Float32Array(t.data.slice().buffer).every(Number.isFinite));
 
 describe('checkpoints and resume', () => {
@@ -50,7 +50,7 @@ describe('checkpoints and resume', () => {
     expect(fit.epochsDone).toBeGreaterThanOrEqual(1);
     expect(fit.nEpoch).toBe(6);
     console.log(`killed; the last checkpoint is at epoch ${fit.epochsDone}, batch ${fit.batchesDone}`);
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, modelDir: models });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0, modelDir: models });
     const r = await learn.fitOneCycle(6, { resume: 'run' });
     expect(r.epochs).toBe(6 - fit.epochsDone);
     // the schedule goes on where it stopped: the first resumed batch is at position epochsDone/6
@@ -68,9 +68,9 @@ describe('checkpoints and resume', () => {
   });
 
   it('resuming in the middle of an epoch gives bit-identical weights to an uninterrupted run (CPU)', async () => {
-    const a = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, modelDir: join(dir, 'ma') });
+    const a = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0, modelDir: join(dir, 'ma') });
     await a.fitOneCycle(2, { checkpoint: 'x', checkpointEvery: 2 });
-    const b = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, modelDir: join(dir, 'mb') });
+    const b = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0, modelDir: join(dir, 'mb') });
     const ac = new AbortController();
     const rb = await b.fitOneCycle(2, { checkpoint: 'x', checkpointEvery: 2, signal: ac.signal, cbs: [{ afterBatch: (e) => void (e.epoch === 1 && e.iter === 2 && ac.abort()) }] });
     expect(rb.stopped).toBe(true);
@@ -78,7 +78,7 @@ describe('checkpoints and resume', () => {
     const fit = JSON.parse(readWeightFile(join(dir, 'mb', 'x.safetensors')).metadata.fit);
     expect(fit.epochsDone).toBe(1);
     expect(fit.batchesDone).toBeGreaterThan(0);
-    const c = visionLearner(dls, 'resnet18', { ...quiet, seed: 9, modelDir: join(dir, 'mb') });
+    const c = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 9, modelDir: join(dir, 'mb') });
     await c.fitOneCycle(2, { resume: 'x', checkpointEvery: 2 });
     const sa = (await a.state(false));
     const sc = (await c.state(false));
@@ -89,7 +89,7 @@ describe('checkpoints and resume', () => {
   });
 
   it('save and load round-trip the model and optimizer state exactly', async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, modelDir: join(dir, 'm2') });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0, modelDir: join(dir, 'm2') });
     await learn.fitOneCycle(1);
     const before = (await learn.state(true));
     await learn.save('a');

@@ -3,7 +3,7 @@
 import { cpSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { accuracy, ImageDataLoaders, metric, Model, precision, saveModel, visionLearner, type BatchInfo } from '../src/index.js';
+import { accuracy, ImageDataLoaders, Learner, metric, Model, precision, saveModel, visionLearner, type BatchInfo } from '../src/index.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { tempDir } from './helpers/python.js';
 
@@ -19,7 +19,7 @@ beforeAll(async () => {
 
 describe('fineTune', () => {
   it("gives the frozen stage fast.ai's schedule whatever stage 2's options: first lrs slice(base_lr)/25 = [8e-6, 8e-6, 8e-5]", async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0 });
     const firstLrs: number[][] = [];
     await learn.fineTune(1, { div: 7, pctStart: 0.5, lrMult: 10, cbs: [{ afterFit: (l) => void firstLrs.push(l.recorder.lrs[0]) }] });
     expect(firstLrs.length).toBe(2); // the callbacks reach both stages
@@ -32,7 +32,7 @@ describe('fineTune', () => {
 
 describe('callbacks', () => {
   it('afterBatch sees every batch once, in order, with the loss the recorder keeps; beforeEpoch/afterEpoch each epoch', async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0 });
     const seen: BatchInfo[] = [];
     const events: string[] = [];
     await learn.fitOneCycle(2, {
@@ -55,7 +55,7 @@ describe('callbacks', () => {
   });
 
   it('a callback that throws rejects the fit with its error, after the batch in flight; async ones are awaited', async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0 });
     let calls = 0;
     await expect(learn.fitOneCycle(3, { cbs: [{ afterBatch: () => { calls++; throw new Error('callback failed'); } }] })).rejects.toThrow('callback failed');
     expect(calls).toBe(1); // the first error stops the fit: no more events reach the callbacks
@@ -69,7 +69,7 @@ describe('callbacks', () => {
   });
 
   it('an AbortSignal holds across the parts of a checkpointed epoch (checkpointEvery), and lrFind refuses an aborted one', async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, modelDir: join(dir, 'models') });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0, modelDir: join(dir, 'models') });
     const ac = new AbortController();
     const r = await learn.fitOneCycle(1, { signal: ac.signal, checkpoint: 'abort', checkpointEvery: 1, cbs: [{ afterBatch: (b) => void (b.iter === 0 && ac.abort()) }] });
     expect(r.stopped).toBe(true);
@@ -85,14 +85,14 @@ describe('callbacks', () => {
     let k = 0;
     const values = [3, 1, 2];
     const lines: string[] = [];
-    const learn = visionLearner(dls, 'resnet18', { seed: 0, metrics: [metric('score', () => values[k++], 'lower')], modelDir: join(dir, 'models'), logger: (l) => lines.push(l) });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, seed: 0, metrics: [metric('score', () => values[k++], 'lower')], modelDir: join(dir, 'models'), logger: (l) => lines.push(l) });
     await learn.fit(3, { lr: 1e-5, cbs: [saveModel({ monitor: 'score', fname: 'by-score' })] });
     expect(lines.filter((l) => l.startsWith('Better model found')).map((l) => l.match(/epoch (\d)/)![1])).toEqual(['0', '1']);
     learn.dispose();
   });
 
   it('the event loop keeps running during a fit whose callbacks save (largest timer gap under 100 ms)', async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, modelDir: join(dir, 'models') });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0, modelDir: join(dir, 'models') });
     let last = performance.now();
     let worst = 0;
     const timer = setInterval(() => {
@@ -127,8 +127,8 @@ describe('what cannot work is refused up front', () => {
     cpSync(join(dir, 's'), d3, { recursive: true });
     cpSync(join(d3, 'horizontal'), join(d3, 'third'), { recursive: true });
     const dls3 = await ImageDataLoaders.fromFolder(d3, { size: 32, presize: 32, bs: 8 });
-    expect(() => visionLearner(dls3, 'resnet18', { ...quiet, metrics: [accuracy(), precision()] })).toThrow(/average 'binary' .* these data have 3\. Pass \{ average: 'macro' \}/);
-    const ok = visionLearner(dls3, 'resnet18', { ...quiet, metrics: [precision({ average: 'macro' })] });
+    await expect(visionLearner(dls3, 'resnet18', { pretrained: false, ...quiet, metrics: [accuracy(), precision()] })).rejects.toThrow(/average 'binary' .* these data have 3\. Pass \{ average: 'macro' \}/);
+    const ok = await visionLearner(dls3, 'resnet18', { pretrained: false, ...quiet, metrics: [precision({ average: 'macro' })] });
     ok.dispose();
   });
 
@@ -139,7 +139,7 @@ describe('what cannot work is refused up front', () => {
     r34.dispose();
     let msg = '';
     try {
-      visionLearner(dls, 'resnet18', { ...quiet, pretrained: path });
+      await visionLearner(dls, 'resnet18', { ...quiet, pretrained: path });
     } catch (e) {
       msg = (e as Error).message;
     }
@@ -158,25 +158,19 @@ describe('what cannot work is refused up front', () => {
   });
 
   it('an export or checkpoint given as weights is named for what it is', async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, modelDir: join(dir, 'models') });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0, modelDir: join(dir, 'models') });
     const exp = await learn.export(join(dir, 'e.safetensors'));
     const ck = await learn.save('ck');
     learn.dispose();
-    expect(() => visionLearner(dls, 'resnet18', { ...quiet, pretrained: exp })).toThrow(/is a torchlearn export \(written by learn\.export\(\) for a resnet18\): load it with loadLearner/);
-    expect(() => visionLearner(dls, 'resnet18', { ...quiet, pretrained: ck })).toThrow(/is a torchlearn checkpoint \(written by learn\.save\(\) for a resnet18\): load it with learn\.load/);
+    await expect(visionLearner(dls, 'resnet18', { ...quiet, pretrained: exp })).rejects.toThrow(/is a torchlearn export \(written by learn\.export\(\) for a resnet18\): load it with loadLearner/);
+    await expect(visionLearner(dls, 'resnet18', { ...quiet, pretrained: ck })).rejects.toThrow(/is a torchlearn checkpoint \(written by learn\.save\(\) for a resnet18\): load it with learn\.load/);
     expect(() => new Model('resnet18').loadWeights(exp)).toThrow(/is a torchlearn export/);
   });
 
-  it("the from-scratch notice names the architecture's own weight file, once; pretrained: false silences it", () => {
-    for (const arch of ['resnet18', 'resnet34'] as const) {
-      const lines: string[] = [];
-      visionLearner(dls, arch, { logger: (l) => lines.push(l) }).dispose();
-      const notices = lines.filter((l) => l.includes('trains from scratch'));
-      expect(notices.length).toBe(1);
-      expect(notices[0]).toMatch(arch === 'resnet18' ? /resnet18-f37072fd\.pth/ : /resnet34-b627a593\.pth/);
-      const quietLines: string[] = [];
-      visionLearner(dls, arch, { pretrained: false, logger: (l) => quietLines.push(l) }).dispose();
-      expect(quietLines.filter((l) => l.includes('trains from scratch'))).toEqual([]);
-    }
+  it('training from scratch is said explicitly (pretrained: false) and logs nothing about weights; new Learner() takes a path or false', async () => {
+    const lines: string[] = [];
+    (await visionLearner(dls, 'resnet34', { pretrained: false, logger: (l) => lines.push(l) })).dispose();
+    expect(lines.filter((l) => /scratch|pretrained|weights/.test(l))).toEqual([]);
+    expect(() => new Learner(dls, 'resnet18', { ...quiet, pretrained: true })).toThrow(/new Learner\(\) takes the weights' path or false; visionLearner\(\) finds torchvision's weights/);
   });
 });

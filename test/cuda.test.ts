@@ -40,14 +40,14 @@ describe.skipIf(!cuda)('CUDA', () => {
     const dir = tempDir();
     await makeStripes(join(dir, 's'), 50, 48, 11);
     const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 5 });
-    const learn = visionLearner(dls, 'resnet18', { verbose: false, metrics: [accuracy()], seed: 0, device: 'cuda' });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, metrics: [accuracy()], seed: 0, device: 'cuda' });
     expect(learn.bf16).toBe(true);
     const r = await learn.fitOneCycle(8, { lrMax: 5e-3 });
     console.log(`CUDA stripes accuracy ${r.values.at(-1)![2]}`);
     expect(r.values.at(-1)![2]).toBeGreaterThanOrEqual(STRIPES_ACCURACY);
     const ckpt = await learn.save(join(dir, 'ck.safetensors'));
-    const onCpu = visionLearner(dls, 'resnet18', { verbose: false, device: 'cpu' });
-    const onGpu = visionLearner(dls, 'resnet18', { verbose: false, device: 'cuda', precision: 'fp32' });
+    const onCpu = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, device: 'cpu' });
+    const onGpu = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, device: 'cuda', precision: 'fp32' });
     await onCpu.load(ckpt);
     await onGpu.load(ckpt);
     const a = await onCpu.getPreds();
@@ -64,7 +64,7 @@ describe.skipIf(!cuda)('CUDA', () => {
     const n = 256;
     const images = Uint8Array.from({ length: n * p * p * 3 }, (_, i) => (i * 2654435761) >>> 24);
     const dls = ImageDataLoaders.fromArrays(images, Int32Array.from({ length: n }, (_, i) => i % 2), ['a', 'b'], { presize: p, size: 64, bs: 32 });
-    const learn = visionLearner(dls, 'resnet18', { verbose: false, device: 'cuda', seed: 0 });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, device: 'cuda', seed: 0 });
     await learn.fitOneCycle(2);
     const after2 = native.cudaMemory().allocated;
     await learn.fitOneCycle(3);
@@ -78,7 +78,7 @@ describe.skipIf(!cuda)('CUDA', () => {
     const dir = tempDir();
     await makeStripes(join(dir, 's'), 24, 48, 4);
     const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 8, seed: 1 });
-    const learn = visionLearner(dls, 'resnet18', { verbose: false, device: 'cuda', seed: 0 });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, device: 'cuda', seed: 0 });
     await learn.fitOneCycle(2, { lrMax: 5e-3 });
     const path = await learn.export(join(dir, 'export.safetensors'));
     const files = dls.valid.items.map((i) => i.path);
@@ -117,7 +117,7 @@ describe.skipIf(!cuda)('CUDA', () => {
     const before = native.cudaMemory().allocated;
     const after: number[] = [];
     for (let i = 0; i < 50; i++) {
-      const l = visionLearner(dls, 'resnet18', { verbose: false, device: 'cuda' });
+      const l = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, device: 'cuda' });
       await l.fit(1);
       await l.predictBatch(files);
       l.dispose();
@@ -135,7 +135,7 @@ describe.skipIf(!cuda)('CUDA', () => {
     await makeStripes(join(dir, 's'), 50, 48, 11);
     const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 5 });
     const run = async (cudaGraph: boolean, precision: 'bf16' | 'fp32' = 'bf16', lrMax = 5e-3, epochs = 6) => {
-      const learn = visionLearner(dls, 'resnet18', { verbose: false, metrics: [accuracy()], seed: 0, device: 'cuda', cudaGraph, precision });
+      const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, metrics: [accuracy()], seed: 0, device: 'cuda', cudaGraph, precision });
       const before = native.cudaMemory().allocated;
       const r = await learn.fitOneCycle(epochs, { lrMax });
       const after = native.cudaMemory().allocated;
@@ -187,7 +187,7 @@ describe.skipIf(!cuda)('CUDA', () => {
     const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 5 });
     let k = 0;
     const run = async (batchNorm: BatchNormKernels) => {
-      const learn = visionLearner(dls, 'resnet18', { verbose: false, seed: 0, device: 'cuda', cudaGraph: false, batchNorm });
+      const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, device: 'cuda', cudaGraph: false, batchNorm });
       const trace = join(dir, `bn-${batchNorm}-${k}.json`);
       // learning rate 1e-12: the weights stay as made, so each batch's loss and statistics can be compared, and
       // Adam's gradient average (saved with the optimizer's state) is the same weighting of the same batches'
@@ -237,7 +237,7 @@ describe.skipIf(!cuda)('CUDA', () => {
       const cud = await run(mode);
       const err = apart(cud, aten);
       // and it trains: the stripes learnt through each path's backward
-      const trained = visionLearner(dls, 'resnet18', { verbose: false, seed: 0, device: 'cuda', batchNorm: mode, metrics: [accuracy()] });
+      const trained = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, device: 'cuda', batchNorm: mode, metrics: [accuracy()] });
       const acc = (await trained.fitOneCycle(6, { lrMax: 5e-3 })).values.at(-1)![2] as number;
       trained.dispose();
       console.log(`batchNorm '${mode}' vs ATen, bf16: ${show(err)}; ATen batch_norm / relu_ calls in the traced epoch ` +
@@ -276,7 +276,7 @@ describe.skipIf(!cuda)('CUDA', () => {
     await makeStripes(join(dir, 's'), 50, 48, 11);
     const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 5 });
     // the path taken, in ordinary steps: the fused kernel once per bucket and step, no _foreach arithmetic
-    const traced = visionLearner(dls, 'resnet18', { verbose: false, seed: 0, device: 'cuda', cudaGraph: false, fusedAdam: true });
+    const traced = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, device: 'cuda', cudaGraph: false, fusedAdam: true });
     traced.unfreeze();
     const trace = join(dir, 'fused-adam.json');
     await traced.fitOneCycle(1, { lrMax: 1e-3, trace });
@@ -287,7 +287,7 @@ describe.skipIf(!cuda)('CUDA', () => {
     expect(calls('aten::_foreach_sqrt')).toBe(0);
     traced.dispose();
     // with the graph (forward and backward captured, the fused step after each replay) it learns the stripes
-    const learn = visionLearner(dls, 'resnet18', { verbose: false, metrics: [accuracy()], seed: 0, device: 'cuda', fusedAdam: true });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, metrics: [accuracy()], seed: 0, device: 'cuda', fusedAdam: true });
     const r = await learn.fitOneCycle(6, { lrMax: 5e-3 });
     console.log(`fusedAdam with cudaGraph: ${JSON.stringify(learn.recorder.graphs)}; stripes accuracy ${r.values.at(-1)![2]}`);
     expect(learn.recorder.graphs.every((g) => g.captured)).toBe(true);
@@ -300,7 +300,7 @@ describe.skipIf(!cuda)('CUDA', () => {
     const n = 6144;
     const images = new Uint8Array(n * p * p * 3);
     const dls = ImageDataLoaders.fromArrays(images, Int32Array.from({ length: n }, (_, i) => i % 2), ['a', 'b'], { presize: p, size: 224, bs: n, validPct: 0 });
-    const learn = visionLearner(dls, 'resnet152', { verbose: false, device: 'cuda', precision: 'fp32' });
+    const learn = await visionLearner(dls, 'resnet152', { pretrained: false, verbose: false, device: 'cuda', precision: 'fp32' });
     learn.unfreeze();
     await expect(learn.fitOneCycle(1)).rejects.toThrow(/out of memory at batch size 6144[\s\S]*learn\.bs = 3072/);
     learn.bs = 32;

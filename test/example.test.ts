@@ -13,8 +13,13 @@ if (!existsSync(DATA)) console.log(`example test skipped: no covid-chestxray col
 describe.skipIf(!existsSync(DATA))('scripts/covid-xray.ts on the real dataset', () => {
   it('runs end to end and writes the folders, pictures, export and metrics.json', async () => {
     const out = join(tempDir(), 'cx');
-    const log = execFileSync(join(ROOT, 'node_modules', '.bin', 'tsx'), [join(ROOT, 'scripts', 'covid-xray.ts'), '--data', DATA, '--out', out, '--size', '64', '--bs', '16', '--epochs', '1,1', '--lr-find-iters', '10', '--arch', 'resnet18', '--device', 'cpu'], { encoding: 'utf8', cwd: ROOT });
+    // offline, as this machine is: an empty hub cache and a weights URL where nothing listens (port 9 of the loopback)
+    const env = { ...process.env, TORCH_HOME: join(out, '..', 'torch-home'), TORCHLEARN_WEIGHTS_URL: 'http://127.0.0.1:9/' };
+    const log = execFileSync(join(ROOT, 'node_modules', '.bin', 'tsx'), [join(ROOT, 'scripts', 'covid-xray.ts'), '--data', DATA, '--out', out, '--size', '64', '--bs', '16', '--epochs', '1,1', '--lr-find-iters', '10', '--arch', 'resnet18', '--device', 'cpu'], { encoding: 'utf8', cwd: ROOT, env });
     expect(log).toMatch(/not a diagnostic tool/);
+    // no weights to be had: the example alone falls back to training from scratch, loudly, once
+    expect(log.match(/!!! No ImageNet weights: pretrained weights: cannot download http:\/\/127\.0\.0\.1:9\/resnet18-f37072fd\.pth/g)?.length).toBe(1);
+    expect(log).toMatch(/The resnet18 body trains FROM SCRATCH/);
     expect(log).toMatch(/kept 293 X-ray PA images/);
     expect(log).toMatch(/epoch\s+train_loss\s+valid_loss\s+precision_score\s+recall_score\s+time/);
     expect(readdirSync(join(out, 'images', 'covid_positive')).length).toBe(216);
@@ -41,7 +46,7 @@ describe.skipIf(!existsSync(DATA))('scripts/covid-xray.ts on the real dataset', 
     expect(['covid_positive', 'covid_negative']).toContain(m.prediction.label);
     // the same seed gives the same split and, on the CPU, the same numbers
     const out2 = join(tempDir(), 'cx');
-    execFileSync(join(ROOT, 'node_modules', '.bin', 'tsx'), [join(ROOT, 'scripts', 'covid-xray.ts'), '--data', DATA, '--out', out2, '--size', '64', '--bs', '16', '--epochs', '1,1', '--lr-find-iters', '10', '--arch', 'resnet18', '--device', 'cpu'], { encoding: 'utf8', cwd: ROOT });
+    execFileSync(join(ROOT, 'node_modules', '.bin', 'tsx'), [join(ROOT, 'scripts', 'covid-xray.ts'), '--data', DATA, '--out', out2, '--size', '64', '--bs', '16', '--epochs', '1,1', '--lr-find-iters', '10', '--arch', 'resnet18', '--device', 'cpu'], { encoding: 'utf8', cwd: ROOT, env });
     const m2 = JSON.parse(readFileSync(join(out2, 'metrics.json'), 'utf8'));
     expect(m2.split).toEqual(m.split);
     expect(m2.valid).toEqual(m.valid);

@@ -16,7 +16,7 @@ beforeAll(async () => {
   dir = tempDir();
   await makeStripes(join(dir, 's'), 30, 48, 2);
   dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 1 });
-  learn = visionLearner(dls, 'resnet18', { verbose: false, metrics: [accuracy()], seed: 0, modelDir: join(dir, 'models') });
+  learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, metrics: [accuracy()], seed: 0, modelDir: join(dir, 'models') });
   await learn.fitOneCycle(4, { lrMax: 5e-3 });
   exported = await learn.export(join(dir, 'export.safetensors'));
 });
@@ -129,7 +129,7 @@ describe('export and loadLearner', () => {
     // The passes are augmented. Seen on a model that has not learnt the task: the trained one is so sure that
     // its probabilities round to 0 and 1 (with OpenBLAS, augmented and plain were 2.6e-9 apart), while an
     // untrained head's are near 0.5, where any change of the input shows.
-    const fresh = visionLearner(dls, 'resnet18', { verbose: false, seed: 1 });
+    const fresh = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 1 });
     const freshExport = await fresh.export(join(dir, 'untrained.safetensors'));
     fresh.dispose();
     const raw = loadLearner(freshExport, { device: 'cpu' });

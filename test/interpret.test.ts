@@ -23,7 +23,7 @@ beforeAll(async () => {
   const dir = tempDir();
   await makeStripes(join(dir, 's'), 30, 48, 9);
   dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 2 });
-  learn = visionLearner(dls, 'resnet18', { verbose: false, metrics: [accuracy(), precision(), recall()], seed: 0 });
+  learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, metrics: [accuracy(), precision(), recall()], seed: 0 });
   await learn.fitOneCycle(2, { lrMax: 5e-3 });
 });
 
@@ -88,7 +88,7 @@ describe('Grad-CAM', () => {
     const S = 128; // a 4x4 layer4 map: each quadrant is 2x2 cells
     await makeQuadrantPatches(join(dir, 'q'), 32, S, 4);
     const d = await ImageDataLoaders.fromFolder(join(dir, 'q'), { size: S, presize: S, bs: 16, seed: 1, augment: false });
-    const l = visionLearner(d, 'resnet18', { verbose: false, metrics: [accuracy()], seed: 0 });
+    const l = await visionLearner(d, 'resnet18', { pretrained: false, verbose: false, metrics: [accuracy()], seed: 0 });
     const r = await l.fitOneCycle(8, { lrMax: 5e-3 });
     console.log(`quadrant patches: valid accuracy ${r.values.at(-1)![2]}`);
     for (const q of [0, 1, 2, 3]) {

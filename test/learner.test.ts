@@ -38,7 +38,7 @@ describe('schedules', () => {
   });
 
   it("fitOneCycle's per-batch lr and momentum equal fast.ai's combined_cos over the whole run (1e-9), and PyTorch's OneCycleLR closely", async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0 });
     const lrMax: [number, number] = [1e-5, 1e-3];
     await learn.fitOneCycle(2, { lrMax });
     const groups = lrPerGroup(lrMax, 3);
@@ -131,7 +131,7 @@ torch.manual_seed(0); torch.save(torchvision.models.resnet18().state_dict(), sys
   });
 
   it('pretrained: frozen body except BatchNorm; unfreeze trains everything; a frozen conv is bit-identical after an epoch, a BN weight is not', async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, pretrained: weights, seed: 0 });
+    const learn = await visionLearner(dls, 'resnet18', { ...quiet, pretrained: weights, seed: 0 });
     const all = learn.net.paramTable();
     const trainable = learn.trainableParams().map((p) => p.name);
     const expected = all.filter((p) => p.name.startsWith('head.') || p.isNorm).map((p) => p.name);
@@ -154,7 +154,7 @@ torch.manual_seed(0); torch.save(torchvision.models.resnet18().state_dict(), sys
   });
 
   it('lrFind leaves weights, optimizer state and random state bit-identical; suggestions lie inside the ramp', async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, pretrained: weights, seed: 0 });
+    const learn = await visionLearner(dls, 'resnet18', { ...quiet, pretrained: weights, seed: 0 });
     await learn.fitOneCycle(1); // so that there is optimizer state to preserve
     const before = (await learn.state(true));
     expect(before.some((t) => t.name.startsWith('opt.'))).toBe(true);
@@ -178,7 +178,7 @@ describe('learning', () => {
   it('a ResNet from scratch tells stripes apart: validation accuracy >= 0.95 on the CPU', async () => {
     await makeStripes(join(dir, 'stripes-big'), 50, 48, 11);
     const d = await ImageDataLoaders.fromFolder(join(dir, 'stripes-big'), { size: 32, presize: 40, bs: 16, seed: 5, validPct: 0.2 });
-    const learn = visionLearner(d, 'resnet18', { ...quiet, metrics: [accuracy()], seed: 0 });
+    const learn = await visionLearner(d, 'resnet18', { pretrained: false, ...quiet, metrics: [accuracy()], seed: 0 });
     const r = await learn.fitOneCycle(8, { lrMax: 5e-3 });
     const acc = r.values.at(-1)![2];
     console.log(`stripes: valid accuracy ${acc} after ${r.epochs} epochs (${r.seconds.toFixed(1)} s)`);
@@ -189,8 +189,8 @@ describe('learning', () => {
 
 describe('BatchNorm folded into the convolutions for evaluation (the CPU default)', () => {
   it('predicts what the unfolded network predicts, and follows the weights through training, lrFind and loads', async () => {
-    const folded = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, modelDir: join(dir, 'fold') });
-    const plain = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, foldBatchNorm: false });
+    const folded = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0, modelDir: join(dir, 'fold') });
+    const plain = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0, foldBatchNorm: false });
     const agree = async (what: string) => {
       const a = await folded.getPreds();
       const b = await plain.getPreds();
@@ -224,14 +224,14 @@ describe('batchNorm kernels and fusedAdam on the CPU', () => {
     const losses: number[][] = [];
     for (const opts of [{}, { batchNorm: 'cudnn-fused' as const }, { batchNorm: 'fused-full' as const }, { fusedAdam: true }]) {
       manualSeed(0); // dropout draws from the global generator
-      const l = visionLearner(dls, 'resnet18', { ...quiet, seed: 0, ...opts });
+      const l = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0, ...opts });
       await l.fitOneCycle(1, { lrMax: 5e-3 });
       losses.push(l.recorder.rawLosses.slice());
       l.dispose();
     }
     expect(losses[0].length).toBeGreaterThan(0);
-    expect(() => visionLearner(dls, 'resnet18', { ...quiet, batchNorm: 'fuse' as 'fused' })).toThrow(/batchNorm must be 'aten', 'cudnn', 'cudnn-fused', 'fused' or 'fused-full', got fuse/);
-    expect(() => visionLearner(dls, 'resnet18', { ...quiet, fusedAdam: 'yes' as unknown as boolean })).toThrow(/fusedAdam must be true or false, got "yes"/);
+    await expect(visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, batchNorm: 'fuse' as 'fused' })).rejects.toThrow(/batchNorm must be 'aten', 'cudnn', 'cudnn-fused', 'fused' or 'fused-full', got fuse/);
+    await expect(visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, fusedAdam: 'yes' as unknown as boolean })).rejects.toThrow(/fusedAdam must be true or false, got "yes"/);
     for (const other of losses.slice(1)) {
       expect(other.length).toBe(losses[0].length);
       expect(Math.max(...other.map((v, i) => Math.abs(v - losses[0][i])))).toBeLessThan(1e-6);
@@ -244,8 +244,8 @@ describe('native threads', () => {
     // cuDNN caches its execution plans per thread: a fresh thread per call autotuned every convolution at
     // every epoch and validation on the GPU. On the CPU one thread serves all networks, so that there is one
     // OpenMP team (see cpuWorker in native/common.h). This pins the design down on any machine.
-    const a = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
-    const b = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    const a = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0 });
+    const b = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0 });
     await a.fitOneCycle(2, { profile: true });
     const threads = a.recorder.profiles.map((p) => p.thread); // the recorder starts afresh with each fit
     await a.validate();
@@ -286,7 +286,7 @@ describe('the captured training step (cudaGraph)', () => {
     let init: NamedTensor[] = [];
     const firstFit = new Map<string, number[]>();
     const train = async (cudaGraph: boolean, perturb = false) => {
-      const learn = visionLearner(small, 'resnet18', { ...quiet, seed: 5, cudaGraph });
+      const learn = await visionLearner(small, 'resnet18', { pretrained: false, ...quiet, seed: 5, cudaGraph });
       if (!cudaGraph && !perturb) init = await learn.state(false);
       if (perturb) {
         // every weight moved by one float32 rounding, alternately up and down
@@ -360,7 +360,7 @@ describe('the captured training step (cudaGraph)', () => {
   });
 
   it('a stopped fit lets its graph go: the next fit warms up again', async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 2, cudaGraph: true });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 2, cudaGraph: true });
     const stop = new AbortController();
     const r = await learn.fitOneCycle(3, { signal: stop.signal, cbs: [{ afterBatch: (e) => { if (e.epoch === 1 && e.iter >= 1) stop.abort(); } }] });
     expect(r.stopped).toBe(true);
@@ -370,7 +370,7 @@ describe('the captured training step (cudaGraph)', () => {
   });
 
   it('a fit of several epochs keeps one graph: only the first epoch warms up', async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 1, cudaGraph: true });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 1, cudaGraph: true });
     await learn.fitOneCycle(3);
     const n = learn.recorder.iters[0];
     expect(learn.recorder.graphs.map((g) => g.steps)).toEqual([n - 3, n, n]);

@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { ImageDataLoaders, readCovidMetadata, readWeightFile, resnet18, visionLearner } from '../src/index.js';
+import { ImageDataLoaders, readCovidMetadata, readWeightFile, resnet18, visionLearner, type Learner } from '../src/index.js';
 import { native } from '../src/binding.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { runPython, tempDir } from './helpers/python.js';
@@ -18,12 +18,12 @@ beforeAll(async () => {
   dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 8, seed: 3 });
 });
 
-const finite = async (l: ReturnType<typeof visionLearner>) =>
+const finite = async (l: Learner) =>
   (await l.state(false)).every((t) => t.dtype !== 'F32' || new Float32Array(t.data.slice().buffer).every(Number.isFinite));
 
 describe('divergence', () => {
   it('a NaN/Inf loss stops training with the batch and lr, and leaves finite weights', async () => {
-    const learn = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0 });
     await expect(learn.fit(3, { lr: 1e9 })).rejects.toThrow(/training diverged: the loss is .* at batch \d+ of epoch \d+ \(lr 1e\+09\)/);
     expect(await finite(learn)).toBe(true);
     learn.dispose();
@@ -40,14 +40,14 @@ describe('divergence', () => {
 
 describe('options out of range', () => {
   it('negative lr, bad epochs, bad wd, bad freezeTo, bad lrFind ranges', async () => {
-    const learn = visionLearner(dls, 'resnet18', quiet);
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet });
     await expect(learn.fitOneCycle(1, { lrMax: -1 })).rejects.toThrow(/lrMax must be a positive/);
     await expect(learn.fitOneCycle(0)).rejects.toThrow(/positive integer/);
     await expect(learn.fitOneCycle(1, { wd: -0.1 })).rejects.toThrow(/wd must be >= 0/);
     expect(() => learn.freezeTo(7)).toThrow(/there are 3 layer groups/);
     await expect(learn.lrFind({ startLr: 1, endLr: 0.1 })).rejects.toThrow(/0 < startLr < endLr/);
     expect(() => (learn.bs = 0)).toThrow(/bs must be a positive integer/);
-    expect(() => visionLearner(dls, 'resnet18', { ...quiet, device: 'cuda:7' })).toThrow(/cuda/);
+    await expect(visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, device: 'cuda:7' })).rejects.toThrow(/cuda/);
     learn.dispose();
   });
 });
@@ -82,8 +82,8 @@ describe('concurrency and lifetime', () => {
   });
 
   it('two learners trained concurrently both finish (on the CPU their calls take turns); predictions issued concurrently; calls after dispose are clear errors', async () => {
-    const a = visionLearner(dls, 'resnet18', { ...quiet, seed: 0 });
-    const b = visionLearner(dls, 'resnet18', { ...quiet, seed: 1 });
+    const a = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0 });
+    const b = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 1 });
     const [ra, rb] = await Promise.all([a.fitOneCycle(1), b.fitOneCycle(1)]);
     expect(ra.epochs + rb.epochs).toBe(2);
     const files = dls.valid.items.map((i) => i.path);

@@ -18,7 +18,7 @@ const perStep = (t: ReturnType<typeof readTrace>, name: string) => (t.ops.find((
 
 describe('operator traces', () => {
   it("fit({ trace }) counts the operators of each step, as torch.profiler does for PyTorch's own step", async () => {
-    const learn = visionLearner(dls, 'resnet18', { verbose: false, seed: 0 });
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0 });
     learn.unfreeze();
     const path = join(dir, 'torchlearn.json');
     await learn.fitOneCycle(2, { trace: path });

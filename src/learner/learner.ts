@@ -8,6 +8,7 @@ import type { ImageDataLoaders } from '../data/loaders.js';
 import { decodeAll, type ImageSource } from '../data/images.js';
 import { foldBatchNormDefault, manualSeed, resolveDevice, torchInfo } from '../info.js';
 import { checkArch, NetHandle, torchlearnFileKind, TORCHVISION_WEIGHTS, type Arch } from '../model.js';
+import { cachedWeightFile, hubCacheDir, pretrainedFileName, weightsBaseUrl, WEIGHTS_VERSIONS, type WeightsVersion } from '../weights/pretrained.js';
 import { lrFindSpec, renderChart } from '../plot/charts.js';
 import { writeGrid } from '../plot/grid.js';
 import { readWeightFile, writeWeightFileAsync } from '../weights/index.js';
@@ -28,9 +29,14 @@ export interface LossOptions {
 }
 
 export interface VisionLearnerOptions {
-  /** torchvision weights for the body (.pth or .safetensors); `false` (or null) trains from scratch, said
-   * explicitly; left out, the body also trains from scratch, with a notice naming the weight file to use */
-  pretrained?: string | false | null;
+  /**
+   * The body's starting weights, as fast.ai's `pretrained`: `true` (the default) is torchvision's ImageNet
+   * weights for the architecture, version `'IMAGENET1K_V1'` (fast.ai's), or the version named
+   * (`'IMAGENET1K_V2'` where torchvision has one): from PyTorch's hub cache, else downloaded into it
+   * (src/weights/pretrained.ts). A path loads that torchvision file (.pth or .safetensors); `false` trains
+   * from scratch. `new Learner()` takes a path or `false` only: `visionLearner()` resolves the rest.
+   */
+  pretrained?: boolean | WeightsVersion | string | null;
   metrics?: Metric[];
   /** decoupled weight decay (fast.ai: 0.01), not applied to BatchNorm parameters and biases */
   wd?: number;
@@ -220,9 +226,9 @@ export class Learner {
     this.pretrained = Boolean(opts.pretrained);
     this.cudaGraph = opts.cudaGraph ?? this.device.startsWith('cuda');
     for (const m of this.metrics) m.check?.(dls.c);
+    if (opts.pretrained === true || (typeof opts.pretrained === 'string' && (WEIGHTS_VERSIONS as readonly string[]).includes(opts.pretrained)))
+      throw new Error(`new Learner() takes the weights' path or false; visionLearner() finds torchvision's weights (pretrained: ${JSON.stringify(opts.pretrained)}): const learn = await visionLearner(dls, '${arch}')`);
     if (opts.pretrained) loadBody(net, opts.pretrained, this.arch);
-    else if (opts.pretrained === undefined && this.#verbose)
-      this.log(`torchlearn: no pretrained weights given: the ${arch} body trains from scratch (transfer learning needs torchvision's ImageNet weights for it: pretrained: '${TORCHVISION_WEIGHTS[this.arch]}'; pretrained: false says from scratch is meant)`);
     this.#native = new native.Learner(net, { device: this.device, seed: opts.seed ?? dls.seed, channelsLast: opts.channelsLast });
     const cw = this.#lossOpts.classWeights;
     if (cw && cw.length !== dls.c) throw new Error(`lossFunc.classWeights needs ${dls.c} values (one per class), got ${cw.length}`);
@@ -794,7 +800,34 @@ function loadBody(net: NativeNet, path: string, arch: Arch): void {
   });
 }
 
-/** fast.ai's vision_learner: a ResNet body (pretrained from a file), fast.ai's head, frozen when pretrained. */
-export function visionLearner(dls: ImageDataLoaders, arch: Arch, opts: VisionLearnerOptions = {}): Learner {
-  return new Learner(dls, arch, opts);
+/**
+ * fast.ai's vision_learner: a torchvision ResNet body, fast.ai's head on it, frozen when pretrained.
+ * Asynchronous, as it may download torchvision's weights (`pretrained`, default true).
+ *
+ * @example
+ * const learn = await visionLearner(dls, 'resnet50', { metrics: [errorRate()] });
+ * await learn.fineTune(2);
+ */
+export async function visionLearner(dls: ImageDataLoaders, arch: Arch, opts: VisionLearnerOptions = {}): Promise<Learner> {
+  checkArch(arch);
+  const p = opts.pretrained ?? true;
+  let path: string | false = false;
+  if (p === true || (typeof p === 'string' && (WEIGHTS_VERSIONS as readonly string[]).includes(p))) {
+    const file = pretrainedFileName(arch, p === true ? 'IMAGENET1K_V1' : (p as WeightsVersion));
+    const verbose = opts.verbose ?? true;
+    const bar = new ProgressBar(process.stdout, verbose && Boolean(process.stdout.isTTY));
+    const log = opts.logger ?? ((l: string) => console.log(l));
+    let announced = false;
+    path = await cachedWeightFile(file, {
+      onProgress: (received, total) => {
+        if (!announced && verbose) log(`torchlearn: downloading ${weightsBaseUrl()}${file} to ${hubCacheDir()}`);
+        announced = true;
+        bar.update(file, received, total);
+      },
+    });
+    bar.clear();
+  } else if (typeof p === 'string') {
+    path = p;
+  }
+  return new Learner(dls, arch, { ...opts, pretrained: path });
 }

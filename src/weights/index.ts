@@ -17,7 +17,7 @@ export function readWeightFile(path: string): WeightFile {
     buf = readFileSync(path);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'ENOENT') throw new Error(`${path}: weight file not found. Check the path (torchlearn downloads nothing: give it a torchvision .pth or .safetensors file)`);
+    if (err.code === 'ENOENT') throw new Error(`${path}: weight file not found. Check the path (a torchvision .pth or .safetensors file; visionLearner's pretrained: true finds torchvision's ImageNet weights by itself)`);
     throw new Error(`${path}: cannot read the weight file (${err.code ?? err.message})`);
   }
   if (buf.length === 0) throw new Error(`${path}: the weight file is empty`);

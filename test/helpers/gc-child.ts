@@ -7,7 +7,7 @@ const rss: number[] = [];
 for (let i = 0; i < 40; i++) {
   // 100 MB of weights a time, then a learner (another network, its caches), neither disposed
   const m = resnet50({ numClasses: 2 });
-  const l = visionLearner(dls, 'resnet18', { verbose: false });
+  const l = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false });
   void m;
   void l;
   await new Promise((r) => setImmediate(r)); // a turn of the event loop, where finalizers run

@@ -10,7 +10,7 @@ const dls = await ImageDataLoaders.fromFolder(data, { size: 32, presize: 32, bs:
 const files = dls.valid.items.slice(0, 4).map((i) => i.path);
 const rss: number[] = [];
 for (let i = 0; i < 50; i++) {
-  const l = visionLearner(dls, 'resnet18', { verbose: false });
+  const l = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false });
   await l.fit(1);
   await l.predictBatch(files);
   l.dispose();

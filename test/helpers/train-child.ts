@@ -4,7 +4,7 @@ import { ImageDataLoaders, visionLearner } from '../../src/index.js';
 
 const [data, modelDir] = process.argv.slice(2);
 const dls = await ImageDataLoaders.fromFolder(data, { size: 64, presize: 64, bs: 8, seed: 3 });
-const learn = visionLearner(dls, 'resnet18', { verbose: false, seed: 0, modelDir });
+const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, modelDir });
 await learn.fitOneCycle(6, {
   checkpoint: 'run',
   checkpointEvery: 2,
