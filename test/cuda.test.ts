@@ -23,6 +23,23 @@ function worstDiff(a: Prediction[], b: Prediction[]): number {
 if (!cuda) console.log('CUDA tests skipped: this LibTorch has no CUDA (they run in scripts/gpu-check.sh on a GPU machine)');
 
 describe.skipIf(!cuda)('CUDA', () => {
+  it('afterBatch sees every batch once, in order, with the losses the recorder keeps, as on the CPU (the graph step too)', async () => {
+    const dir = tempDir();
+    await makeStripes(join(dir, 's'), 40, 48, 3);
+    // 64 training images at batch 2: 32 batches an epoch, past the 25 after which a CUDA epoch reads its losses
+    const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 2, seed: 1, validPct: 0.2 });
+    for (const cudaGraph of [false, true]) {
+      const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, device: 'cuda', cudaGraph });
+      const seen: [number, number, number][] = [];
+      await learn.fitOneCycle(2, { cbs: [{ afterBatch: (b) => void seen.push([b.epoch, b.iter, b.loss]) }] });
+      const n = dls.train.length;
+      expect(n).toBeGreaterThan(25);
+      expect(seen.map(([e, i]) => [e, i])).toEqual([...Array(2 * n).keys()].map((k) => [Math.floor(k / n), k % n]));
+      expect(seen.slice(n).map(([, , l]) => l)).toEqual(Array.from(learn.recorder.rawLosses, (x) => Math.fround(x)));
+      learn.dispose();
+    }
+  });
+
   it('resnet50 forward on CUDA matches the CPU', async () => {
     const m = resnet50({ numClasses: 10 });
     const x = Float32Array.from({ length: 2 * 3 * 96 * 96 }, (_, i) => Math.sin(i));

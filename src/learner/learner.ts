@@ -51,8 +51,8 @@ export interface VisionLearnerOptions {
   /** keep weights and batches in channels_last (NHWC) memory order (default: on CUDA only) */
   channelsLast?: boolean;
   /** capture the training step (forward, backward, optimizer) as one CUDA graph after 3 warm-up steps and
-   * replay it for every batch (default: on CUDA, where it measured 1.18x the ordinary step at batch 64 and
-   * about the same at 256 on an H100; off on the CPU, where the same step would run without capture) */
+   * replay it for every batch (default: on CUDA, where it saves the host's kernel launches; off on the CPU,
+   * where the same step would run without capture). Measured gains: README, Performance */
   cudaGraph?: boolean;
   /** validation and prediction run each BatchNorm of the body folded into its convolution (same results to
    * float rounding; default: on the CPU, where it is faster, off on CUDA); training is never folded */
@@ -62,9 +62,8 @@ export interface VisionLearnerOptions {
    * (ATen's, which PyTorch also runs), 'cudnn' (cuDNN's own BatchNorm API), 'cudnn-fused' (cuDNN's, with the
    * ReLU and residual add after each BatchNorm in the same call; the fastest, its gradients not yet checked
    * against ATen's on a GPU), 'fused-full' (torchlearn's kernels for the statistics, forward and backward).
-   * Where one refuses a batch, it says so once and ATen's kernels run. Train step at batch 256 with the fused
-   * Adam on an H200, against PyTorch eager: 1.08x 'aten', 1.14x 'fused', 1.11x 'fused-full', 1.46x
-   * 'cudnn-fused' (README, Performance). No effect on the CPU or in fp32 */
+   * Where one refuses a batch, it says so once and ATen's kernels run. Each one's speed: README,
+   * Performance. No effect on the CPU or in fp32 */
   batchNorm?: BatchNormKernels;
   /** fast.ai's Adam step on CUDA through PyTorch's fused AdamW kernel (the same formula, one pass over the
    * parameters instead of about a dozen; with cudaGraph the graph then holds the forward and backward, and
