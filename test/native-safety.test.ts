@@ -76,7 +76,7 @@ describe('crashes', () => {
     for (let k = 0; k < 3; k++) {
       const r = child(`
         const dls = await tl.ImageDataLoaders.fromFolder(DATA, { size: 64, presize: 72, bs: 8, seed: 1, quiet: true });
-        const learn = tl.await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false });
+        const learn = await tl.visionLearner(dls, 'resnet18', { pretrained: false, verbose: false });
         setTimeout(() => process.exit(0), ${300 + 200 * k});
         await learn.fit(5);
         console.log('the fit ended before the exit');
@@ -89,7 +89,7 @@ describe('crashes', () => {
     const r = child(`
       const { readWeightFile, writeWeightFile } = tl;
       const dls = await tl.ImageDataLoaders.fromFolder(DATA, { size: 32, presize: 40, bs: 8, seed: 1, quiet: true });
-      const learn = tl.await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, modelDir: DIR + '/m' });
+      const learn = await tl.visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, modelDir: DIR + '/m' });
       await learn.fitOneCycle(1, { checkpoint: 'ck' });
       const f = readWeightFile(DIR + '/m/ck.safetensors');
       const messages = [];
@@ -189,7 +189,7 @@ describe('hangs and leaks', () => {
   it("dispose() and new Learner() on a network in training do not wait for the epoch; dispose frees a network kept referenced", () => {
     const r = child(`
       const dls = await tl.ImageDataLoaders.fromFolder(DATA, { size: 64, presize: 72, bs: 8, seed: 1, quiet: true });
-      const learn = tl.await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false });
+      const learn = await tl.visionLearner(dls, 'resnet18', { pretrained: false, verbose: false });
       const fit = learn.fit(3).then(() => 'finished', (e) => 'rejected: ' + e.message);
       await new Promise((r) => setTimeout(r, 300));
       let t0 = performance.now();
