@@ -544,6 +544,7 @@ Napi::Value Learner::Dispose(const Napi::CallbackInfo& info) {
       k.train = ImageCache{};
       k.valid = ImageCache{};
       k.opt.clear();
+      k.staging.buffer = torch::Tensor();
       k.graph.release();
       releaseDeviceCache();
     };

@@ -32,6 +32,11 @@ struct Learner::Core {
   bool cudaGraph = false;  // train with the step captured as a CUDA graph (step_graph.h)
   StepGraph graph;
   std::atomic<bool> stopRequested{false};
+  // Where predict() copies the caller's images on the CPU (one prediction at a time; others copy afresh).
+  struct Staging {
+    torch::Tensor buffer;
+    std::shared_ptr<std::atomic<bool>> busy = std::make_shared<std::atomic<bool>>(false);
+  } staging;
   std::atomic<bool> disposed{false};
 
   void check() const {
