@@ -4,8 +4,8 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { ImageDataLoaders, readWeightFile, visionLearner, type Learner } from '../src/index.js';
-import { makeStripes } from './helpers/fixtures.js';
+import { ImageDataLoaders, readWeightFile, visionLearner } from '../src/index.js';
+import { finiteWeights, stripesLoaders } from './helpers/fixtures.js';
 import { tempDir } from './helpers/python.js';
 
 const ROOT = join(__dirname, '..');
@@ -15,12 +15,10 @@ const quiet = { verbose: false };
 
 beforeAll(async () => {
   dir = tempDir();
-  await makeStripes(join(dir, 's'), 24, 48);
-  dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 8, seed: 3 });
+  dls = await stripesLoaders(dir);
 });
 
-const finite = async (l: Learner) =>
-  (await l.state(false)).every((t) => t.dtype !== 'F32' || new Float32Array(t.data.slice().buffer).every(Number.isFinite));
+const finite = finiteWeights;
 
 describe('checkpoints and resume', () => {
   it('SIGKILL in the middle of an epoch: the last checkpoint is intact and the fit resumes with the same schedule', async () => {

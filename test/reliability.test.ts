@@ -2,9 +2,9 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { ImageDataLoaders, readCovidMetadata, readWeightFile, resnet18, visionLearner, type Learner } from '../src/index.js';
+import { ImageDataLoaders, readCovidMetadata, readWeightFile, resnet18, visionLearner } from '../src/index.js';
 import { native } from '../src/binding.js';
-import { makeStripes } from './helpers/fixtures.js';
+import { finiteWeights, stripesLoaders } from './helpers/fixtures.js';
 import { runPython, tempDir } from './helpers/python.js';
 
 const ROOT = join(__dirname, '..');
@@ -14,12 +14,10 @@ const quiet = { verbose: false };
 
 beforeAll(async () => {
   dir = tempDir();
-  await makeStripes(join(dir, 's'), 24, 48);
-  dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 8, seed: 3 });
+  dls = await stripesLoaders(dir);
 });
 
-const finite = async (l: Learner) =>
-  (await l.state(false)).every((t) => t.dtype !== 'F32' || new Float32Array(t.data.slice().buffer).every(Number.isFinite));
+const finite = finiteWeights;
 
 describe('divergence', () => {
   it('a NaN/Inf loss stops training with the batch and lr, and leaves finite weights', async () => {

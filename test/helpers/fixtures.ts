@@ -2,6 +2,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
+import { ImageDataLoaders, type Learner } from '../../src/index.js';
 
 /** Class 'horizontal' has horizontal stripes, 'vertical' vertical ones: flips and small rotations keep them apart. */
 export async function makeStripes(dir: string, perClass = 24, size = 48, seed = 1): Promise<void> {
@@ -47,4 +48,15 @@ export function quadrantPatch(quadrant: number, size: number, period = 6, horizo
   for (let y = qy; y < qy + h; y++)
     for (let x = qx; x < qx + h; x++) px.fill(((horizontal ? y : x) % period) < period / 2 ? 230 : 20, (y * size + x) * 3, (y * size + x) * 3 + 3);
   return px;
+}
+
+/** Whether every float32 weight of a learner is finite (after a diverged step, say). */
+export async function finiteWeights(l: Learner): Promise<boolean> {
+  return (await l.state(false)).every((t) => t.dtype !== 'F32' || new Float32Array(t.data.slice().buffer).every(Number.isFinite));
+}
+
+/** The stripes at 48 px, 24 per class, as loaders of 32 px at batch 8: the small set most files train on. */
+export async function stripesLoaders(dir: string): Promise<ImageDataLoaders> {
+  await makeStripes(join(dir, 's'), 24, 48);
+  return ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 8, seed: 3 });
 }
