@@ -25,7 +25,9 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { native } from '../src/binding.js';
-import { augTransforms, type BatchNormKernels, compareTraces, imagenetStats, ImageDataLoaders, loadLearner, readCovidMetadata, readTrace, torchInfo, visionLearner, type Learner } from '../src/index.js';
+import { augTransforms, type BatchNormKernels, imagenetStats, ImageDataLoaders, loadLearner, torchInfo, visionLearner, type Learner } from '../src/index.js';
+import { compareTraces, readTrace } from '../src/bench.js';
+import { readCovidMetadata } from '../src/datasets/covid.js';
 import { decodeAll } from '../src/data/images.js';
 import { foldBatchNormDefault } from '../src/info.js';
 

@@ -17,15 +17,14 @@ import {
   f1Score,
   loadLearner,
   precision,
-  readCovidMetadata,
   recall,
   rocAucBinary,
-  segregateByLabel,
   torchInfo,
   TORCHVISION_WEIGHTS,
   visionLearner,
   type Arch,
 } from '../src/index.js';
+import { readCovidMetadata, segregateByLabel } from '../src/datasets/covid.js';
 
 const { values: opt } = parseArgs({
   options: {

@@ -1,4 +1,5 @@
-// The public surface of torchlearn.
+// The public surface of torchlearn: the library. The covid-chestxray helpers are torchlearn/datasets/covid,
+// the benchmark's trace tools torchlearn/bench.
 export { torchInfo, setNumThreads, manualSeed } from './info.js';
 export type { TorchInfo } from './info.js';
 export type { BatchNormKernels } from './binding.js';
@@ -8,10 +9,6 @@ export type { LoadReport, NamedTensor, DType } from './binding.js';
 export { readWeightFile, writeWeightFile } from './weights/index.js';
 export { PRETRAINED, WEIGHTS_VERSIONS, TORCHVISION_WEIGHTS_URL, cachedWeightFile, hubCacheDir, pretrainedFileName, weightsBaseUrl } from './weights/pretrained.js';
 export type { WeightsVersion, DownloadOptions } from './weights/pretrained.js';
-export { readCovidMetadata, isCovidFinding, POSITIVE, NEGATIVE } from './data/metadata.js';
-export type { CovidItem, MetadataFilters, MetadataResult } from './data/metadata.js';
-export { segregateByLabel } from './data/segregate.js';
-export type { SegregateOptions, SegregateResult } from './data/segregate.js';
 export { ImageDataLoaders, DataSplit, folderItems } from './data/loaders.js';
 export type { DataLoadersOptions, Item, Skipped } from './data/loaders.js';
 export { augTransforms, imagenetStats, defaultPresize } from './data/transforms.js';
@@ -26,7 +23,6 @@ export type { Callback, EpochInfo, BatchInfo } from './learner/callbacks.js';
 export { lrPerGroup } from './learner/schedule.js';
 export type { LrSpec } from './learner/schedule.js';
 export { Recorder } from './learner/recorder.js';
-export { compareTraces, readTrace, type TraceOp, type TraceTable } from './learner/trace.js';
 export { loadLearner, InferenceLearner, EXPORT_FORMAT } from './inference.js';
 export type { LoadLearnerOptions } from './inference.js';
 export { TTA_DEFAULTS, type TtaOptions } from './tta.js';

@@ -1,6 +1,6 @@
 // What a new user relies on: fineTune's schedule, the callback contract, the event loop during a fit, the
 // messages for wrong weight files, and the learner refusing what cannot work.
-import { cpSync, readdirSync } from 'node:fs';
+import { cpSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { accuracy, ImageDataLoaders, Learner, metric, Model, precision, saveModel, visionLearner, type BatchInfo } from '../src/index.js';
@@ -118,6 +118,21 @@ describe('callbacks', () => {
     await learn.fit(1, { lr: 1e-5, cbs: [{ afterBatch: () => { try { learn.freezeTo(1); } catch (e) { refused = (e as Error).message; } } }] });
     expect(refused).toMatch(/freezeTo: a training epoch is running; call it from afterEpoch or after the fit/);
     learn.dispose();
+  });
+});
+
+describe('the public surface', () => {
+  it('the entry exports the library; the covid helpers and the trace tools are subpath exports; Symbol.dispose frees', async () => {
+    const lib: Record<string, unknown> = await import('../src/index.js');
+    for (const name of ['readCovidMetadata', 'segregateByLabel', 'compareTraces', 'readTrace']) expect(name in lib, name).toBe(false);
+    const covid = await import('../src/datasets/covid.js');
+    const bench = await import('../src/bench.js');
+    expect([typeof covid.readCovidMetadata, typeof covid.segregateByLabel, typeof bench.readTrace]).toEqual(['function', 'function', 'function']);
+    const pkg = JSON.parse(readFileSync(join(__dirname, '..', 'package.json'), 'utf8'));
+    expect(Object.keys(pkg.exports)).toEqual(['.', './datasets/covid', './bench']);
+    const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet });
+    learn[Symbol.dispose]();
+    await expect(learn.validate()).rejects.toThrow(/disposed/);
   });
 });
 

@@ -3,7 +3,8 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { native } from '../src/binding.js';
-import { accuracy, type BatchNormKernels, DEFAULTS, ImageDataLoaders, loadLearner, readTrace, readWeightFile, resnet50, torchInfo, visionLearner, type Prediction } from '../src/index.js';
+import { accuracy, type BatchNormKernels, DEFAULTS, ImageDataLoaders, loadLearner, readWeightFile, resnet50, torchInfo, visionLearner, type Prediction } from '../src/index.js';
+import { readTrace } from '../src/bench.js';
 import { adamCase } from './helpers/adam.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { maxRelError, tempDir } from './helpers/python.js';

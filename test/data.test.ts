@@ -4,7 +4,8 @@ import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../src/binding.js';
-import { ImageDataLoaders, isCovidFinding, readCovidMetadata, segregateByLabel } from '../src/index.js';
+import { ImageDataLoaders } from '../src/index.js';
+import { isCovidFinding, readCovidMetadata, segregateByLabel } from '../src/datasets/covid.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { runPython, tempDir } from './helpers/python.js';
 

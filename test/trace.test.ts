@@ -1,7 +1,8 @@
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { compareTraces, ImageDataLoaders, readTrace, visionLearner } from '../src/index.js';
+import { ImageDataLoaders, visionLearner } from '../src/index.js';
+import { compareTraces, readTrace } from '../src/bench.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { PYTHON, tempDir } from './helpers/python.js';
 

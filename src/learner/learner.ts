@@ -12,7 +12,7 @@ import { cachedWeightFile, hubCacheDir, pretrainedFileName, weightsBaseUrl, WEIG
 import { lrFindSpec, renderChart } from '../plot/charts.js';
 import { writeGrid } from '../plot/grid.js';
 import { readWeightFile, writeWeightFileAsync } from '../weights/index.js';
-import { decode, exportMetadata, predictPaths, type Prediction } from '../inference.js';
+import { decode, exportMetadata, predictPaths, type Prediction } from '../prediction.js';
 import type { Metric } from '../metrics.js';
 import type { BatchInfo, Callback, EpochInfo } from './callbacks.js';
 import { suggest, type Suggestions } from './lrfind.js';
@@ -777,6 +777,10 @@ export class Learner {
     this.#native?.dispose();
     this.#native = null;
     this.#h.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
