@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test suite (npm test): the types of the sources and tests, every test file with the BLAS that LibTorch
 # is set up with, then the files that compare trajectories and references once more with Debian's reference
-# BLAS, so that the suite holds with either library (OpenBLAS rounds differently, and with the buffers'
-# alignment). Arguments go to vitest and skip the second pass: npm test -- test/model.test.ts
+# BLAS, so that the suite holds with either library (OpenBLAS's kernels round differently from the
+# reference's). Arguments go to vitest and skip the second pass: npm test -- test/model.test.ts
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

@@ -274,8 +274,8 @@ describe('native threads', () => {
 
 describe('the captured training step (cudaGraph)', () => {
   it('computes what the ordinary step computes, to float rounding: over fits, a freeze and a new schedule (CPU: the graph step runs without capture)', async () => {
-    // The two steps order some float operations differently, and BLAS libraries round differently with the
-    // buffers' alignment (OpenBLAS does), so the runs drift apart by rounding, and small batches through
+    // The two steps order some float operations differently (their buffers differ too, and OpenBLAS's
+    // results differed more than the reference BLAS's here), so the runs drift apart by rounding, and small batches through
     // BatchNorm amplify that from step to step: how far depends on the machine. What holds everywhere: the
     // graph step ends no farther from the ordinary step than the ordinary step ends from itself when its
     // starting weights move by one float rounding (a control run). An optimizer reading another step's
