@@ -49,11 +49,11 @@ static Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   const int64_t cores = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
   const int64_t most = std::max<int64_t>(64, 4 * cores);
   const auto v = info[0];
-  if (!v.IsNumber() || !(v.As<Napi::Number>().DoubleValue() >= 1 && v.As<Napi::Number>().DoubleValue() <= static_cast<double>(most)) ||
-      v.As<Napi::Number>().DoubleValue() != std::floor(v.As<Napi::Number>().DoubleValue()))
+  const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
+  if (!(d >= 1 && d <= static_cast<double>(most)) || d != std::floor(d))
     throw UserError("threads must be an integer from 1 to " + std::to_string(most) + " (this machine has " + std::to_string(cores) +
-                    " cores), got " + (v.IsNumber() ? js::show(v.As<Napi::Number>().DoubleValue()) : std::string("a ") + (v.IsString() ? "string" : "non-number")));
-  setThreads(static_cast<int>(v.As<Napi::Number>().DoubleValue()));
+                    " cores), got " + (v.IsNumber() ? js::show(d) : std::string("a ") + (v.IsString() ? "string" : "non-number")));
+  setThreads(static_cast<int>(d));
   return info.Env().Undefined();
   TL_CATCH(info.Env())
 }
@@ -73,14 +73,14 @@ static Napi::Value AugmentImagesJs(const Napi::CallbackInfo& info) {
   const int64_t n = js::integer(info[1], "augmentImages: n", 1, js::kMaxCount);
   const int64_t p = js::integer(info[2], "augmentImages: presize", 1, js::kMaxSide);
   const int64_t size = js::integer(info[3], "augmentImages: size", 1, js::kMaxSide);
-  auto o = js::object(info[4], "augmentImages: options");
+  js::Options o(info[4], "augmentImages: options");
   auto images = uint8Images(info[0], n, p, "augmentImages: images");
   torch::Tensor params;
-  if (js::has(o, "params")) {
-    params = js::copyTyped<double>(o.Get("params"), "augmentImages: params (9 per image)", torch::kFloat64, n * 9).view({n, 9});
-  } else if (o.Get("aug").IsObject()) {
-    auto gen = at::make_generator<at::CPUGeneratorImpl>(js::has(o, "seed") ? static_cast<uint64_t>(js::integer(o.Get("seed"), "seed", 0, int64_t{1} << 53)) : 0);
-    params = drawAugParams(n, augOptionsFromJs(o.Get("aug")), gen);
+  if (o.has("params")) {
+    params = js::copyTyped<double>(o.value("params"), "augmentImages: params (9 per image)", torch::kFloat64, n * 9).view({n, 9});
+  } else if (o.value("aug").IsObject()) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(o.optInteger("seed", 0, int64_t{1} << 53).value_or(0)));
+    params = drawAugParams(n, augOptionsFromJs(o.value("aug")), gen);
   } else {
     params = identityAugParams(n);
   }
@@ -111,7 +111,7 @@ static Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
     allocated = static_cast<double>(stats.allocated_bytes[agg].current);
     reserved = static_cast<double>(stats.reserved_bytes[agg].current);
     peak = static_cast<double>(stats.allocated_bytes[agg].peak);
-    if (info[0].ToBoolean()) resetPeakStats(0);
+    if (!info[0].IsUndefined() && js::boolean(info[0], "cudaMemory: resetPeak")) resetPeakStats(0);
   }
 #endif
   o.Set("allocated", allocated);
@@ -144,13 +144,12 @@ static double benchAugmentOn(const torch::Device& dev, int64_t n, int64_t p, int
 static Napi::Value BenchAugment(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
-  auto o = info[0].As<Napi::Object>();
-  auto dev = parseDevice(o.Get("device").As<Napi::String>());
-  auto n = o.Get("n").As<Napi::Number>().Int64Value(), p = o.Get("presize").As<Napi::Number>().Int64Value();
-  auto size = o.Get("size").As<Napi::Number>().Int64Value(), bs = o.Get("bs").As<Napi::Number>().Int64Value();
-  auto iters = o.Get("iters").As<Napi::Number>().Int64Value();
-  auto aug = augOptionsFromJs(o.Get("aug"));
-  auto norm = normalizeFromJs(o.Get("mean"), o.Get("std"));
+  js::Options o(info[0], "benchAugment: options");
+  const auto dev = parseDevice(o.string("device"));
+  const int64_t n = o.integer("n", 1, 1 << 16), p = o.integer("presize", 1, 1024), size = o.integer("size", 1, 1024);
+  const int64_t bs = o.integer("bs", 1, n), iters = o.integer("iters", 1, 1 << 16);
+  const auto aug = augOptionsFromJs(o.value("aug"));
+  const auto norm = normalizeFromJs(o.value("mean"), o.value("std"));
   // on the thread training uses (the JavaScript thread's LibTorch calls are kept to one CPU thread), waited for here
   return Napi::Number::New(env, runAndWait<double>(cpuWorker(), [=] { return benchAugmentOn(dev, n, p, size, bs, iters, aug, norm); }));
   TL_CATCH(env)
@@ -204,14 +203,18 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("abiVersion", Napi::Number::New(env, TORCHLEARN_ABI_VERSION));
   exports.Set("torchInfo", Napi::Function::New(env, TorchInfo));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
-  exports.Set("threadInfo", Napi::Function::New(env, ThreadInfo));
   exports.Set("prepareExit", Napi::Function::New(env, PrepareExit));
   exports.Set("manualSeed", Napi::Function::New(env, ManualSeed));
-  exports.Set("fastAdamSteps", Napi::Function::New(env, FastAdamSteps));
-  exports.Set("scheduleValues", Napi::Function::New(env, ScheduleValues));
-  exports.Set("cudaMemory", Napi::Function::New(env, CudaMemory));
-  exports.Set("benchAugment", Napi::Function::New(env, BenchAugment));
   exports.Set("augmentImages", Napi::Function::New(env, AugmentImagesJs));
+  // For the tests and the bench (src/hooks.ts), not the library: internals run on given inputs, and
+  // measurements.
+  auto hooks = Napi::Object::New(env);
+  hooks.Set("threadInfo", Napi::Function::New(env, ThreadInfo));
+  hooks.Set("fastAdamSteps", Napi::Function::New(env, FastAdamSteps));
+  hooks.Set("scheduleValues", Napi::Function::New(env, ScheduleValues));
+  hooks.Set("cudaMemory", Napi::Function::New(env, CudaMemory));
+  hooks.Set("benchAugment", Napi::Function::New(env, BenchAugment));
+  exports.Set("hooks", hooks);
   exports.Set("Net", Net::Init(env));
   exports.Set("Learner", Learner::Init(env));
   return exports;

@@ -3,16 +3,14 @@
 //
 // Why: under bf16 autocast ATen never hands a BatchNorm to cuDNN (its cudnn_batch_norm wants weights of the
 // input's type; only fp16 inputs may have fp32 weights), so PyTorch and torchlearn both run ATen's
-// channels_last kernels, 27.3 of 68 ms of kernel time in a ResNet50 step at batch 256 on an H100
-// (docs/bench/h100-run5-kernels.txt). cuDNN's BatchNorm did the same shapes 1.45x faster on fp16 data
-// (scripts/bench/batchnorm_kernels.py); whether cuDNN takes bf16 data with fp32 parameters is what
-// scripts/bench/cudnn_batchnorm_bf16.py checks on the GPU machine.
+// channels_last kernels, a large share of a ResNet50 step's kernel time, and cuDNN's BatchNorm does the same
+// shapes faster (figures: docs/performance.md; scripts/bench/batchnorm_kernels.py and
+// cudnn_batchnorm_bf16.py measure them on the GPU machine).
 //
 // The entry points are looked up in the cuDNN library LibTorch loaded (dlopen of its soname, dlsym), so no
-// cuDNN header or link flag is needed and the CPU build compiles the same file. On the H200 cuDNN 9 takes
-// bf16 here: the train step at batch 256 ran 1.42x PyTorch eager with 'cudnn-fused' (docs/bench/h200-run8.json),
-// matching ATen's losses and running statistics; off by default (visionLearner's batchNorm option) until
-// the CUDA test's comparison of its gradients with ATen's has run on a GPU.
+// cuDNN header or link flag is needed and the CPU build compiles the same file. Not a default: a bench and
+// test setting (src/hooks.ts, setBatchNormKernels) until the CUDA test's comparison of its gradients with
+// ATen's has run on a GPU; what it measured so far is in docs/performance.md.
 #pragma once
 #include "common.h"
 

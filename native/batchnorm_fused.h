@@ -6,14 +6,12 @@
 //   and the backward, which reads the ReLU's mask from its output in the same passes as dy and x, instead
 //   of ATen's ReLU backward as a pass of its own.
 //
-// Why: on the H100 at batch 256 (docs/bench/h100-run5-kernels.txt) BatchNorm, ReLU and the adds are 43 of
-// the 68 ms of kernels of a ResNet50 step, all bound by memory bandwidth, and ATen's BatchNorm kernels
-// move their 16 bytes an element at about half the card's bandwidth (27.3 ms; cuDNN's did the same in
-// 1.45x less time on fp16). The kernels are built only against a CUDA LibTorch with nvcc at hand
-// (CMakeLists.txt: TL_BN_KERNELS); here they are checked emulated on the CPU (test/cuda-syntax.test.ts).
-// On the H200 (docs/bench/h200-run8.json, -run9-cuda-tests.log): ResNet50's train step at batch 256 1.11x
-// PyTorch eager with 'fused', 1.08x with 'fused-full' (1.05x with ATen's); each matches ATen's losses and
-// running statistics and learns. 'fused' is the default on CUDA (visionLearner's batchNorm option).
+// Why: BatchNorm, ReLU and the residual adds are most of a ResNet50 step's kernel time on a GPU, all bound by
+// memory bandwidth, and ATen's BatchNorm kernels use about half the card's bandwidth; every pass saved is
+// time saved (the kernel tables: docs/performance.md). The kernels are built only against a CUDA LibTorch with
+// nvcc at hand (CMakeLists.txt: TL_BN_KERNELS); here they are checked emulated on the CPU
+// (test/cuda-syntax.test.ts). 'fused' is the default on CUDA: it matched ATen's losses and running statistics
+// on the GPU and was the fastest checked variant; the others are bench and test settings (src/hooks.ts).
 #pragma once
 #include "common.h"
 

@@ -103,8 +103,8 @@ int64_t threadSerial();
 // CPU threads. LibTorch's CPU parallelism is an OpenMP team, owned by the thread that starts it, and
 // libgomp hands work to its threads quickly (spinning) only while the threads it manages do not
 // outnumber the cores; past that it puts them to sleep between parallel regions, and each of the
-// hundreds of regions of a forward pass pays a wake-up. Measured on 2 cores with a second team alive:
-// ResNet50 at batch 1 took ~100 ms against PyTorch's ~75, and ~70 without it. So there is one team:
+// hundreds of regions of a forward pass pays a wake-up: a second team alive makes a single prediction
+// about a third slower (docs/performance.md). So there is one team:
 // every network on the CPU runs on one native thread (cpuWorker), and the JavaScript thread keeps its
 // own LibTorch calls (construction, copies) to one thread. CUDA networks keep a thread each (their CPU
 // work is small; cuDNN's caches are per thread).

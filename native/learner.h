@@ -1,8 +1,8 @@
 // The native half of a Learner: the image caches, the training loop (batch assembly, forward,
 // loss, backward, fast.ai Adam, schedule), validation, the LR finder and Grad-CAM. The TypeScript
 // Learner drives it epoch by epoch; nothing per batch crosses into JavaScript except progress.
-// Its methods live in learner.cpp (data, options, training, state), predict.cpp, lrfind.cpp and
-// gradcam.cpp, around the state in learner_core.h.
+// Its methods live in learner.cpp (data, options, state), train_epoch.cpp (the training loop),
+// predict.cpp, lrfind.cpp and gradcam.cpp, around the state in learner_core.h.
 #pragma once
 #include "augment.h"
 #include "net.h"
@@ -29,6 +29,8 @@ class Learner : public Napi::ObjectWrap<Learner> {
   static Napi::Function Init(Napi::Env env);
   explicit Learner(const Napi::CallbackInfo& info);
   ~Learner() override;
+  // The state the methods share (learner_core.h); the training loop (train_epoch.cpp) works on it.
+  struct Core;
 
  private:
   Napi::Value SetData(const Napi::CallbackInfo& info);
@@ -44,7 +46,6 @@ class Learner : public Napi::ObjectWrap<Learner> {
   Napi::Value RequestStop(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 
-  struct Core;
   std::shared_ptr<Core> core_;
   // the image caches and (at most) the optimizer's two averages per parameter
   ExternalMemory memory_;

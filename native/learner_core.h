@@ -1,5 +1,5 @@
 // The state behind a native Learner, shared by the files that implement its methods: learner.cpp
-// (data, options, the training loop, state), predict.cpp (validation and prediction), lrfind.cpp and
+// (data, options, state), train_epoch.cpp (the training loop), predict.cpp (validation and prediction), lrfind.cpp and
 // gradcam.cpp.
 #pragma once
 #include "autocast.h"
@@ -20,7 +20,7 @@ struct Learner::Core {
   FastAdam opt;
   torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0);
   ImageCache train, valid;
-  int64_t bs = 64, size = 224;
+  int64_t bs = 64, size = 224;  // (the TypeScript side always sets them: DATA_DEFAULTS in src/data/transforms.ts)
   AugOptions aug;
   Normalize norm;
   double wd = 0.01;
@@ -66,6 +66,14 @@ struct Learner::Core {
       normStd = toDevice(torch::tensor({norm.std[0], norm.std[1], norm.std[2]}, torch::kFloat32).view({1, 3, 1, 1}), x.device());
     }
     return normalizeBatch(x, normMean, normStd);
+  }
+
+  // A training batch: the cached images at `idx` (CPU indices), augmented with draws from the learner's
+  // generator, and their labels. The one data path of training and lrFind.
+  std::pair<torch::Tensor, torch::Tensor> trainBatch(const torch::Tensor& idx) {
+    auto dIdx = toDevice(idx, net->device);
+    auto params = drawAugParams(idx.size(0), aug, gen);
+    return {inputs(train.images.index_select(0, dIdx), params), train.labels.index_select(0, dIdx)};
   }
 
   torch::Tensor lossFn(const torch::Tensor& logits, const torch::Tensor& y, bool perItem) {
@@ -183,6 +191,19 @@ struct Learner::Core {
   }
 };
 
+
+// fast.ai's AvgSmoothLoss: val = lerp(loss, val, beta), shown as val / (1 - beta^count). The one place its
+// constant lives: the training table, the callbacks and lrFind's stopping rule all read it from here.
+struct SmoothLoss {
+  static constexpr double kBeta = 0.98;
+  double val = 0, count = 0;
+  double add(double loss) {
+    val = kBeta * val + (1 - kBeta) * loss;
+    count += 1;
+    return value();
+  }
+  double value() const { return val / (1 - std::pow(kBeta, count)); }
+};
 
 inline double nowSeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();

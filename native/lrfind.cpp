@@ -16,22 +16,18 @@ Napi::Value Learner::LrFind(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
   core_->check();
-  auto o = js::object(info[0], "lrFind: options");
+  js::Options o(info[0], "lrFind: options");
+  const int groups = core_->net->numGroups;
   Schedule sched;
   sched.kind = "exp";
-  auto sObj = Napi::Object::New(env);
-  sObj.Set("kind", "exp");
-  sObj.Set("lrMax", o.Get("startLr"));
-  sObj.Set("lrEnd", o.Get("endLr"));
-  const double mom = js::number(o.Get("mom"), "mom", 0, 1);
-  auto momArr = Napi::Array::New(env, 3);
-  for (uint32_t i = 0; i < 3; i++) momArr.Set(i, mom);
-  sObj.Set("moms", momArr);
-  sched = scheduleFromJs(sObj, core_->net->numGroups);
+  sched.lrMax = lrsPerGroup(o, "startLr", groups);
+  sched.lrEnd = lrsPerGroup(o, "endLr", groups);
+  const double mom = o.number("mom", 0, 1);
+  sched.moms = {mom, mom, mom};
   // (at least 6: fast.ai's minimum)
-  const int64_t numIt = js::integer(o.Get("numIt"), "lrFind: numIt", 6, 1 << 24);
-  bool stopDiv = o.Get("stopDiv").ToBoolean();
-  auto progress = std::make_shared<ProgressSink>(env, o.Get("onProgress"));
+  const int64_t numIt = o.integer("numIt", 6, 1 << 24);
+  const bool stopDiv = o.flag("stopDiv");
+  auto progress = std::make_shared<ProgressSink>(env, o.value("onProgress"));
   auto c = core_;
   c->requireOptimizer();
   c->stopRequested = false;
@@ -44,7 +40,8 @@ Napi::Value Learner::LrFind(const Napi::CallbackInfo& info) {
         NamedTensors snapshot;
         for (auto& kv : c->fullState(true)) snapshot.emplace_back(kv.first, kv.second.clone());
         LrFindResult r;
-        double val = 0, best = INFINITY;
+        SmoothLoss smoothLoss;
+        double best = INFINITY;
         int64_t it = 0;
         try {
           while (it < numIt) {
@@ -57,15 +54,11 @@ Napi::Value Learner::LrFind(const Napi::CallbackInfo& info) {
               }
               const double pos = static_cast<double>(it) / static_cast<double>(numIt);
               auto h = c->hypers(sched, pos);
-              auto dIdx = toDevice(idx, c->net->device);
-              auto params = drawAugParams(idx.size(0), c->aug, c->gen);
-              auto x = c->inputs(c->train.images.index_select(0, dIdx), params);
-              auto y = c->train.labels.index_select(0, dIdx);
+              auto [x, y] = c->trainBatch(idx);
               auto loss = c->forwardLoss(x, y);
               const double l = loss.item<double>();
               it++;
-              val = 0.98 * val + 0.02 * l;
-              const double smooth = val / (1 - std::pow(0.98, static_cast<double>(it)));
+              const double smooth = smoothLoss.add(l);
               r.lrs.push_back(h.back().lr);
               r.losses.push_back(smooth);
               if (std::isfinite(l)) c->backwardAndStep(loss, h);
@@ -73,8 +66,8 @@ Napi::Value Learner::LrFind(const Napi::CallbackInfo& info) {
               const double lr = h.back().lr;
               progress->emit([it, numIt, smooth, lr](Napi::Env env) {
                 auto e = Napi::Object::New(env);
-                e.Set("iter", Napi::Number::New(env, static_cast<double>(it)));
-                e.Set("total", Napi::Number::New(env, static_cast<double>(numIt)));
+                e.Set("iter", js::count(env, it));
+                e.Set("total", js::count(env, numIt));
                 e.Set("smoothLoss", smooth);
                 e.Set("lr", lr);
                 return e;
@@ -96,12 +89,8 @@ Napi::Value Learner::LrFind(const Napi::CallbackInfo& info) {
       },
       [](Napi::Env env, LrFindResult& r) -> Napi::Value {
         auto o = Napi::Object::New(env);
-        auto lrs = Napi::Float64Array::New(env, r.lrs.size());
-        auto losses = Napi::Float64Array::New(env, r.losses.size());
-        std::copy(r.lrs.begin(), r.lrs.end(), lrs.Data());
-        std::copy(r.losses.begin(), r.losses.end(), losses.Data());
-        o.Set("lrs", lrs);
-        o.Set("losses", losses);
+        o.Set("lrs", js::typed(env, r.lrs));
+        o.Set("losses", js::typed(env, r.losses));
         return o;
       });
   TL_CATCH(env)

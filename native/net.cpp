@@ -133,7 +133,7 @@ bool Net::isNet(Napi::Env env, const Napi::Value& v) {
 
 Napi::Function Net::Init(Napi::Env env) {
   auto fn = DefineClass(env, "Net",
-                        {InstanceMethod("numParams", &Net::NumParams), InstanceMethod("stateDictKeys", &Net::StateDictKeys),
+                        {InstanceMethod("numParams", &Net::NumParams), InstanceMethod("numGroups", &Net::NumGroups), InstanceMethod("stateDictKeys", &Net::StateDictKeys),
                          InstanceMethod("stateDict", &Net::StateDict), InstanceMethod("loadStateDict", &Net::LoadStateDict),
                          InstanceMethod("forward", &Net::Forward), InstanceMethod("to", &Net::To),
                          InstanceMethod("setTraining", &Net::SetTraining), InstanceMethod("isTraining", &Net::IsTraining),
@@ -155,12 +155,12 @@ Napi::Function Net::Init(Napi::Env env) {
 Net::Net(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Net>(info) {
   auto env = info.Env();
   TL_TRY
-  auto o = js::object(info[0], "Net: options");
+  js::Options o(info[0], "Net: options");
   auto s = std::make_shared<NetState>();
-  s->arch = js::string(o.Get("arch"), "arch");
-  s->kind = js::string(o.Get("kind"), "kind");
+  s->arch = o.string("arch");
+  s->kind = o.string("kind");
   // (an upper bound, so that a typo cannot ask for terabytes of classifier)
-  const int64_t numClasses = js::integer(o.Get("numClasses"), "numClasses", 1, 1 << 20);
+  const int64_t numClasses = o.integer("numClasses", 1, 1 << 20);
   s->numClasses = numClasses;
   if (s->kind == "torchvision") {
     auto m = ResNet(s->arch, numClasses, true);
@@ -178,13 +178,11 @@ Net::Net(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Net>(info) {
     }
   } else if (s->kind == "fastai") {
     HeadOptions ho{0, numClasses};
-    Napi::Value hv = o.Get("head");
-    if (!hv.IsUndefined() && !hv.IsNull()) {
-      auto h = js::object(hv, "head");
-      if (js::has(h, "hidden")) ho.hidden = js::integer(h.Get("hidden"), "head.hidden", 1, 1 << 16);
-      if (js::has(h, "ps")) ho.ps = js::number(h.Get("ps"), "head.ps", 0, 1);
-      if (js::has(h, "concatPool")) ho.concatPool = js::boolean(h.Get("concatPool"), "head.concatPool");
-      if (js::has(h, "linearBias")) ho.linearBias = js::boolean(h.Get("linearBias"), "head.linearBias");
+    if (auto h = o.optObject("head")) {
+      ho.hidden = h->optInteger("hidden", 1, 1 << 16).value_or(ho.hidden);
+      ho.ps = h->optNumber("ps", 0, 1).value_or(ho.ps);
+      ho.concatPool = h->optBoolean("concatPool").value_or(ho.concatPool);
+      ho.linearBias = h->optBoolean("linearBias").value_or(ho.linearBias);
     }
     auto m = Classifier(s->arch, ho);
     s->module = m.ptr();
@@ -224,6 +222,13 @@ Napi::Value Net::NumParams(const Napi::CallbackInfo& info) {
   TL_CATCH(info.Env())
 }
 
+Napi::Value Net::NumGroups(const Napi::CallbackInfo& info) {
+  TL_TRY
+  state_->check();
+  return Napi::Number::New(info.Env(), state_->numGroups);
+  TL_CATCH(info.Env())
+}
+
 Napi::Value Net::StateDictKeys(const Napi::CallbackInfo& info) {
   TL_TRY
   state_->check();
@@ -250,28 +255,19 @@ Napi::Value Net::LoadStateDict(const Napi::CallbackInfo& info) {
   TL_TRY
   state_->check();
   auto tensors = namedTensorsFromJs(info[0]);
-  auto o = info[1].As<Napi::Object>();
-  bool strict = o.Get("strict").ToBoolean();
-  std::vector<std::string> skip;
-  if (o.Get("skipPrefixes").IsArray()) {
-    auto a = o.Get("skipPrefixes").As<Napi::Array>();
-    for (uint32_t i = 0; i < a.Length(); i++) skip.push_back(a.Get(i).As<Napi::String>());
-  }
-  std::string source = o.Get("source").IsString() ? std::string(o.Get("source").As<Napi::String>()) : "the weights";
-  std::string hint = o.Get("hint").IsString() ? std::string(o.Get("hint").As<Napi::String>()) : "";
+  js::Options o(info[1], "loadStateDict: options");
+  const bool strict = o.flag("strict");
+  const auto skip = o.strings("skipPrefixes", 1024);
+  const std::string source = o.optString("source").value_or("the weights");
+  const std::string hint = o.optString("hint").value_or("");
   auto lock = state_->lockNow("loadStateDict");
   auto r = loadNamed(*state_->module, tensors, strict, skip, source, hint);
   state_->weightsChanged();
   auto out = Napi::Object::New(env);
-  auto toArr = [&](const std::vector<std::string>& v) {
-    auto a = Napi::Array::New(env, v.size());
-    for (size_t i = 0; i < v.size(); i++) a.Set(static_cast<uint32_t>(i), v[i]);
-    return a;
-  };
-  out.Set("missing", toArr(r.missing));
-  out.Set("unexpected", toArr(r.unexpected));
-  out.Set("mismatched", toArr(r.mismatched));
-  out.Set("loaded", Napi::Number::New(env, static_cast<double>(r.loaded)));
+  out.Set("missing", js::array(env, r.missing));
+  out.Set("unexpected", js::array(env, r.unexpected));
+  out.Set("mismatched", js::array(env, r.mismatched));
+  out.Set("loaded", js::count(env, r.loaded));
   return out;
   TL_CATCH(env)
 }
@@ -324,7 +320,7 @@ Napi::Value Net::Forward(const Napi::CallbackInfo& info) {
 Napi::Value Net::To(const Napi::CallbackInfo& info) {
   TL_TRY
   state_->check();
-  auto d = parseDevice(info[0].As<Napi::String>());
+  auto d = parseDevice(js::string(info[0], "to: device"));
   auto lock = state_->lockNow("to");
   state_->moveTo(d);
   return info.This();
@@ -335,7 +331,7 @@ Napi::Value Net::SetTraining(const Napi::CallbackInfo& info) {
   TL_TRY
   state_->check();
   auto lock = state_->lockNow("setTraining");
-  state_->module->train(info[0].ToBoolean());
+  state_->module->train(js::boolean(info[0], "setTraining: on"));
   return info.This();
   TL_CATCH(info.Env())
 }

@@ -69,6 +69,8 @@ class Net : public Napi::ObjectWrap<Net> {
 
  private:
   Napi::Value NumParams(const Napi::CallbackInfo& info);
+  // the layer groups of discriminative learning rates and freezeTo (fast.ai's splitter)
+  Napi::Value NumGroups(const Napi::CallbackInfo& info);
   Napi::Value StateDictKeys(const Napi::CallbackInfo& info);
   Napi::Value StateDict(const Napi::CallbackInfo& info);
   Napi::Value LoadStateDict(const Napi::CallbackInfo& info);

@@ -9,8 +9,7 @@ namespace tl {
 // PyTorch's fused AdamW kernel (torch.optim.AdamW(fused=True)) is in LibTorch from 2.1. fast.ai's Adam is
 // AdamW with beta1 = mom, beta2 = sqrMom, eps outside the square root and decoupled weight decay: the same
 // formula, term for term (optimizer.h). One pass over parameters, gradients and both averages instead of
-// the _foreach path's dozen: 1.4 ms of kernels against 0.3 ms per ResNet50 step on the H100
-// (docs/bench/h100-run5-kernels.txt, PyTorch's fused AdamW). TL_NO_FUSED_ADAM builds without it
+// the _foreach path's dozen (its kernel time: docs/performance.md). TL_NO_FUSED_ADAM builds without it
 // (scripts/gpu-check.sh does so when this file does not compile against the GPU machine's LibTorch).
 #if (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)) && !defined(TL_NO_FUSED_ADAM)
 #define TL_FUSED_ADAM 1
@@ -28,7 +27,7 @@ bool FastAdam::fusedCudaCompiled() {
 // they take float32 tensors whose elements lie in the same order: the usual case; anything else takes the
 // _foreach path. Strides along dimensions of size 1 do not count: autograd's layout contract ignores them
 // too, and a channels_last 1x1 convolution's weight (the downsamples) gets a gradient that differs there
-// (seen on the H200: two of eight buckets a step went to the _foreach path while the check compared them).
+// (seen on a GPU: some buckets went to the _foreach path while the check compared them).
 // PyTorch's fused kernel has compared all strides in some versions (its size-1 exception came with
 // pytorch#134546), hence asStrided below.
 static bool sameLayout(const torch::Tensor& p, const torch::Tensor& g, const torch::Tensor& m, const torch::Tensor& v) {
@@ -291,42 +290,40 @@ double Schedule::mom(double pos) const {
   return moms[0];  // constant momentum for the other schedules
 }
 
-static std::vector<double> numbers(const Napi::Value& v, int n, const char* what) {
+std::vector<double> lrsPerGroup(const js::Options& o, const char* key, int numGroups) {
   std::vector<double> out;
-  if (v.IsNumber()) {
-    out.assign(static_cast<size_t>(n), v.As<Napi::Number>().DoubleValue());
-  } else if (v.IsArray()) {
-    auto a = v.As<Napi::Array>();
-    for (uint32_t i = 0; i < a.Length(); i++) out.push_back(a.Get(i).As<Napi::Number>().DoubleValue());
+  if (o.value(key).IsNumber()) {
+    out.assign(static_cast<size_t>(numGroups), o.number(key));
+  } else if (o.value(key).IsArray()) {
+    out = o.numbers(key);
+  } else {
+    throw UserError(o.name(key) + " must be a number or one number per layer group (" + std::to_string(numGroups) + ")");
   }
-  if (static_cast<int>(out.size()) != n)
-    throw UserError(std::string(what) + " needs one value per layer group (" + std::to_string(n) + ")");
+  if (static_cast<int>(out.size()) != numGroups)
+    throw UserError(o.name(key) + " needs one value per layer group (" + std::to_string(numGroups) + "), got " + std::to_string(out.size()));
   for (double x : out)
-    if (!(x > 0) || !std::isfinite(x)) throw UserError(std::string(what) + " must be positive and finite, got " + std::to_string(x));
+    if (!(x > 0)) throw UserError(o.name(key) + " must be positive, got " + js::show(x));
   return out;
 }
 
-Schedule scheduleFromJs(const Napi::Object& o, int numGroups) {
+Schedule scheduleFromJs(const js::Options& o, int numGroups) {
   Schedule s;
-  s.kind = js::string(o.Get("kind"), "schedule.kind");
-  if (s.kind != "onecycle" && s.kind != "constant" && s.kind != "flatcos" && s.kind != "exp")
-    throw UserError("schedule.kind must be 'onecycle', 'constant', 'flatcos' or 'exp', got '" + s.kind + "'");
-  s.lrMax = numbers(o.Get("lrMax"), numGroups, "lrMax");
-  if (s.kind == "exp") s.lrEnd = numbers(o.Get("lrEnd"), numGroups, "endLr");
-  auto need = [&](const char* k, double& dst) {
-    if (!o.Get(k).IsNumber()) throw UserError(std::string("schedule '") + s.kind + "' needs " + k);
-    dst = js::number(o.Get(k), k);
+  if (!o.has("kind")) throw UserError(o.name("kind") + " must be 'onecycle', 'constant', 'flatcos' or 'exp'");
+  s.kind = *o.optChoice<std::string>("kind", {{"onecycle", "onecycle"}, {"constant", "constant"}, {"flatcos", "flatcos"}, {"exp", "exp"}});
+  s.lrMax = lrsPerGroup(o, "lrMax", numGroups);
+  if (s.kind == "exp") s.lrEnd = lrsPerGroup(o, "lrEnd", numGroups);
+  auto need = [&](const char* k, double lo, double hi) {
+    if (!o.has(k)) throw UserError("schedule '" + s.kind + "' needs " + k);
+    return o.number(k, lo, hi);
   };
-  if (s.kind == "onecycle") need("div", s.div);
+  if (s.kind == "onecycle") s.div = need("div", 1e-300, INFINITY);
   if (s.kind == "onecycle" || s.kind == "flatcos") {
-    need("divFinal", s.divFinal);
-    need("pctStart", s.pctStart);
-    if (!(s.pctStart >= 0 && s.pctStart <= 1)) throw UserError("pctStart must be in [0, 1]");
-    if (!(s.divFinal > 0) || (s.kind == "onecycle" && !(s.div > 0))) throw UserError("div and divFinal must be positive");
+    s.divFinal = need("divFinal", 1e-300, INFINITY);
+    s.pctStart = need("pctStart", 0, 1);
   }
-  if (!o.Get("moms").IsArray() || o.Get("moms").As<Napi::Array>().Length() != 3) throw UserError("a schedule needs moms: [start, middle, end]");
-  auto m = o.Get("moms").As<Napi::Array>();
-  for (uint32_t i = 0; i < 3; i++) s.moms[i] = js::number(m.Get(i), "moms", 0, 1);
+  if (!o.value("moms").IsArray()) throw UserError("a schedule needs moms: [start, middle, end]");
+  const auto m = o.numbers("moms", 3, 0, 1);
+  std::copy(m.begin(), m.end(), s.moms.begin());
   return s;
 }
 
@@ -341,36 +338,41 @@ namespace tl {
 Napi::Value FastAdamSteps(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
-  auto o = info[0].As<Napi::Object>();
-  auto ps = namedTensorsFromJs(o.Get("params"));
-  auto nd = o.Get("noDecay").As<Napi::Array>();
+  js::Options o(info[0], "fastAdamSteps: options");
+  auto ps = namedTensorsFromJs(o.value("params"));
+  const auto noDecay = o.value("noDecay");
+  if (!noDecay.IsArray() || noDecay.As<Napi::Array>().Length() != ps.size()) throw UserError("noDecay must be an array of one boolean per parameter");
+  const torch::Device device = parseDevice(o.optString("device").value_or("cpu"));
   std::vector<ParamInfo> params;
-  const torch::Device device(o.Get("device").IsString() ? o.Get("device").As<Napi::String>().Utf8Value() : std::string("cpu"));
   for (size_t i = 0; i < ps.size(); i++) {
     auto t = ps[i].second.to(device, torch::kFloat32).set_requires_grad(true);
-    bool noDecay = nd.Get(static_cast<uint32_t>(i)).ToBoolean();
-    params.push_back({ps[i].first, t, 0, false, noDecay});
+    params.push_back({ps[i].first, t, 0, false, js::boolean(noDecay.As<Napi::Array>().Get(static_cast<uint32_t>(i)), "noDecay[i]")});
   }
   FastAdam opt;
-  opt.sqrMom = o.Get("sqrMom").As<Napi::Number>().DoubleValue();
-  opt.eps = o.Get("eps").As<Napi::Number>().DoubleValue();
-  if (o.Get("fused").IsBoolean()) opt.fuseOnCpu = opt.fuseOnCuda = o.Get("fused").ToBoolean();
+  opt.sqrMom = o.number("sqrMom", 0, 1);
+  opt.eps = o.number("eps", 0, 1);
+  if (auto fused = o.optBoolean("fused")) opt.fuseOnCpu = opt.fuseOnCuda = *fused;
   if (opt.fuseOnCuda && device.is_cuda() && !FastAdam::fusedCudaCompiled()) throw UserError("fastAdamSteps: this LibTorch has no fused AdamW kernel");
   // graph: after the first step (which makes the state), the steps a CUDA graph replays: plan, scalar
   // table, stepWith, advance
-  const bool graph = o.Get("graph").ToBoolean();
-  auto steps = o.Get("steps").As<Napi::Array>();
+  const bool graph = o.flag("graph");
+  const auto stepsV = o.value("steps");
+  if (!stepsV.IsArray()) throw UserError("steps must be an array of { grads, lr, mom, wd }");
+  auto steps = stepsV.As<Napi::Array>();
   std::vector<std::vector<Hyper>> hypers;
+  std::vector<NamedTensors> grads;
   for (uint32_t s = 0; s < steps.Length(); s++) {
-    auto st = steps.Get(s).As<Napi::Object>();
-    hypers.push_back({{st.Get("lr").As<Napi::Number>().DoubleValue(), st.Get("mom").As<Napi::Number>().DoubleValue(),
-                       st.Get("wd").As<Napi::Number>().DoubleValue()}});
+    js::Options st(steps.Get(s), "steps[i]", "steps[" + std::to_string(s) + "]");
+    hypers.push_back({{st.number("lr", 0, 1e6), st.number("mom", 0, 1), st.number("wd", 0, 1e6)}});
+    grads.push_back(namedTensorsFromJs(st.value("grads")));
+    if (grads.back().size() != params.size()) throw UserError("steps[" + std::to_string(s) + "].grads needs one gradient per parameter");
+    for (size_t i = 0; i < params.size(); i++)
+      if (!grads.back()[i].second.sizes().equals(params[i].tensor.sizes())) throw UserError("steps[" + std::to_string(s) + "].grads: a gradient's shape is not its parameter's");
   }
   AdamPlan plan;
   torch::Tensor table;
   for (uint32_t s = 0; s < steps.Length(); s++) {
-    auto grads = namedTensorsFromJs(steps.Get(s).As<Napi::Object>().Get("grads"));
-    for (size_t i = 0; i < params.size(); i++) params[i].tensor.mutable_grad() = grads.at(i).second.to(device, torch::kFloat32);
+    for (size_t i = 0; i < params.size(); i++) params[i].tensor.mutable_grad() = grads[s][i].second.to(device, torch::kFloat32);
     if (!graph || s == 0) {
       opt.step(params, hypers[s]);
       continue;
@@ -393,7 +395,7 @@ Napi::Value ScheduleValues(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
   const int groups = static_cast<int>(js::integer(info[1], "scheduleValues: groups", 1, 64));
-  auto s = scheduleFromJs(js::object(info[0], "schedule"), groups);
+  auto s = scheduleFromJs(js::Options(info[0], "schedule", "schedule"), groups);
   auto pos = js::typedArray<double>(info[2], "scheduleValues: positions");
   auto lrs = Napi::Float64Array::New(env, pos.ElementLength() * groups);
   auto moms = Napi::Float64Array::New(env, pos.ElementLength());

@@ -5,6 +5,9 @@
 #include <cmath>
 
 namespace tl {
+namespace js {
+class Options;
+}
 
 // Hyper-parameters of one layer group for one step.
 struct Hyper {
@@ -78,7 +81,9 @@ struct Schedule {
   double lr(size_t group, double pos) const;
   double mom(double pos) const;
 };
-Schedule scheduleFromJs(const Napi::Object& o, int numGroups);
+// A per-group learning-rate list: one number for every group, or one per group, positive and finite.
+std::vector<double> lrsPerGroup(const js::Options& o, const char* key, int numGroups);
+Schedule scheduleFromJs(const js::Options& o, int numGroups);
 
 // For the tests: FastAdam on given tensors, and a schedule evaluated at given positions.
 Napi::Value FastAdamSteps(const Napi::CallbackInfo& info);

@@ -36,10 +36,10 @@ Napi::Value Learner::Validate(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
   core_->check();
-  auto o = js::object(info[0], "validate: options");
-  std::string split = js::string(o.Get("split"), "split");
-  bool augment = o.Get("augment").ToBoolean();
-  auto progress = std::make_shared<ProgressSink>(env, o.Get("onProgress"));
+  js::Options o(info[0], "validate: options");
+  const std::string split = o.string("split");
+  const bool augment = o.flag("augment");
+  auto progress = std::make_shared<ProgressSink>(env, o.value("onProgress"));
   auto c = core_;
   c->cache(split);
   return runAsync<PredsResult>(
@@ -65,8 +65,8 @@ Napi::Value Learner::Validate(const Napi::CallbackInfo& info) {
           const int64_t it = b + 1;
           progress->emit([it, nb](Napi::Env env) {
             auto e = Napi::Object::New(env);
-            e.Set("iter", Napi::Number::New(env, static_cast<double>(it)));
-            e.Set("total", Napi::Number::New(env, static_cast<double>(nb)));
+            e.Set("iter", js::count(env, it));
+            e.Set("total", js::count(env, nb));
             return e;
           });
         }
@@ -91,10 +91,13 @@ Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
   core_->check();
   const int64_t n = js::integer(info[1], "predict: n", 1, js::kMaxCount);
   const int64_t p = js::integer(info[2], "predict: presize", 1, js::kMaxSide);
-  bool augment = info[3].IsObject() && info[3].As<Napi::Object>().Get("augment").ToBoolean();
-  std::string trace = info[3].IsObject() && info[3].As<Napi::Object>().Get("trace").IsString()
-                          ? info[3].As<Napi::Object>().Get("trace").As<Napi::String>().Utf8Value()
-                          : std::string();
+  bool augment = false;
+  std::string trace;
+  if (!info[3].IsUndefined()) {
+    js::Options o(info[3], "predict: options");
+    augment = o.flag("augment");
+    trace = o.optString("trace").value_or("");
+  }
   // Copied here, on the JavaScript thread: the caller's array may be changed, transferred (detached) or
   // collected as soon as this call returns, and a worker thread reading it then read freed memory. On CUDA
   // the copy goes straight into page-locked memory, the copy the device reads anyway.

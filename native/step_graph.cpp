@@ -21,8 +21,8 @@ namespace tl {
 #ifdef TL_CUDA_GRAPH
 // Capture streams, lent to one learner at a time and given back when it goes. A learner needs a stream of
 // its own while it trains (a capture records whatever reaches its stream, from any thread), but a new
-// stream per learner costs memory for the life of the process: cuBLAS keeps a workspace per stream (the
-// H100 run found 63 MB more allocated after a graph learner's first fit than after ordinary steps).
+// stream per learner costs memory for the life of the process: cuBLAS keeps a workspace per stream (a GPU
+// run found tens of megabytes more allocated after a graph learner's first fit than after ordinary steps).
 // Learners that come one after another reuse the same stream; only learners alive together take more.
 class CaptureStreams {
  public:

@@ -10,7 +10,7 @@
 //   --graph off|on|both torchlearn's train step with the cudaGraph option off, on, or both (default: both
 //                       on CUDA, off on the CPU, where the graph's step runs without capture)
 //   --frozen frozen|unfrozen|both  which train-step rows, on both sides (default: both)
-//   --bn LIST           torchlearn's training-mode BatchNorm on CUDA in bf16 (the batchNorm option), some of
+//   --bn LIST           torchlearn's training-mode BatchNorm on CUDA in bf16 (src/hooks.ts, setBatchNormKernels), some of
 //                       aten,cudnn,cudnn-fused,fused,fused-full (or all): ATen's kernels (what PyTorch runs),
 //                       cuDNN's, cuDNN's with the ReLU and residual add in the same call, torchlearn's fused
 //                       forward kernel with ATen's statistics and backward (the learner's default, which the rows
@@ -24,8 +24,8 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { native } from '../src/binding.js';
-import { augTransforms, type BatchNormKernels, imagenetStats, ImageDataLoaders, loadLearner, torchInfo, visionLearner, type Learner } from '../src/index.js';
+import { hooks, setBatchNormKernels, type BatchNormKernels } from '../src/hooks.js';
+import { augTransforms, imagenetStats, ImageDataLoaders, loadLearner, torchInfo, visionLearner, type Learner } from '../src/index.js';
 import { compareTraces, readTrace } from '../src/bench.js';
 import { readCovidMetadata } from '../src/datasets/covid.js';
 import { decodeAll } from '../src/data/images.js';
@@ -147,8 +147,9 @@ async function trainBench() {
         log(JSON.stringify(r));
       }
       for (const frozen of frozenModes) for (const graph of graphModes) for (const batchNorm of bnModes) for (const fusedAdam of adamModes) {
-        native.cudaMemory(true);
-        const learn = await visionLearner(dls, cfg.arch as 'resnet50', { pretrained: false, verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0, cudaGraph: graph, batchNorm, fusedAdam });
+        hooks.cudaMemory(true);
+        const learn = await visionLearner(dls, cfg.arch as 'resnet50', { pretrained: false, verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0, cudaGraph: graph, fusedAdam });
+        if (batchNorm) setBatchNormKernels(learn, batchNorm);
         if (frozen) learn.freeze();
         else learn.unfreeze();
         await learn.fitOneCycle(2); // epoch 0 warms up (cuDNN autotuning, allocator, the graph's capture), epoch 1 is measured
@@ -162,7 +163,7 @@ async function trainBench() {
           log(`profile torchlearn bs ${bs} ${prec} ${frozen ? 'frozen' : 'unfrozen'}: ms per step: data ${per(p.data)}, forward ${per(p.forward)}, backward ${per(p.backward)}, optimizer ${per(p.step)}; channels_last weight ${p.weightChannelsLast}, grad ${p.gradChannelsLast}, input ${p.inputChannelsLast}`);
         }
         if (args.trace && !frozen) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}${batchNorm ? `-bn-${batchNorm}` : ''}${fusedAdam ? '-fusedadam' : ''}-bs${bs}-${prec}-${aug}.json`));
-        const mem = native.cudaMemory();
+        const mem = hooks.cudaMemory();
         const row = {
           bench: 'train step', impl: implName(graph) + (cuda && prec === 'bf16' && batchNorm ? `, ${batchNorm} BatchNorm` : '') + (cuda && fusedAdam !== undefined ? (fusedAdam ? ', fused Adam' : ', foreach Adam') : ''), aug, arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
           peak_device_bytes: mem.peakAllocated, peak_rss_bytes: process.resourceUsage().maxRSS * 1024, ...(graphInfo ? { graph: graphInfo } : {}),
@@ -182,7 +183,7 @@ async function trainBench() {
 
 function augmentBench() {
   const bs = cuda ? 256 : 64;
-  const spb = native.benchAugment({ device, n: bs * 2, presize: 280, size: 224, bs, iters: cuda ? 50 : 5, aug: augTransforms(), ...imagenetStats });
+  const spb = hooks.benchAugment({ device, n: bs * 2, presize: 280, size: 224, bs, iters: cuda ? 50 : 5, aug: augTransforms(), ...imagenetStats });
   rows.push({ bench: 'batch assembly + augmentation', impl: 'torchlearn', device, bs, size: 224, batches_per_s: 1 / spb, images_per_s: bs / spb });
 }
 
@@ -194,7 +195,7 @@ async function endToEndBench() {
   const decodeS = (performance.now() - t) / 1000;
   const prec = cuda ? 'bf16' : 'fp32';
   for (const graph of graphModes) {
-    native.cudaMemory(true);
+    hooks.cudaMemory(true);
     const learn = await visionLearner(dls, cfg.arch as 'resnet50', { pretrained: false, verbose: false, device, precision: prec, seed: 0, cudaGraph: graph });
     learn.unfreeze();
     await learn.fitOneCycle(3);
@@ -204,8 +205,8 @@ async function endToEndBench() {
       images: dls.train.n + dls.valid.n, decode_s: decodeS,
       images_per_s: nTrain / learn.recorder.trainSeconds[2],
       images_per_s_with_validation: nTrain / learn.recorder.epochSeconds[2],
-      peak_device_bytes: native.cudaMemory().peakAllocated,
-      device_allocated_after_epochs: [native.cudaMemory().allocated],
+      peak_device_bytes: hooks.cudaMemory().peakAllocated,
+      device_allocated_after_epochs: [hooks.cudaMemory().allocated],
     };
     rows.push(row);
     log(JSON.stringify(row));

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite (npm test): the types of the sources and tests, every test file with the BLAS that LibTorch
+# The test suite (npm test): the types of the sources and tests, the API reference (typedoc), every test file with the BLAS that LibTorch
 # is set up with, then the files that compare trajectories and references once more with Debian's reference
 # BLAS, so that the suite holds with either library (OpenBLAS's kernels round differently from the
 # reference's). Arguments go to vitest and skip the second pass: npm test -- test/model.test.ts
@@ -12,6 +12,8 @@ export TORCHLEARN_TEST_COUNTS="$counts"
 
 status=0
 npx tsc -p tsconfig.test.json || status=1
+# the API reference (docs/api): an undocumented export or a broken link fails the suite
+if [ $# -eq 0 ]; then npx typedoc --logLevel Warn || { echo "npm run docs: the API reference has warnings (above)"; status=1; }; fi
 
 npx vitest run "$@" || status=1
 

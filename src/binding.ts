@@ -5,7 +5,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMainThread } from 'node:worker_threads';
+import type { AugOptions } from './data/transforms.js';
 
+/** A tensor element type, named as in .safetensors files. */
 export type DType = 'F32' | 'F64' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
 /** A tensor crossing the boundary: raw little-endian bytes, C order. */
@@ -16,9 +18,11 @@ export interface NamedTensor {
   data: Uint8Array;
 }
 
-/** The kernels of training-mode BatchNorm on bf16 CUDA batches (native/resnet.h, TrainBn). */
+/** The kernels of training-mode BatchNorm on bf16 CUDA batches (native/resnet.h, TrainBn): a bench and test
+ * setting (src/hooks.ts), not a learner option. */
 export type BatchNormKernels = 'aten' | 'cudnn' | 'cudnn-fused' | 'fused' | 'fused-full';
 
+/** The LibTorch the addon was built against, and the devices it sees (`torchInfo()`). */
 export interface TorchInfo {
   torchVersion: string;
   torchSource: string;
@@ -31,6 +35,7 @@ export interface TorchInfo {
   fusedAdam: boolean;
 }
 
+/** What loading a weight file matched: keys missing from the file, keys the network does not have, keys whose shapes differ, and the number loaded. */
 export interface LoadReport {
   missing: string[];
   unexpected: string[];
@@ -49,6 +54,7 @@ export interface ParamRow {
 
 export interface NativeNet {
   numParams(): number;
+  numGroups(): number;
   stateDictKeys(): string[];
   stateDict(): NamedTensor[];
   loadStateDict(t: NamedTensor[], o: { strict: boolean; skipPrefixes?: string[]; source?: string; hint?: string }): LoadReport;
@@ -107,16 +113,8 @@ export interface NativePreds {
   ops?: { name: string; device: 'cpu' | 'cuda'; count: number; totalUs: number }[];
 }
 
-export interface NativeAugOptions {
-  doFlip: boolean;
-  maxRotate: number;
-  minZoom: number;
-  maxZoom: number;
-  maxLighting: number;
-  maxWarp: number;
-  pAffine: number;
-  pLighting: number;
-}
+/** The augmentation's settings as the addon takes them: the public AugOptions (src/data/transforms.ts). */
+export type NativeAugOptions = AugOptions;
 
 export interface NativeLearnerOptions {
   bs?: number;
@@ -183,11 +181,8 @@ interface Addon {
   torchInfo(): TorchInfo;
   setNumThreads(n: number): void;
   manualSeed(seed: number): void;
-  threadInfo(): { js: number; cpuWorker: number };
-  fastAdamSteps(o: { params: NamedTensor[]; noDecay: boolean[]; sqrMom: number; eps: number; fused?: boolean; graph?: boolean; device?: string; steps: { grads: NamedTensor[]; lr: number; mom: number; wd: number }[] }): NamedTensor[];
-  scheduleValues(s: NativeSchedule, groups: number, positions: Float64Array): { lrs: Float64Array; moms: Float64Array };
-  cudaMemory(resetPeak?: boolean): { allocated: number; reserved: number; peakAllocated: number };
-  benchAugment(o: { device: string; n: number; presize: number; size: number; bs: number; iters: number; aug: NativeAugOptions; mean: readonly number[]; std: readonly number[] }): number;
+  /** the tests' and the bench's entry points, typed in src/hooks.ts */
+  hooks: unknown;
   augmentImages(
     images: Uint8Array,
     n: number,

@@ -1,23 +1,29 @@
-// The public surface of torchlearn: the library. The covid-chestxray helpers are torchlearn/datasets/covid,
-// the benchmark's trace tools torchlearn/bench.
+/**
+ * torchlearn: fast.ai's way of training image classifiers, for TypeScript on Node.js, on LibTorch. This is the
+ * library; the covid-chestxray helpers are `torchlearn/datasets/covid`, the benchmark's trace tools
+ * `torchlearn/bench`.
+ *
+ * @module torchlearn
+ */
 export { torchInfo, setNumThreads, manualSeed } from './info.js';
 export type { TorchInfo } from './info.js';
-export type { BatchNormKernels } from './binding.js';
 export { Model, resnet18, resnet34, resnet50, resnet101, resnet152, ARCHS, TORCHVISION_WEIGHTS } from './model.js';
 export type { Arch, LoadWeightsOptions, ResNetOptions } from './model.js';
 export type { LoadReport, NamedTensor, DType } from './binding.js';
 export { readWeightFile, writeWeightFile } from './weights/index.js';
+export type { WeightFile } from './weights/index.js';
 export { PRETRAINED, WEIGHTS_VERSIONS, TORCHVISION_WEIGHTS_URL, cachedWeightFile, hubCacheDir, pretrainedFileName, weightsBaseUrl } from './weights/pretrained.js';
 export type { WeightsVersion, DownloadOptions } from './weights/pretrained.js';
 export { ImageDataLoaders, DataSplit, folderItems } from './data/loaders.js';
 export type { DataLoadersOptions, Item, Skipped } from './data/loaders.js';
-export { augTransforms, imagenetStats, defaultPresize } from './data/transforms.js';
+export { augTransforms, imagenetStats, defaultPresize, DATA_DEFAULTS } from './data/transforms.js';
 export type { AugOptions, ResizeMethod } from './data/transforms.js';
 export type { ImageSource } from './data/images.js';
 export { accuracy, errorRate, precision, recall, f1Score, rocAuc, rocAucBinary, metric, confusionMatrix } from './metrics.js';
 export type { Average, Metric, MetricFn } from './metrics.js';
 export { Learner, visionLearner, DEFAULTS } from './learner/learner.js';
 export type { VisionLearnerOptions, OneCycleOptions, FitOptions, FitResult, LrFindResult, Preds, LossOptions } from './learner/learner.js';
+export type { Suggestions } from './learner/lrfind.js';
 export { saveModel, earlyStopping, csvLogger } from './learner/callbacks.js';
 export type { Callback, EpochInfo, BatchInfo } from './learner/callbacks.js';
 export { lrPerGroup } from './learner/schedule.js';

@@ -9,7 +9,7 @@ import { foldBatchNormDefault, resolveDevice } from './info.js';
 import { checkArch, NetHandle } from './model.js';
 import { chromeTracePath, writeNativeTrace } from './learner/trace.js';
 import { lossesFromProbs, type TtaOptions } from './tta.js';
-import type { ResizeMethod } from './data/transforms.js';
+import { DATA_DEFAULTS, type ResizeMethod } from './data/transforms.js';
 import { readWeightFile } from './weights/index.js';
 import { decode, EXPORT_FORMAT, predictFiles, predictPaths, type ExportInfo, type Prediction } from './prediction.js';
 
@@ -60,9 +60,10 @@ export class InferenceLearner {
     this.#h = new NetHandle(net, 'this learner');
     net.loadStateDict(tensors.map((t) => ({ ...t, name: t.name.replace(/^model\./, '') })), { strict: true, source });
     this.#nat = new native.Learner(net, { device });
-    this.#nat.setOptions({ size: info.size, bs: o.bs ?? 64, mean: info.mean, std: info.std, aug: info.augment, bf16: device.startsWith('cuda') && o.precision !== 'fp32', foldBatchNorm: o.foldBatchNorm ?? foldBatchNormDefault(device) });
+    this.#nat.setOptions({ size: info.size, bs: o.bs ?? DATA_DEFAULTS.bs, mean: info.mean, std: info.std, aug: info.augment, bf16: device.startsWith('cuda') && o.precision !== 'fp32', foldBatchNorm: o.foldBatchNorm ?? foldBatchNormDefault(device) });
   }
 
+  /** The class names, in the order of the probabilities. */
   get vocab(): string[] {
     return this.info.vocab;
   }
@@ -128,12 +129,14 @@ export class InferenceLearner {
     return { probs: r.probs, numClasses: r.numClasses, targets, losses: lossesFromProbs(r.probs, targets, r.numClasses), skipped: r.failed };
   }
 
+  /** Frees the network's native memory now; later calls throw. */
   dispose(): void {
     this.#nat?.dispose();
     this.#nat = null;
     this.#h.dispose();
   }
 
+  /** `dispose()`, for `using inf = loadLearner(...)`. */
   [Symbol.dispose](): void {
     this.dispose();
   }
@@ -152,6 +155,15 @@ export interface LoadLearnerOptions {
   foldBatchNorm?: boolean;
 }
 
+/**
+ * Loads a learner exported with `learn.export()` for prediction: the network, its classes and preprocessing.
+ *
+ * @example
+ * ```ts
+ * const inf = loadLearner('export.safetensors');
+ * const { label, probs } = await inf.predict('xray.jpg');
+ * ```
+ */
 export function loadLearner(path: string, o: LoadLearnerOptions = {}): InferenceLearner {
   if (o.bs !== undefined && !(Number.isInteger(o.bs) && o.bs > 0)) throw new Error(`loadLearner: bs must be a positive integer, got ${o.bs}`);
   if (o.precision !== undefined && !['bf16', 'fp32'].includes(o.precision)) throw new Error(`loadLearner: precision must be 'bf16' or 'fp32', got '${o.precision}'`);

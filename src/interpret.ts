@@ -5,6 +5,7 @@ import type { Learner, Preds } from './learner/learner.js';
 import { confusionSpec, renderChart } from './plot/charts.js';
 import { writeGrid, type Tile } from './plot/grid.js';
 
+/** fast.ai's ClassificationInterpretation: the confusion matrix, the most confused classes and the top losses (with Grad-CAM) of a learner's validation set. */
 export class ClassificationInterpretation {
   readonly preds: Int32Array;
 
@@ -24,6 +25,7 @@ export class ClassificationInterpretation {
     return new ClassificationInterpretation(learn, p.probs, p.targets, p.losses, p.numClasses);
   }
 
+  /** The class names. */
   get vocab(): string[] {
     return this.learn.dls.vocab;
   }
@@ -33,6 +35,7 @@ export class ClassificationInterpretation {
     return confusionMatrix(this.probs, this.targets, this.numClasses);
   }
 
+  /** Draws the confusion matrix to a PNG (`normalize`: each row as fractions). */
   plotConfusionMatrix(path: string, o: { normalize?: boolean } = {}) {
     return renderChart(confusionSpec(this.vocab, this.confusionMatrix(), o.normalize ?? false), path);
   }

@@ -2,8 +2,10 @@
 // plain functions of (probabilities [n*c], targets [n], c). The positive class of the binary
 // metrics is index 1 of the sorted vocab (covid_positive) unless `posLabel` says otherwise.
 
+/** A metric computed from the validation probabilities [n, c], targets and class count. */
 export type MetricFn = (probs: Float32Array, targets: Int32Array, numClasses: number) => number;
 
+/** A metric shown in the table after each epoch. */
 export interface Metric {
   /** the column name in the results table (fast.ai v2's names) */
   name: string;
@@ -88,9 +90,11 @@ function averaged(name: string, score: Score, o: { average?: Average; posLabel?:
   };
 }
 
+/** The fraction of images whose most probable class is the target. */
 export function accuracy(): Metric {
   return { name: 'accuracy', better: 'higher', fn: (p, t, c) => { const pr = argmax(p, c); let k = 0; t.forEach((y, i) => (k += +(pr[i] === y))); return k / t.length; } };
 }
+/** 1 - accuracy. */
 export function errorRate(): Metric {
   const a = accuracy().fn;
   return { name: 'error_rate', better: 'lower', fn: (p, t, c) => 1 - a(p, t, c) };

@@ -3,7 +3,9 @@ import { native, type LoadReport, type NativeNet } from './binding.js';
 import { readWeightFile, writeWeightFile } from './weights/index.js';
 import { PRETRAINED } from './weights/pretrained.js';
 
+/** The architectures torchlearn builds, with torchvision's names and `state_dict` keys. */
 export type Arch = 'resnet18' | 'resnet34' | 'resnet50' | 'resnet101' | 'resnet152';
+/** Every architecture name, in order of size. */
 export const ARCHS: readonly Arch[] = ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152'];
 
 /** torchvision's ImageNet weight file for each architecture (IMAGENET1K_V1), as torch.hub names it in its cache. */
@@ -18,6 +20,7 @@ export function torchlearnFileKind(path: string, metadata: Record<string, string
   return null;
 }
 
+/** Options of `Model.loadWeights`. */
 export interface LoadWeightsOptions {
   /** Every key must match (default true); otherwise loads what matches and reports the rest. */
   strict?: boolean;
@@ -62,10 +65,12 @@ export class Model {
     this.#h = new NetHandle(new native.Net({ arch, kind: 'torchvision', numClasses }), `this ${arch}`);
   }
 
+  /** The number of parameters (weights, biases, BatchNorm scales), as `sum(p.numel() for p in model.parameters())`. */
   numParams(): number {
     return this.#h.net.numParams();
   }
 
+  /** The `state_dict` keys in torchvision's order. */
   stateDictKeys(): string[] {
     return this.#h.net.stateDictKeys();
   }
@@ -93,43 +98,65 @@ export class Model {
     return this.#h.net.forward(input, shape);
   }
 
+  /** Moves the network to a device (`'cpu'`, `'cuda'`, `'cuda:1'`); returns it. */
   to(device: 'cpu' | 'cuda' | `cuda:${number}` | string): this {
     this.#h.net.to(device);
     return this;
   }
 
+  /** The device the network is on. */
   get device(): string {
     return this.#h.net.device();
   }
 
+  /** Training mode (BatchNorm uses batch statistics, dropout is on), as `module.train()`. */
   train(): this {
     this.#h.net.setTraining(true);
     return this;
   }
 
+  /** Evaluation mode, as `module.eval()`. */
   eval(): this {
     this.#h.net.setTraining(false);
     return this;
   }
 
+  /** Whether the network is in training mode. */
   get training(): boolean {
     return this.#h.net.isTraining();
   }
 
+  /** Frees the network's native memory now; later calls throw. */
   dispose(): void {
     this.#h.dispose();
   }
 
+  /** `dispose()`, for `using model = resnet18()`. */
   [Symbol.dispose](): void {
     this.dispose();
   }
 }
 
+/** Options of the network constructors. */
 export interface ResNetOptions {
   numClasses?: number;
 }
+/** torchvision's ResNet18: `state_dict` keys and outputs as `torchvision.models.resnet18`. */
 export const resnet18 = (o: ResNetOptions = {}) => new Model('resnet18', o.numClasses);
+/** torchvision's ResNet34. */
 export const resnet34 = (o: ResNetOptions = {}) => new Model('resnet34', o.numClasses);
+/**
+ * torchvision's ResNet50 (v1.5: the stride in the 3x3 convolution).
+ *
+ * @example
+ * ```ts
+ * const model = resnet50({ numClasses: 1000 });
+ * model.loadWeights('resnet50-0676ba61.pth');
+ * const { data } = await model.forward(pixels, [1, 3, 224, 224]);
+ * ```
+ */
 export const resnet50 = (o: ResNetOptions = {}) => new Model('resnet50', o.numClasses);
+/** torchvision's ResNet101. */
 export const resnet101 = (o: ResNetOptions = {}) => new Model('resnet101', o.numClasses);
+/** torchvision's ResNet152. */
 export const resnet152 = (o: ResNetOptions = {}) => new Model('resnet152', o.numClasses);

@@ -9,6 +9,7 @@ import { torchInfo } from './info.js';
 import type { Arch } from './model.js';
 import { ttaProbs, type TtaOptions } from './tta.js';
 
+/** The format string `learn.export()` writes into the file's metadata. */
 export const EXPORT_FORMAT = 'torchlearn-export-v1';
 
 /** What an export records besides the weights. */
@@ -24,6 +25,7 @@ export interface ExportInfo {
   augment: AugOptions | null;
 }
 
+/** One image's prediction: the label, its index and every class's probability. */
 export interface Prediction {
   label: string;
   index: number;

@@ -5,6 +5,7 @@
 /** fast.ai's defaults: tta(n=4, beta=0.25). */
 export const TTA_DEFAULTS = { n: 4, beta: 0.25 } as const;
 
+/** Options of test-time augmentation (fast.ai's `tta`). */
 export interface TtaOptions {
   /** augmented passes (default 4) */
   n?: number;

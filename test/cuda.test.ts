@@ -2,8 +2,8 @@
 // skipped here with the reason printed.
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { native } from '../src/binding.js';
-import { accuracy, type BatchNormKernels, DEFAULTS, ImageDataLoaders, loadLearner, readWeightFile, resnet50, torchInfo, visionLearner, type Prediction } from '../src/index.js';
+import { hooks, setBatchNormKernels, type BatchNormKernels } from '../src/hooks.js';
+import { accuracy, DEFAULTS, ImageDataLoaders, loadLearner, readWeightFile, resnet50, torchInfo, visionLearner, type Prediction } from '../src/index.js';
 import { readTrace } from '../src/bench.js';
 import { adamCase } from './helpers/adam.js';
 import { makeStripes } from './helpers/fixtures.js';
@@ -84,9 +84,9 @@ describe.skipIf(!cuda)('CUDA', () => {
     const dls = ImageDataLoaders.fromArrays(images, Int32Array.from({ length: n }, (_, i) => i % 2), ['a', 'b'], { presize: p, size: 64, bs: 32 });
     const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, device: 'cuda', seed: 0 });
     await learn.fitOneCycle(2);
-    const after2 = native.cudaMemory().allocated;
+    const after2 = hooks.cudaMemory().allocated;
     await learn.fitOneCycle(3);
-    const after5 = native.cudaMemory().allocated;
+    const after5 = hooks.cudaMemory().allocated;
     console.log(`CUDA allocated after 2 epochs ${(after2 / 2 ** 20).toFixed(1)} MB, after 5 more ${(after5 / 2 ** 20).toFixed(1)} MB`);
     expect(after5).toBeLessThanOrEqual(after2 * 1.05 + 2 ** 20);
     learn.dispose();
@@ -132,14 +132,14 @@ describe.skipIf(!cuda)('CUDA', () => {
     await makeStripes(join(dir, 's'), 12, 24, 6);
     const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 32, bs: 8, seed: 3 });
     const files = dls.valid.items.slice(0, 4).map((i) => i.path);
-    const before = native.cudaMemory().allocated;
+    const before = hooks.cudaMemory().allocated;
     const after: number[] = [];
     for (let i = 0; i < 50; i++) {
       const l = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, device: 'cuda' });
       await l.fit(1);
       await l.predictBatch(files);
       l.dispose();
-      after.push(native.cudaMemory().allocated);
+      after.push(hooks.cudaMemory().allocated);
     }
     console.log(`CUDA allocated before ${(before / 2 ** 20).toFixed(1)} MB; after cycles 1, 25, 50: ${[after[0], after[24], after[49]].map((b) => (b / 2 ** 20).toFixed(1)).join(', ')} MB`);
     // resnet18's weights and Adam state are 135 MB a cycle: a leak of any of it shows at once. The first
@@ -154,9 +154,9 @@ describe.skipIf(!cuda)('CUDA', () => {
     const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 5 });
     const run = async (cudaGraph: boolean, precision: 'bf16' | 'fp32' = 'bf16', lrMax = 5e-3, epochs = 6) => {
       const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, metrics: [accuracy()], seed: 0, device: 'cuda', cudaGraph, precision });
-      const before = native.cudaMemory().allocated;
+      const before = hooks.cudaMemory().allocated;
       const r = await learn.fitOneCycle(epochs, { lrMax });
-      const after = native.cudaMemory().allocated;
+      const after = hooks.cudaMemory().allocated;
       return { learn, r, before, after, losses: learn.recorder.rawLosses.slice(), graphs: learn.recorder.graphs.slice() };
     };
     // the captured step computes what the ordinary step computes, each replay on its own batch: fp32 at
@@ -190,7 +190,7 @@ describe.skipIf(!cuda)('CUDA', () => {
     // graph's first fit, a one-time cost of its own stream, we believe cuBLAS's per-stream workspaces;
     // capture streams are lent and reused since. That figure is logged, not asserted.)
     await graph.learn.fitOneCycle(2, { lrMax: 5e-3 });
-    const again = native.cudaMemory().allocated;
+    const again = hooks.cudaMemory().allocated;
     console.log(`cudaGraph: allocated after a second fit ${(again / 2 ** 20).toFixed(1)} MB (after the first ${(graph.after / 2 ** 20).toFixed(1)} MB); ` +
       `held after the first fit beyond the ordinary steps: ${((graph.after - graph.before - (plain.after - plain.before)) / 2 ** 20).toFixed(1)} MB`);
     expect(graph.learn.recorder.graphs.map((g) => g.steps)).toEqual([n - 3, n]);
@@ -205,7 +205,8 @@ describe.skipIf(!cuda)('CUDA', () => {
     const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 16, seed: 5 });
     let k = 0;
     const run = async (batchNorm: BatchNormKernels) => {
-      const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, device: 'cuda', cudaGraph: false, batchNorm });
+      const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, device: 'cuda', cudaGraph: false });
+      setBatchNormKernels(learn, batchNorm);
       const trace = join(dir, `bn-${batchNorm}-${k}.json`);
       // learning rate 1e-12: the weights stay as made, so each batch's loss and statistics can be compared, and
       // Adam's gradient average (saved with the optimizer's state) is the same weighting of the same batches'
@@ -255,7 +256,8 @@ describe.skipIf(!cuda)('CUDA', () => {
       const cud = await run(mode);
       const err = apart(cud, aten);
       // and it trains: the stripes learnt through each path's backward
-      const trained = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, device: 'cuda', batchNorm: mode, metrics: [accuracy()] });
+      const trained = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, device: 'cuda', metrics: [accuracy()] });
+      setBatchNormKernels(trained, mode);
       const acc = (await trained.fitOneCycle(6, { lrMax: 5e-3 })).values.at(-1)![2] as number;
       trained.dispose();
       console.log(`batchNorm '${mode}' vs ATen, bf16: ${show(err)}; ATen batch_norm / relu_ calls in the traced epoch ` +
@@ -285,7 +287,7 @@ describe.skipIf(!cuda)('CUDA', () => {
     expect(torchInfo().fusedAdam).toBe(true); // LibTorch 2.1 or later, as on the GPU machine
     const c = adamCase();
     for (const [fused, graph, what] of [[false, false, '_foreach kernels'], [false, true, 'CUDA-graph step (scalars from a tensor)'], [true, false, 'fused AdamW kernel']] as const) {
-      const worst = c.worst(native.fastAdamSteps({ ...c.input, sqrMom: DEFAULTS.sqrMom, eps: DEFAULTS.eps, fused, graph, device: 'cuda' }));
+      const worst = c.worst(hooks.fastAdamSteps({ ...c.input, sqrMom: DEFAULTS.sqrMom, eps: DEFAULTS.eps, fused, graph, device: 'cuda' }));
       console.log(`fast.ai's Adam on CUDA, ${what}: 20 steps within ${worst.toExponential(2)} of the reference`);
       // (the CPU paths meet 1e-6: learner.test.ts; a kernel's own operation order may round a little differently)
       expect(worst, what).toBeLessThan(3e-6);

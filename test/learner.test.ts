@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { native } from '../src/binding.js';
+import { hooks, setBatchNormKernels } from '../src/hooks.js';
 import { accuracy, DEFAULTS, ImageDataLoaders, lrPerGroup, manualSeed, setNumThreads, torchInfo, visionLearner, writeWeightFile, type Learner, type NamedTensor } from '../src/index.js';
 import { adamCase } from './helpers/adam.js';
 import { makeStripes } from './helpers/fixtures.js';
@@ -58,7 +58,7 @@ describe('schedules', () => {
     // (it places the phase boundary one step earlier: a discretisation difference)
     const steps = 1000;
     const pos = Float64Array.from({ length: steps }, (_, i) => i / steps);
-    const ours = native.scheduleValues({ kind: 'onecycle', lrMax: [lrMax[1]], div: 25, divFinal: 1e5, pctStart: 0.25, moms: DEFAULTS.moms }, 1, pos);
+    const ours = hooks.scheduleValues({ kind: 'onecycle', lrMax: [lrMax[1]], div: 25, divFinal: 1e5, pctStart: 0.25, moms: DEFAULTS.moms }, 1, pos);
     const torchLrs = JSON.parse(
       runPython(`import sys, json, torch
 n, top = int(sys.argv[1]), float(sys.argv[2])
@@ -78,9 +78,9 @@ print(json.dumps(out))`, [String(steps), String(lrMax[1])]),
 
   it('flat-cos and constant schedules', () => {
     const pos = Float64Array.from([0, 0.5, 0.74, 0.8, 0.99]);
-    const f = native.scheduleValues({ kind: 'flatcos', lrMax: [1e-3], divFinal: 1e5, pctStart: 0.75, moms: [0.9, 0.9, 0.9] }, 1, pos);
+    const f = hooks.scheduleValues({ kind: 'flatcos', lrMax: [1e-3], divFinal: 1e5, pctStart: 0.75, moms: [0.9, 0.9, 0.9] }, 1, pos);
     pos.forEach((p, i) => expect(f.lrs[i]).toBeCloseTo(combinedCos(0.75, 1e-3, 1e-3, 1e-8)(p), 15));
-    const c = native.scheduleValues({ kind: 'constant', lrMax: [2e-3, 1e-3], moms: [0.9, 0.9, 0.9] }, 2, pos);
+    const c = hooks.scheduleValues({ kind: 'constant', lrMax: [2e-3, 1e-3], moms: [0.9, 0.9, 0.9] }, 2, pos);
     expect(Array.from(c.lrs.slice(0, 2))).toEqual([2e-3, 1e-3]);
   });
 });
@@ -91,7 +91,7 @@ describe("fast.ai's Adam", () => {
     // both implementations: the one-pass CPU loop, and the _foreach kernels (what CUDA runs)
     // and the captured step (scalars read from a tensor, computed ahead for the whole run)
     for (const [fused, graph, what] of [[true, false, 'fused CPU loop'], [false, false, '_foreach kernels'], [false, true, 'CUDA-graph step']] as const) {
-      const out = native.fastAdamSteps({ ...c.input, sqrMom: DEFAULTS.sqrMom, eps: DEFAULTS.eps, fused, graph });
+      const out = hooks.fastAdamSteps({ ...c.input, sqrMom: DEFAULTS.sqrMom, eps: DEFAULTS.eps, fused, graph });
       expect(c.worst(out), what).toBeLessThan(1e-6);
     }
     expect(DEFAULTS.sqrMom).toBe(0.99);
@@ -222,15 +222,18 @@ describe('batchNorm kernels and fusedAdam on the CPU', () => {
     // (the GPU side is test/cuda.test.ts; this runs the fused blocks' fallback path, which every CPU fit with
     // the option takes, against the ordinary blocks)
     const losses: number[][] = [];
-    for (const opts of [{}, { batchNorm: 'cudnn-fused' as const }, { batchNorm: 'fused-full' as const }, { fusedAdam: true }]) {
+    for (const { batchNorm, ...opts } of [{}, { batchNorm: 'cudnn-fused' as const }, { batchNorm: 'fused-full' as const }, { fusedAdam: true }]) {
       manualSeed(0); // dropout draws from the global generator
       const l = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0, ...opts });
+      if (batchNorm) setBatchNormKernels(l, batchNorm);
       await l.fitOneCycle(1, { lrMax: 5e-3 });
       losses.push(l.recorder.rawLosses.slice());
       l.dispose();
     }
     expect(losses[0].length).toBeGreaterThan(0);
-    await expect(visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, batchNorm: 'fuse' as 'fused' })).rejects.toThrow(/batchNorm must be 'aten', 'cudnn', 'cudnn-fused', 'fused' or 'fused-full', got fuse/);
+    const bad = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet });
+    expect(() => setBatchNormKernels(bad, 'fuse' as 'fused')).toThrow(/batchNorm must be one of 'aten', 'cudnn', 'cudnn-fused', 'fused', 'fused-full', got 'fuse'/);
+    bad.dispose();
     await expect(visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, fusedAdam: 'yes' as unknown as boolean })).rejects.toThrow(/fusedAdam must be true or false, got "yes"/);
     for (const other of losses.slice(1)) {
       expect(other.length).toBe(losses[0].length);
@@ -263,12 +266,12 @@ describe('native threads', () => {
 
   it('one OpenMP team: the JavaScript thread runs LibTorch on one thread, the CPU worker on the configured count, which setNumThreads changes', () => {
     const n = torchInfo().threads;
-    expect(native.threadInfo()).toEqual({ js: 1, cpuWorker: n });
+    expect(hooks.threadInfo()).toEqual({ js: 1, cpuWorker: n });
     setNumThreads(1);
-    expect(native.threadInfo()).toEqual({ js: 1, cpuWorker: 1 });
+    expect(hooks.threadInfo()).toEqual({ js: 1, cpuWorker: 1 });
     expect(torchInfo().threads).toBe(1);
     setNumThreads(n);
-    expect(native.threadInfo()).toEqual({ js: 1, cpuWorker: n });
+    expect(hooks.threadInfo()).toEqual({ js: 1, cpuWorker: n });
   });
 });
 

@@ -30,9 +30,10 @@ function child(body: string, o: { timeoutMs?: number; nodeFlags?: string[] } = {
   writeFileSync(
     file,
     `import { native } from ${JSON.stringify(join(ROOT, 'src', 'binding.js'))};\n` +
+      `import { hooks } from ${JSON.stringify(join(ROOT, 'src', 'hooks.js'))};\n` +
       `import * as tl from ${JSON.stringify(join(ROOT, 'src', 'index.js'))};\n` +
       `const EXPORT = ${JSON.stringify(exported)}; const DATA = ${JSON.stringify(data)}; const DIR = ${JSON.stringify(dir)};\n` +
-      `void native; void tl; void EXPORT; void DATA; void DIR;\n${body}\n`,
+      `void native; void hooks; void tl; void EXPORT; void DATA; void DIR;\n${body}\n`,
   );
   const r = spawnSync(process.execPath, [...(o.nodeFlags ?? []), '--import', 'tsx', file], { cwd: ROOT, encoding: 'utf8', timeout: o.timeoutMs ?? 120_000 });
   return { status: r.status, signal: r.signal, out: r.stdout, err: r.stderr, timedOut: r.error !== undefined };
@@ -129,7 +130,7 @@ describe('crashes', () => {
       await attempt('uint8 params', () => native.augmentImages(new Uint8Array(p * p * 3), 1, p, 32, { params: new Uint8Array(72) }));
       await attempt('images as Int8Array', () => nl.predict(new Int8Array(p * p * 3), 1, p));
       await attempt('epochRng as Int32Array', () => nl.trainEpoch({ schedule: { kind: 'constant', lrMax: [1e-3, 1e-3, 1e-3], moms: [0.9, 0.9, 0.9] }, epoch: 0, nEpochs: 1, smoothVal: 0, smoothCount: 0, epochRng: new Int32Array(4) }));
-      await attempt('positions as Float32Array', () => native.scheduleValues({ kind: 'constant', lrMax: [1e-3], moms: [0.9, 0.9, 0.9] }, 1, new Float32Array(4)));
+      await attempt('positions as Float32Array', () => hooks.scheduleValues({ kind: 'constant', lrMax: [1e-3], moms: [0.9, 0.9, 0.9] }, 1, new Float32Array(4)));
       console.log(JSON.stringify(out));
     `);
     expectClean(r, 'typed arrays');
@@ -330,8 +331,8 @@ describe('fuzzing the raw binding (bounded time): always an Error or a result, n
         'setNumThreads': (a) => native.setNumThreads(a),
         'manualSeed': (a) => native.manualSeed(a),
         'augmentImages': (a, b, c, d, e) => native.augmentImages(a, b, c, d, e),
-        'scheduleValues': (a, b, c) => native.scheduleValues(a, b, c),
-        'fastAdamSteps': (a) => native.fastAdamSteps(a),
+        'scheduleValues': (a, b, c) => hooks.scheduleValues(a, b, c),
+        'fastAdamSteps': (a) => hooks.fastAdamSteps(a),
       };
       const tally = {};
       const t0 = Date.now();

@@ -6,14 +6,16 @@ import { native } from '../binding.js';
 import { writeGrid } from '../plot/grid.js';
 import { decodeAll } from './images.js';
 import { groupSplit, randomSplit, rng, shuffle } from './split.js';
-import { augTransforms, defaultPresize, imagenetStats, type AugOptions, type ResizeMethod } from './transforms.js';
+import { augTransforms, DATA_DEFAULTS, defaultPresize, imagenetStats, type AugOptions, type ResizeMethod } from './transforms.js';
 
+/** One labelled image: its path and its class name. */
 export interface Item {
   path: string;
   label: string;
   [key: string]: unknown;
 }
 
+/** Options shared by the `ImageDataLoaders` constructors. */
 export interface DataLoadersOptions {
   validPct?: number;
   seed?: number;
@@ -37,11 +39,13 @@ export interface DataLoadersOptions {
   device?: string;
 }
 
+/** An image that could not be decoded, and why: it was left out of the data set. */
 export interface Skipped {
   path: string;
   reason: string;
 }
 
+/** One split (training or validation) of an `ImageDataLoaders`: the images decoded at `presize`, as uint8, and their labels. */
 export class DataSplit {
   constructor(
     readonly items: Item[],
@@ -60,6 +64,7 @@ export class DataSplit {
     if (this.n === 0) return 0;
     return this.train ? Math.max(1, Math.floor(this.n / this.bs)) : Math.ceil(this.n / this.bs);
   }
+  /** The number of images of each class in this split. */
   classCounts(vocab: string[]): Record<string, number> {
     const c: Record<string, number> = Object.fromEntries(vocab.map((v) => [v, 0]));
     this.labels.forEach((l) => c[vocab[l]]++);
@@ -117,6 +122,16 @@ export function folderItems(dir: string): { items: { path: string; label?: strin
   return { items, folders };
 }
 
+/**
+ * fast.ai's `ImageDataLoaders`: images decoded once (sharp) and kept at `presize`, split into training and validation sets; batches are assembled, augmented and normalised natively on the training device.
+ *
+ * @example
+ * ```ts
+ * const dls = await ImageDataLoaders.fromFolder('data/xrays', { validPct: 0.2, size: 224, bs: 64, seed: 42 });
+ * console.log(dls.vocab, dls.train.n, dls.valid.n);
+ * await dls.showBatch({ n: 9, path: 'batch.png' });
+ * ```
+ */
 export class ImageDataLoaders {
   private constructor(
     readonly vocab: string[],
@@ -148,11 +163,11 @@ export class ImageDataLoaders {
   /** Items with a path and a label (and any keys to split by, e.g. patient). */
   static async fromItems(itemList: readonly { path: string; label: string }[], opts: DataLoadersOptions = {}): Promise<ImageDataLoaders> {
     const items = itemList as Item[];
-    const size = opts.size ?? 224;
-    const bs = opts.bs ?? 64;
-    const validPct = opts.validPct ?? 0.2;
-    const seed = opts.seed ?? 42;
-    const method = opts.method ?? 'crop';
+    const size = opts.size ?? DATA_DEFAULTS.size;
+    const bs = opts.bs ?? DATA_DEFAULTS.bs;
+    const validPct = opts.validPct ?? DATA_DEFAULTS.validPct;
+    const seed = opts.seed ?? DATA_DEFAULTS.seed;
+    const method = opts.method ?? DATA_DEFAULTS.method;
     const presize = opts.presize ?? defaultPresize(size);
     if (!Number.isInteger(size) || size < 32) throw new Error(`size must be an integer of at least 32 pixels, got ${size}`);
     if (!Number.isInteger(bs) || bs < 1) throw new Error(`bs must be a positive integer, got ${bs}`);
@@ -214,8 +229,8 @@ export class ImageDataLoaders {
     vocab: string[],
     opts: Omit<DataLoadersOptions, 'splitBy' | 'method' | 'onProgress' | 'quiet' | 'vocab'> & { presize: number },
   ): ImageDataLoaders {
-    const size = opts.size ?? 224;
-    const bs = opts.bs ?? 64;
+    const size = opts.size ?? DATA_DEFAULTS.size;
+    const bs = opts.bs ?? DATA_DEFAULTS.bs;
     const p = opts.presize;
     if (images.length !== labels.length * p * p * 3) throw new Error(`fromArrays: images must hold ${labels.length}*${p}*${p}*3 bytes`);
     if (vocab.length < 2) throw new Error(`fromArrays: a classifier needs at least two classes, the vocab has ${vocab.length}`);
@@ -234,6 +249,7 @@ export class ImageDataLoaders {
     return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, p, 'crop', augment, normalize, opts.seed ?? 42, [], null, opts.device ?? 'auto');
   }
 
+  /** The number of classes. */
   get c(): number {
     return this.vocab.length;
   }

@@ -6,9 +6,12 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { parse } from 'csv-parse/sync';
 
+/** The folder name of COVID-19 images. */
 export const POSITIVE = 'covid_positive';
+/** The folder name of the other images. */
 export const NEGATIVE = 'covid_negative';
 
+/** One image of the collection that passed the filters, with its label and patient. */
 export interface CovidItem {
   path: string;
   label: typeof POSITIVE | typeof NEGATIVE;
@@ -19,6 +22,7 @@ export interface CovidItem {
   row: number;
 }
 
+/** Which rows of metadata.csv to keep (default: X-ray, PA view). */
 export interface MetadataFilters {
   /** Keep this modality (default 'X-ray'); without a modality column, CT rows (view CT/Axial/Coronal) are dropped. */
   modality?: string | null;
@@ -30,6 +34,7 @@ export interface MetadataFilters {
   imageDir?: string;
 }
 
+/** The kept images and what was dropped, by reason. */
 export interface MetadataResult {
   items: CovidItem[];
   rows: number;
@@ -53,6 +58,7 @@ export function normaliseHeader(h: string): string {
   return h.trim().toLowerCase().replace(/\s+/g, '_');
 }
 
+/** Reads the covid-chestxray collection's metadata.csv (every schema version) into labelled items. */
 export function readCovidMetadata(csvPath: string, filters: MetadataFilters = {}): MetadataResult {
   const modality = filters.modality === undefined ? 'X-ray' : filters.modality;
   const views = new Set((filters.views ?? ['PA']).map((v) => v.toLowerCase()));

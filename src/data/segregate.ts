@@ -2,11 +2,13 @@
 import { copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readFileSync, readlinkSync, statSync, symlinkSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 
+/** Options of `segregateByLabel`. */
 export interface SegregateOptions {
   /** 'link' (default): a hard link, or a symbolic link across file systems; 'symlink'; 'copy'. */
   mode?: 'link' | 'symlink' | 'copy';
 }
 
+/** What `segregateByLabel` linked or copied. */
 export interface SegregateResult {
   created: number;
   existing: number;

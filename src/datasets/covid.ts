@@ -1,6 +1,9 @@
-// The covid-chestxray collection's helpers, as the subpath export torchlearn/datasets/covid: its
-// metadata.csv read across the schemas it has had, and its images laid out as one folder per class. The
-// bundled example uses them; the library's entry (torchlearn) does not export them.
+/**
+ * The covid-chestxray collection's helpers (`torchlearn/datasets/covid`): its metadata.csv read across the
+ * schemas it has had, and its images laid out as one folder per class. The bundled example uses them.
+ *
+ * @module torchlearn/datasets/covid
+ */
 export { readCovidMetadata, isCovidFinding, POSITIVE, NEGATIVE } from '../data/metadata.js';
 export type { CovidItem, MetadataFilters, MetadataResult } from '../data/metadata.js';
 export { segregateByLabel } from '../data/segregate.js';

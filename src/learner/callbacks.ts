@@ -4,6 +4,7 @@ import { appendFileSync, existsSync, rmSync, statSync } from 'node:fs';
 import type { Learner } from './learner.js';
 import { formatTime } from './progress.js';
 
+/** What `afterEpoch` receives: the epoch's losses and metrics. */
 export interface EpochInfo {
   epoch: number;
   /** name -> value for every column of the results table (train_loss, valid_loss, metrics) */
@@ -12,6 +13,7 @@ export interface EpochInfo {
   seconds: number;
 }
 
+/** What `afterBatch` receives: the batch's position and loss. */
 export interface BatchInfo {
   epoch: number;
   /** the batch's index in the epoch, from 0 (fast.ai's `iter`) */
@@ -32,11 +34,15 @@ export interface BatchInfo {
  * up: the fit waits for it at the end of the epoch.
  */
 export interface Callback {
+  /** Once before the first epoch. */
   beforeFit?(learn: Learner): void | Promise<void>;
+  /** Before each epoch. */
   beforeEpoch?(info: { epoch: number; nEpochs: number }, learn: Learner): void | Promise<void>;
+  /** After every training batch, in order, with its loss (on CUDA a little later, in groups). */
   afterBatch?(info: BatchInfo, learn: Learner): void | Promise<void>;
   /** return true to stop training after this epoch */
   afterEpoch?(info: EpochInfo, learn: Learner): boolean | void | Promise<boolean | void>;
+  /** Once after the last epoch, also when the fit stopped early. */
   afterFit?(learn: Learner): void | Promise<void>;
 }
 

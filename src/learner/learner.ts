@@ -3,7 +3,7 @@
 // C++ on a native thread; this file only orchestrates.
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { native, type BatchNormKernels, type NativeEpochResult, type NativeLearner, type NativeNet, type NativeSchedule, type NamedTensor } from '../binding.js';
+import { native, type NativeEpochResult, type NativeLearner, type NativeNet, type NativeSchedule, type NamedTensor } from '../binding.js';
 import type { ImageDataLoaders } from '../data/loaders.js';
 import { decodeAll, type ImageSource } from '../data/images.js';
 import { foldBatchNormDefault, manualSeed, resolveDevice, torchInfo } from '../info.js';
@@ -22,12 +22,14 @@ import { lrPerGroup, type LrSpec } from './schedule.js';
 import { chromeTracePath, writeNativeTrace } from './trace.js';
 import { lossesFromProbs, ttaProbs, type TtaOptions } from '../tta.js';
 
+/** The loss: cross-entropy with these options. */
 export interface LossOptions {
   /** per-class weights of the cross-entropy (e.g. inverse class frequency for imbalance) */
   classWeights?: number[];
   labelSmoothing?: number;
 }
 
+/** Options of `visionLearner` and `new Learner`. */
 export interface VisionLearnerOptions {
   /**
    * The body's starting weights, as fast.ai's `pretrained`: `true` (the default) is torchvision's ImageNet
@@ -52,19 +54,11 @@ export interface VisionLearnerOptions {
   channelsLast?: boolean;
   /** capture the training step (forward, backward, optimizer) as one CUDA graph after 3 warm-up steps and
    * replay it for every batch (default: on CUDA, where it saves the host's kernel launches; off on the CPU,
-   * where the same step would run without capture). Measured gains: README, Performance */
+   * where the same step would run without capture). Measured gains: docs/performance.md */
   cudaGraph?: boolean;
   /** validation and prediction run each BatchNorm of the body folded into its convolution (same results to
    * float rounding; default: on the CPU, where it is faster, off on CUDA); training is never folded */
   foldBatchNorm?: boolean;
-  /** the kernels of training-mode BatchNorm on bf16 CUDA batches: 'fused' (default: torchlearn's one-pass
-   * BatchNorm + residual add + ReLU forward kernel between ATen's statistics and ATen's backward), 'aten'
-   * (ATen's, which PyTorch also runs), 'cudnn' (cuDNN's own BatchNorm API), 'cudnn-fused' (cuDNN's, with the
-   * ReLU and residual add after each BatchNorm in the same call; the fastest, its gradients not yet checked
-   * against ATen's on a GPU), 'fused-full' (torchlearn's kernels for the statistics, forward and backward).
-   * Where one refuses a batch, it says so once and ATen's kernels run. Each one's speed: README,
-   * Performance. No effect on the CPU or in fp32 */
-  batchNorm?: BatchNormKernels;
   /** fast.ai's Adam step on CUDA through PyTorch's fused AdamW kernel (the same formula, one pass over the
    * parameters instead of about a dozen; with cudaGraph the graph then holds the forward and backward, and
    * the step follows each replay, since fitOneCycle changes the momentum every step). Default: on where
@@ -80,6 +74,7 @@ export interface VisionLearnerOptions {
   logger?: (line: string) => void;
 }
 
+/** Options of every fit (`fit`, `fitOneCycle`, `fitFlatCos`, `fineTune`). */
 export interface FitOptions {
   wd?: number;
   cbs?: Callback[];
@@ -131,6 +126,7 @@ function parseFitState(text: string, path: string): FitState {
   return f as FitState;
 }
 
+/** Options of `fitOneCycle`, with fast.ai's defaults (`DEFAULTS`). */
 export interface OneCycleOptions extends FitOptions {
   /** a number, [max] (slice(max)) or [min, max] (slice(min, max)); default 1e-3 */
   lrMax?: LrSpec;
@@ -140,6 +136,7 @@ export interface OneCycleOptions extends FitOptions {
   moms?: [number, number, number];
 }
 
+/** What a fit returns: the epochs trained and whether it stopped early. */
 export interface FitResult {
   epochs: number;
   stopped: boolean;
@@ -149,13 +146,16 @@ export interface FitResult {
   seconds: number;
 }
 
+/** What `lrFind` returns: the learning rates tried, the smoothed losses, fast.ai's four suggestions and the plot. */
 export interface LrFindResult {
   lrs: number[];
   losses: number[];
   suggestions: Suggestions;
+  /** Draws loss against learning rate (log scale) to a PNG, as fast.ai's `plot_lr_find`. */
   plot(path: string): Promise<{ width: number; height: number }>;
 }
 
+/** Predictions on a data set: probabilities [n, c] row by row, and targets and per-item losses when labels exist. */
 export interface Preds {
   probs: Float32Array;
   numClasses: number;
@@ -176,7 +176,27 @@ export const DEFAULTS = {
   pctStart: 0.25,
 };
 
+/** The native half of a learner, for src/hooks.ts (the tests' and the bench's settings); not exported by the package. */
+export let nativeLearnerOf: (learn: Learner) => NativeLearner;
+
+/**
+ * fast.ai's Learner for vision: the network (body + head), the data, the optimizer state and the training loop.
+ * Made by `visionLearner`; every long call returns a Promise and runs on a native thread.
+ *
+ * @example
+ * ```ts
+ * const learn = await visionLearner(dls, 'resnet50', { metrics: [errorRate()] });
+ * await learn.fitOneCycle(4);
+ * learn.unfreeze();
+ * const { suggestions } = await learn.lrFind();
+ * await learn.fitOneCycle(2, { lrMax: [suggestions.valley / 10, suggestions.valley] });
+ * await learn.export('export.safetensors');
+ * ```
+ */
 export class Learner {
+  static {
+    nativeLearnerOf = (learn) => learn.nat;
+  }
   readonly arch: Arch;
   readonly dls: ImageDataLoaders;
   readonly metrics: Metric[];
@@ -246,7 +266,6 @@ export class Learner {
       eps: DEFAULTS.eps,
       cudaGraph: this.cudaGraph,
       foldBatchNorm: opts.foldBatchNorm ?? foldBatchNormDefault(this.device),
-      batchNorm: opts.batchNorm ?? 'fused',
       fusedAdam: opts.fusedAdam ?? (this.device.startsWith('cuda') && torchInfo().fusedAdam),
     });
     this.#native.setData('train', dls.train.images, dls.train.labels, dls.presize);
@@ -255,8 +274,10 @@ export class Learner {
     else this.#native.freezeTo(0);
   }
 
+  /** the layer groups of discriminative learning rates and freezeTo (fast.ai's splitter: body's early
+   * layers, body's late layers, head) */
   get numGroups(): number {
-    return 3;
+    return this.#h.net.numGroups();
   }
 
   private get nat(): NativeLearner {
@@ -269,6 +290,7 @@ export class Learner {
     return this.#h.net;
   }
 
+  /** Prints a line through the learner's logger (nothing when `verbose` is false). */
   log(line: string): void {
     if (this.#verbose) this.#logger(line);
   }
@@ -281,9 +303,11 @@ export class Learner {
     this.nat.freezeTo(n);
     this.#frozenTo = n >= 0 ? n : this.numGroups + n;
   }
+  /** Freezes every group but the head (`freezeTo(-1)`), as fast.ai's `freeze`. */
   freeze(): void {
     this.freezeTo(-1);
   }
+  /** Makes every group trainable (`freezeTo(0)`). */
   unfreeze(): void {
     this.freezeTo(0);
   }
@@ -291,12 +315,21 @@ export class Learner {
   trainableParams(): { name: string; group: number; numel: number }[] {
     return this.#h.net.paramTable().filter((p) => p.requiresGrad).map(({ name, group, numel }) => ({ name, group, numel }));
   }
+  /** The first trainable layer group. */
   get frozenTo(): number {
     return this.#frozenTo;
   }
 
   // --- training ---------------------------------------------------------------------------------
-  /** fast.ai's fit_one_cycle: cosine warm-up to lrMax over pctStart, then cosine annealing to lrMax/divFinal. */
+  /**
+   * fast.ai's fit_one_cycle: cosine warm-up to lrMax over pctStart, then cosine annealing to lrMax/divFinal,
+   * the momentum the other way round. Shows fast.ai's table; returns when the last epoch ends.
+   *
+   * @example
+   * ```ts
+   * await learn.fitOneCycle(4, { lrMax: 1e-3, cbs: [saveModel({ monitor: 'valid_loss' })], checkpoint: 'run' });
+   * ```
+   */
   async fitOneCycle(nEpoch: number, o: OneCycleOptions = {}): Promise<FitResult> {
     return this.#fit(nEpoch, {
       kind: 'onecycle',
@@ -528,6 +561,7 @@ export class Learner {
   get bs(): number {
     return this.#bs;
   }
+  /** Sets the batch size of the next fit or validation (the data stay cached). */
   set bs(v: number) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`bs must be a positive integer, got ${v}`);
     this.nat.setOptions({ bs: v });
@@ -594,7 +628,17 @@ export class Learner {
     return { probs, numClasses: plain.numClasses, targets: plain.targets, losses: lossesFromProbs(probs, plain.targets, plain.numClasses) };
   }
 
-  /** fast.ai's lr_find: exponential ramp from startLr to endLr over numIt batches; everything is restored after. */
+  /**
+   * fast.ai's lr_find: exponential ramp from startLr to endLr over numIt batches; the weights, optimizer and
+   * random state are restored after.
+   *
+   * @example
+   * ```ts
+   * const r = await learn.lrFind();
+   * await r.plot('lr_find.png');
+   * console.log(r.suggestions.valley);
+   * ```
+   */
   async lrFind(o: { startLr?: number; endLr?: number; numIt?: number; stopDiv?: boolean; signal?: AbortSignal } = {}): Promise<LrFindResult> {
     const startLr = o.startLr ?? 1e-7;
     const endLr = o.endLr ?? 10;
@@ -671,6 +715,7 @@ export class Learner {
     return { ...fit, epochRng: epochRng ? Uint8Array.from(epochRng) : undefined };
   }
 
+  /** Loads a checkpoint written by `save(name)` (the weights, and the optimizer state unless `withOpt` is false). */
   async load(name: string, o: { withOpt?: boolean } = {}): Promise<void> {
     const path = this.#checkpointPath(name);
     if (!existsSync(path)) throw new Error(`${path}: no such checkpoint (learn.save('${name}') writes it)`);
@@ -697,6 +742,7 @@ export class Learner {
     return (await this.predictBatch([image]))[0];
   }
 
+  /** Predicts several images (paths or encoded bytes) as batches. */
   async predictBatch(paths: ImageSource[]): Promise<Prediction[]> {
     this.#enter();
     try {
@@ -773,16 +819,19 @@ export class Learner {
     this.freezeTo(n);
   }
 
+  /** Frees the learner's native memory (network, caches, optimizer state) now; later calls throw. */
   dispose(): void {
     this.#native?.dispose();
     this.#native = null;
     this.#h.dispose();
   }
 
+  /** `dispose()`, for `using learn = ...`. */
   [Symbol.dispose](): void {
     this.dispose();
   }
 
+  /** Waits for what runs to stop, then disposes: `await using learn = ...`. */
   async [Symbol.asyncDispose](): Promise<void> {
     this.dispose();
   }
@@ -808,8 +857,10 @@ function loadBody(net: NativeNet, path: string, arch: Arch): void {
  * Asynchronous, as it may download torchvision's weights (`pretrained`, default true).
  *
  * @example
+ * ```ts
  * const learn = await visionLearner(dls, 'resnet50', { metrics: [errorRate()] });
  * await learn.fineTune(2);
+ * ```
  */
 export async function visionLearner(dls: ImageDataLoaders, arch: Arch, opts: VisionLearnerOptions = {}): Promise<Learner> {
   checkArch(arch);

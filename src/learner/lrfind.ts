@@ -1,6 +1,7 @@
 // fast.ai v2's learning-rate suggestions (callback/schedule.py), computed on lrs[numIt/10 : -5]
 // truncated at the first NaN.
 
+/** fast.ai's four learning-rate suggestions (valley, minimum / 10, steepest descent, slide). */
 export interface Suggestions {
   valley: number;
   minimum: number;

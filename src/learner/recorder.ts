@@ -2,6 +2,7 @@
 import type { NativeEpochResult } from '../binding.js';
 import { lossesSpec, metricsSpec, renderChart, schedSpec } from '../plot/charts.js';
 
+/** fast.ai's Recorder: the learning rates, momentums and losses of every batch, and the metrics of every epoch, with their plots. */
 export class Recorder {
   /** per training batch: one learning rate per layer group */
   lrs: number[][] = [];
@@ -26,6 +27,7 @@ export class Recorder {
   /** per epoch, with the cudaGraph option: steps taken by the graph, whether it was captured, a capture error */
   graphs: NonNullable<NativeEpochResult['graph']>[] = [];
 
+  /** Forgets everything (a new fit). */
   reset(metricNames: string[]): void {
     this.lrs = [];
     this.moms = [];

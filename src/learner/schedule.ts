@@ -4,6 +4,7 @@
 /** A learning rate: a number (every group), [b] (fast.ai's slice(b)) or [a, b] (slice(a, b)). */
 export type LrSpec = number | readonly [number] | readonly [number, number];
 
+/** One learning rate per layer group from fast.ai's forms: a number (every group), `[low, high]` (spread geometrically, as `slice(low, high)`), or one per group. */
 export function lrPerGroup(lr: LrSpec, groups: number, what = 'lrMax'): number[] {
   const check = (x: number) => {
     if (!(x > 0) || !Number.isFinite(x)) throw new Error(`${what} must be a positive, finite learning rate, got ${x}`);

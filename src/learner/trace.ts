@@ -6,6 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { torchInfo } from '../info.js';
 import { writeFileAtomic } from '../io/atomic.js';
 
+/** One operator (or CUDA kernel) of a trace: calls and total time. */
 export interface TraceOp {
   name: string;
   device: 'cpu' | 'cuda';
@@ -15,6 +16,7 @@ export interface TraceOp {
   totalUs: number;
 }
 
+/** A trace's operator table, with what produced it. */
 export interface TraceTable {
   impl: string;
   torchVersion: string;
@@ -43,6 +45,7 @@ export function writeNativeTrace(path: string, device: string, steps: number, op
   writeTrace(path, { impl: 'torchlearn', torchVersion: torchInfo().torchVersion, device, steps, chromeTrace: existsSync(chrome) ? chrome : undefined, ops });
 }
 
+/** Reads a Chrome trace written by torchlearn or torch.profiler into an operator table. */
 export function readTrace(path: string): TraceTable {
   const t = JSON.parse(readFileSync(path, 'utf8')) as TraceTable;
   if (!Array.isArray(t.ops) || !(t.steps > 0)) throw new Error(`${path} is not an operator table (no ops or steps)`);

@@ -5,12 +5,14 @@ import { writeFileAtomic, writeFileAtomicAsync } from '../io/atomic.js';
 import { encodePth, readPth } from './pth.js';
 import { encodeSafetensors, readSafetensors } from './safetensors.js';
 
+/** A weight file's tensors (C order, raw bytes) and its string metadata. */
 export interface WeightFile {
   tensors: NamedTensor[];
   metadata: Record<string, string>;
   format: 'pth' | 'safetensors';
 }
 
+/** Reads a weight file (`.safetensors`, or a `.pth` zip written by `torch.save`): its tensors and metadata. Hostile files are refused with a message naming the file. */
 export function readWeightFile(path: string): WeightFile {
   let buf: Buffer;
   try {

@@ -16,6 +16,7 @@ import type { Arch } from '../model.js';
 
 /** torchvision's names for its ImageNet weights. */
 export type WeightsVersion = 'IMAGENET1K_V1' | 'IMAGENET1K_V2';
+/** The ImageNet weight versions torchvision publishes (`IMAGENET1K_V1` is fast.ai's `pretrained=True`). */
 export const WEIGHTS_VERSIONS: readonly WeightsVersion[] = ['IMAGENET1K_V1', 'IMAGENET1K_V2'];
 
 /** torchvision's weight files (torchvision.models.ResNet*_Weights), by architecture and version. V1 is
@@ -31,6 +32,7 @@ export const PRETRAINED: Readonly<Record<Arch, Partial<Record<WeightsVersion, st
 /** Where torchvision publishes them; TORCHLEARN_WEIGHTS_URL replaces it (a mirror, or a test's server). */
 export const TORCHVISION_WEIGHTS_URL = 'https://download.pytorch.org/models/';
 
+/** Where weights are downloaded from: `TORCHLEARN_WEIGHTS_URL`, else torchvision's URL. */
 export function weightsBaseUrl(): string {
   const u = process.env.TORCHLEARN_WEIGHTS_URL || TORCHVISION_WEIGHTS_URL;
   return u.endsWith('/') ? u : `${u}/`;
@@ -59,6 +61,7 @@ export function hashPrefix(file: string): string | null {
   return m ? m[1] : null;
 }
 
+/** Options of the download of pretrained weights. */
 export interface DownloadOptions {
   /** called as bytes arrive (total is 0 when the server does not say) */
   onProgress?: (received: number, total: number) => void;

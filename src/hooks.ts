@@ -1,0 +1,37 @@
+// The addon's entry points for the tests and the bench, not for the library: native internals run on given
+// inputs (the optimizer step, the schedule, the batch pipeline), thread and device-memory readings, and the
+// BatchNorm kernel variants the GPU bench compares. Not exported from the package.
+import { native, type BatchNormKernels, type NamedTensor, type NativeAugOptions, type NativeLearner, type NativeSchedule } from './binding.js';
+import { nativeLearnerOf, type Learner } from './learner/learner.js';
+
+interface Hooks {
+  /** LibTorch's CPU thread count on the JavaScript thread (kept at one) and on the CPU worker */
+  threadInfo(): { js: number; cpuWorker: number };
+  /** FastAdam's step exactly as training runs it, on given tensors (for the comparison with the formula) */
+  fastAdamSteps(o: {
+    params: NamedTensor[];
+    noDecay: boolean[];
+    sqrMom: number;
+    eps: number;
+    fused?: boolean;
+    graph?: boolean;
+    device?: string;
+    steps: { grads: NamedTensor[]; lr: number; mom: number; wd: number }[];
+  }): NamedTensor[];
+  /** a schedule's learning rates ([position][group]) and momentums at the given positions of training */
+  scheduleValues(s: NativeSchedule, groups: number, positions: Float64Array): { lrs: Float64Array; moms: Float64Array };
+  /** device 0's allocator readings in bytes (zeros without CUDA); resetPeak starts a new peak */
+  cudaMemory(resetPeak?: boolean): { allocated: number; reserved: number; peakAllocated: number };
+  /** seconds per batch of the batch pipeline (index, draw, augment, normalise) on `device` */
+  benchAugment(o: { device: string; n: number; presize: number; size: number; bs: number; iters: number; aug: NativeAugOptions; mean: readonly number[]; std: readonly number[] }): number;
+}
+
+export const hooks = native.hooks as Hooks;
+
+/** Sets the kernels of a learner's training-mode BatchNorm on bf16 CUDA batches (default 'fused'). */
+export function setBatchNormKernels(learn: Learner, kernels: BatchNormKernels): void {
+  const nat: NativeLearner = nativeLearnerOf(learn);
+  nat.setOptions({ batchNorm: kernels });
+}
+
+export type { BatchNormKernels };
