@@ -4,7 +4,7 @@
 //   --python PATH       PyTorch for the baseline (default /usr/bin/python3 on the CPU, python3 on CUDA)
 //   --quick             fewer iterations
 //   --profile           time the phases of each train step (data, forward, backward, optimizer) on both sides
-//   --only LIST         some of: decode,augment,inference,train,e2e (default: all)
+//   --only LIST         some of: decode,augment,inference,train,e2e,serve (default: all)
 //   --trace DIR         operator tables of the unfrozen train step (and of one batched inference call) on
 //                       both sides, written to DIR, and the operators where they differ most printed side by side
 //   --graph off|on|both torchlearn's train step with the cudaGraph option off, on, or both (default: both
@@ -30,6 +30,7 @@ import { compareTraces, readTrace } from '../src/bench.js';
 import { readCovidMetadata } from '../src/datasets/covid.js';
 import { decodeAll } from '../src/data/images.js';
 import { foldBatchNormDefault } from '../src/info.js';
+import { servingBench } from './bench/serving.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -289,12 +290,16 @@ async function inferenceBench() {
 }
 
 log(`torchlearn bench on ${device} (${info.deviceName ?? `${info.threads} CPU threads`}), LibTorch ${info.torchVersion}`);
-const only = new Set((args.only ?? 'decode,augment,inference,train,e2e').split(','));
+const only = new Set((args.only ?? 'decode,augment,inference,train,e2e,serve').split(','));
 if (!cuda && only.has('decode')) await decodeBench();
 if (only.has('augment')) augmentBench();
 if (only.has('inference')) await inferenceBench();
 if (only.has('train')) await trainBench();
 if (args.images && only.has('e2e')) await endToEndBench();
+if (only.has('serve')) {
+  const csv = join(args.data!, 'metadata.csv');
+  await servingBench(rows, { device, quick: args.quick!, log, sample: existsSync(csv) ? readCovidMetadata(csv).items[0].path : null });
+}
 
 // ratios: torchlearn / pytorch for matching rows
 const fmt = (x: unknown) => (typeof x === 'number' ? (x > 100 ? x.toFixed(0) : x.toFixed(2)) : String(x ?? ''));
@@ -309,7 +314,9 @@ for (const r of rows) {
   const speedup = (x: number) => (x >= 1 ? `${x.toFixed(2)}x faster` : `${(1 / x).toFixed(2)}x slower`);
   if (inferTwin) ratio = r.median_ms !== undefined ? speedup((inferTwin.median_ms as number) / (r.median_ms as number)) : `${((r.images_per_s as number) / (inferTwin.images_per_s as number)).toFixed(2)}x`;
   if (bare && r.images_per_s_with_validation) ratio = `${((r.images_per_s_with_validation as number) / (bare.images_per_s as number) * 100).toFixed(0)}% of bare step (train only: ${((r.images_per_s as number) / (bare.images_per_s as number) * 100).toFixed(0)}%)`;
-  const speed = r.median_ms !== undefined ? `${fmt(r.median_ms)} ms` : fmt(r.images_per_s);
+  if (r.requests_per_s !== undefined) ratio = `${r.connections} conn: p50 ${r.p50_ms} / p90 ${r.p90_ms} / p99 ${r.p99_ms} ms, ${r.errors} errors`;
+  if (r.vs_sequential !== undefined) ratio = `${fmt(r.vs_sequential)}x sequential, ${((r.vs_predict_batch as number) * 100).toFixed(0)}% of predictBatch`;
+  const speed = r.median_ms !== undefined ? `${fmt(r.median_ms)} ms` : r.requests_per_s !== undefined ? `${fmt(r.requests_per_s)} req/s` : fmt(r.images_per_s);
   console.log(`| ${r.bench} | ${r.impl} | ${config} | ${speed} | ${r.peak_device_bytes ? ((r.peak_device_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${r.peak_rss_bytes ? ((r.peak_rss_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${ratio} |`);
 }
 const result = { date: new Date().toISOString(), device, deviceName: info.deviceName, threads: info.threads, torchVersion: info.torchVersion, rows };

@@ -28,6 +28,15 @@ if [ "${#need[@]}" -gt 0 ]; then
   fi
 fi
 
+# Chromium, for the serving page's test in a real browser (test/serving.test.ts); optional: without it that
+# test says why it skipped.
+if ! command -v chromium >/dev/null && [ -z "${LIBTORCH:-}" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing chromium with apt-get (the serving page's browser test)"
+  { [ "${#need[@]}" -gt 0 ] || apt-get update -qq; } &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null ||
+    echo "setup: chromium could not be installed; the browser test will say that it skipped"
+fi
+
 npm ci --no-audit --no-fund
 CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" npm run build
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // torchlearn's command line:
 //   torchlearn predict model.safetensors images-or-folders... [--json] [--device cpu|cuda]
+//   torchlearn serve model.safetensors [--port 8080] [--host 127.0.0.1]
 //   torchlearn info
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -8,12 +9,14 @@ import { parseArgs } from 'node:util';
 
 const usage = `usage:
   torchlearn predict MODEL.safetensors IMAGE|FOLDER... [--json] [--device auto|cpu|cuda]
+  torchlearn serve MODEL.safetensors [--port 8080] [--host 127.0.0.1]
   torchlearn weights list
   torchlearn weights get ARCH [--version IMAGENET1K_V1|IMAGENET1K_V2]
   torchlearn info
   torchlearn --help | --version
 
   predict   the classes of images with a model written by learn.export()
+  serve     an HTTP server for a model: POST /predict, GET /info, /health, and a page at / to try it
   weights   torchvision's ImageNet weights: which exist and which are in PyTorch's hub cache; download one
   info      the LibTorch this addon runs on, its device and threads`;
 
@@ -25,6 +28,20 @@ const predictUsage = `usage: torchlearn predict MODEL.safetensors IMAGE|FOLDER..
   --json    one JSON array instead of the table
   --device  'auto' (default: CUDA when LibTorch has it), 'cpu', 'cuda' or 'cuda:N'
 A file that cannot be read gets its error in its row; the others are predicted, and the exit code is 1.`;
+
+const serveUsage = `usage: torchlearn serve MODEL.safetensors [--port 8080] [--host 127.0.0.1] [--device auto|cpu|cuda]
+                       [--max-batch N] [--max-delay-ms MS] [--max-queue N] [--body-limit BYTES]
+
+  MODEL          an export written by learn.export()
+  --port         the port (default 8080; 0 for any free one)
+  --host         the address to listen on (default 127.0.0.1; 0.0.0.0 for other machines)
+  --max-batch    the most images in one forward pass (default: 64)
+  --max-delay-ms how long the first image of a batch waits for others (default 2)
+  --max-queue    images waiting past which requests get 503 with Retry-After (default 1024)
+  --body-limit   the largest request body in bytes (default 20 MiB): larger ones get 413
+POST /predict takes an image's bytes (Content-Type image/*) or a multipart form with one file and answers
+JSON: the label, every class's probability and the timing; ?gradcam=1 adds the Grad-CAM as a PNG.
+SIGTERM or Ctrl-C finishes the requests in flight, then exits.`;
 
 function version(): string {
   return JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
@@ -82,6 +99,47 @@ async function main(argv: string[]): Promise<number> {
     }
     console.error(usage);
     return 2;
+  }
+  if (cmd === 'serve') {
+    let parsed;
+    const int = { type: 'string' } as const;
+    try {
+      parsed = parseArgs({
+        args: rest,
+        allowPositionals: true,
+        options: { port: int, host: { type: 'string', default: '127.0.0.1' }, device: { type: 'string', default: 'auto' }, 'max-batch': int, 'max-delay-ms': int, 'max-queue': int, 'body-limit': int, help: { type: 'boolean', short: 'h', default: false } },
+      });
+    } catch (e) {
+      console.error(`torchlearn serve: ${(e as Error).message}\n\n${serveUsage}`);
+      return 2;
+    }
+    const { values, positionals } = parsed;
+    if (values.help) {
+      console.log(serveUsage);
+      return 0;
+    }
+    if (positionals.length !== 1) {
+      console.error(serveUsage);
+      return 2;
+    }
+    const num = (k: 'port' | 'max-batch' | 'max-delay-ms' | 'max-queue' | 'body-limit') => {
+      const v = values[k];
+      if (v === undefined) return undefined;
+      const n = Number(v);
+      if (!Number.isFinite(n) || n < 0) throw new Error(`--${k} must be a non-negative number, got '${v}'`);
+      return n;
+    };
+    const model = positionals[0];
+    if (!existsSync(model)) throw new Error(`${model}: no such model file. torchlearn serve needs an export: the .safetensors file that learn.export() writes`);
+    const { serve } = await import('./serving/server.js');
+    await serve(model, {
+      port: num('port') ?? 8080,
+      host: values.host,
+      device: values.device,
+      bodyLimit: num('body-limit'),
+      batching: { maxBatch: num('max-batch'), maxDelayMs: num('max-delay-ms'), maxQueue: num('max-queue') },
+    });
+    return new Promise<number>(() => {}); // until a signal: serve() exits the process when the server has closed
   }
   if (cmd === 'predict') {
     let parsed;

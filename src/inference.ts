@@ -12,13 +12,15 @@ import { lossesFromProbs, type TtaOptions } from './tta.js';
 import { DATA_DEFAULTS, type ResizeMethod } from './data/transforms.js';
 import { readWeightFile } from './weights/index.js';
 import { decode, EXPORT_FORMAT, predictFiles, predictPaths, type ExportInfo, type Prediction } from './prediction.js';
+import { decodeImage, describeSource } from './data/images.js';
+import { PredictBatcher, type BatchingOptions, type PredictTiming } from './serving/batcher.js';
+
+/** A prediction with where its time went (`InferenceLearner.predict`). */
+export interface TimedPrediction extends Prediction {
+  timing: PredictTiming;
+}
 
 export { EXPORT_FORMAT, type ExportInfo, type Prediction } from './prediction.js';
-
-
-
-
-
 
 function parseExport(path: string, meta: Record<string, string>): ExportInfo {
   if (meta.format !== EXPORT_FORMAT) {
@@ -44,16 +46,16 @@ function parseExport(path: string, meta: Record<string, string>): ExportInfo {
   }
 }
 
-
-
 /** A loaded export: predicts, nothing else (fast.ai's load_learner). */
 export class InferenceLearner {
   readonly info: ExportInfo;
   readonly device: string;
   #h: NetHandle;
   #nat: NativeLearner | null;
+  /** how concurrent predict() calls are batched */
+  readonly batcher: PredictBatcher;
 
-  constructor(info: ExportInfo, tensors: NamedTensor[], device: string, source: string, o: { bs?: number; precision?: 'bf16' | 'fp32'; foldBatchNorm?: boolean } = {}) {
+  constructor(info: ExportInfo, tensors: NamedTensor[], device: string, source: string, o: Omit<LoadLearnerOptions, 'device'> = {}) {
     this.info = info;
     this.device = device;
     const net = new native.Net({ arch: info.arch, kind: 'fastai', numClasses: info.vocab.length, head: info.head });
@@ -61,6 +63,12 @@ export class InferenceLearner {
     net.loadStateDict(tensors.map((t) => ({ ...t, name: t.name.replace(/^model\./, '') })), { strict: true, source });
     this.#nat = new native.Learner(net, { device });
     this.#nat.setOptions({ size: info.size, bs: o.bs ?? DATA_DEFAULTS.bs, mean: info.mean, std: info.std, aug: info.augment, bf16: device.startsWith('cuda') && o.precision !== 'fp32', foldBatchNorm: o.foldBatchNorm ?? foldBatchNormDefault(device) });
+    this.batcher = new PredictBatcher((images, n) => this.nat.predict(images, n, info.presize), {
+      presize: info.presize,
+      method: info.method,
+      defaultBatch: o.bs ?? DATA_DEFAULTS.bs,
+      ...o.batching,
+    });
   }
 
   /** The class names, in the order of the probabilities. */
@@ -73,10 +81,33 @@ export class InferenceLearner {
     return this.#nat;
   }
 
-  /** fast.ai's predict: (decoded label, index, probabilities) for one image file, or an encoded image's bytes. */
-  async predict(image: ImageSource): Promise<Prediction> {
-    const [p] = await this.predictBatch([image]);
-    return p;
+  /**
+   * fast.ai's predict: (decoded label, index, probabilities) for one image file, or an encoded image's bytes.
+   * Calls made at once are batched (`batcher`, the `batching` option of loadLearner): each decodes its image in
+   * parallel, then they share forward passes; an unreadable image fails its own call only.
+   */
+  async predict(image: ImageSource): Promise<TimedPrediction> {
+    void this.nat; // (disposed: fail now, not in the batch)
+    const { probs, timing } = await this.batcher.predict(image);
+    return { ...decode(probs, probs.length, this.vocab)[0], timing };
+  }
+
+  /** Grad-CAM (fast.ai v1) for one image: the map of the body's last stage for `classIdx` (default: the
+   * predicted class), its size, the probabilities, and the image as the network saw it (presize RGB). */
+  async gradcam(image: ImageSource, o: { classIdx?: number } = {}): Promise<{ map: Float32Array; h: number; w: number; probs: Float32Array; classIdx: number; rgb: Uint8Array; size: number }> {
+    const c = o.classIdx;
+    const n = this.vocab.length;
+    if (c !== undefined && !(Number.isInteger(c) && c >= 0 && c < n)) throw new Error(`gradcam: classIdx must be a class index in [0, ${n}), got ${c}`);
+    const p = this.info.presize;
+    const d = await decodeImage(image, p, this.info.method);
+    if (!d.ok) throw new Error(`cannot read image ${describeSource(image)}: ${d.reason}`);
+    let cls = c;
+    if (cls === undefined) {
+      const r = await this.nat.predict(d.data, 1, p);
+      cls = decode(r.probs, r.numClasses, this.vocab)[0].index;
+    }
+    const r = await this.nat.gradCam(d.data, p, cls);
+    return { ...r, classIdx: cls, rgb: d.data, size: p };
   }
 
   /** Decodes in parallel and predicts in batches; an unreadable file is an error naming it. */
@@ -142,7 +173,6 @@ export class InferenceLearner {
   }
 }
 
-
 /** fast.ai's load_learner: an export written by learn.export(), on `device` ('auto' = CUDA when present). */
 export interface LoadLearnerOptions {
   /** 'cpu', 'cuda', 'cuda:N' (default: CUDA when LibTorch has it) */
@@ -153,6 +183,8 @@ export interface LoadLearnerOptions {
   precision?: 'bf16' | 'fp32';
   /** each BatchNorm of the body folded into its convolution (default: on the CPU, off on CUDA; see visionLearner) */
   foldBatchNorm?: boolean;
+  /** how concurrent predict() calls are batched (default: batches of up to `bs`, a 2 ms window) */
+  batching?: BatchingOptions;
 }
 
 /**

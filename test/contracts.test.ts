@@ -122,14 +122,15 @@ describe('callbacks', () => {
 });
 
 describe('the public surface', () => {
-  it('the entry exports the library; the covid helpers and the trace tools are subpath exports; Symbol.dispose frees', async () => {
+  it('the entry exports the library; the covid helpers, the trace tools and the HTTP server are subpath exports; Symbol.dispose frees', async () => {
     const lib: Record<string, unknown> = await import('../src/index.js');
-    for (const name of ['readCovidMetadata', 'segregateByLabel', 'compareTraces', 'readTrace']) expect(name in lib, name).toBe(false);
+    for (const name of ['readCovidMetadata', 'segregateByLabel', 'compareTraces', 'readTrace', 'torchlearnServe', 'createServer', 'serve', 'hooks']) expect(name in lib, name).toBe(false);
     const covid = await import('../src/datasets/covid.js');
     const bench = await import('../src/bench.js');
-    expect([typeof covid.readCovidMetadata, typeof covid.segregateByLabel, typeof bench.readTrace]).toEqual(['function', 'function', 'function']);
+    const serving = await import('../src/serving/index.js');
+    expect([typeof covid.readCovidMetadata, typeof covid.segregateByLabel, typeof bench.readTrace, typeof serving.torchlearnServe]).toEqual(['function', 'function', 'function', 'function']);
     const pkg = JSON.parse(readFileSync(join(__dirname, '..', 'package.json'), 'utf8'));
-    expect(Object.keys(pkg.exports)).toEqual(['.', './datasets/covid', './bench']);
+    expect(Object.keys(pkg.exports)).toEqual(['.', './datasets/covid', './bench', './serving']);
     const learn = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet });
     learn[Symbol.dispose]();
     await expect(learn.validate()).rejects.toThrow(/disposed/);

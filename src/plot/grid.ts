@@ -1,4 +1,5 @@
-// Image grids with titles drawn as SVG text over the pictures (showBatch, showResults, plotTopLosses).
+// Image grids with titles drawn as SVG text over the pictures (showBatch, showResults, plotTopLosses), and
+// one image under its heat map (the serving page).
 import sharp, { type OverlayOptions } from 'sharp';
 
 export interface Tile {
@@ -39,6 +40,16 @@ async function heatOverlay(t: Tile, size: number): Promise<Buffer> {
   }
   // bilinear upsampling of the coarse map, as matplotlib's imshow(interpolation='bilinear')
   return sharp(rgba, { raw: { width: w, height: h, channels: 4 } }).resize(size, size, { kernel: 'linear' }).png().toBuffer();
+}
+
+/** One image with its heat map over it, as a PNG (the serving page's Grad-CAM), at least MIN_TILE wide. */
+export async function heatmapPng(rgb: Uint8Array, size: number, heat: NonNullable<Tile['heat']>): Promise<Buffer> {
+  const out = Math.max(MIN_TILE, size);
+  const img = await sharp(Buffer.from(rgb), { raw: { width: size, height: size, channels: 3 } }).resize(out, out, { kernel: 'lanczos3' }).png().toBuffer();
+  return sharp(img)
+    .composite([{ input: await heatOverlay({ rgb, size, title: '', heat }, out), left: 0, top: 0 }])
+    .png()
+    .toBuffer();
 }
 
 /** A grid of tiles, `ncols` wide, each with its title above it; writes a PNG to `path`. */
