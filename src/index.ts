@@ -32,7 +32,7 @@ export { Recorder } from './learner/recorder.js';
 export { loadLearner, InferenceLearner, EXPORT_FORMAT } from './inference.js';
 export type { LoadLearnerOptions, TimedPrediction } from './inference.js';
 export { QueueFullError, ImageDecodeError, PredictBatcher } from './serving/batcher.js';
-export type { BatchingOptions, PredictTiming } from './serving/batcher.js';
+export type { BatchingOptions, BatchRunner, PredictTiming } from './serving/batcher.js';
 export { TTA_DEFAULTS, type TtaOptions } from './tta.js';
 export type { Prediction, ExportInfo } from './inference.js';
 export { ClassificationInterpretation } from './interpret.js';

@@ -47,7 +47,8 @@ export class ImageDecodeError extends Error {
   }
 }
 
-type Run = (images: Uint8Array, n: number) => Promise<{ probs: Float32Array; numClasses: number }>;
+/** What runs a batch: n presized uint8 images [n, P, P, 3] to their probabilities (row by row). */
+export type BatchRunner = (images: Uint8Array, n: number) => Promise<{ probs: Float32Array; numClasses: number }>;
 
 interface Waiting {
   pixels: Uint8Array;
@@ -57,11 +58,13 @@ interface Waiting {
   reject: (e: Error) => void;
 }
 
+/** The queue behind `InferenceLearner.predict()`: decodes each image as it comes, runs the waiting ones as
+ * one batch (see `BatchingOptions`), and gives each caller its own row or its own error. */
 export class PredictBatcher {
   readonly maxBatch: number;
   readonly maxDelayMs: number;
   readonly maxQueue: number;
-  #run: Run;
+  #run: BatchRunner;
   #presize: number;
   #method: ResizeMethod;
   #queue: Waiting[] = [];
@@ -71,7 +74,7 @@ export class PredictBatcher {
   /** batches run so far, and the images in them (for the bench and tests) */
   readonly stats = { batches: 0, images: 0 };
 
-  constructor(run: Run, o: { presize: number; method: ResizeMethod; defaultBatch: number } & BatchingOptions) {
+  constructor(run: BatchRunner, o: { presize: number; method: ResizeMethod; defaultBatch: number } & BatchingOptions) {
     const int = (v: number, what: string, min: number) => {
       if (!Number.isInteger(v) || v < min) throw new Error(`${what} must be an integer >= ${min}, got ${v}`);
       return v;

@@ -5,4 +5,4 @@
  * @module torchlearn/serving
  */
 export { torchlearnServe, createServer, serve } from './server.js';
-export type { ServeOptions, ServeCommandOptions, PredictResponse } from './server.js';
+export type { ServeOptions, ServeCommandOptions, PredictResponse, RunningServer } from './server.js';

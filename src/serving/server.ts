@@ -151,11 +151,21 @@ export interface ServeCommandOptions extends Omit<ServeOptions, 'learner'>, Load
   log?: (line: string) => void;
 }
 
+/** A server `serve` started. */
+export interface RunningServer {
+  /** the fastify instance */
+  app: FastifyInstance;
+  /** where it listens, as http://host:port */
+  url: string;
+  /** stops accepting requests, lets those in flight finish and frees the model (what SIGTERM does, without exiting) */
+  close: () => Promise<void>;
+}
+
 /**
  * `torchlearn serve`: loads an export and serves it until SIGTERM or SIGINT, which stop accepting requests,
  * let those in flight finish, free the model and exit. Resolves with the server once it listens.
  */
-export async function serve(modelPath: string, o: ServeCommandOptions = {}): Promise<{ app: FastifyInstance; url: string; close: () => Promise<void> }> {
+export async function serve(modelPath: string, o: ServeCommandOptions = {}): Promise<RunningServer> {
   const { port = 8080, host = '127.0.0.1', log = (l: string) => console.log(l), bodyLimit, page, retryAfterSeconds, ...load } = o;
   const learner = loadLearner(modelPath, load);
   const app = await createServer(learner, { bodyLimit, page, retryAfterSeconds });
