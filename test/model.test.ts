@@ -1,7 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { resnet18, resnet34, resnet50, resnet101, resnet152, torchInfo, Model } from '../src/index.js';
+import { readWeightFile, resnet18, resnet34, resnet50, resnet101, resnet152, torchInfo, writeWeightFile, Model } from '../src/index.js';
 import { maxRelError, readF32, runPython, tempDir } from './helpers/python.js';
 
 const REF = `
@@ -126,6 +126,16 @@ with torch.no_grad(): print(float((m(x) - torch.from_numpy(np.fromfile(sys.argv[
     expect(() => m.loadWeights(join(dir, 'w.pth'))).toThrow(/w\.pth does not match this network[\s\S]*missing keys[\s\S]*another architecture/);
     writeFileSync(join(dir, 'legacy.pth'), Buffer.from([0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc]));
     expect(() => m.loadWeights(join(dir, 'legacy.pth'))).toThrow(/before 1\.6[\s\S]*torch\.save/);
+    // a .safetensors whose header length ends in the byte 0x80 (the opcode a legacy .pth starts with) is
+    // still read as .safetensors: the format is told by the '{' after the length, not by the first byte
+    const t = [{ name: 'w', dtype: 'F32' as const, shape: [2], data: new Uint8Array(8) }];
+    let pad = '';
+    while (true) {
+      writeWeightFile(join(dir, 'x.safetensors'), t, { pad });
+      if (readFileSync(join(dir, 'x.safetensors'))[0] === 0x80) break;
+      pad += 'x';
+    }
+    expect(readWeightFile(join(dir, 'x.safetensors'))).toMatchObject({ format: 'safetensors', metadata: { pad } });
     await expect(m.forward(new Float32Array(10), [1, 3, 64, 64])).rejects.toThrow(/forward: input has 10 values but shape \[1,3,64,64\] needs 12288/);
     await expect(m.forward(new Float32Array(64 * 64), [1, 1, 64, 64])).rejects.toThrow(/\[batch, 3, height, width\]/);
     if (!torchInfo().cuda) expect(() => m.to('cuda')).toThrow(/no usable CUDA[\s\S]*'cpu'/);

@@ -23,12 +23,15 @@ export function readWeightFile(path: string): WeightFile {
     throw new Error(`${path}: cannot read the weight file (${err.code ?? err.message})`);
   }
   if (buf.length === 0) throw new Error(`${path}: the weight file is empty`);
-  if (buf.length >= 4 && (buf.readUInt32LE(0) === 0x04034b50 || buf[0] === 0x80)) {
-    return { tensors: readPth(buf, path), metadata: {}, format: 'pth' };
-  }
-  if (buf.length >= 9 && buf[8] === 0x7b) {
+  // .safetensors first: its first byte is the low byte of the header's length, which can be anything (0x80,
+  // the pickle opcode that opens a legacy .pth, among them); a length that fits the file and a '{' after it
+  // say what it is
+  if (buf.length >= 9 && buf[8] === 0x7b && Number(buf.readBigUInt64LE(0)) <= buf.length - 8) {
     const f = readSafetensors(buf, path);
     return { ...f, format: 'safetensors' };
+  }
+  if (buf.length >= 4 && (buf.readUInt32LE(0) === 0x04034b50 || buf[0] === 0x80)) {
+    return { tensors: readPth(buf, path), metadata: {}, format: 'pth' };
   }
   throw new Error(`${path}: not a weight file torchlearn can read (neither a torch.save .pth zip nor .safetensors)`);
 }
