@@ -22,29 +22,38 @@ async function makeExport(dir: string, arch: Arch, size: number, presize: number
 
 const rate = (n: number, ms: number) => n / (ms / 1000);
 
-/** 400 (or `n`) predictions three ways on one loaded export: one after another, predictBatch, and concurrent predict(). */
-async function concurrency(rows: Row[], path: string, arch: string, size: number, device: string, image: Buffer, n: number, log: (s: string) => void) {
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+
+/** `n` predictions three ways on one loaded export: one after another, predictBatch, and `n` concurrent
+ * predict() calls; the three interleaved over `rounds` rounds (this machine's speed drifts), medians reported. */
+async function concurrency(rows: Row[], path: string, arch: string, size: number, device: string, image: Buffer, n: number, rounds: number, log: (s: string) => void) {
   const inf = loadLearner(path, { device });
   const sources = Array.from({ length: n }, () => image);
   for (let i = 0; i < 3; i++) await inf.predict(image); // warm-up
   await inf.predictBatch(sources.slice(0, 8));
-  let t = performance.now();
-  const seqN = Math.min(n, arch === 'resnet18' ? n : 32);
-  for (let i = 0; i < seqN; i++) await inf.predict(image);
-  const sequential = rate(seqN, performance.now() - t);
-  t = performance.now();
-  await inf.predictBatch(sources);
-  const batch = rate(n, performance.now() - t);
-  const before = { ...inf.batcher.stats };
-  t = performance.now();
-  await Promise.all(sources.map((s) => inf.predict(s)));
-  const concurrent = rate(n, performance.now() - t);
-  const batches = inf.batcher.stats.batches - before.batches;
+  const seqN = Math.min(n, arch === 'resnet18' ? 100 : 32);
+  const runs = { sequential: [] as number[], batch: [] as number[], concurrent: [] as number[] };
+  let batches = 0;
+  for (let round = 0; round < rounds; round++) {
+    let t = performance.now();
+    for (let i = 0; i < seqN; i++) await inf.predict(image);
+    runs.sequential.push(rate(seqN, performance.now() - t));
+    t = performance.now();
+    await inf.predictBatch(sources);
+    runs.batch.push(rate(n, performance.now() - t));
+    const before = inf.batcher.stats.batches;
+    t = performance.now();
+    await Promise.all(sources.map((s) => inf.predict(s)));
+    runs.concurrent.push(rate(n, performance.now() - t));
+    batches = inf.batcher.stats.batches - before;
+  }
   inf.dispose();
+  log(`${arch} ${size}px rounds: ${JSON.stringify(Object.fromEntries(Object.entries(runs).map(([k, v]) => [k, v.map((x) => +x.toFixed(1))])))}`);
+  const [sequential, batch, concurrent] = [median(runs.sequential), median(runs.batch), median(runs.concurrent)];
   const base = { bench: 'concurrent predict()', arch, device, size, calls: n };
-  rows.push({ ...base, impl: 'torchlearn, one call after another', images_per_s: sequential, calls: seqN });
-  rows.push({ ...base, impl: 'torchlearn, predictBatch', images_per_s: batch });
-  rows.push({ ...base, impl: `torchlearn, ${n} concurrent predict() (${batches} batches)`, images_per_s: concurrent, vs_sequential: concurrent / sequential, vs_predict_batch: concurrent / batch });
+  rows.push({ ...base, impl: 'torchlearn, one call after another', images_per_s: sequential, calls: seqN, rounds: runs.sequential });
+  rows.push({ ...base, impl: 'torchlearn, predictBatch', images_per_s: batch, rounds: runs.batch });
+  rows.push({ ...base, impl: `torchlearn, ${n} concurrent predict() (${batches} batches)`, images_per_s: concurrent, vs_sequential: concurrent / sequential, vs_predict_batch: concurrent / batch, rounds: runs.concurrent });
   log(`${arch} ${size}px: sequential ${sequential.toFixed(1)}/s, predictBatch ${batch.toFixed(1)}/s, ${n} concurrent ${concurrent.toFixed(1)}/s in ${batches} batches (${(concurrent / sequential).toFixed(1)}x sequential, ${((100 * concurrent) / batch).toFixed(0)}% of predictBatch)`);
 }
 
@@ -82,13 +91,16 @@ async function load(rows: Row[], path: string, arch: string, size: number, devic
       rows.push({ bench: 'torchlearn serve, POST /predict', impl: 'torchlearn (fastify)', arch, device, size, connections, requests_per_s: r.requests.average, p50_ms: r.latency.p50, p90_ms: r.latency.p90, p99_ms: r.latency.p99, errors });
       log(`serve ${arch} ${size}px, ${connections} connection(s): ${r.requests.average.toFixed(0)} req/s, latency p50 ${r.latency.p50} ms, p90 ${r.latency.p90} ms, p99 ${r.latency.p99} ms, ${errors} errors`);
     }
-    // RSS over 10,000 requests: measured after the first 1,000 (allocators and caches warm) and at the end
-    await cannon({ ...request, connections: 16, amount: 1000 });
-    const rss0 = rssOf(server.pid);
-    const r = await cannon({ ...request, connections: 16, amount: 9000 });
-    const rss1 = rssOf(server.pid);
-    rows.push({ bench: 'torchlearn serve, RSS over 10,000 requests', impl: 'torchlearn (fastify)', arch, device, size, rss_after_1000_bytes: rss0, rss_after_10000_bytes: rss1, growth_bytes: rss1 - rss0, errors: r.errors + r.non2xx });
-    log(`serve RSS after 1,000 requests ${(rss0 / 2 ** 20).toFixed(0)} MiB, after 10,000 ${(rss1 / 2 ** 20).toFixed(0)} MiB (${r.errors + r.non2xx} errors)`);
+    // RSS over 10,000 requests, read after every 1,000 (a leak grows with the count; warm-up growth stops)
+    const rss: number[] = [];
+    let errors = 0;
+    for (let k = 0; k < 10; k++) {
+      const r = await cannon({ ...request, connections: 16, amount: 1000 });
+      errors += r.errors + r.non2xx;
+      rss.push(rssOf(server.pid));
+    }
+    rows.push({ bench: 'torchlearn serve, RSS over 10,000 requests', impl: 'torchlearn (fastify)', arch, device, size, rss_every_1000_bytes: rss, errors });
+    log(`serve RSS every 1,000 requests (MiB): ${rss.map((b) => (b / 2 ** 20).toFixed(0)).join(' ')} (${errors} errors)`);
     // valid and corrupt bodies mixed: each gets its own status code
     const corrupt = Buffer.concat([image.subarray(0, 200), Buffer.alloc(300, 7)]);
     const codes: Record<string, Record<number, number>> = { valid: {}, corrupt: {}, empty: {} };
@@ -117,8 +129,9 @@ export async function servingBench(rows: Row[], o: { device: string; sample: str
     ? await sharp(o.sample).resize(512, 512, { fit: 'inside' }).jpeg({ quality: 90 }).toBuffer()
     : await sharp({ create: { width: 512, height: 512, channels: 3, background: { r: 90, g: 90, b: 90 } } }).jpeg().toBuffer();
   const small = await makeExport(dir, 'resnet18', 32, 40, o.device);
-  await concurrency(rows, small, 'resnet18', 32, o.device, image, 400, o.log);
+  const rounds = o.quick ? 1 : 5;
+  await concurrency(rows, small, 'resnet18', 32, o.device, image, 400, rounds, o.log);
   const big = await makeExport(dir, 'resnet50', 224, 256, o.device);
-  await concurrency(rows, big, 'resnet50', 224, o.device, image, o.device.startsWith('cuda') ? 400 : 64, o.log);
+  await concurrency(rows, big, 'resnet50', 224, o.device, image, o.device.startsWith('cuda') ? 400 : 64, o.quick ? 1 : 3, o.log);
   await load(rows, small, 'resnet18', 32, o.device, image, o.quick, o.log);
 }

@@ -2,6 +2,7 @@
 // the network is busy, or within a short window of each other, run as one batch. Each call decodes its own
 // image at once (sharp, on libuv's pool, in parallel with the others and with the network), then waits in
 // the queue; a decoding error fails that call alone.
+import { availableParallelism } from 'node:os';
 import { decodeImage, describeSource, type ImageSource } from '../data/images.js';
 import type { ResizeMethod } from '../data/transforms.js';
 
@@ -71,6 +72,11 @@ export class PredictBatcher {
   #pending = 0; // decoding or queued
   #busy = false;
   #timer: NodeJS.Timeout | null = null;
+  // Decodes in flight are bounded as decodeAll bounds them: hundreds of sharp pipelines at once only compete
+  // with each other and with the network for the same cores.
+  #decoding = 0;
+  #decodeSlots: (() => void)[] = [];
+  readonly #maxDecoding = availableParallelism() * 2;
   /** batches run so far, and the images in them (for the bench and tests) */
   readonly stats = { batches: 0, images: 0 };
 
@@ -99,8 +105,16 @@ export class PredictBatcher {
     this.#pending++;
     let queued = false;
     try {
+      if (this.#decoding >= this.#maxDecoding) await new Promise<void>((r) => this.#decodeSlots.push(r));
+      this.#decoding++;
       const t0 = performance.now();
-      const d = await decodeImage(src, this.#presize, this.#method);
+      let d;
+      try {
+        d = await decodeImage(src, this.#presize, this.#method);
+      } finally {
+        this.#decoding--;
+        this.#decodeSlots.shift()?.();
+      }
       if (!d.ok) throw new ImageDecodeError(describeSource(src), d.reason);
       const t1 = performance.now();
       queued = true;
