@@ -5,6 +5,7 @@ import { basename, join } from 'node:path';
 import { native } from '../binding.js';
 import { writeGrid } from '../plot/grid.js';
 import { decodeAll } from './images.js';
+import { csvItems, grandparentItems, isValidCell, nameFuncItems, pathReItems, tableItems, type Sourced, type TableOptions } from './sources.js';
 import { groupSplit, randomSplit, rng, shuffle } from './split.js';
 import { augTransforms, DATA_DEFAULTS, defaultPresize, imagenetStats, type AugOptions, type ResizeMethod } from './transforms.js';
 
@@ -29,6 +30,11 @@ export interface DataLoadersOptions {
   normalize?: { mean: readonly number[]; std: readonly number[] };
   /** A key of the items (e.g. 'patient') or a function of the file path: every image of a group stays on one side. */
   splitBy?: string | ((path: string) => string);
+  /** The validation items by their index in the item list (fast.ai's IndexSplitter); overrides the other splits. */
+  validIdx?: readonly number[];
+  /** An item key whose value says which items validate (true/1/yes), as fast.ai's ColSplitter (fromCsv and
+   * fromTable also take a column's position). */
+  validCol?: string | number;
   /** Fixed class order (default: the sorted labels). */
   vocab?: string[];
   /** Called while decoding: (done, total). */
@@ -69,6 +75,25 @@ export class DataSplit {
     const c: Record<string, number> = Object.fromEntries(vocab.map((v) => [v, 0]));
     this.labels.forEach((l) => c[vocab[l]]++);
     return c;
+  }
+}
+
+/** New images for a trained learner (fast.ai's test_dl): decoded as the validation set is, labelled when every
+ * item has a label of the vocab (then `learn.getPreds({ dl })` also gives targets, losses and metrics). */
+export class TestSet extends DataSplit {
+  constructor(
+    items: Item[],
+    labels: Int32Array,
+    images: Uint8Array,
+    bs: number,
+    /** every image has a label of the vocab */
+    readonly labelled: boolean,
+    /** images that could not be decoded, left out */
+    readonly skipped: Skipped[],
+    /** the presize the images were decoded at (the loaders' at the time) */
+    readonly presize: number,
+  ) {
+    super(items, labels, images, bs, false);
   }
 }
 
@@ -147,10 +172,22 @@ export class ImageDataLoaders {
     readonly skipped: Skipped[],
     readonly groups: { train: number; valid: number } | null,
     readonly device: string = 'auto',
+    /** what works but may not be what was meant (a class missing from the validation set, say) */
+    readonly warnings: string[] = [],
   ) {}
 
-  /** One sub-folder per class (fast.ai's from_folder with valid_pct); the folder names are the labels. */
-  static async fromFolder(dir: string, opts: DataLoadersOptions = {}): Promise<ImageDataLoaders> {
+  /**
+   * One sub-folder per class, the folder names being the labels (fast.ai's from_folder). An ImageNet-style
+   * folder with its own `train/` and `valid/` (each with one sub-folder per class) is split as they say
+   * (fast.ai's GrandparentSplitter): named by `{ train, valid }`, or found by those default names when no
+   * `validPct` is given.
+   */
+  static async fromFolder(dir: string, opts: DataLoadersOptions & { train?: string; valid?: string } = {}): Promise<ImageDataLoaders> {
+    const { train, valid, ...rest } = opts;
+    const isDir = (name: string) => Boolean(statSync(join(dir, name), { throwIfNoEntry: false })?.isDirectory());
+    if (train !== undefined || valid !== undefined || (opts.validPct === undefined && isDir('train') && isDir('valid'))) {
+      return ImageDataLoaders.#fromSourced(grandparentItems(dir, train ?? 'train', valid ?? 'valid', folderItems), rest);
+    }
     const { items, folders } = folderItems(dir);
     if (folders.length === 0) throw new Error(`${dir}: no class sub-folders found (expected one folder per class, e.g. ${dir}/covid_positive)`);
     if (folders.length === 1)
@@ -158,6 +195,41 @@ export class ImageDataLoaders {
     for (const c of folders) if (!items.some((i) => i.label === c)) throw new Error(`${join(dir, c)}: the class '${c}' has no images`);
     // (images lying beside the class folders have no label: not training data)
     return ImageDataLoaders.fromItems(items.filter((i): i is Item => i.label !== undefined), opts);
+  }
+
+  /**
+   * A CSV file with a header row: a file-name column and a label column (by name or position; fast.ai's
+   * from_csv, its defaults the first and second columns), file names relative to the CSV's folder (or `path`,
+   * plus `folder`, plus `suffix`); `validCol` names the column that says which rows validate, else the split
+   * options apply. A missing column names the columns there are; an empty label names its line.
+   *
+   * @example
+   * ```ts
+   * const dls = await ImageDataLoaders.fromCsv('data/labels.csv', { folder: 'images', fnCol: 'file', labelCol: 'finding', validCol: 'is_valid' });
+   * ```
+   */
+  static async fromCsv(csvPath: string, opts: TableOptions & DataLoadersOptions = {}): Promise<ImageDataLoaders> {
+    return ImageDataLoaders.#fromSourced(csvItems(csvPath, opts), opts);
+  }
+
+  /** Rows already in memory (objects, one key per column), as fromCsv reads a file (fast.ai's from_df). */
+  static async fromTable(rows: readonly Record<string, unknown>[], opts: TableOptions & DataLoadersOptions = {}): Promise<ImageDataLoaders> {
+    return ImageDataLoaders.#fromSourced(tableItems(rows, opts, 'the table', opts.path ?? '.', (i) => `row ${i}`), opts);
+  }
+
+  /** Files in `dir` labelled by a function of their path (fast.ai's from_name_func). */
+  static async fromNameFunc(dir: string, files: readonly string[], labelFunc: (path: string) => string, opts: DataLoadersOptions = {}): Promise<ImageDataLoaders> {
+    return ImageDataLoaders.#fromSourced(nameFuncItems(dir, files, labelFunc), opts);
+  }
+
+  /** Files in `dir` labelled by the first group of `pattern` matched on their path (fast.ai's from_path_re). */
+  static async fromPathRe(dir: string, files: readonly string[], pattern: RegExp, opts: DataLoadersOptions = {}): Promise<ImageDataLoaders> {
+    return ImageDataLoaders.#fromSourced(pathReItems(dir, files, pattern), opts);
+  }
+
+  static async #fromSourced(s: Sourced, opts: DataLoadersOptions): Promise<ImageDataLoaders> {
+    if (s.multiLabel) throw new Error('labelDelim: multi-label classification is not supported yet; give each image one label');
+    return ImageDataLoaders.fromItems(s.items, s.validIdx ? { ...opts, validIdx: opts.validIdx ?? s.validIdx } : opts);
   }
 
   /** Items with a path and a label (and any keys to split by, e.g. patient). */
@@ -179,11 +251,14 @@ export class ImageDataLoaders {
     const normalize = { mean: [...(opts.normalize ?? imagenetStats).mean], std: [...(opts.normalize ?? imagenetStats).std] };
 
     // Decode everything once; bad files are skipped and counted, never fatal.
+    if (opts.validIdx !== undefined) {
+      for (const i of opts.validIdx) if (!(Number.isInteger(i) && i >= 0 && i < items.length)) throw new Error(`validIdx: ${i} is not an index of the ${items.length} items`);
+    }
     const decoded = await decodeAll(items.map((i) => i.path), presize, method, opts.onProgress);
     const skipped: Skipped[] = [];
-    const good: { item: Item; data: Buffer }[] = [];
+    const good: { item: Item; data: Buffer; index: number }[] = [];
     decoded.forEach((d, i) => {
-      if (d.ok) good.push({ item: items[i], data: d.data });
+      if (d.ok) good.push({ item: items[i], data: d.data, index: i });
       else {
         skipped.push({ path: items[i].path, reason: d.reason });
         if (!opts.quiet) console.warn(`torchlearn: skipping ${items[i].path}: ${d.reason}`);
@@ -198,7 +273,21 @@ export class ImageDataLoaders {
 
     let split: { train: number[]; valid: number[] };
     let groups: { train: number; valid: number } | null = null;
-    if (opts.splitBy !== undefined) {
+    const byFlag = (isValid: (g: { item: Item; index: number }) => boolean) => {
+      const s = { train: [] as number[], valid: [] as number[] };
+      good.forEach((g, k) => (isValid(g) ? s.valid : s.train).push(k));
+      return s;
+    };
+    if (opts.validIdx !== undefined) {
+      const set = new Set(opts.validIdx);
+      split = byFlag((g) => set.has(g.index));
+    } else if (opts.validCol !== undefined) {
+      const col = String(opts.validCol);
+      split = byFlag((g) => {
+        if (!(col in g.item)) throw new Error(`validCol: ${g.item.path} has no '${col}'`);
+        return isValidCell(g.item[col], () => `validCol: ${g.item.path}`);
+      });
+    } else if (opts.splitBy !== undefined) {
       const key = opts.splitBy;
       const gs = good.map((g) => {
         const v = typeof key === 'function' ? key(g.item.path) : g.item[key];
@@ -211,12 +300,22 @@ export class ImageDataLoaders {
     } else {
       split = randomSplit(good.length, validPct, seed);
     }
+    if (split.train.length === 0) throw new Error(`no training images: all ${good.length} readable images are in the validation set`);
+    // what can train but may not be what was meant
+    const warnings: string[] = [];
+    const inTrain = new Set(split.train.map((i) => labels[i]));
+    const inValid = new Set(split.valid.map((i) => labels[i]));
+    for (let c = 0; c < vocab.length; c++) {
+      if (!inTrain.has(c)) warnings.push(`the training set has no images of class '${vocab[c]}': the model cannot learn it`);
+      else if (split.valid.length && !inValid.has(c)) warnings.push(`the validation set has no images of class '${vocab[c]}': its metrics will not measure that class`);
+    }
+    if (!opts.quiet) for (const w of warnings) console.warn(`torchlearn: ${w}`);
     const make = (idx: number[], train: boolean) => {
       const img = new Uint8Array(idx.length * presize * presize * 3);
       idx.forEach((i, k) => img.set(good[i].data, k * presize * presize * 3));
       return new DataSplit(idx.map((i) => good[i].item), Int32Array.from(idx.map((i) => labels[i])), img, bs, train);
     };
-    return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, presize, method, augment, normalize, seed, skipped, groups, opts.device ?? 'auto');
+    return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, presize, method, augment, normalize, seed, skipped, groups, opts.device ?? 'auto', warnings);
   }
 
   /**
@@ -252,6 +351,36 @@ export class ImageDataLoaders {
   /** The number of classes. */
   get c(): number {
     return this.vocab.length;
+  }
+
+  /**
+   * fast.ai's test_dl: images to predict with a learner trained on these loaders (a folder, as `folderItems`
+   * reads it, or a list of paths or `{ path, label }` items), decoded and resized as the validation set.
+   * Unreadable images are skipped and counted; labels outside the vocab are refused.
+   */
+  async testDl(src: string | readonly (string | { path: string; label?: string })[], o: { quiet?: boolean } = {}): Promise<TestSet> {
+    const list = typeof src === 'string' ? folderItems(src).items : src.map((s) => (typeof s === 'string' ? { path: s } : s));
+    if (list.length === 0) throw new Error(`testDl: no images${typeof src === 'string' ? ` in ${src}` : ' (the list is empty)'}`);
+    const labelled = list.every((i) => i.label !== undefined);
+    if (labelled)
+      for (const i of list) if (!this.vocab.includes(i.label!)) throw new Error(`testDl: ${i.path} has the label '${i.label}', not one of the vocab [${this.vocab.join(', ')}]`);
+    const p = this.presize;
+    const decoded = await decodeAll(list.map((i) => i.path), p, this.method);
+    const skipped: Skipped[] = [];
+    const ok: number[] = [];
+    decoded.forEach((d, k) => {
+      if (d.ok) ok.push(k);
+      else {
+        skipped.push({ path: list[k].path, reason: d.reason });
+        if (!o.quiet) console.warn(`torchlearn: skipping ${list[k].path}: ${d.reason}`);
+      }
+    });
+    if (ok.length === 0) throw new Error(`testDl: none of the ${list.length} images could be read (first: ${skipped[0].path}: ${skipped[0].reason})`);
+    const images = new Uint8Array(ok.length * p * p * 3);
+    ok.forEach((k, j) => images.set((decoded[k] as { data: Buffer }).data, j * p * p * 3));
+    const items = ok.map((k) => ({ ...list[k], label: list[k].label ?? '' }));
+    const labels = Int32Array.from(items, (i) => (labelled ? this.vocab.indexOf(i.label) : -1));
+    return new TestSet(items, labels, images, this.bs, labelled, skipped, p);
   }
 
   /**

@@ -4,7 +4,7 @@
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { native, type NativeEpochResult, type NativeLearner, type NativeNet, type NativeSchedule, type NamedTensor } from '../binding.js';
-import type { ImageDataLoaders } from '../data/loaders.js';
+import { TestSet, type ImageDataLoaders } from '../data/loaders.js';
 import { decodeAll, type ImageSource } from '../data/images.js';
 import { foldBatchNormDefault, manualSeed, resolveDevice, torchInfo } from '../info.js';
 import { checkArch, NetHandle, torchlearnFileKind, TORCHVISION_WEIGHTS, type Arch } from '../model.js';
@@ -163,6 +163,15 @@ export interface Preds {
   losses: Float32Array;
 }
 
+/** Predictions on a test set (`getPreds({ dl })`): targets and per-item losses when it is labelled. */
+export interface TestPreds {
+  probs: Float32Array;
+  numClasses: number;
+  targets?: Int32Array;
+  /** -log p(target), per item (the cross-entropy without label smoothing or class weights) */
+  losses?: Float32Array;
+}
+
 /** fast.ai's defaults that are not about data. */
 export const DEFAULTS = {
   lr: 1e-3,
@@ -198,7 +207,7 @@ export class Learner {
     nativeLearnerOf = (learn) => learn.nat;
   }
   readonly arch: Arch;
-  readonly dls: ImageDataLoaders;
+  #dls: ImageDataLoaders;
   readonly metrics: Metric[];
   readonly device: string;
   readonly bf16: boolean;
@@ -222,7 +231,7 @@ export class Learner {
 
   constructor(dls: ImageDataLoaders, arch: Arch, opts: VisionLearnerOptions = {}) {
     this.arch = checkArch(arch);
-    this.dls = dls;
+    this.#dls = dls;
     this.metrics = opts.metrics ?? [];
     this.wd = opts.wd ?? DEFAULTS.wd;
     if (!(this.wd >= 0)) throw new Error(`wd must be >= 0, got ${this.wd}`);
@@ -557,6 +566,27 @@ export class Learner {
     return e;
   }
 
+  /** The data the learner trains and validates on. */
+  get dls(): ImageDataLoaders {
+    return this.#dls;
+  }
+  /**
+   * Other loaders of the same classes: fast.ai's progressive resizing (train at 128, then `learn.dls =` loaders
+   * at 224 and train on). The new images replace the cached ones on the device; the batch size, image size,
+   * augmentation and normalisation become the new loaders'; the weights and optimizer state stay.
+   */
+  set dls(d: ImageDataLoaders) {
+    this.#refuseInEpoch('learn.dls =');
+    if (this.#busy) throw new Error('learn.dls =: a fit, lrFind or validation is running: await it first');
+    if (d.vocab.length !== this.#dls.vocab.length || d.vocab.some((v, i) => v !== this.#dls.vocab[i]))
+      throw new Error(`learn.dls =: the new loaders' classes [${d.vocab.join(', ')}] are not the learner's [${this.#dls.vocab.join(', ')}]`);
+    this.nat.setOptions({ bs: d.bs, size: d.size, aug: d.augment, mean: d.normalize.mean, std: d.normalize.std });
+    this.nat.setData('train', d.train.images, d.train.labels, d.presize);
+    this.nat.setData('valid', d.valid.images, d.valid.labels, d.presize);
+    this.#dls = d;
+    this.#bs = d.bs;
+  }
+
   /** The batch size used by fit, lrFind and validation (defaults to the DataLoaders'). */
   get bs(): number {
     return this.#bs;
@@ -599,8 +629,28 @@ export class Learner {
     return { ...r, loss: sum / weight };
   }
 
-  /** The validation loss and metrics, as in the table. */
-  async validate(): Promise<Record<string, number>> {
+  async #testPreds(dl: TestSet): Promise<TestPreds> {
+    if (!(dl instanceof TestSet)) throw new Error('getPreds: dl must come from dls.testDl(...)');
+    if (dl.presize !== this.dls.presize) throw new Error(`getPreds: this test set was decoded at ${dl.presize} px, the learner's loaders at ${this.dls.presize}: make it again with learn.dls.testDl(...)`);
+    this.#enter();
+    try {
+      const r = await this.nat.predict(dl.images, dl.n, dl.presize);
+      if (!dl.labelled) return { probs: r.probs, numClasses: r.numClasses };
+      return { probs: r.probs, numClasses: r.numClasses, targets: dl.labels, losses: lossesFromProbs(r.probs, dl.labels, r.numClasses) };
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /** The validation loss and metrics, as in the table; with `{ dl }`, on a labelled test set (its loss being the
+   * mean of -log p(target)). */
+  async validate(o: { dl?: TestSet } = {}): Promise<Record<string, number>> {
+    if (o.dl) {
+      if (!o.dl.labelled) throw new Error('validate: this test set has no labels (give every item a label of the vocab)');
+      const r = (await this.#testPreds(o.dl)) as Required<TestPreds>;
+      const loss = r.losses.reduce((a, b) => a + b, 0) / r.losses.length;
+      return Object.fromEntries([['valid_loss', loss], ...this.metrics.map((m) => [m.name, m.fn(r.probs, r.targets, r.numClasses)])]);
+    }
     this.#enter();
     try {
       const v = await this.#validateRaw();
@@ -610,8 +660,12 @@ export class Learner {
     }
   }
 
-  /** Probabilities, targets and per-item losses on the validation set (or the training set, unaugmented). */
-  async getPreds(o: { split?: 'train' | 'valid'; augment?: boolean } = {}): Promise<Preds> {
+  /** Probabilities, targets and per-item losses on the validation set (or the training set, unaugmented), or
+   * on a test set (`dls.testDl(...)`: targets and losses when it is labelled). */
+  async getPreds(o?: { split?: 'train' | 'valid'; augment?: boolean }): Promise<Preds>;
+  async getPreds(o: { dl: TestSet }): Promise<TestPreds>;
+  async getPreds(o: { split?: 'train' | 'valid'; augment?: boolean; dl?: TestSet } = {}): Promise<Preds | TestPreds> {
+    if (o.dl) return this.#testPreds(o.dl);
     this.#enter();
     try {
       const r = await this.nat.validate({ split: o.split ?? 'valid', augment: o.augment ?? false });
