@@ -5,7 +5,7 @@ import { rmSync } from 'node:fs';
 import { native, type NativeLearner, type NamedTensor } from './binding.js';
 import type { ImageSource } from './data/images.js';
 import { folderItems } from './data/loaders.js';
-import { foldBatchNormDefault, resolveDevice } from './info.js';
+import { foldBatchNormDefault, resolveDevice, usesBf16 } from './info.js';
 import { checkArch, NetHandle } from './model.js';
 import { chromeTracePath, writeNativeTrace } from './learner/trace.js';
 import { lossesFromProbs, type TtaOptions } from './tta.js';
@@ -62,11 +62,12 @@ export class InferenceLearner {
     this.#h = new NetHandle(net, 'this learner');
     net.loadStateDict(tensors.map((t) => ({ ...t, name: t.name.replace(/^model\./, '') })), { strict: true, source });
     this.#nat = new native.Learner(net, { device });
-    this.#nat.setOptions({ size: info.size, bs: o.bs ?? DATA_DEFAULTS.bs, mean: info.mean, std: info.std, aug: info.augment, bf16: device.startsWith('cuda') && o.precision !== 'fp32', foldBatchNorm: o.foldBatchNorm ?? foldBatchNormDefault(device) });
+    this.#nat.setOptions({ size: info.size, bs: o.bs ?? DATA_DEFAULTS.bs, mean: info.mean, std: info.std, aug: info.augment, bf16: device.startsWith('cuda') && usesBf16(device, o.precision), foldBatchNorm: o.foldBatchNorm ?? foldBatchNormDefault(device) });
     this.batcher = new PredictBatcher((images, n) => this.nat.predict(images, n, info.presize), {
       presize: info.presize,
       method: info.method,
       defaultBatch: o.bs ?? DATA_DEFAULTS.bs,
+      defaultOverlap: device.startsWith('cuda'),
       ...o.batching,
     });
   }

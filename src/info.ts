@@ -33,3 +33,9 @@ export function resolveDevice(device: string | undefined): string {
 export function foldBatchNormDefault(device: string): boolean {
   return !device.startsWith('cuda');
 }
+
+/** The bf16 policy, for training and inference alike, in one place: 'auto' is bf16 autocast on CUDA (tensor
+ * cores, half the memory traffic) and fp32 on the CPU (where the learner refuses 'bf16'). */
+export function usesBf16(device: string, precision: 'auto' | 'fp32' | 'bf16' = 'auto'): boolean {
+  return precision === 'bf16' || (precision === 'auto' && device.startsWith('cuda'));
+}

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { native, type NativeEpochResult, type NativeLearner, type NativeNet, type NativeSchedule, type NamedTensor } from '../binding.js';
 import { TestSet, type ImageDataLoaders } from '../data/loaders.js';
 import { decodeAll, type ImageSource } from '../data/images.js';
-import { foldBatchNormDefault, manualSeed, resolveDevice, torchInfo } from '../info.js';
+import { foldBatchNormDefault, manualSeed, resolveDevice, torchInfo, usesBf16 } from '../info.js';
 import { checkArch, NetHandle, torchlearnFileKind, TORCHVISION_WEIGHTS, type Arch } from '../model.js';
 import { cachedWeightFile, hubCacheDir, pretrainedFileName, weightsBaseUrl, WEIGHTS_VERSIONS, type WeightsVersion } from '../weights/pretrained.js';
 import { lrFindSpec, renderChart } from '../plot/charts.js';
@@ -237,7 +237,7 @@ export class Learner {
     if (!(this.wd >= 0)) throw new Error(`wd must be >= 0, got ${this.wd}`);
     this.device = resolveDevice(opts.device ?? dls.device);
     const precision = opts.precision ?? 'auto';
-    this.bf16 = precision === 'bf16' || (precision === 'auto' && this.device.startsWith('cuda'));
+    this.bf16 = usesBf16(this.device, precision);
     if (this.bf16 && !this.device.startsWith('cuda')) throw new Error("precision 'bf16' is for CUDA; on the CPU use 'fp32' (or 'auto')");
     if (opts.fusedAdam !== undefined && typeof opts.fusedAdam !== 'boolean') throw new Error(`fusedAdam must be true or false, got ${JSON.stringify(opts.fusedAdam)}`);
     if (opts.fusedAdam && this.device.startsWith('cuda') && !torchInfo().fusedAdam)

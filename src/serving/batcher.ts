@@ -15,6 +15,10 @@ export interface BatchingOptions {
   maxDelayMs?: number;
   /** the most images decoded or waiting at once; past it predict() fails with a QueueFullError (default 1024) */
   maxQueue?: number;
+  /** decode images while a batch runs (default: on CUDA, where the device computes while the CPU decodes; off
+   * on the CPU, where decoding and the network would compete for the same cores: there decoding pauses during
+   * a batch, and a batch waits for the decodes in flight, as predictBatch decodes first and infers after) */
+  overlap?: boolean;
 }
 
 /** Where one prediction's time went, in milliseconds. */
@@ -77,10 +81,11 @@ export class PredictBatcher {
   #decoding = 0;
   #decodeSlots: (() => void)[] = [];
   readonly #maxDecoding = availableParallelism() * 2;
+  readonly overlap: boolean;
   /** batches run so far, and the images in them (for the bench and tests) */
   readonly stats = { batches: 0, images: 0 };
 
-  constructor(run: BatchRunner, o: { presize: number; method: ResizeMethod; defaultBatch: number } & BatchingOptions) {
+  constructor(run: BatchRunner, o: { presize: number; method: ResizeMethod; defaultBatch: number; defaultOverlap: boolean } & BatchingOptions) {
     const int = (v: number, what: string, min: number) => {
       if (!Number.isInteger(v) || v < min) throw new Error(`${what} must be an integer >= ${min}, got ${v}`);
       return v;
@@ -89,6 +94,7 @@ export class PredictBatcher {
     this.maxQueue = int(o.maxQueue ?? 1024, 'maxQueue', 1);
     this.maxDelayMs = o.maxDelayMs ?? 2;
     if (!(this.maxDelayMs >= 0 && this.maxDelayMs <= 10_000)) throw new Error(`maxDelayMs must be in [0, 10000], got ${o.maxDelayMs}`);
+    this.overlap = o.overlap ?? o.defaultOverlap;
     this.#run = run;
     this.#presize = o.presize;
     this.#method = o.method;
@@ -105,15 +111,15 @@ export class PredictBatcher {
     this.#pending++;
     let queued = false;
     try {
-      if (this.#decoding >= this.#maxDecoding) await new Promise<void>((r) => this.#decodeSlots.push(r));
-      this.#decoding++;
+      if (this.#mayDecode()) this.#decoding++;
+      else await new Promise<void>((r) => this.#decodeSlots.push(r)); // (the call that wakes it counts it in)
       const t0 = performance.now();
       let d;
       try {
         d = await decodeImage(src, this.#presize, this.#method);
       } finally {
         this.#decoding--;
-        this.#decodeSlots.shift()?.();
+        this.#releaseDecoders();
       }
       if (!d.ok) throw new ImageDecodeError(describeSource(src), d.reason);
       const t1 = performance.now();
@@ -127,8 +133,21 @@ export class PredictBatcher {
     }
   }
 
+  #mayDecode(): boolean {
+    return this.#decoding < this.#maxDecoding && (this.overlap || !this.#busy);
+  }
+
+  #releaseDecoders(): void {
+    while (this.#decodeSlots.length && this.#mayDecode()) {
+      this.#decoding++;
+      this.#decodeSlots.shift()!();
+    }
+  }
+
   #schedule(): void {
     if (this.#busy) return; // the batch in flight starts the next one when it ends
+    // Without overlap, images still decoding join this batch rather than wait a whole pass for the next one.
+    if (!this.overlap && this.#queue.length < this.maxBatch && (this.#decoding > 0 || this.#decodeSlots.length > 0)) return;
     if (this.#queue.length >= this.maxBatch || this.maxDelayMs === 0) {
       this.#flush();
     } else if (!this.#timer) {
@@ -164,8 +183,9 @@ export class PredictBatcher {
     ).finally(() => {
       this.#pending -= batch.length;
       this.#busy = false;
+      this.#releaseDecoders();
       // what arrived during the batch goes now: it has waited at least one forward pass already
-      if (this.#queue.length) this.#flush();
+      if (this.#queue.length) this.#schedule();
     });
   }
 }
