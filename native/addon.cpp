@@ -77,7 +77,7 @@ static Napi::Value AugmentImagesJs(const Napi::CallbackInfo& info) {
   auto images = uint8Images(info[0], n, p, "augmentImages: images");
   torch::Tensor params;
   if (o.has("params")) {
-    params = js::copyTyped<double>(o.value("params"), "augmentImages: params (9 per image)", torch::kFloat64, n * 9).view({n, 9});
+    params = js::copyTyped<double>(o.value("params"), "augmentImages: params (15 per image)", torch::kFloat64, n * kAugParams).view({n, kAugParams});
   } else if (o.value("aug").IsObject()) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(o.optInteger("seed", 0, int64_t{1} << 53).value_or(0)));
     params = drawAugParams(n, augOptionsFromJs(o.value("aug")), gen);
@@ -86,10 +86,19 @@ static Napi::Value AugmentImagesJs(const Napi::CallbackInfo& info) {
   }
   torch::NoGradGuard ng;
   auto x = augmentImages(images, params, size);
-  auto u8 = x.mul(255).round_().clamp_(0, 255).to(torch::kUInt8).permute({0, 2, 3, 1}).contiguous();
-  auto out = Napi::Uint8Array::New(env, static_cast<size_t>(u8.numel()));
-  std::memcpy(out.Data(), u8.data_ptr<uint8_t>(), out.ByteLength());
-  return out;
+  return js::typed<uint8_t>(env, x.mul(255).round_().clamp_(0, 255).to(torch::kUInt8).permute({0, 2, 3, 1}));
+  TL_CATCH(env)
+}
+
+// drawAugParams(n, aug, seed) -> Float64Array [n * kAugParams]: the per-image draws training makes, for the
+// tests' checks of their distributions.
+static Napi::Value DrawAugParamsJs(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  const int64_t n = js::integer(info[0], "drawAugParams: n", 1, 1 << 20);
+  const auto aug = augOptionsFromJs(js::object(info[1], "drawAugParams: aug"));
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(js::integer(info[2], "drawAugParams: seed", 0, int64_t{1} << 53)));
+  return js::typed<double>(env, drawAugParams(n, aug, gen));
   TL_CATCH(env)
 }
 
@@ -214,6 +223,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   hooks.Set("scheduleValues", Napi::Function::New(env, ScheduleValues));
   hooks.Set("cudaMemory", Napi::Function::New(env, CudaMemory));
   hooks.Set("benchAugment", Napi::Function::New(env, BenchAugment));
+  hooks.Set("drawAugParams", Napi::Function::New(env, DrawAugParamsJs));
   exports.Set("hooks", hooks);
   exports.Set("Net", Net::Init(env));
   exports.Set("Learner", Learner::Init(env));

@@ -24,6 +24,14 @@ AugOptions augOptionsFromJs(const Napi::Value& v) {
   num("pAffine", o.pAffine, 0, 1);
   num("pLighting", o.pLighting, 0, 1);
   if (o.minZoom > o.maxZoom) throw UserError("augmentation: minZoom must not exceed maxZoom");
+  o.flipVert = obj.flag("flipVert");
+  o.minScale = obj.optNumber("minScale", 0.01, 1).value_or(1);
+  if (obj.has("ratio")) {
+    const auto r = obj.numbers("ratio", 2, 0.05, 20);
+    if (r[0] > r[1]) throw UserError("augmentation: ratio must be [low, high] with low <= high");
+    o.ratioLo = r[0];
+    o.ratioHi = r[1];
+  }
   return o;
 }
 
@@ -41,11 +49,9 @@ Normalize normalizeFromJs(const Napi::Value& mean, const Napi::Value& std) {
 }
 
 torch::Tensor identityAugParams(int64_t n) {
-  auto p = torch::zeros({n, 9}, torch::kFloat64);
-  p.select(1, 0).fill_(1);
-  p.select(1, 2).fill_(1);
+  auto p = torch::zeros({n, kAugParams}, torch::kFloat64);
+  for (int64_t c : {0, 2, 8, 9, 11, 12}) p.select(1, c).fill_(1);
   p.select(1, 7).fill_(0.5);
-  p.select(1, 8).fill_(1);
   return p;
 }
 
@@ -79,6 +85,37 @@ torch::Tensor drawAugParams(int64_t n, const AugOptions& o, torch::Generator& ge
   p.select(1, 6).copy_(wy * warpMask);
   p.select(1, 7).copy_(brightMask * bright + (1 - brightMask) * 0.5);
   p.select(1, 8).copy_(contrastMask * contrast + (1 - contrastMask));
+  // Drawn only when asked for, so that the random stream of the settings without them stays what it was.
+  if (o.flipVert) {
+    // fast.ai's dihedral_mat: k in 0..7 (0 where the mask is off), x sign, y sign and the transpose by table
+    auto on = mask(0.5);
+    auto k = (torch::floor(u(0, 8)).clamp_(0, 7) * on).to(torch::kLong);
+    auto xs = torch::tensor({1., -1., 1., -1., -1., 1., 1., -1.}, opts).index_select(0, k);
+    auto ys = torch::tensor({1., 1., -1., 1., -1., -1., 1., -1.}, opts).index_select(0, k);
+    auto m1 = torch::tensor({0., 0., 0., 1., 0., 1., 1., 1.}, opts).index_select(0, k);
+    p.select(1, 0).copy_(xs);
+    p.select(1, 9).copy_(ys);
+    p.select(1, 10).copy_(m1);
+  }
+  if (o.minScale < 1 || o.ratioLo != 1 || o.ratioHi != 1) {
+    // fast.ai's RandomResizedCrop: up to 10 tries of an area U(minScale, 1) and a log-uniform ratio, the first
+    // that fits the image taken, at a uniform position; none fitting: the whole image. Continuous here (the
+    // crop's side and position are fractions of the image, not rounded to pixels).
+    constexpr int64_t tries = 10;
+    auto area = torch::rand({n, tries}, gen, opts) * (1 - o.minScale) + o.minScale;
+    auto ratio = torch::exp(torch::rand({n, tries}, gen, opts) * (std::log(o.ratioHi) - std::log(o.ratioLo)) + std::log(o.ratioLo));
+    auto px = torch::rand({n, tries}, gen, opts), py = torch::rand({n, tries}, gen, opts);
+    auto fw = torch::sqrt(area * ratio), fh = torch::sqrt(area / ratio);
+    auto fits = (fw <= 1) & (fh <= 1);
+    auto first = fits.to(torch::kLong).argmax(1, true);  // (0 when none fits: masked below)
+    auto any = fits.any(1).to(torch::kFloat64);
+    auto pick = [&](const torch::Tensor& t, double otherwise) { return t.gather(1, first).squeeze(1) * any + otherwise * (1 - any); };
+    auto w = pick(fw, 1), h = pick(fh, 1);
+    p.select(1, 11).copy_(w);
+    p.select(1, 12).copy_(h);
+    p.select(1, 13).copy_((2 * pick(px, 0.5) - 1) * (1 - w));
+    p.select(1, 14).copy_((2 * pick(py, 0.5) - 1) * (1 - h));
+  }
   return p;
 }
 
@@ -117,16 +154,25 @@ torch::Tensor augmentImages(const torch::Tensor& images, const torch::Tensor& pa
     // operator table), and its output keeps channels_last: no copy below.
     x = F::interpolate(x, F::InterpolateFuncOptions().size(std::vector<int64_t>{size, size}).mode(torch::kBilinear).align_corners(true));
   } else if (!identity) {
-    // One 3x3 matrix per image: flip @ rotate @ zoom, as fast.ai's _get_affine_mat.
-    auto flip = prm.select(1, 0), ang = prm.select(1, 1), s = prm.select(1, 2), cx = prm.select(1, 3), cy = prm.select(1, 4);
+    // One 3x3 matrix per image: dihedral (or flip) @ rotate @ zoom, as fast.ai's _get_affine_mat, then the
+    // crop: the sampling point of the crop's output in the whole image.
+    auto xs = prm.select(1, 0), ang = prm.select(1, 1), s = prm.select(1, 2), cx = prm.select(1, 3), cy = prm.select(1, 4);
+    auto ys = prm.select(1, 9), m1 = prm.select(1, 10), m0 = 1 - m1;
+    auto rx = prm.select(1, 11), ry = prm.select(1, 12), ox = prm.select(1, 13), oy = prm.select(1, 14);
     auto c = torch::cos(ang), sn = torch::sin(ang);
-    // rows of (flip*rotate*zoom)[:2]: flip multiplies the first row.
-    auto t00 = flip * c * s, t01 = flip * (-sn) * s, t02 = flip * (c * cx - sn * cy);
-    auto t10 = sn * s, t11 = c * s, t12 = sn * cx + c * cy;
-    auto theta = torch::stack({torch::stack({t00, t01, t02}, 1), torch::stack({t10, t11, t12}, 1)}, 1);  // [B, 2, 3], CPU
+    // rows of (rotate*zoom)[:2], then fast.ai's dihedral matrix [[xs*m0, xs*m1], [ys*m1, ys*m0]] on the left
+    auto r0 = torch::stack({c * s, -sn * s, c * cx - sn * cy}, 1), r1 = torch::stack({sn * s, c * s, sn * cx + c * cy}, 1);
+    auto d0 = (xs * m0).unsqueeze(1) * r0 + (xs * m1).unsqueeze(1) * r1, d1 = (ys * m1).unsqueeze(1) * r0 + (ys * m0).unsqueeze(1) * r1;
+    // the crop: x -> rx * x + ox, y -> ry * y + oy (on the homogeneous row with a warp, below)
+    auto cropRow = [](const torch::Tensor& row, const torch::Tensor& scale, const torch::Tensor& offset) {
+      auto out = row * scale.unsqueeze(1);
+      return out + torch::stack({torch::zeros_like(offset), torch::zeros_like(offset), offset}, 1);
+    };
+    const bool warps = prm.select(1, 5).abs().sum().item<double>() + prm.select(1, 6).abs().sum().item<double>() > 0;
+    auto theta = warps ? torch::stack({d0, d1}, 1) : torch::stack({cropRow(d0, rx, ox), cropRow(d1, ry, oy)}, 1);  // [B, 2, 3], CPU
     auto wx = prm.select(1, 5), wy = prm.select(1, 6);
     torch::Tensor grid;
-    if (wx.abs().sum().item<double>() + wy.abs().sum().item<double>() > 0) {
+    if (warps) {
       // fast.ai Warp moves the corners by (x, y) magnitudes and applies that perspective C to the affine
       // grid: C.[A.q; 1] for each output point q. C.[A; 0 0 1] is one 3x3 matrix per image, made here on
       // the CPU, so the grid is one batched product with the base grid and one division (applying C to
@@ -138,7 +184,10 @@ torch::Tensor augmentImages(const torch::Tensor& images, const torch::Tensor& pa
       auto coeffs = findCoeffs(orig.to(torch::kFloat64), targ.to(torch::kFloat64));
       auto C = torch::cat({coeffs, torch::ones({b, 1}, coeffs.options())}, 1).reshape({b, 3, 3});
       auto A = torch::cat({theta.to(torch::kFloat64), torch::tensor({0., 0., 1.}, coeffs.options()).view({1, 1, 3}).expand({b, 1, 3})}, 1);
-      auto T = toDevice(torch::bmm(C, A).to(torch::kFloat32), dev);  // [B, 3, 3]
+      // the crop as a 3x3 on the left: (rx h.x + ox h.z) / h.z = rx (h.x / h.z) + ox
+      auto zero = torch::zeros_like(rx), one = torch::ones_like(rx);
+      auto K = torch::stack({torch::stack({rx, zero, ox}, 1), torch::stack({zero, ry, oy}, 1), torch::stack({zero, zero, one}, 1)}, 1).to(torch::kFloat64);
+      auto T = toDevice(torch::bmm(K, torch::bmm(C, A)).to(torch::kFloat32), dev);  // [B, 3, 3]
       // made on the device: a tensor built from host values would be a blocking copy every batch
       auto eye = torch::eye(2, 3, torch::TensorOptions().dtype(torch::kFloat32).device(dev)).unsqueeze(0);
       auto base = F::affine_grid(eye, {1, 3, size, size}, /*align_corners=*/true).view({1, size * size, 2});

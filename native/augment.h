@@ -17,12 +17,19 @@ struct AugOptions {
   double maxWarp = 0;
   double pAffine = 0;
   double pLighting = 0;
+  bool flipVert = false;  // fast.ai's Dihedral(p=0.5) (the 8 symmetries) in place of the plain flip
+  // a random crop of the image (fast.ai's RandomResizedCrop, continuous): area fraction U(minScale, 1),
+  // aspect ratio log-uniform in [ratioLo, ratioHi]; minScale 1 and ratio (1, 1) is no crop
+  double minScale = 1, ratioLo = 1, ratioHi = 1;
 };
 // Reads every field; a missing one is an error (null or undefined means no augmentation).
 AugOptions augOptionsFromJs(const Napi::Value& v);
 
-// Per-image random draws: [B, 9] = flip(±1), angle(rad), zoom scale s (<= 1), centre x, centre y,
-// warp x, warp y, brightness change, contrast scale. Identity row: 1,0,1,0,0,0,0,0.5,1.
+// Per-image random draws: [B, kAugParams] = x sign (±1: the flip), angle(rad), zoom scale s (<= 1), centre x,
+// centre y, warp x, warp y, brightness change, contrast scale, y sign (±1), transpose (0/1: with the signs,
+// fast.ai's dihedral matrix), crop scale x, crop scale y, crop centre x, crop centre y.
+// Identity row: 1,0,1,0,0,0,0,0.5,1,1,0,1,1,0,0.
+constexpr int64_t kAugParams = 15;
 torch::Tensor drawAugParams(int64_t n, const AugOptions& o, torch::Generator& gen);
 torch::Tensor identityAugParams(int64_t n);
 

@@ -195,6 +195,14 @@ Napi::TypedArrayOf<T> typed(Napi::Env env, const std::vector<T>& v) {
   if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * sizeof(T));
   return a;
 }
+// A CPU tensor of T's dtype, copied.
+template <typename T>
+Napi::TypedArrayOf<T> typed(Napi::Env env, const torch::Tensor& t) {
+  auto c = t.contiguous();
+  auto a = Napi::TypedArrayOf<T>::New(env, static_cast<size_t>(c.numel()));
+  if (c.numel() > 0) std::memcpy(a.Data(), c.data_ptr<T>(), a.ByteLength());
+  return a;
+}
 inline Napi::Array array(Napi::Env env, const std::vector<std::string>& v) {
   auto a = Napi::Array::New(env, v.size());
   for (size_t i = 0; i < v.size(); i++) a.Set(static_cast<uint32_t>(i), v[i]);

@@ -43,6 +43,23 @@ POST /predict takes an image's bytes (Content-Type image/*) or a multipart form 
 JSON: the label, every class's probability and the timing; ?gradcam=1 adds the Grad-CAM as a PNG.
 SIGTERM or Ctrl-C finishes the requests in flight, then exits.`;
 
+type Options = NonNullable<Parameters<typeof parseArgs>[0]>['options'];
+
+/** A command's arguments, or the exit code when they are wrong (2, with the usage) or ask for help (0). */
+function parseCommand<O extends Options>(name: string, args: string[], options: O, usage: string) {
+  try {
+    const parsed = parseArgs({ args, allowPositionals: true, options: { ...options, help: { type: 'boolean', short: 'h', default: false } } as O });
+    if ((parsed.values as { help?: boolean }).help) {
+      console.log(usage);
+      return 0;
+    }
+    return parsed;
+  } catch (e) {
+    console.error(`torchlearn ${name}: ${(e as Error).message}\n\n${usage}`);
+    return 2;
+  }
+}
+
 function version(): string {
   return JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
 }
@@ -101,23 +118,10 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (cmd === 'serve') {
-    let parsed;
     const int = { type: 'string' } as const;
-    try {
-      parsed = parseArgs({
-        args: rest,
-        allowPositionals: true,
-        options: { port: int, host: { type: 'string', default: '127.0.0.1' }, device: { type: 'string', default: 'auto' }, 'max-batch': int, 'max-delay-ms': int, 'max-queue': int, 'body-limit': int, help: { type: 'boolean', short: 'h', default: false } },
-      });
-    } catch (e) {
-      console.error(`torchlearn serve: ${(e as Error).message}\n\n${serveUsage}`);
-      return 2;
-    }
+    const parsed = parseCommand('serve', rest, { port: int, host: { type: 'string', default: '127.0.0.1' }, device: { type: 'string', default: 'auto' }, 'max-batch': int, 'max-delay-ms': int, 'max-queue': int, 'body-limit': int } as const, serveUsage);
+    if (typeof parsed === 'number') return parsed;
     const { values, positionals } = parsed;
-    if (values.help) {
-      console.log(serveUsage);
-      return 0;
-    }
     if (positionals.length !== 1) {
       console.error(serveUsage);
       return 2;
@@ -142,18 +146,9 @@ async function main(argv: string[]): Promise<number> {
     return new Promise<number>(() => {}); // until a signal: serve() exits the process when the server has closed
   }
   if (cmd === 'predict') {
-    let parsed;
-    try {
-      parsed = parseArgs({ args: rest, allowPositionals: true, options: { json: { type: 'boolean', default: false }, device: { type: 'string', default: 'auto' }, help: { type: 'boolean', short: 'h', default: false } } });
-    } catch (e) {
-      console.error(`torchlearn predict: ${(e as Error).message}\n\n${predictUsage}`);
-      return 2;
-    }
+    const parsed = parseCommand('predict', rest, { json: { type: 'boolean', default: false }, device: { type: 'string', default: 'auto' } } as const, predictUsage);
+    if (typeof parsed === 'number') return parsed;
     const { values, positionals } = parsed;
-    if (values.help) {
-      console.log(predictUsage);
-      return 0;
-    }
     const [model, ...args] = positionals;
     if (!model || args.length === 0) {
       console.error(predictUsage);

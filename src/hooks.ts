@@ -22,6 +22,8 @@ interface Hooks {
   scheduleValues(s: NativeSchedule, groups: number, positions: Float64Array): { lrs: Float64Array; moms: Float64Array };
   /** device 0's allocator readings in bytes (zeros without CUDA); resetPeak starts a new peak */
   cudaMemory(resetPeak?: boolean): { allocated: number; reserved: number; peakAllocated: number };
+  /** the per-image augmentation draws of training, [n * 15] (native/augment.h lists the columns) */
+  drawAugParams(n: number, aug: NativeAugOptions, seed: number): Float64Array;
   /** seconds per batch of the batch pipeline (index, draw, augment, normalise) on `device` */
   benchAugment(o: { device: string; n: number; presize: number; size: number; bs: number; iters: number; aug: NativeAugOptions; mean: readonly number[]; std: readonly number[] }): number;
 }

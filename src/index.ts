@@ -18,7 +18,7 @@ export { ImageDataLoaders, DataSplit, TestSet, folderItems } from './data/loader
 export type { TableOptions, Column } from './data/sources.js';
 export type { DataLoadersOptions, Item, Skipped } from './data/loaders.js';
 export { augTransforms, imagenetStats, defaultPresize, DATA_DEFAULTS } from './data/transforms.js';
-export type { AugOptions, ResizeMethod } from './data/transforms.js';
+export type { AugOptions, ItemTransforms, ResizeMethod } from './data/transforms.js';
 export type { ImageSource } from './data/images.js';
 export { accuracy, errorRate, precision, recall, f1Score, rocAuc, rocAucBinary, metric, confusionMatrix } from './metrics.js';
 export type { Average, Metric, MetricFn } from './metrics.js';

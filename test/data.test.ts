@@ -4,7 +4,9 @@ import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../src/binding.js';
-import { ImageDataLoaders } from '../src/index.js';
+import { augTransforms, ImageDataLoaders } from '../src/index.js';
+import { withItemTfms } from '../src/data/transforms.js';
+import { hooks } from '../src/hooks.js';
 import { isCovidFinding, readCovidMetadata, segregateByLabel } from '../src/datasets/covid.js';
 import { makeStripes } from './helpers/fixtures.js';
 import { runPython, tempDir } from './helpers/python.js';
@@ -217,7 +219,8 @@ describe('augmentation geometry', () => {
     }
     return [sx / s, sy / s];
   };
-  const params = (flip: number, angleDeg: number, zoom = 1) => Float64Array.from([flip, (angleDeg * Math.PI) / 180, zoom, 0, 0, 0, 0, 0.5, 1]);
+  // flip, angle, zoom, centre x, centre y, warp x, warp y, brightness, contrast, y sign, transpose, crop (4)
+  const params = (flip: number, angleDeg: number, zoom = 1) => Float64Array.from([flip, (angleDeg * Math.PI) / 180, zoom, 0, 0, 0, 0, 0.5, 1, 1, 0, 1, 1, 0, 0]);
 
   it('identity leaves the image as it is', () => {
     const out = native.augmentImages(img, 1, p, p, { params: params(1, 0) });
@@ -244,18 +247,19 @@ describe('augmentation geometry', () => {
     expect(lit).toBeGreaterThan(8 * 8 * 2);
   });
 
-  it("flip, rotate, zoom, warp and lighting together equal fast.ai's formulas computed with PyTorch (uint8, within 1 level)", () => {
+  it("flip (or any dihedral symmetry), rotate, zoom, warp, the random crop and lighting together equal fast.ai's formulas computed with PyTorch (uint8, within 1 level)", () => {
     // a smooth picture (no sharp edges, where a rounding of the sampling grid could move a value far)
     const q = 48, s = 40, n = 4;
     const pic = new Uint8Array(n * q * q * 3);
     for (let i = 0; i < n; i++) for (let y = 0; y < q; y++) for (let x = 0; x < q; x++) for (let c = 0; c < 3; c++)
       pic[((i * q + y) * q + x) * 3 + c] = Math.round(127.5 + 100 * Math.sin((x + 2 * c + i) / 7) * Math.cos((y - c) / 9));
-    // flip, angle (rad), zoom s, centre x, centre y, warp x, warp y, brightness, contrast
+    // x sign (flip), angle (rad), zoom s, centre x, centre y, warp x, warp y, brightness, contrast, y sign,
+    // transpose, crop scale x, crop scale y, crop centre x, crop centre y
     const prm = Float64Array.from([
-      -1, 0.15, 0.92, 0.03, -0.05, 0.18, -0.12, 0.58, 1.2,
-      1, -0.17, 1, 0, 0, -0.2, 0.2, 0.41, 0.82,
-      1, 0.05, 0.95, -0.04, 0.02, 0, 0, 0.5, 1, // no warp, no lighting
-      -1, 0, 1, 0, 0, 0.1, 0.05, 0.45, 1.1,
+      -1, 0.15, 0.92, 0.03, -0.05, 0.18, -0.12, 0.58, 1.2, 1, 0, 1, 1, 0, 0,
+      1, -0.17, 1, 0, 0, -0.2, 0.2, 0.41, 0.82, -1, 1, 0.7, 0.8, 0.1, -0.15, // dihedral k=5 (transposed, y sign flipped), cropped, warped
+      1, 0.05, 0.95, -0.04, 0.02, 0, 0, 0.5, 1, 1, 1, 0.6, 0.6, -0.3, 0.25, // no warp, no lighting; transposed and cropped
+      -1, 0, 1, 0, 0, 0.1, 0.05, 0.45, 1.1, -1, 0, 1, 1, 0, 0, // both signs: a half turn
     ]);
     const ours = native.augmentImages(pic, n, q, s, { params: prm });
     const dir = tempDir();
@@ -270,15 +274,23 @@ sys.path.insert(0, sys.argv[2])
 from pytorch_train import find_coeffs, apply_perspective  # fast.ai's, as the bench's PyTorch side runs them
 d, n, q, s = sys.argv[1], ${n}, ${q}, ${s}
 x = torch.from_numpy(np.fromfile(d + '/pic.bin', dtype=np.uint8).reshape(n, q, q, 3).copy()).permute(0, 3, 1, 2).double() / 255
-p = torch.from_numpy(np.fromfile(d + '/prm.bin', dtype=np.float64).reshape(n, 9).copy())
-flip, ang, z, cx, cy, wx, wy, br, ct = p.unbind(1)
+p = torch.from_numpy(np.fromfile(d + '/prm.bin', dtype=np.float64).reshape(n, 15).copy())
+xs, ang, z, cx, cy, wx, wy, br, ct, ys, m1, rx, ry, ox, oy = p.unbind(1)
+m0 = 1 - m1
+def mat(a, b, c, d, e, f):  # fast.ai's affine_mat: [B, 3, 3]
+    return torch.stack([torch.stack([a, b, c], 1), torch.stack([d, e, f], 1), torch.stack([torch.zeros_like(a), torch.zeros_like(a), torch.ones_like(a)], 1)], 1)
+zero, one = torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+dihedral = mat(xs * m0, xs * m1, zero, ys * m1, ys * m0, zero)          # dihedral_mat
 c, sn = torch.cos(ang), torch.sin(ang)
-theta = torch.stack([torch.stack([flip * c * z, -flip * sn * z, flip * (c * cx - sn * cy)], 1),
-                     torch.stack([sn * z, c * z, sn * cx + c * cy], 1)], 1)
+rotate = mat(c, -sn, zero, sn, c, zero)                                  # rotate_mat
+zoom = mat(z, zero, cx, zero, z, cy)                                     # zoom_mat
+theta = (dihedral @ rotate @ zoom)[:, :2]                               # _get_affine_mat: I @ flip @ rotate @ zoom
 grid = F.affine_grid(theta, (n, 3, s, s), align_corners=True)
 orig = torch.tensor([[-1, -1], [-1, 1], [1, -1], [1, 1]], dtype=torch.float64).unsqueeze(0).expand(n, 4, 2)
 targ = torch.stack([torch.stack([-1 - wy, -1 - wx]), torch.stack([-1 + wy, 1 + wx]), torch.stack([1 + wy, -1 + wx]), torch.stack([1 - wy, 1 - wx])]).permute(2, 0, 1)
 grid = apply_perspective(grid, find_coeffs(orig, targ))
+# RandomResizedCrop first (continuous): the crop's output point g is the image's point (rx g_x + ox, ry g_y + oy)
+grid = grid * torch.stack([rx, ry], 1).view(n, 1, 1, 2) + torch.stack([ox, oy], 1).view(n, 1, 1, 2)
 y = F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=True)
 lb = torch.log(br / (1 - br)).view(n, 1, 1, 1)
 y = torch.sigmoid((torch.logit(y, eps=1e-7) + lb) * ct.view(n, 1, 1, 1))
@@ -306,6 +318,41 @@ y = F.grid_sample(x, F.affine_grid(eye, (n, 3, s, s), align_corners=True), mode=
     let worstPlain = 0;
     for (let i = 0; i < refPlain.length; i++) worstPlain = Math.max(worstPlain, Math.abs(refPlain[i] - plain[i]));
     expect(worstPlain).toBeLessThanOrEqual(1);
+  });
+
+  it("augTransforms({ flipVert, minScale }) and itemTfms' randomResizedCrop draw as fast.ai's Dihedral and RandomResizedCrop do; the defaults draw what they drew before", () => {
+    const n = 4000;
+    const col = (p: Float64Array, c: number) => Array.from({ length: n }, (_, i) => p[i * 15 + c]);
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    // the default settings: the new columns stay the identity, and the old ones are what the old draws were
+    const plain = hooks.drawAugParams(n, augTransforms(), 7);
+    expect([9, 10, 11, 12, 13, 14].map((c) => [...new Set(col(plain, c))])).toEqual([[1], [0], [1], [1], [0], [0]]);
+    const withNew = hooks.drawAugParams(n, augTransforms({ flipVert: true, minScale: 0.35 }), 7);
+    for (const c of [1, 2, 3, 4, 5, 6, 7, 8]) expect(col(withNew, c)).toEqual(col(plain, c)); // (drawn after them)
+    // Dihedral(p=0.5): k = 0 with probability 1/2 + 1/16, each other symmetry 1/16; (x sign, y sign, transpose) by fast.ai's table
+    const keys = Array.from({ length: n }, (_, i) => `${withNew[i * 15]},${withNew[i * 15 + 9]},${withNew[i * 15 + 10]}`);
+    const freq = (k: string) => keys.filter((x) => x === k).length / n;
+    const table = ['1,1,0', '-1,1,0', '1,-1,0', '-1,1,1', '-1,-1,0', '1,-1,1', '1,1,1', '-1,-1,1'];
+    expect(freq(table[0])).toBeCloseTo(0.5625, 1);
+    for (const k of table.slice(1)) expect(Math.abs(freq(k) - 1 / 16)).toBeLessThan(0.02);
+    expect(new Set(keys).size).toBe(8);
+    // aug_transforms' crop: square (ratio 1), area U(0.35, 1), inside the image
+    const rx = col(withNew, 11), ry = col(withNew, 12), ox = col(withNew, 13);
+    expect(rx).toEqual(ry);
+    const area = rx.map((r) => r * r);
+    expect(Math.min(...area)).toBeGreaterThanOrEqual(0.35 - 1e-12);
+    expect(Math.abs(mean(area) - (0.35 + 1) / 2)).toBeLessThan(0.02);
+    rx.forEach((r, i) => expect(Math.abs(ox[i]) + r).toBeLessThanOrEqual(1 + 1e-12));
+    // item transforms' RandomResizedCrop: fast.ai's defaults (area from 0.08, ratio 3/4 to 4/3)
+    const rrc = hooks.drawAugParams(n, withItemTfms(null, { randomResizedCrop: {} })!, 9);
+    const w = col(rrc, 11), h = col(rrc, 12);
+    const ratios = w.map((v, i) => v / h[i]);
+    expect(Math.min(...ratios)).toBeGreaterThanOrEqual(0.75 - 1e-9);
+    expect(Math.max(...ratios)).toBeLessThanOrEqual(4 / 3 + 1e-9);
+    expect(Math.max(...w, ...h)).toBeLessThanOrEqual(1);
+    expect(Math.min(...w.map((v, i) => v * h[i]))).toBeGreaterThanOrEqual(0.08 - 1e-12);
+    expect([...new Set(col(rrc, 1))]).toEqual([0]); // nothing else: no rotation
+    expect(() => augTransforms({ minScale: 0 })).toThrow(/minScale must be in \(0, 1\], got 0/);
   });
 
   it('random augmentation is reproducible with a seed and differs across seeds', () => {

@@ -7,7 +7,7 @@ import { writeGrid } from '../plot/grid.js';
 import { decodeAll } from './images.js';
 import { csvItems, grandparentItems, isValidCell, nameFuncItems, pathReItems, tableItems, type Sourced, type TableOptions } from './sources.js';
 import { groupSplit, randomSplit, rng, shuffle } from './split.js';
-import { augTransforms, DATA_DEFAULTS, defaultPresize, imagenetStats, type AugOptions, type ResizeMethod } from './transforms.js';
+import { augTransforms, DATA_DEFAULTS, defaultPresize, imagenetStats, withItemTfms, type AugOptions, type ItemTransforms, type ResizeMethod } from './transforms.js';
 
 /** One labelled image: its path and its class name. */
 export interface Item {
@@ -27,6 +27,9 @@ export interface DataLoadersOptions {
   method?: ResizeMethod;
   /** Augmentation (default: augTransforms()); `false` or null for none. */
   augment?: AugOptions | false | null;
+  /** fast.ai's item transforms: `{ randomResizedCrop: { minScale, ratio } }` (done with the augmentation, on the
+   * presized images) */
+  itemTfms?: ItemTransforms;
   normalize?: { mean: readonly number[]; std: readonly number[] };
   /** A key of the items (e.g. 'patient') or a function of the file path: every image of a group stays on one side. */
   splitBy?: string | ((path: string) => string);
@@ -247,7 +250,7 @@ export class ImageDataLoaders {
     if (!(validPct >= 0 && validPct < 1)) throw new Error(`validPct must be in [0, 1), got ${validPct}`);
     if (!['crop', 'squish', 'pad'].includes(method)) throw new Error(`method must be 'crop', 'squish' or 'pad', got '${method}'`);
     if (items.length === 0) throw new Error('no images: the item list is empty');
-    const augment = opts.augment === false || opts.augment === null ? null : (opts.augment ?? augTransforms());
+    const augment = withItemTfms(opts.augment === false || opts.augment === null ? null : (opts.augment ?? augTransforms()), opts.itemTfms);
     const normalize = { mean: [...(opts.normalize ?? imagenetStats).mean], std: [...(opts.normalize ?? imagenetStats).std] };
 
     // Decode everything once; bad files are skipped and counted, never fatal.
@@ -343,7 +346,7 @@ export class ImageDataLoaders {
       idx.forEach((i, k) => img.set(images.subarray(i * p * p * 3, (i + 1) * p * p * 3), k * p * p * 3));
       return new DataSplit(idx.map((i) => items[i]), Int32Array.from(idx.map((i) => labels[i])), img, bs, train);
     };
-    const augment = opts.augment === false || opts.augment === null ? null : (opts.augment ?? augTransforms());
+    const augment = withItemTfms(opts.augment === false || opts.augment === null ? null : (opts.augment ?? augTransforms()), opts.itemTfms);
     const normalize = { mean: [...(opts.normalize ?? imagenetStats).mean], std: [...(opts.normalize ?? imagenetStats).std] };
     return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, p, 'crop', augment, normalize, opts.seed ?? 42, [], null, opts.device ?? 'auto');
   }
