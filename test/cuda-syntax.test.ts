@@ -4,7 +4,8 @@
 // and a stub of CUDA's runtime API (test/helpers/cuda-stub), and the test fails if the CUDA branch was
 // not the one compiled. It checks names and types against this LibTorch's API, not against 2.x's, and
 // nothing runs: scripts/gpu-check.sh builds and tests for real.
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -68,10 +69,13 @@ describe.skipIf(!nvcc)('the CUDA kernels compile with nvcc', () => {
   });
 });
 
+const execFileAsync = promisify(execFile);
+
 describe.skipIf(skip)("the native CUDA branches compile against LibTorch's CUDA headers", () => {
   const entries: { file: string; command: string }[] = skip ? [] : JSON.parse(readFileSync(commands, 'utf8'));
+  // (concurrently: each parses LibTorch's headers on one core for half a minute)
   for (const [file, macro, defines = ''] of branches) {
-    it(file, () => {
+    it.concurrent(file, async ({ expect }) => {
       const entry = entries.find((e) => resolve(e.file) === join(root, file));
       expect(entry, `${file} in compile_commands.json`).toBeDefined();
       // the build's command, without its output, input and precompiled header
@@ -85,9 +89,9 @@ describe.skipIf(skip)("the native CUDA branches compile against LibTorch's CUDA 
       const cmd = `${flags} ${defines} -fsyntax-only -Werror=return-type -I${join(root, 'test/helpers/cuda-stub')} -include ${join(root, 'native/pch.h')} ${wrapper}`;
       let out = '';
       try {
-        execFileSync('bash', ['-c', cmd], { cwd: join(root, 'build'), stdio: 'pipe' });
+        await execFileAsync('bash', ['-c', cmd], { cwd: join(root, 'build'), maxBuffer: 1 << 26 });
       } catch (e) {
-        out = String((e as { stderr?: Buffer }).stderr ?? e);
+        out = String((e as { stderr?: string }).stderr ?? e);
       }
       expect(out.split('\n').filter((l) => /error/.test(l)).slice(0, 10).join('\n')).toBe('');
     });
