@@ -209,21 +209,16 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // As the process exits, the loops stop and the workers finish what they run in LibTorch before its static
   // objects go (common.h, armExitHook).
   armExitHook();
+  using Entry = std::pair<const char*, Napi::Value (*)(const Napi::CallbackInfo&)>;
+  auto define = [&](Napi::Object o, std::initializer_list<Entry> fns) {
+    for (const auto& [name, fn] : fns) o.Set(name, Napi::Function::New(env, fn));
+  };
   exports.Set("abiVersion", Napi::Number::New(env, TORCHLEARN_ABI_VERSION));
-  exports.Set("torchInfo", Napi::Function::New(env, TorchInfo));
-  exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
-  exports.Set("prepareExit", Napi::Function::New(env, PrepareExit));
-  exports.Set("manualSeed", Napi::Function::New(env, ManualSeed));
-  exports.Set("augmentImages", Napi::Function::New(env, AugmentImagesJs));
+  define(exports, {{"torchInfo", TorchInfo}, {"setNumThreads", SetNumThreads}, {"prepareExit", PrepareExit}, {"manualSeed", ManualSeed}, {"augmentImages", AugmentImagesJs}});
   // For the tests and the bench (src/hooks.ts), not the library: internals run on given inputs, and
   // measurements.
   auto hooks = Napi::Object::New(env);
-  hooks.Set("threadInfo", Napi::Function::New(env, ThreadInfo));
-  hooks.Set("fastAdamSteps", Napi::Function::New(env, FastAdamSteps));
-  hooks.Set("scheduleValues", Napi::Function::New(env, ScheduleValues));
-  hooks.Set("cudaMemory", Napi::Function::New(env, CudaMemory));
-  hooks.Set("benchAugment", Napi::Function::New(env, BenchAugment));
-  hooks.Set("drawAugParams", Napi::Function::New(env, DrawAugParamsJs));
+  define(hooks, {{"threadInfo", ThreadInfo}, {"fastAdamSteps", FastAdamSteps}, {"scheduleValues", ScheduleValues}, {"cudaMemory", CudaMemory}, {"benchAugment", BenchAugment}, {"drawAugParams", DrawAugParamsJs}});
   exports.Set("hooks", hooks);
   exports.Set("Net", Net::Init(env));
   exports.Set("Learner", Learner::Init(env));

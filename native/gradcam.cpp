@@ -18,12 +18,10 @@ Napi::Value Learner::GradCam(const Napi::CallbackInfo& info) {
   const int64_t p = js::integer(info[1], "gradCam: presize", 1, js::kMaxSide);
   const int64_t cls = js::integer(info[2], "gradCam: classIdx", 0, core_->net->numClasses - 1);
   auto image = uint8Images(info[0], 1, p, "image");
-  auto c = core_;
-  return runAsync<CamResult>(
-      env, c->net->workerFor(),
-      [c, image, cls]() {
-        std::lock_guard<std::mutex> lock(c->net->mutex);
-        c->check();
+  return onWorker<CamResult>(
+      env, core_,
+      [image, cls](Core& core) {
+        auto* c = &core;
         c->net->module->eval();
         torch::Tensor acts, logits;
         {

@@ -192,14 +192,11 @@ Napi::Value Learner::GetState(const Napi::CallbackInfo& info) {
   TL_TRY
   core_->check();
   const bool withOpt = info[0].ToBoolean();
-  auto c = core_;
-  return runAsync<NamedTensors>(
-      env, c->net->workerFor(),
-      [c, withOpt]() {
-        std::lock_guard<std::mutex> lock(c->net->mutex);
-        c->check();
+  return onWorker<NamedTensors>(
+      env, core_,
+      [withOpt](Core& c) {
         NamedTensors out;
-        for (auto& kv : c->fullState(withOpt)) out.emplace_back(kv.first, kv.second.detach().to(torch::kCPU, false, true).contiguous());
+        for (auto& kv : c.fullState(withOpt)) out.emplace_back(kv.first, kv.second.detach().to(torch::kCPU, false, true).contiguous());
         return out;
       },
       [](Napi::Env env, NamedTensors& t) -> Napi::Value { return namedTensorsToJs(env, t, true); });
@@ -214,13 +211,10 @@ Napi::Value Learner::SetState(const Napi::CallbackInfo& info) {
   core_->check();
   auto tensors = std::make_shared<NamedTensors>(namedTensorsFromJs(info[0]));
   const bool withOpt = info[1].ToBoolean();
-  auto c = core_;
-  return runAsync<bool>(
-      env, c->net->workerFor(),
-      [c, tensors, withOpt]() {
-        std::lock_guard<std::mutex> lock(c->net->mutex);
-        c->check();
-        c->loadFullState(*tensors, withOpt);
+  return onWorker<bool>(
+      env, core_,
+      [tensors, withOpt](Core& c) {
+        c.loadFullState(*tensors, withOpt);
         return true;
       },
       [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });

@@ -192,6 +192,22 @@ struct Learner::Core {
 };
 
 
+// Runs work(core) on the network's worker, holding the network's lock, once the learner is known to be
+// alive there (dispose may have come first); the Promise settles with toJs(result) on the JavaScript thread.
+// The one shape of every long Learner call.
+template <typename R, typename Work>
+Napi::Promise onWorker(Napi::Env env, std::shared_ptr<Learner::Core> c, Work work, std::function<Napi::Value(Napi::Env, R&)> toJs) {
+  auto& worker = c->net->workerFor();
+  return runAsync<R>(
+      env, worker,
+      [c, work = std::move(work)]() mutable -> R {
+        std::lock_guard<std::mutex> lock(c->net->mutex);
+        c->check();
+        return work(*c);
+      },
+      std::move(toJs));
+}
+
 // fast.ai's AvgSmoothLoss: val = lerp(loss, val, beta), shown as val / (1 - beta^count). The one place its
 // constant lives: the training table, the callbacks and lrFind's stopping rule all read it from here.
 struct SmoothLoss {

@@ -28,14 +28,12 @@ Napi::Value Learner::LrFind(const Napi::CallbackInfo& info) {
   const int64_t numIt = o.integer("numIt", 6, 1 << 24);
   const bool stopDiv = o.flag("stopDiv");
   auto progress = std::make_shared<ProgressSink>(env, o.value("onProgress"));
-  auto c = core_;
-  c->requireOptimizer();
-  c->stopRequested = false;
-  return runAsync<LrFindResult>(
-      env, c->net->workerFor(),
-      [c, sched, numIt, stopDiv, progress]() {
-        std::lock_guard<std::mutex> lock(c->net->mutex);
-        c->check();
+  core_->requireOptimizer();
+  core_->stopRequested = false;
+  return onWorker<LrFindResult>(
+      env, core_,
+      [sched, numIt, stopDiv, progress](Core& core) {
+        auto* c = &core;
         // Snapshot: every parameter and buffer, the optimizer state and the random state.
         NamedTensors snapshot;
         for (auto& kv : c->fullState(true)) snapshot.emplace_back(kv.first, kv.second.clone());

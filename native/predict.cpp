@@ -40,13 +40,11 @@ Napi::Value Learner::Validate(const Napi::CallbackInfo& info) {
   const std::string split = o.string("split");
   const bool augment = o.flag("augment");
   auto progress = std::make_shared<ProgressSink>(env, o.value("onProgress"));
-  auto c = core_;
-  c->cache(split);
-  return runAsync<PredsResult>(
-      env, c->net->workerFor(),
-      [c, split, augment, progress]() {
-        std::lock_guard<std::mutex> lock(c->net->mutex);
-        c->check();
+  core_->cache(split);  // (checks the name)
+  return onWorker<PredsResult>(
+      env, core_,
+      [split, augment, progress](Core& core) {
+        auto* c = &core;
         const double t0 = nowSeconds();
         auto& data = c->cache(split);
         const int64_t n = data.size();

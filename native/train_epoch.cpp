@@ -321,17 +321,9 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
   js::Options o(info[0], "trainEpoch: options");
   auto args = std::make_shared<const EpochArgs>(epochArgsFromJs(o, *core_));
   auto progress = std::make_shared<ProgressSink>(env, o.value("onProgress"));
-  auto c = core_;
-  c->requireOptimizer();
-  c->stopRequested = false;
-  return runAsync<EpochResult>(
-      env, c->net->workerFor(),
-      [c, args, progress]() {
-        std::lock_guard<std::mutex> lock(c->net->mutex);
-        c->check();
-        return runEpoch(*c, *args, progress);
-      },
-      epochResultToJs);
+  core_->requireOptimizer();
+  core_->stopRequested = false;
+  return onWorker<EpochResult>(env, core_, [args, progress](Core& c) { return runEpoch(c, *args, progress); }, epochResultToJs);
   TL_CATCH(env)
 }
 
