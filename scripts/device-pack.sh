@@ -7,12 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-../shared/datasets/covid-chestxray}
 bash ../shared/device/pack-node.sh .device >/dev/null
-[ -s .device/nm.tar.xz ] || tar cf - --exclude=node_modules/typescript --exclude=node_modules/@types --exclude=node_modules/cmake-js node_modules | xz -T0 -6 > .device/nm.tar.xz
+[ -s .device/nm.tar.xz ] || tar cf - --exclude=node_modules/typescript --exclude=node_modules/@types --exclude=node_modules/cmake-js --exclude=node_modules/typedoc --exclude=node_modules/puppeteer-core node_modules | xz -T0 -6 > .device/nm.tar.xz
 node --import tsx -e "
 import sharp from 'sharp';
 import { mkdirSync, copyFileSync, existsSync } from 'node:fs';
 import { join, basename } from 'node:path';
-import { readCovidMetadata } from './src/index.ts';
+import { readCovidMetadata } from './src/datasets/covid.ts';
 const data = process.argv[1];
 const r = readCovidMetadata(join(data, 'metadata.csv'));
 mkdirSync('.device/covid/images', { recursive: true });
