@@ -4,7 +4,8 @@
 //   --python PATH       PyTorch for the baseline (default /usr/bin/python3 on the CPU, python3 on CUDA)
 //   --quick             fewer iterations
 //   --profile           time the phases of each train step (data, forward, backward, optimizer) on both sides
-//   --only LIST         some of: decode,augment,inference,train,e2e,serve (default: all)
+//   --only LIST         some of: decode,augment,inference,train,e2e,serve (default: all; on CUDA all but serve,
+//                       which takes minutes of load testing: ask for it)
 //   --trace DIR         operator tables of the unfrozen train step (and of one batched inference call) on
 //                       both sides, written to DIR, and the operators where they differ most printed side by side
 //   --graph off|on|both torchlearn's train step with the cudaGraph option off, on, or both (default: both
@@ -290,7 +291,7 @@ async function inferenceBench() {
 }
 
 log(`torchlearn bench on ${device} (${info.deviceName ?? `${info.threads} CPU threads`}), LibTorch ${info.torchVersion}`);
-const only = new Set((args.only ?? 'decode,augment,inference,train,e2e,serve').split(','));
+const only = new Set((args.only ?? (cuda ? 'decode,augment,inference,train,e2e' : 'decode,augment,inference,train,e2e,serve')).split(','));
 if (!cuda && only.has('decode')) await decodeBench();
 if (only.has('augment')) augmentBench();
 if (only.has('inference')) await inferenceBench();
