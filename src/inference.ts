@@ -11,7 +11,7 @@ import { chromeTracePath, writeNativeTrace } from './learner/trace.js';
 import { lossesFromProbs, type TtaOptions } from './tta.js';
 import { DATA_DEFAULTS, type ResizeMethod } from './data/transforms.js';
 import { readWeightFile } from './weights/index.js';
-import { decode, EXPORT_FORMAT, predictFiles, predictPaths, type ExportInfo, type Prediction } from './prediction.js';
+import { decode, EXPORT_FORMAT, gradcamPresized, predictFiles, predictPaths, type ExportInfo, type Prediction } from './prediction.js';
 import { decodeImage, describeSource } from './data/images.js';
 import { PredictBatcher, type BatchingOptions, type PredictTiming } from './serving/batcher.js';
 
@@ -102,13 +102,7 @@ export class InferenceLearner {
     const p = this.info.presize;
     const d = await decodeImage(image, p, this.info.method);
     if (!d.ok) throw new Error(`cannot read image ${describeSource(image)}: ${d.reason}`);
-    let cls = c;
-    if (cls === undefined) {
-      const r = await this.nat.predict(d.data, 1, p);
-      cls = decode(r.probs, r.numClasses, this.vocab)[0].index;
-    }
-    const r = await this.nat.gradCam(d.data, p, cls);
-    return { ...r, classIdx: cls, rgb: d.data, size: p };
+    return { ...(await gradcamPresized(this.nat, d.data, p, this.vocab, c)), rgb: d.data, size: p };
   }
 
   /** Decodes in parallel and predicts in batches; an unreadable file is an error naming it. */

@@ -84,6 +84,17 @@ export async function predictPaths(nat: NativeLearner, paths: ImageSource[], o: 
   return decode(r.probs, r.numClasses, vocab);
 }
 
+/** Grad-CAM on one presized uint8 image through a native learner: the map for `classIdx`, or for the predicted
+ * class when none is given (the training learner and a loaded export share it). */
+export async function gradcamPresized(nat: NativeLearner, image: Uint8Array, presize: number, vocab: string[], classIdx?: number) {
+  let cls = classIdx;
+  if (cls === undefined) {
+    const p = await nat.predict(image, 1, presize);
+    cls = decode(p.probs, p.numClasses, vocab)[0].index;
+  }
+  return { ...(await nat.gradCam(image, presize, cls)), classIdx: cls };
+}
+
 export function decode(probs: Float32Array, c: number, vocab: string[]): Prediction[] {
   const out: Prediction[] = [];
   for (let i = 0; i < probs.length / c; i++) {

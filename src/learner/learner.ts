@@ -12,7 +12,7 @@ import { cachedWeightFile, hubCacheDir, pretrainedFileName, weightsBaseUrl, WEIG
 import { lrFindSpec, renderChart } from '../plot/charts.js';
 import { writeGrid } from '../plot/grid.js';
 import { readWeightFile, writeWeightFileAsync } from '../weights/index.js';
-import { decode, exportMetadata, predictPaths, type Prediction } from '../prediction.js';
+import { decode, exportMetadata, gradcamPresized, predictPaths, type Prediction } from '../prediction.js';
 import type { Metric } from '../metrics.js';
 import type { BatchInfo, Callback, EpochInfo } from './callbacks.js';
 import { suggest, type Suggestions } from './lrfind.js';
@@ -848,13 +848,7 @@ export class Learner {
   async gradcamRaw(image: Uint8Array, classIdx?: number) {
     this.#enter();
     try {
-      let cls = classIdx;
-      if (cls === undefined) {
-        const p = await this.nat.predict(image, 1, this.dls.presize);
-        cls = decode(p.probs, p.numClasses, this.dls.vocab)[0].index;
-      }
-      const r = await this.nat.gradCam(image, this.dls.presize, cls);
-      return { ...r, classIdx: cls };
+      return await gradcamPresized(this.nat, image, this.dls.presize, this.dls.vocab, classIdx);
     } finally {
       this.#busy = false;
     }
