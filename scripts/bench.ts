@@ -19,6 +19,10 @@
 //   --adam LIST         torchlearn's Adam step on CUDA, some of foreach,fused (or all): the multi-tensor kernels
 //                       (inside the CUDA graph) or PyTorch's fused AdamW kernel (fusedAdam; the learner's
 //                       default where LibTorch has it, which the rows without --adam run)
+//   --pt LIST           how the PyTorch baseline runs the train step, some of eager,cudagraph,compile,compile-max-autotune
+//                       (default: all on CUDA, eager on the CPU): eager; the whole step captured as one CUDA graph;
+//                       the model under torch.compile (mode default or max-autotune; compile time reported apart)
+//   --pt-timeout S      seconds one PyTorch baseline process may take (default 900; max-autotune compiles for minutes)
 //   --aug full|affine|both  the train step's augmentation, the same on both sides: fast.ai's whole
 //                       aug_transforms() (default), or flip/rotate/zoom only (the PyTorch reference of ../shared/device)
 import { execFileSync } from 'node:child_process';
@@ -52,6 +56,8 @@ const { values: args } = parseArgs({
     aug: { type: 'string' },
     bn: { type: 'string' },
     adam: { type: 'string' },
+    pt: { type: 'string' },
+    'pt-timeout': { type: 'string', default: '900' },
   },
 });
 const info = torchInfo();
@@ -91,16 +97,20 @@ const adamModes: (boolean | undefined)[] = !args.adam ? [undefined] : (args.adam
   if (fused && why) log(`--adam fused skipped: ${why}`);
   return !fused || !why;
 });
+const ptModes = (args.pt ?? (cuda ? 'eager,cudagraph,compile,compile-max-autotune' : 'eager')).split(',');
+for (const m of ptModes) if (!['eager', 'cudagraph', 'compile', 'compile-max-autotune'].includes(m)) throw new Error(`--pt takes eager, cudagraph, compile, compile-max-autotune (a comma-separated list), got '${m}'`);
+const ptName: Record<string, string> = { eager: 'pytorch eager', cudagraph: 'pytorch eager + CUDA graph', compile: 'pytorch torch.compile (default)', 'compile-max-autotune': 'pytorch torch.compile (max-autotune)' };
 // affine: every image flipped or not, rotated and zoomed (as the PyTorch side's affine-only pipeline); no warp, no lighting
 const trainAug = (aug: string) => (aug === 'full' ? augTransforms() : augTransforms({ maxWarp: 0, maxLighting: 0, pAffine: 1 }));
 const implName = (graph: boolean) => (graph ? (cuda ? 'torchlearn (CUDA graph)' : 'torchlearn (graph step, no capture)') : 'torchlearn');
 
 function pytorch(extra: string[]): Record<string, unknown>[] {
   try {
-    const out = execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', cfg.arch, '--size', String(cfg.size), '--presize', String(cfg.presize), ...extra], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    const out = execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', cfg.arch, '--size', String(cfg.size), '--presize', String(cfg.presize), ...extra], { encoding: 'utf8', maxBuffer: 1 << 24, timeout: Number(args['pt-timeout']) * 1000, killSignal: 'SIGKILL' });
     return out.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
   } catch (e) {
-    log(`PyTorch baseline failed: ${(e as Error).message.split('\n')[0]}`);
+    const err = e as Error & { signal?: string };
+    log(`PyTorch baseline (${extra.join(' ')}) failed: ${err.signal === 'SIGKILL' ? `did not finish within --pt-timeout ${args['pt-timeout']} s` : err.message.split('\n')[0]}`);
     return [];
   }
 }
@@ -143,9 +153,10 @@ async function trainBench() {
       const dls = ImageDataLoaders.fromArrays(images, labels, ['a', 'b'], { presize: p, size: cfg.size, bs, validPct: 0, augment: trainAug(aug) });
       // PyTorch's baseline first: a bench cut short by its time limit still has the number to compare with
       const ptTrace = args.trace ? ['--trace', join(args.trace, `pytorch-bs${bs}-${prec}-${aug}.json`)] : [];
-      for (const r of pytorch(['--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec, '--frozen', frozenArg, '--aug', aug, ...(args.profile ? ['--profile'] : []), ...ptTrace])) {
+      // one process per mode, so that each row's peak memory is its own
+      for (const mode of ptModes) for (const r of pytorch(['--mode', mode, '--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec, '--frozen', frozenArg, '--aug', aug, ...(args.profile ? ['--profile'] : []), ...(mode === 'eager' ? ptTrace : [])])) {
         if (r.profile_ms) log(`profile pytorch bs ${bs} ${prec} ${r.frozen ? 'frozen' : 'unfrozen'}: ms per step: ${JSON.stringify(r.profile_ms)}`);
-        rows.push({ bench: 'train step', ...r, impl: 'pytorch eager', precision: prec });
+        rows.push({ bench: 'train step', ...r, impl: ptName[mode], precision: prec });
         log(JSON.stringify(r));
       }
       for (const frozen of frozenModes) for (const graph of graphModes) for (const batchNorm of bnModes) for (const fusedAdam of adamModes) {
@@ -304,11 +315,14 @@ if (only.has('serve')) {
 
 // ratios: torchlearn / pytorch for matching rows
 const fmt = (x: unknown) => (typeof x === 'number' ? (x > 100 ? x.toFixed(0) : x.toFixed(2)) : String(x ?? ''));
-console.log('\n| bench | impl | config | images/s (or ms) | peak device MB | peak RSS MB | vs PyTorch |');
-console.log('|---|---|---|---|---|---|---|');
+console.log('\n| bench | impl | config | images/s (or ms) | peak device MB | peak RSS MB | vs PyTorch | vs fastest PyTorch (mode) |');
+console.log('|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
   const config = r.bench !== 'train step' && r.arch ? `${r.arch} ${r.bs ? `bs ${r.bs} ` : ''}${r.size}px${r.precision ? ` ${r.precision}` : ''}` : r.bench === 'train step' ? `${r.arch} bs ${r.bs} ${r.size}px ${r.precision}${r.frozen ? ' frozen' : ' unfrozen'}${r.aug ? `, ${r.aug} aug` : ''}` : r.bs ? `bs ${r.bs} ${r.size}px` : `${r.images} files to ${r.presize}px`;
-  const twin = rows.find((q) => q.bench === 'train step' && r.bench === 'train step' && String(q.impl).startsWith('pytorch') && q.bs === r.bs && q.frozen === r.frozen && q.precision === r.precision && q.aug === r.aug);
+  const sameStep = (q: Record<string, unknown>) => q.bench === 'train step' && r.bench === 'train step' && String(q.impl).startsWith('pytorch') && q.bs === r.bs && q.frozen === r.frozen && q.precision === r.precision && q.aug === r.aug;
+  const twin = rows.find((q) => sameStep(q) && q.impl === 'pytorch eager');
+  const fastest = rows.filter((q) => sameStep(q) && q.impl !== 'pytorch eager').sort((a, b) => (b.images_per_s as number) - (a.images_per_s as number))[0];
+  const vsFastest = String(r.impl).startsWith('torchlearn') && fastest ? `${((r.images_per_s as number) / (fastest.images_per_s as number)).toFixed(2)}x (${String(fastest.impl).replace('pytorch ', '')})` : r.warmup_s !== undefined && r.mode !== 'eager' ? `warm-up (compile, capture) ${fmt(r.warmup_s)} s` : '';
   const bare = rows.find((q) => q.bench === 'train step' && q.impl === r.impl && r.bench !== 'train step' && q.bs === r.bs && q.frozen === r.frozen && q.precision === r.precision);
   const inferTwin = r.impl === 'torchlearn' && r.bench !== 'train step' ? rows.find((q) => q !== r && q.bench === r.bench && !String(q.impl).startsWith('torchlearn')) : undefined;
   let ratio = String(r.impl).startsWith('torchlearn') && twin ? `${((r.images_per_s as number) / (twin.images_per_s as number)).toFixed(2)}x` : '';
@@ -318,7 +332,7 @@ for (const r of rows) {
   if (r.requests_per_s !== undefined) ratio = `${r.connections} conn: p50 ${r.p50_ms} / p90 ${r.p90_ms} / p99 ${r.p99_ms} ms, ${r.errors} errors`;
   if (r.vs_sequential !== undefined) ratio = `${fmt(r.vs_sequential)}x sequential, ${((r.vs_predict_batch as number) * 100).toFixed(0)}% of predictBatch`;
   const speed = r.median_ms !== undefined ? `${fmt(r.median_ms)} ms` : r.requests_per_s !== undefined ? `${fmt(r.requests_per_s)} req/s` : fmt(r.images_per_s);
-  console.log(`| ${r.bench} | ${r.impl} | ${config} | ${speed} | ${r.peak_device_bytes ? ((r.peak_device_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${r.peak_rss_bytes ? ((r.peak_rss_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${ratio} |`);
+  console.log(`| ${r.bench} | ${r.impl} | ${config} | ${speed} | ${r.peak_device_bytes ? ((r.peak_device_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${r.peak_rss_bytes ? ((r.peak_rss_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${ratio} | ${vsFastest} |`);
 }
 const result = { date: new Date().toISOString(), device, deviceName: info.deviceName, threads: info.threads, torchVersion: info.torchVersion, rows };
 mkdirSync('out', { recursive: true });

@@ -5,6 +5,11 @@ ResNet body + fast.ai head (concat pool, BN, dropout, bias-free linears), AdamW 
 betas (0.9, 0.99), eps 1e-5, wd 0.01 (fused on CUDA), a uint8 image cache on the device, per batch:
 index, one random affine grid per image (flip, rotate, zoom) + grid_sample to `size`, normalise;
 bf16 autocast and channels_last on CUDA. Prints one JSON line per configuration.
+--mode chooses how PyTorch runs that step: eager (default); compile or compile-max-autotune (the model under
+torch.compile with that mode, the fused AdamW eager; the warm-up steps, which compile forward and backward,
+are timed apart as compile_s); cudagraph (the whole step, augmentation, forward, backward and the fused
+capturable AdamW, captured as one CUDA graph after warm-up steps on a side stream, replayed each step: what
+PyTorch's documentation calls whole-network capture).
 --aug full adds the rest of fast.ai's aug_transforms (Warp, Brightness, Contrast, with their probabilities),
 done as fast.ai does it on the GPU: the same work as torchlearn's default pipeline.
 """
@@ -51,7 +56,7 @@ def find_coeffs(p1, p2):  # fast.ai vision/augment.py
                               torch.ones_like(p2[:, i, 0]), -p1[:, i, 1] * p2[:, i, 0], -p1[:, i, 1] * p2[:, i, 1]]))
     A = torch.stack(m).permute(2, 0, 1)
     B = p1.reshape(p1.shape[0], -1, 1)
-    return torch.linalg.solve(A, B)[..., 0]
+    return torch.linalg.solve_ex(A, B)[0][..., 0]  # solve_ex: no error check, which would synchronise (and break a CUDA-graph capture)
 
 
 def apply_perspective(coords, coeffs):  # fast.ai vision/augment.py
@@ -62,6 +67,15 @@ def apply_perspective(coords, coeffs):  # fast.ai vision/augment.py
     coords1[..., 2] = torch.where(coords1[..., 2].abs() < 1e-8, 1e-8, coords1[..., 2])
     coords = coords1 / coords1[..., 2].unsqueeze(-1)
     return coords[..., :2].reshape(*sz)
+
+
+_CORNERS = {}
+
+
+def _corners(dev):  # made once per device: a copy from the host may not happen inside a CUDA-graph capture
+    if dev not in _CORNERS:
+        _CORNERS[dev] = torch.tensor([[-1., -1.], [-1., 1.], [1., -1.], [1., 1.]], device=dev)
+    return _CORNERS[dev]
 
 
 def augment_full(x_u8, size, mean, std, p_affine=0.75, p_lighting=0.75, max_rotate=10.0, max_zoom=1.1, max_warp=0.2, max_lighting=0.2):
@@ -83,7 +97,7 @@ def augment_full(x_u8, size, mean, std, p_affine=0.75, p_lighting=0.75, max_rota
     grid = F.affine_grid(theta, (b, 3, size, size), align_corners=True)
     wm = mask(p_affine)
     wx, wy = u(-max_warp, max_warp) * wm, u(-max_warp, max_warp) * wm
-    orig = torch.tensor([[-1., -1.], [-1., 1.], [1., -1.], [1., 1.]], device=dev).unsqueeze(0).expand(b, 4, 2)
+    orig = _corners(dev).unsqueeze(0).expand(b, 4, 2)
     targ = torch.stack([torch.stack([-1 - wy, -1 - wx]), torch.stack([-1 + wy, 1 + wx]), torch.stack([1 + wy, -1 + wx]), torch.stack([1 - wy, 1 - wx])]).permute(2, 0, 1)
     grid = apply_perspective(grid, find_coeffs(orig, targ))
     x = F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=True)
@@ -94,7 +108,7 @@ def augment_full(x_u8, size, mean, std, p_affine=0.75, p_lighting=0.75, max_rota
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_last, profile=False, trace=None, aug='affine'):
+def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_last, profile=False, trace=None, aug='affine', mode='eager'):
     aug_fn = augment_full if aug == 'full' else augment
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -109,7 +123,14 @@ def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_l
     kw = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
     if dev.type == 'cuda':
         kw['fused'] = True
+    if mode == 'cudagraph':
+        if dev.type != 'cuda':
+            raise SystemExit('--mode cudagraph needs a CUDA device')
+        kw['capturable'] = True
     opt = torch.optim.AdamW(params, **kw)
+    fwd = model
+    if mode.startswith('compile'):
+        fwd = torch.compile(model, mode='max-autotune' if mode == 'compile-max-autotune' else 'default')
     n = bs * 4
     cache = torch.randint(0, 256, (n, presize, presize, 3), dtype=torch.uint8, device=dev)
     labels = torch.randint(0, 2, (n,), device=dev)
@@ -120,20 +141,42 @@ def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_l
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats()
 
-    def step():
+    # a captured step may not use autocast's weight cache (PyTorch's CUDA-graph notes)
+    autocast = lambda: torch.autocast('cuda', dtype=torch.bfloat16, cache_enabled=mode != 'cudagraph') if bf16 else contextlib.nullcontext()
+
+    def step(zero=True):
         idx = torch.randint(0, n, (bs,), device=dev)
         x = aug_fn(cache[idx], size, mean, std)
-        with (torch.autocast('cuda', dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()):
-            loss = F.cross_entropy(model(x).float(), labels[idx])
-        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = F.cross_entropy(fwd(x).float(), labels[idx])
+        if zero:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return loss
 
-    for _ in range(warmup):
-        step()
-    if dev.type == 'cuda':
-        torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
+    t = time.perf_counter()
+    if mode == 'cudagraph':
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(max(warmup, 3)):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)  # backward allocates the gradients inside the graph's pool
+        with torch.cuda.graph(graph):
+            static_loss = step(zero=False)
+
+        def step(zero=True):
+            graph.replay()
+            return static_loss
+    else:
+        for _ in range(warmup):
+            step()
+    sync()
+    setup_s = time.perf_counter() - t
     t = time.perf_counter()
     for _ in range(iters):
         loss = step()
@@ -142,10 +185,10 @@ def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_l
         torch.cuda.synchronize()
     dt = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() if dev.type == 'cuda' else 0
-    out = dict(impl='pytorch', threads=torch.get_num_threads(), aug=aug, arch=arch, device=device, bs=bs, size=size, bf16=bf16, frozen=frozen, channels_last=channels_last,
-               images_per_s=bs * iters / dt, peak_device_bytes=peak,
+    out = dict(impl='pytorch', mode=mode, threads=torch.get_num_threads(), aug=aug, arch=arch, device=device, bs=bs, size=size, bf16=bf16, frozen=frozen, channels_last=channels_last,
+               images_per_s=bs * iters / dt, peak_device_bytes=peak, warmup_s=setup_s,
                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    if profile:  # the same phases torchlearn's profile mode times, synchronised between phases
+    if profile and mode == 'eager':  # the same phases torchlearn's profile mode times, synchronised between phases
         sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
         acc = dict(data=0.0, forward=0.0, backward=0.0, step=0.0)
         for _ in range(iters):
@@ -304,6 +347,7 @@ if __name__ == '__main__':
     ap.add_argument('--profile', action='store_true')
     ap.add_argument('--channels-last', action='store_true', help='channels_last on the CPU too (always on CUDA)')
     ap.add_argument('--aug', choices=['full', 'affine'], default='affine', help="train step's augmentation: fast.ai's whole aug_transforms, or flip/rotate/zoom only")
+    ap.add_argument('--mode', choices=['eager', 'compile', 'compile-max-autotune', 'cudagraph'], default='eager', help='how PyTorch runs the train step (see above)')
     ap.add_argument('--trace', default=None, help='write the operator table of the unfrozen step (with --inference-host: of one call) here (see src/learner/trace.ts)')
     a = ap.parse_args()
     if a.threads:
@@ -323,4 +367,4 @@ if __name__ == '__main__':
                 continue
             for frozen in {'both': (True, False), 'frozen': (True,), 'unfrozen': (False,)}[a.frozen]:
                 print(json.dumps(run(a.arch, a.device, bs, a.size, a.presize, a.iters, a.warmup, bf16, frozen, cuda or a.channels_last, a.profile,
-                                     None if frozen or not a.trace else a.trace, a.aug)), flush=True)
+                                     None if frozen or not a.trace else a.trace, a.aug, a.mode)), flush=True)
