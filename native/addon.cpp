@@ -164,6 +164,8 @@ static Napi::Value BenchAugment(const Napi::CallbackInfo& info) {
   TL_CATCH(env)
 }
 
+Napi::Value BatchNormCheck(const Napi::CallbackInfo& info);  // batchnorm_check.cpp
+
 // threadInfo() -> { js, cpuWorker } (diagnostics: waits for the CPU worker): LibTorch's CPU thread count on the JavaScript thread (kept at one) and on
 // the thread CPU work runs on (the configured count): the single-OpenMP-team design, checked by the tests.
 static Napi::Value ThreadInfo(const Napi::CallbackInfo& info) {
@@ -218,7 +220,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // For the tests and the bench (src/hooks.ts), not the library: internals run on given inputs, and
   // measurements.
   auto hooks = Napi::Object::New(env);
-  define(hooks, {{"threadInfo", ThreadInfo}, {"fastAdamSteps", FastAdamSteps}, {"scheduleValues", ScheduleValues}, {"cudaMemory", CudaMemory}, {"benchAugment", BenchAugment}, {"drawAugParams", DrawAugParamsJs}});
+  define(hooks, {{"threadInfo", ThreadInfo}, {"fastAdamSteps", FastAdamSteps}, {"scheduleValues", ScheduleValues}, {"cudaMemory", CudaMemory}, {"benchAugment", BenchAugment}, {"drawAugParams", DrawAugParamsJs}, {"batchNormCheck", BatchNormCheck}});
   exports.Set("hooks", hooks);
   exports.Set("Net", Net::Init(env));
   exports.Set("Learner", Learner::Init(env));

@@ -114,8 +114,7 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
   const auto wd = o.optNumber("wd", 0, 1e6);
   const auto trainBn = o.optBoolean("trainBn"), bf16 = o.optBoolean("bf16"), foldBn = o.optBoolean("foldBatchNorm");
   // the kernels of training-mode BatchNorm on bf16 CUDA batches (resnet.h, TrainBn)
-  const auto batchNorm = o.optChoice<TrainBn>(
-      "batchNorm", {{"aten", TrainBn::Aten}, {"cudnn", TrainBn::Cudnn}, {"cudnn-fused", TrainBn::CudnnFused}, {"fused", TrainBn::Fused}, {"fused-full", TrainBn::FusedFull}});
+  const auto batchNorm = o.optChoice<TrainBn>("batchNorm", kTrainBnNames);
   const auto labelSmoothing = o.optNumber("labelSmoothing", 0, 1);
   std::optional<torch::Tensor> classWeights;
   if (o.has("classWeights")) {

@@ -50,18 +50,35 @@ static torch::Tensor trainBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch:
   return out;
 }
 
-torch::Tensor ConvBn::forwardRelu(const torch::Tensor& x, const FoldState& fold, const torch::Tensor& residual) {
+torch::Tensor trainingBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& y, const FoldState& fold) {
+  // BatchNorm alone: 'fused' would make ATen's passes with the same kernels, so ATen runs it there
+  if (fold.takesBatchNormAlone()) {
+    auto out = trainBatchNorm(bn, y, fold, false, torch::Tensor());
+    if (out.defined()) return out;
+  }
+  return bn.forward(y);
+}
+
+torch::Tensor trainingBatchNormRelu(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& y, const FoldState& fold, const torch::Tensor& residual) {
   torch::Tensor out;
-  if (fold.fusesRelu() && bn->is_training()) {
-    if (w_.defined()) w_ = b_ = torch::Tensor();  // (as forward: training will change the weights)
-    auto y = conv->forward(x);
-    auto fused = trainBatchNorm(*bn, y, fold, true, residual);
-    if (fused.defined()) return fused;
-    out = bn->forward(y);
+  if (fold.fusesRelu()) {
+    out = trainBatchNorm(bn, y, fold, true, residual);
+    if (out.defined()) return out;
+    out = bn.forward(y);
   } else {
-    out = forward(x, fold);
+    out = trainingBatchNorm(bn, y, fold);
   }
   if (residual.defined()) out += residual;  // in place, as torchvision: no fresh activation-sized tensor per block
+  return torch::relu_(out);
+}
+
+torch::Tensor ConvBn::forwardRelu(const torch::Tensor& x, const FoldState& fold, const torch::Tensor& residual) {
+  if (bn->is_training()) {
+    if (w_.defined()) w_ = b_ = torch::Tensor();  // (as forward: training will change the weights)
+    return trainingBatchNormRelu(*bn, conv->forward(x), fold, residual);
+  }
+  auto out = forward(x, fold);
+  if (residual.defined()) out += residual;
   return torch::relu_(out);
 }
 
@@ -69,12 +86,7 @@ torch::Tensor ConvBn::forward(const torch::Tensor& x, const FoldState& fold) {
   if (!fold.on || bn->is_training()) {
     if (w_.defined()) w_ = b_ = torch::Tensor();  // training (the weights will change) or folding off: no stale copies kept
     auto y = conv->forward(x);
-    // BatchNorm alone: 'fused' would make ATen's passes with the same kernels, so ATen runs it there
-    if (fold.takesBatchNormAlone()) {
-      auto out = trainBatchNorm(*bn, y, fold, false, torch::Tensor());
-      if (out.defined()) return out;
-    }
-    return bn->forward(y);
+    return bn->is_training() ? trainingBatchNorm(*bn, y, fold) : bn->forward(y);
   }
   if (generation_ != fold.generation || !w_.defined()) {
     torch::NoGradGuard ng;

@@ -11,6 +11,8 @@ namespace tl {
 // throughout (batchnorm_fused.h). The learner option batchNorm: 'aten', 'cudnn', 'cudnn-fused', 'fused',
 // 'fused-full'.
 enum class TrainBn { Aten = 0, Cudnn = 1, CudnnFused = 2, Fused = 3, FusedFull = 4 };
+inline const std::vector<std::pair<std::string, TrainBn>> kTrainBnNames = {
+    {"aten", TrainBn::Aten}, {"cudnn", TrainBn::Cudnn}, {"cudnn-fused", TrainBn::CudnnFused}, {"fused", TrainBn::Fused}, {"fused-full", TrainBn::FusedFull}};
 
 // How the body's BatchNorms run, shared by every block of one ResNet. Eval mode: whether forwards fold
 // BatchNorm into the convolutions, and a generation bumped when the weights are replaced or moved (a load,
@@ -24,6 +26,13 @@ struct FoldState {
   // a BatchNorm with nothing after it (a downsample's) runs on these kernels too: cuDNN's, or ours throughout
   bool takesBatchNormAlone() const { return trainBn == TrainBn::Cudnn || trainBn == TrainBn::CudnnFused || trainBn == TrainBn::FusedFull; }
 };
+
+// A training-mode BatchNorm on the kernels the state chooses (falling back to ATen's where they refuse),
+// and relu(BatchNorm(y) [+ residual]) likewise: the half of a ConvBn after its convolution, which the
+// hook batchNormCheck (batchnorm_check.cpp) also runs on its own.
+torch::Tensor trainingBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& y, const FoldState& fold);
+torch::Tensor trainingBatchNormRelu(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& y, const FoldState& fold,
+                                    const torch::Tensor& residual = torch::Tensor());
 
 // A convolution and the BatchNorm after it. In eval mode, with folding on, the two run as one convolution
 // with weight w * s and bias beta - mean * s (s = gamma / sqrt(var + eps)): on the CPU oneDNN adds the bias

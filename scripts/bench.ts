@@ -154,7 +154,7 @@ async function trainBench() {
       // PyTorch's baseline first: a bench cut short by its time limit still has the number to compare with
       const ptTrace = args.trace ? ['--trace', join(args.trace, `pytorch-bs${bs}-${prec}-${aug}.json`)] : [];
       // one process per mode, so that each row's peak memory is its own
-      for (const mode of ptModes) for (const r of pytorch(['--mode', mode, '--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec, '--frozen', frozenArg, '--aug', aug, ...(args.profile ? ['--profile'] : []), ...(mode === 'eager' ? ptTrace : [])])) {
+      for (const mode of ptModes) for (const r of pytorch(['--mode', mode, '--images', String(n), '--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec, '--frozen', frozenArg, '--aug', aug, ...(args.profile ? ['--profile'] : []), ...(mode === 'eager' ? ptTrace : [])])) {
         if (r.profile_ms) log(`profile pytorch bs ${bs} ${prec} ${r.frozen ? 'frozen' : 'unfrozen'}: ms per step: ${JSON.stringify(r.profile_ms)}`);
         rows.push({ bench: 'train step', ...r, impl: ptName[mode], precision: prec });
         log(JSON.stringify(r));

@@ -25,7 +25,21 @@ interface Hooks {
   /** the per-image augmentation draws of training, [n * 15] (native/augment.h lists the columns) */
   drawAugParams(n: number, aug: NativeAugOptions, seed: number): Float64Array;
   /** seconds per batch of the batch pipeline (index, draw, augment, normalise) on `device` */
+  /**
+   * one training-mode BatchNorm (+ residual add + ReLU) of a bf16 channels_last CUDA batch on the given kernels,
+   * forward and backward, against float64 from the same inputs: each quantity's relative error (Euclidean and
+   * of the largest value), and the autograd node that made the output (native/batchnorm_check.cpp)
+   */
+  batchNormCheck(o: { kernels: BatchNormKernels; n: number; c: number; h: number; w: number; relu?: boolean; residual?: boolean; seed?: number }): {
+    gradFn: string;
+  } & Record<'y' | 'dx' | 'dweight' | 'dbias' | 'runningMean' | 'runningVar', BatchNormError> & { dresidual?: BatchNormError };
   benchAugment(o: { device: string; n: number; presize: number; size: number; bs: number; iters: number; aug: NativeAugOptions; mean: readonly number[]; std: readonly number[] }): number;
+}
+
+/** relative errors against float64: Euclidean over the tensor, and the largest difference over the largest value */
+export interface BatchNormError {
+  rel: number;
+  max: number;
 }
 
 export const hooks = native.hooks as Hooks;

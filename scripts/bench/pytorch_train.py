@@ -108,7 +108,7 @@ def augment_full(x_u8, size, mean, std, p_affine=0.75, p_lighting=0.75, max_rota
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_last, profile=False, trace=None, aug='affine', mode='eager'):
+def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_last, profile=False, trace=None, aug='affine', mode='eager', images=0):
     aug_fn = augment_full if aug == 'full' else augment
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -131,7 +131,7 @@ def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_l
     fwd = model
     if mode.startswith('compile'):
         fwd = torch.compile(model, mode='max-autotune' if mode == 'compile-max-autotune' else 'default')
-    n = bs * 4
+    n = images or bs * 4  # the bench passes torchlearn's dataset size, so that both hold the same image cache
     cache = torch.randint(0, 256, (n, presize, presize, 3), dtype=torch.uint8, device=dev)
     labels = torch.randint(0, 2, (n,), device=dev)
     mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
@@ -347,6 +347,7 @@ if __name__ == '__main__':
     ap.add_argument('--profile', action='store_true')
     ap.add_argument('--channels-last', action='store_true', help='channels_last on the CPU too (always on CUDA)')
     ap.add_argument('--aug', choices=['full', 'affine'], default='affine', help="train step's augmentation: fast.ai's whole aug_transforms, or flip/rotate/zoom only")
+    ap.add_argument('--images', type=int, default=0, help='images in the uint8 cache on the device (default 4 batches)')
     ap.add_argument('--mode', choices=['eager', 'compile', 'compile-max-autotune', 'cudagraph'], default='eager', help='how PyTorch runs the train step (see above)')
     ap.add_argument('--trace', default=None, help='write the operator table of the unfrozen step (with --inference-host: of one call) here (see src/learner/trace.ts)')
     a = ap.parse_args()
@@ -367,4 +368,4 @@ if __name__ == '__main__':
                 continue
             for frozen in {'both': (True, False), 'frozen': (True,), 'unfrozen': (False,)}[a.frozen]:
                 print(json.dumps(run(a.arch, a.device, bs, a.size, a.presize, a.iters, a.warmup, bf16, frozen, cuda or a.channels_last, a.profile,
-                                     None if frozen or not a.trace else a.trace, a.aug, a.mode)), flush=True)
+                                     None if frozen or not a.trace else a.trace, a.aug, a.mode, a.images)), flush=True)
