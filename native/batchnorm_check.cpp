@@ -1,8 +1,8 @@
 // The hook batchNormCheck: one training-mode BatchNorm (+ residual add + ReLU) of a bf16 channels_last CUDA
 // batch through the kernels a learner would use (resnet.cpp's trainingBatchNormRelu, the production path),
 // forward and backward, against the same computation in float64 from the same bf16 inputs. The CUDA test
-// runs it for ATen's kernels and for each alternative: an alternative is as correct as ATen's when its
-// errors against float64 are no larger than ATen's. (Comparing whole learners cannot tell that: two runs of
+// runs it for ATen's kernels and for cuDNN's: cuDNN's are as correct as ATen's when their errors against
+// float64 are no larger than ATen's. (Comparing whole learners cannot tell that: two runs of
 // a network amplify any different-but-equally-good rounding, and ATen against ATen rounds the same way.)
 #include "js.h"
 #include "resnet.h"

@@ -1,7 +1,6 @@
 #include "resnet.h"
 
 #include "batchnorm_cudnn.h"
-#include "batchnorm_fused.h"
 
 namespace tl {
 namespace nn = torch::nn;
@@ -13,36 +12,27 @@ static nn::Conv2d conv1x1(int64_t in, int64_t out, int64_t stride) {
   return nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false));
 }
 
-// Training-mode BatchNorm of a bf16 CUDA batch through other kernels than ATen's (FoldState's TrainBn:
-// cuDNN's, batchnorm_cudnn.h, or torchlearn's fused forward, batchnorm_fused.h), with BatchNorm2d's
-// semantics: running statistics updated with the module's momentum, num_batches_tracked counted. `relu`:
-// the ReLU (after the residual add, with a residual) is part of the call. Where the implementation is
-// missing or refuses: an undefined result, and a message once per implementation and process; the caller
-// then runs ATen's kernels.
+// Training-mode BatchNorm of a bf16 CUDA batch through cuDNN (batchnorm_cudnn.h) when the state chooses it,
+// with BatchNorm2d's semantics: running statistics updated with the module's momentum, num_batches_tracked
+// counted. `relu`: the ReLU (after the residual add, with a residual) is part of the call. Where cuDNN is
+// missing or refuses: an undefined result, and a message once per process; the caller then runs ATen's
+// kernels.
 static torch::Tensor trainBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& y, const FoldState& fold, bool relu,
                                     const torch::Tensor& residual) {
-  static std::atomic<bool> refused[5] = {};
-  const auto impl = fold.trainBn;
+  static std::atomic<bool> refused{false};
   const auto& o = bn.options;
-  auto& gaveUp = refused[static_cast<int>(impl)];
-  // what both implementations take (checked here once, for both): a bf16 CUDA batch, fp32 weight, bias and
-  // running statistics (autocast keeps the parameters fp32), a residual of the batch's shape
-  if (impl == TrainBn::Aten || gaveUp || !bn.is_training() || !y.is_cuda() || y.scalar_type() != torch::kBFloat16 || !o.affine() ||
+  // what cuDNN's call takes: a bf16 CUDA batch, fp32 weight, bias and running statistics (autocast keeps the
+  // parameters fp32), a residual of the batch's shape
+  if (fold.trainBn == TrainBn::Aten || refused || !bn.is_training() || !y.is_cuda() || y.scalar_type() != torch::kBFloat16 || !o.affine() ||
       !o.track_running_stats() || !o.momentum().has_value() || bn.weight.scalar_type() != torch::kFloat32 ||
       bn.running_mean.scalar_type() != torch::kFloat32 || (residual.defined() && residual.sizes() != y.sizes()))
     return {};
   torch::Tensor out;
   try {
-    if (impl == TrainBn::Fused || impl == TrainBn::FusedFull)
-      out = fusedBatchNormTrain(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, *o.momentum(), o.eps(), relu, residual,
-                                impl == TrainBn::FusedFull);
-    else
-      out = cudnnBatchNormTrain(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, *o.momentum(), o.eps(),
-                                !relu ? BnFused::None : residual.defined() ? BnFused::AddRelu : BnFused::Relu, residual);
+    out = cudnnBatchNormTrain(y, bn.weight, bn.bias, bn.running_mean, bn.running_var, *o.momentum(), o.eps(),
+                              !relu ? BnFused::None : residual.defined() ? BnFused::AddRelu : BnFused::Relu, residual);
   } catch (const std::exception& e) {
-    if (!gaveUp.exchange(true))
-      std::fprintf(stderr, "torchlearn: %s BatchNorm not used (%s); ATen's kernels instead (the option batchNorm: 'aten' chooses them without this note)\n",
-                   impl == TrainBn::Fused || impl == TrainBn::FusedFull ? "fused" : "cuDNN", e.what());
+    if (!refused.exchange(true)) std::fprintf(stderr, "torchlearn: cuDNN's BatchNorm not used (%s); ATen's kernels instead\n", e.what());
     return {};
   }
   torch::NoGradGuard ng;
@@ -51,23 +41,14 @@ static torch::Tensor trainBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch:
 }
 
 torch::Tensor trainingBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& y, const FoldState& fold) {
-  // BatchNorm alone: 'fused' would make ATen's passes with the same kernels, so ATen runs it there
-  if (fold.takesBatchNormAlone()) {
-    auto out = trainBatchNorm(bn, y, fold, false, torch::Tensor());
-    if (out.defined()) return out;
-  }
-  return bn.forward(y);
+  auto out = trainBatchNorm(bn, y, fold, false, torch::Tensor());
+  return out.defined() ? out : bn.forward(y);
 }
 
 torch::Tensor trainingBatchNormRelu(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& y, const FoldState& fold, const torch::Tensor& residual) {
-  torch::Tensor out;
-  if (fold.fusesRelu()) {
-    out = trainBatchNorm(bn, y, fold, true, residual);
-    if (out.defined()) return out;
-    out = bn.forward(y);
-  } else {
-    out = trainingBatchNorm(bn, y, fold);
-  }
+  auto out = trainBatchNorm(bn, y, fold, true, residual);
+  if (out.defined()) return out;
+  out = bn.forward(y);
   if (residual.defined()) out += residual;  // in place, as torchvision: no fresh activation-sized tensor per block
   return torch::relu_(out);
 }

@@ -5,14 +5,11 @@
 
 namespace tl {
 
-// Which kernels run a training-mode BatchNorm of a bf16 CUDA batch: ATen's (what PyTorch runs), cuDNN's
-// (batchnorm_cudnn.h), cuDNN's with the ReLU and residual add after it in the same call, torchlearn's own
-// one-pass BatchNorm + add + ReLU forward with ATen's statistics and backward, or torchlearn's kernels
-// throughout (batchnorm_fused.h). The learner option batchNorm: 'aten', 'cudnn', 'cudnn-fused', 'fused',
-// 'fused-full'.
-enum class TrainBn { Aten = 0, Cudnn = 1, CudnnFused = 2, Fused = 3, FusedFull = 4 };
-inline const std::vector<std::pair<std::string, TrainBn>> kTrainBnNames = {
-    {"aten", TrainBn::Aten}, {"cudnn", TrainBn::Cudnn}, {"cudnn-fused", TrainBn::CudnnFused}, {"fused", TrainBn::Fused}, {"fused-full", TrainBn::FusedFull}};
+// Which kernels run a training-mode BatchNorm of a bf16 CUDA batch: cuDNN's, with the ReLU and the residual
+// add after it in the same call (batchnorm_cudnn.h; the default), or ATen's (what PyTorch runs, and where
+// cuDNN refuses). The hook setBatchNormKernels: 'cudnn-fused', 'aten'.
+enum class TrainBn { Aten = 0, CudnnFused = 1 };
+inline const std::vector<std::pair<std::string, TrainBn>> kTrainBnNames = {{"aten", TrainBn::Aten}, {"cudnn-fused", TrainBn::CudnnFused}};
 
 // How the body's BatchNorms run, shared by every block of one ResNet. Eval mode: whether forwards fold
 // BatchNorm into the convolutions, and a generation bumped when the weights are replaced or moved (a load,
@@ -20,11 +17,7 @@ inline const std::vector<std::pair<std::string, TrainBn>> kTrainBnNames = {
 struct FoldState {
   bool on = false;
   int64_t generation = 0;
-  TrainBn trainBn = TrainBn::Aten;
-  // the ReLU (and residual add) after a BatchNorm run in the BatchNorm's own call
-  bool fusesRelu() const { return trainBn == TrainBn::CudnnFused || trainBn == TrainBn::Fused || trainBn == TrainBn::FusedFull; }
-  // a BatchNorm with nothing after it (a downsample's) runs on these kernels too: cuDNN's, or ours throughout
-  bool takesBatchNormAlone() const { return trainBn == TrainBn::Cudnn || trainBn == TrainBn::CudnnFused || trainBn == TrainBn::FusedFull; }
+  TrainBn trainBn = TrainBn::CudnnFused;
 };
 
 // A training-mode BatchNorm on the kernels the state chooses (falling back to ATen's where they refuse),

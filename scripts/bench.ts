@@ -12,10 +12,8 @@
 //                       on CUDA, off on the CPU, where the graph's step runs without capture)
 //   --frozen frozen|unfrozen|both  which train-step rows, on both sides (default: both)
 //   --bn LIST           torchlearn's training-mode BatchNorm on CUDA in bf16 (src/hooks.ts, setBatchNormKernels), some of
-//                       aten,cudnn,cudnn-fused,fused,fused-full (or all): ATen's kernels (what PyTorch runs),
-//                       cuDNN's, cuDNN's with the ReLU and residual add in the same call, torchlearn's fused
-//                       forward kernel with ATen's statistics and backward (the learner's default, which the rows
-//                       without --bn run), or torchlearn's kernels throughout
+//                       cudnn-fused,aten (or all): cuDNN's with the ReLU and residual add in the same call (the
+//                       learner's default, which the rows without --bn run), or ATen's kernels (what PyTorch runs)
 //   --adam LIST         torchlearn's Adam step on CUDA, some of foreach,fused (or all): the multi-tensor kernels
 //                       (inside the CUDA graph) or PyTorch's fused AdamW kernel (fusedAdam; the learner's
 //                       default where LibTorch has it, which the rows without --adam run)
@@ -88,7 +86,7 @@ const augArg = args.aug ?? 'full';
 if (!['full', 'affine', 'both'].includes(augArg)) throw new Error(`--aug must be full, affine or both, got '${augArg}'`);
 const augModes = augArg === 'both' ? ['full', 'affine'] : [augArg];
 // left out, each is the learner's own default (undefined here)
-const bnModes: (BatchNormKernels | undefined)[] = args.bn ? (args.bn === 'all' ? 'aten,cudnn,cudnn-fused,fused,fused-full' : args.bn).split(',') as BatchNormKernels[] : [undefined];
+const bnModes: (BatchNormKernels | undefined)[] = args.bn ? (args.bn === 'all' ? 'cudnn-fused,aten' : args.bn).split(',') as BatchNormKernels[] : [undefined];
 const adamModes: (boolean | undefined)[] = !args.adam ? [undefined] : (args.adam === 'all' ? 'foreach,fused' : args.adam).split(',').map((a) => {
   if (a !== 'foreach' && a !== 'fused') throw new Error(`--adam takes foreach, fused (a comma-separated list) or all, got '${a}'`);
   return a === 'fused';

@@ -15,8 +15,6 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
 export PATH=/tmp:$PATH
-# nvcc for torchlearn's CUDA kernels (the lent machine has it in /usr/local/cuda/bin, maybe not on PATH)
-command -v nvcc >/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && export PATH=$PATH:/usr/local/cuda/bin; }
 [ -x /tmp/node ] || { xz -d < .device/node.xz > /tmp/node && chmod +x /tmp/node; }
 [ -d node_modules ] || tar xJf .device/nm.tar.xz
 # DEVICE=cpu PYTHON=/usr/bin/python3 runs the same steps on a machine without a GPU (a dry run of this script)
@@ -33,19 +31,16 @@ rc=$?
 grep -E "torchlearn: |error" "$OUT/build.log" | head -20
 echo "build: rc=$rc in $(( $(date +%s) - t0 )) s"
 # CUDA branches only syntax-checked against LibTorch 1.13 before they meet this LibTorch: one that does not
-# compile is built without (the CUDA graph: steps run without capture; cuDNN BatchNorm, the fused BatchNorm
-# kernels: ATen's kernels; the fused AdamW call: the _foreach kernels), so that the rest of the check runs
+# compile is built without (the CUDA graph: steps run without capture; cuDNN BatchNorm: ATen's kernels; the
+# fused AdamW call: the _foreach kernels), so that the rest of the check runs
 flags=
 failed() { grep -qE "$1:[0-9]+:[0-9]+: (fatal )?error" "$OUT/build.log"; }  # the compiler's errors in that file
 [ $rc != 0 ] && failed "step_graph\.cpp" && flags="$flags -DTL_NO_CUDA_GRAPH"
 [ $rc != 0 ] && failed "batchnorm_cudnn\.cpp" && flags="$flags -DTL_NO_CUDNN_BN"
 [ $rc != 0 ] && failed "optimizer\.cpp" && flags="$flags -DTL_NO_FUSED_ADAM"  # (the rest of that file built there before the fused AdamW call)
-# torchlearn's CUDA kernels (nvcc reports errors as file(line): error) and their autograd side
-kernels=OFF
-[ $rc != 0 ] && { failed "batchnorm_fused\.cpp" || grep -qE "\.cu\([0-9]+\): error|CUDA compiler identification|enable_language" "$OUT/build.log"; } && kernels=ON
-if [ $rc != 0 ] && { [ -n "$flags" ] || [ $kernels = ON ]; }; then
-  echo "build: a CUDA branch does not compile here; building without it ($flags, TL_NO_CUDA_KERNELS=$kernels)"
-  cmake -S . -B /tmp/tlbuild -DCMAKE_CXX_FLAGS="$flags" -DTL_NO_CUDA_KERNELS=$kernels >> "$OUT/build.log" 2>&1 &&
+if [ $rc != 0 ] && [ -n "$flags" ]; then
+  echo "build: a CUDA branch does not compile here; building without it ($flags)"
+  cmake -S . -B /tmp/tlbuild -DCMAKE_CXX_FLAGS="$flags" >> "$OUT/build.log" 2>&1 &&
     cmake --build /tmp/tlbuild -j"$(nproc)" >> "$OUT/build.log" 2>&1
   rc=$?
   echo "build without it: rc=$rc"

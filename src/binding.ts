@@ -20,7 +20,7 @@ export interface NamedTensor {
 
 /** The kernels of training-mode BatchNorm on bf16 CUDA batches (native/resnet.h, TrainBn): a bench and test
  * setting (src/hooks.ts), not a learner option. */
-export type BatchNormKernels = 'aten' | 'cudnn' | 'cudnn-fused' | 'fused' | 'fused-full';
+export type BatchNormKernels = 'aten' | 'cudnn-fused';
 
 /** The LibTorch the addon was built against, and the devices it sees (`torchInfo()`). */
 export interface TorchInfo {

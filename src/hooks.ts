@@ -44,7 +44,7 @@ export interface BatchNormError {
 
 export const hooks = native.hooks as Hooks;
 
-/** Sets the kernels of a learner's training-mode BatchNorm on bf16 CUDA batches (default 'fused'). */
+/** Sets the kernels of a learner's training-mode BatchNorm on bf16 CUDA batches: 'cudnn-fused' (the default) or ATen's. */
 export function setBatchNormKernels(learn: Learner, kernels: BatchNormKernels): void {
   const nat: NativeLearner = nativeLearnerOf(learn);
   nat.setOptions({ batchNorm: kernels });

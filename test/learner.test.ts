@@ -218,11 +218,11 @@ describe('BatchNorm folded into the convolutions for evaluation (the CPU default
 });
 
 describe('batchNorm kernels and fusedAdam on the CPU', () => {
-  it("change nothing there: cuDNN's and the fused BatchNorm are for bf16 CUDA batches (the fused blocks fall back to the same add and ReLU), the fused AdamW kernel for CUDA", async () => {
-    // (the GPU side is test/cuda.test.ts; this runs the fused blocks' fallback path, which every CPU fit with
-    // the option takes, against the ordinary blocks)
+  it("change nothing there: cuDNN's BatchNorm is for bf16 CUDA batches (the blocks fall back to ATen's BatchNorm, add and ReLU), the fused AdamW kernel for CUDA", async () => {
+    // (the GPU side is test/cuda.test.ts; this runs the default's fallback path, which every CPU fit takes,
+    // against ATen's kernels chosen outright)
     const losses: number[][] = [];
-    for (const { batchNorm, ...opts } of [{}, { batchNorm: 'cudnn-fused' as const }, { batchNorm: 'fused-full' as const }, { fusedAdam: true }]) {
+    for (const { batchNorm, ...opts } of [{}, { batchNorm: 'aten' as const }, { fusedAdam: true }]) {
       manualSeed(0); // dropout draws from the global generator
       const l = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0, ...opts });
       if (batchNorm) setBatchNormKernels(l, batchNorm);
@@ -232,7 +232,7 @@ describe('batchNorm kernels and fusedAdam on the CPU', () => {
     }
     expect(losses[0].length).toBeGreaterThan(0);
     const bad = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet });
-    expect(() => setBatchNormKernels(bad, 'fuse' as 'fused')).toThrow(/batchNorm must be one of 'aten', 'cudnn', 'cudnn-fused', 'fused', 'fused-full', got 'fuse'/);
+    expect(() => setBatchNormKernels(bad, 'fused' as 'aten')).toThrow(/batchNorm must be one of 'aten', 'cudnn-fused', got 'fused'/);
     bad.dispose();
     await expect(visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, fusedAdam: 'yes' as unknown as boolean })).rejects.toThrow(/fusedAdam must be true or false, got "yes"/);
     for (const other of losses.slice(1)) {
