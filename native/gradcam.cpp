@@ -36,7 +36,7 @@ Napi::Value Learner::GradCam(const Napi::CallbackInfo& info) {
         auto w = grad.mean({2, 3}, true);
         CamResult r;
         r.map = torch::relu((w * acts).sum(1)).squeeze(0).detach().to(torch::kCPU);
-        r.probs = torch::softmax(logits.detach(), 1).squeeze(0).to(torch::kCPU);
+        r.probs = c->activation(logits.detach()).squeeze(0).to(torch::kCPU);
         return r;
       },
       [](Napi::Env env, CamResult& r) -> Napi::Value {

@@ -78,18 +78,30 @@ Napi::Value Learner::SetData(const Napi::CallbackInfo& info) {
   core_->check();
   std::string split = js::string(info[0], "setData: split");
   core_->cache(split);  // (checks the name)
-  auto labels32 = js::copyTyped<int32_t>(info[2], "setData: labels", torch::kInt32);
-  int64_t n = labels32.numel();
+  const int64_t classes = core_->net->numClasses;
+  int64_t n;
+  torch::Tensor labels;
+  if (core_->multiLabel) {
+    // multi-hot rows: one 0 or 1 per image and label
+    auto hot = js::copyTyped<uint8_t>(info[2], "setData: labels (multi-label: a Uint8Array of images x labels)", torch::kUInt8);
+    if (hot.numel() % classes != 0)
+      throw UserError("setData: multi-label labels must hold " + std::to_string(classes) + " values per image, got " + std::to_string(hot.numel()) + " in all");
+    n = hot.numel() / classes;
+    if (n > 0 && hot.max().item<uint8_t>() > 1) throw UserError("setData: multi-label labels must be 0 or 1");
+    labels = hot.view({n, classes}).to(torch::kFloat32);
+  } else {
+    auto labels32 = js::copyTyped<int32_t>(info[2], "setData: labels", torch::kInt32);
+    n = labels32.numel();
+    // a label outside [0, classes) would index past the loss's class weights, or be ignored (-100)
+    if (n > 0) {
+      const auto lo = labels32.min().item<int32_t>(), hi = labels32.max().item<int32_t>();
+      if (lo < 0 || hi >= classes)
+        throw UserError("setData: labels must be class indices in [0, " + std::to_string(classes) + "), got " + std::to_string(lo < 0 ? lo : hi));
+    }
+    labels = labels32.to(torch::kInt64);
+  }
   int64_t p = js::integer(info[3], "setData: presize", 1, js::kMaxSide);
   auto images = uint8Images(info[1], n, p, "images");
-  // a label outside [0, classes) would index past the loss's class weights, or be ignored (-100)
-  const int64_t classes = core_->net->numClasses;
-  if (n > 0) {
-    const auto lo = labels32.min().item<int32_t>(), hi = labels32.max().item<int32_t>();
-    if (lo < 0 || hi >= classes)
-      throw UserError("setData: labels must be class indices in [0, " + std::to_string(classes) + "), got " + std::to_string(lo < 0 ? lo : hi));
-  }
-  auto labels = labels32.to(torch::kInt64);
   auto lock = core_->net->lockNow("setData");
   auto& c = core_->cache(split);
   // Resident on the training device: no per-batch host-to-device image traffic.
@@ -116,6 +128,7 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
   // the kernels of training-mode BatchNorm on bf16 CUDA batches (resnet.h, TrainBn)
   const auto batchNorm = o.optChoice<TrainBn>("batchNorm", kTrainBnNames);
   const auto labelSmoothing = o.optNumber("labelSmoothing", 0, 1);
+  const auto multiLabel = o.optBoolean("multiLabel");
   std::optional<torch::Tensor> classWeights;
   if (o.has("classWeights")) {
     if (o.value("classWeights").IsNull()) {
@@ -132,8 +145,18 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
   const auto cudaGraph = o.optBoolean("cudaGraph"), fusedAdam = o.optBoolean("fusedAdam");
   const auto sqrMom = o.optNumber("sqrMom", 0, 1), eps = o.optNumber("eps", 0, 1);
 
+  {
+    // binary cross-entropy takes neither (fast.ai's BCEWithLogitsLossFlat has pos_weight instead)
+    const bool ml = multiLabel.value_or(core_->multiLabel);
+    if (ml && (labelSmoothing.value_or(core_->labelSmoothing) > 0 || (classWeights ? classWeights->defined() : core_->classWeights.defined())))
+      throw UserError("labelSmoothing and classWeights are for single-label classification; a multi-label learner takes neither");
+    // the cached labels are class indices or multi-hot rows: the task is fixed once data is set
+    if (multiLabel && *multiLabel != core_->multiLabel && (core_->train.images.defined() || core_->valid.images.defined()))
+      throw UserError("multiLabel cannot change once the learner has data");
+  }
   auto lock = core_->net->lockNow("setOptions");
   auto& c = *core_;
+  if (multiLabel) c.multiLabel = *multiLabel;
   if (bs) c.bs = *bs;
   if (size) c.size = *size;
   if (aug) c.aug = *aug;

@@ -28,6 +28,9 @@ struct Learner::Core {
   bool bf16 = false;
   torch::Tensor classWeights;
   double labelSmoothing = 0;
+  // multi-label classification: each image has a set of labels (a multi-hot row of floats), the loss is
+  // binary cross-entropy on each logit and the probabilities are sigmoids (fast.ai's BCEWithLogitsLossFlat)
+  bool multiLabel = false;
   int frozenIdx = 0;
   bool cudaGraph = false;  // train with the step captured as a CUDA graph (step_graph.h)
   StepGraph graph;
@@ -76,12 +79,20 @@ struct Learner::Core {
     return {inputs(train.images.index_select(0, dIdx), params), train.labels.index_select(0, dIdx)};
   }
 
+  // the loss of a batch (the mean), or of each item; multi-label: the mean over the item's labels
   torch::Tensor lossFn(const torch::Tensor& logits, const torch::Tensor& y, bool perItem) {
+    if (multiLabel) {
+      auto l = F::binary_cross_entropy_with_logits(logits.to(torch::kFloat32), y, F::BinaryCrossEntropyWithLogitsFuncOptions().reduction(torch::kNone));
+      return perItem ? l.mean(1) : l.mean();
+    }
     auto o = F::CrossEntropyFuncOptions().label_smoothing(labelSmoothing);
     if (classWeights.defined()) o = o.weight(classWeights.to(logits.device()));
     if (perItem) o = o.reduction(torch::kNone);
     return F::cross_entropy(logits.to(torch::kFloat32), y, o);
   }
+
+  // logits to probabilities: softmax over the classes, or each label's sigmoid
+  torch::Tensor activation(const torch::Tensor& logits) const { return multiLabel ? torch::sigmoid(logits) : torch::softmax(logits, 1); }
 
   std::vector<Hyper> hypers(const Schedule& s, double pos) const {
     std::vector<Hyper> h;
@@ -133,7 +144,7 @@ struct Learner::Core {
     s.insert(s.end(), x.sizes().begin(), x.sizes().end());
     s.insert(s.end(), x.strides().begin(), x.strides().end());
     s.insert(s.end(), y.sizes().begin(), y.sizes().end());
-    s.insert(s.end(), {static_cast<int64_t>(x.scalar_type()), x.device().index(), bf16, bits(labelSmoothing), address(classWeights),
+    s.insert(s.end(), {static_cast<int64_t>(x.scalar_type()), x.device().index(), bf16, bits(labelSmoothing), address(classWeights), multiLabel,
                        opt.generation(), bits(opt.sqrMom), bits(opt.eps)});
     for (auto& p : net->params) s.insert(s.end(), {address(p.tensor), p.tensor.requires_grad()});
     for (auto& b : net->module->buffers()) s.push_back(address(b));

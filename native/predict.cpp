@@ -71,7 +71,7 @@ Napi::Value Learner::Validate(const Napi::CallbackInfo& info) {
         auto all = torch::cat(logits, 0);
         PredsResult r;
         r.losses = c->lossFn(all, data.labels, true).to(torch::kCPU);
-        r.probs = torch::softmax(all, 1).to(torch::kCPU);
+        r.probs = c->activation(all).to(torch::kCPU);
         r.targets = data.labels.to(torch::kCPU);
         r.seconds = nowSeconds() - t0;
         return r;
@@ -143,7 +143,7 @@ Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
           auto chunk = toDevice(images.slice(0, s, std::min(n, s + c->bs)), c->net->device);
           auto params = augment ? drawAugParams(chunk.size(0), c->aug, c->gen) : identityAugParams(chunk.size(0));
           // stays on the device: one copy back at the end, so no chunk waits for the one before it
-          probs.push_back(torch::softmax(c->net->forward(c->inputs(chunk, params)).to(torch::kFloat32), 1));
+          probs.push_back(c->activation(c->net->forward(c->inputs(chunk, params)).to(torch::kFloat32)));
         }
         PredsResult r;
         r.probs = torch::cat(probs, 0).to(torch::kCPU);

@@ -124,6 +124,8 @@ export interface NativeLearnerOptions {
   trainBn?: boolean;
   bf16?: boolean;
   labelSmoothing?: number;
+  /** binary cross-entropy on multi-hot labels and sigmoid probabilities; fixed once data is set */
+  multiLabel?: boolean;
   classWeights?: Float32Array | null;
   mean?: number[];
   std?: number[];
@@ -137,7 +139,8 @@ export interface NativeLearnerOptions {
 }
 
 export interface NativeLearner {
-  setData(split: 'train' | 'valid', images: Uint8Array, labels: Int32Array, presize: number): void;
+  /** labels: class indices, or (multi-label) a Uint8Array of n * classes 0/1 values */
+  setData(split: 'train' | 'valid', images: Uint8Array, labels: Int32Array | Uint8Array, presize: number): void;
   setOptions(o: NativeLearnerOptions): void;
   freezeTo(n: number): void;
   trainEpoch(o: {

@@ -22,6 +22,8 @@ export type { AugOptions, ItemTransforms, ResizeMethod } from './data/transforms
 export type { ImageSource } from './data/images.js';
 export { accuracy, errorRate, precision, recall, f1Score, rocAuc, rocAucBinary, metric, confusionMatrix } from './metrics.js';
 export type { Average, Metric, MetricFn } from './metrics.js';
+export { accuracyMulti, precisionMulti, recallMulti, f1ScoreMulti, rocAucMulti, labelReport } from './multilabel.js';
+export type { LabelReport, MultiAverage } from './multilabel.js';
 export { Learner, visionLearner, DEFAULTS } from './learner/learner.js';
 export type { VisionLearnerOptions, OneCycleOptions, FitOptions, FitResult, LrFindResult, Preds, TestPreds, LossOptions } from './learner/learner.js';
 export type { Suggestions } from './learner/lrfind.js';
@@ -36,4 +38,5 @@ export { QueueFullError, ImageDecodeError, PredictBatcher } from './serving/batc
 export type { BatchingOptions, BatchRunner, PredictTiming } from './serving/batcher.js';
 export { TTA_DEFAULTS, type TtaOptions } from './tta.js';
 export type { Prediction, ExportInfo } from './inference.js';
+export type { Decoding } from './prediction.js';
 export { ClassificationInterpretation } from './interpret.js';

@@ -11,7 +11,7 @@ import { chromeTracePath, writeNativeTrace } from './learner/trace.js';
 import { lossesFromProbs, type TtaOptions } from './tta.js';
 import { DATA_DEFAULTS, type ResizeMethod } from './data/transforms.js';
 import { readWeightFile } from './weights/index.js';
-import { decode, EXPORT_FORMAT, gradcamPresized, predictFiles, predictPaths, type ExportInfo, type Prediction } from './prediction.js';
+import { decode, EXPORT_FORMAT, gradcamPresized, predictFiles, predictPaths, SINGLE_LABEL, type Decoding, type ExportInfo, type Prediction } from './prediction.js';
 import { decodeImage, describeSource } from './data/images.js';
 import { PredictBatcher, type BatchingOptions, type PredictTiming } from './serving/batcher.js';
 
@@ -21,6 +21,12 @@ export interface TimedPrediction extends Prediction {
 }
 
 export { EXPORT_FORMAT, type ExportInfo, type Prediction } from './prediction.js';
+
+function parseThresh(s: string | undefined): number {
+  const t = Number(s);
+  if (!(t > 0 && t < 1)) throw new Error(`thresh must be a number in (0, 1), got ${JSON.stringify(s)}`);
+  return t;
+}
 
 function parseExport(path: string, meta: Record<string, string>): ExportInfo {
   if (meta.format !== EXPORT_FORMAT) {
@@ -40,6 +46,8 @@ function parseExport(path: string, meta: Record<string, string>): ExportInfo {
       std: JSON.parse(meta.std),
       head: JSON.parse(meta.head),
       augment: JSON.parse(meta.augment),
+      // (exports before multi-label existed have no task: one label per image)
+      multiLabel: meta.task === 'multi-label' ? { thresh: parseThresh(meta.thresh) } : undefined,
     };
   } catch (e) {
     throw new Error(`${path}: damaged export metadata (${(e as Error).message})`);
@@ -62,7 +70,7 @@ export class InferenceLearner {
     this.#h = new NetHandle(net, 'this learner');
     net.loadStateDict(tensors.map((t) => ({ ...t, name: t.name.replace(/^model\./, '') })), { strict: true, source });
     this.#nat = new native.Learner(net, { device });
-    this.#nat.setOptions({ size: info.size, bs: o.bs ?? DATA_DEFAULTS.bs, mean: info.mean, std: info.std, aug: info.augment, bf16: device.startsWith('cuda') && usesBf16(device, o.precision), foldBatchNorm: o.foldBatchNorm ?? foldBatchNormDefault(device) });
+    this.#nat.setOptions({ multiLabel: Boolean(info.multiLabel), size: info.size, bs: o.bs ?? DATA_DEFAULTS.bs, mean: info.mean, std: info.std, aug: info.augment, bf16: device.startsWith('cuda') && usesBf16(device, o.precision), foldBatchNorm: o.foldBatchNorm ?? foldBatchNormDefault(device) });
     this.batcher = new PredictBatcher((images, n) => this.nat.predict(images, n, info.presize), {
       presize: info.presize,
       method: info.method,
@@ -75,6 +83,11 @@ export class InferenceLearner {
   /** The class names, in the order of the probabilities. */
   get vocab(): string[] {
     return this.info.vocab;
+  }
+
+  /** How predictions become labels: the most probable class, or (a multi-label export) every label above its threshold. */
+  get decoding(): Decoding {
+    return this.info.multiLabel ? { multiLabel: true, thresh: this.info.multiLabel.thresh } : SINGLE_LABEL;
   }
 
   private get nat(): NativeLearner {
@@ -90,7 +103,7 @@ export class InferenceLearner {
   async predict(image: ImageSource): Promise<TimedPrediction> {
     void this.nat; // (disposed: fail now, not in the batch)
     const { probs, timing } = await this.batcher.predict(image);
-    return { ...decode(probs, probs.length, this.vocab)[0], timing };
+    return { ...decode(probs, probs.length, this.vocab, this.decoding)[0], timing };
   }
 
   /** Grad-CAM (fast.ai v1) for one image: the map of the body's last stage for `classIdx` (default: the
@@ -107,14 +120,14 @@ export class InferenceLearner {
 
   /** Decodes in parallel and predicts in batches; an unreadable file is an error naming it. */
   async predictBatch(paths: ImageSource[]): Promise<Prediction[]> {
-    return predictPaths(this.nat, paths, { presize: this.info.presize, method: this.info.method }, this.vocab);
+    return predictPaths(this.nat, paths, { presize: this.info.presize, method: this.info.method }, this.vocab, this.decoding);
   }
 
   /** Like predictBatch, but an unreadable file does not fail the call: each entry is that file's
    * prediction or the reason it could not be read (the command line's folder predictions). */
   async predictEach(paths: ImageSource[]): Promise<(Prediction | { error: string })[]> {
     const r = await predictFiles(this.nat, paths, { presize: this.info.presize, method: this.info.method });
-    const preds = decode(r.probs, r.numClasses, this.vocab);
+    const preds = decode(r.probs, r.numClasses, this.vocab, this.decoding);
     const out: (Prediction | { error: string })[] = [];
     let f = 0;
     let k = 0;
@@ -133,20 +146,35 @@ export class InferenceLearner {
     if (o.trace) rmSync(chromeTracePath(o.trace), { force: true }); // not an old one mistaken for this call's
     const r = await this.nat.predict(images, n, this.info.presize, o.trace ? { trace: chromeTracePath(o.trace) } : undefined);
     if (o.trace && r.ops) writeNativeTrace(o.trace, this.device, 1, r.ops);
-    return decode(r.probs, r.numClasses, this.vocab);
+    return decode(r.probs, r.numClasses, this.vocab, this.decoding);
   }
 
   /** Probabilities for a list of files or a folder, and, when every item is labelled, targets and per-item
    * losses. A folder: its class sub-folders are labelled by their names (as `fromFolder` reads them), the
    * images lying in it are unlabelled (see `folderItems`). `tta`: fast.ai's test-time augmentation with the
    * training transforms recorded in the export (`true` for its defaults, n 4 and beta 0.25). */
-  async getPreds(itemsOrFolder: { path: string; label?: string }[] | string, o: { tta?: TtaOptions | boolean } = {}): Promise<{ probs: Float32Array; numClasses: number; targets?: Int32Array; losses?: Float32Array; skipped: { path: string; reason: string }[] }> {
-    const items = typeof itemsOrFolder === 'string' ? folderItems(itemsOrFolder).items : itemsOrFolder;
+  async getPreds(
+    itemsOrFolder: { path: string; label?: string; labels?: string[] }[] | string,
+    o: { tta?: TtaOptions | boolean } = {},
+  ): Promise<{ probs: Float32Array; numClasses: number; targets?: Int32Array; losses?: Float32Array; skipped: { path: string; reason: string }[] }> {
+    const items: { path: string; label?: string; labels?: string[] }[] = typeof itemsOrFolder === 'string' ? folderItems(itemsOrFolder).items : itemsOrFolder;
     if (items.length === 0) throw new Error(`getPreds: no images${typeof itemsOrFolder === 'string' ? ` in ${itemsOrFolder}` : ' (the item list is empty)'}`);
     const tta = o.tta === true ? {} : o.tta || undefined;
     const r = await predictFiles(this.nat, items.map((i) => i.path), { presize: this.info.presize, method: this.info.method, tta });
-    const labelled = items.every((i) => i.label !== undefined);
+    const multi = Boolean(this.info.multiLabel);
+    const labelled = items.every((i) => (multi ? i.labels !== undefined : i.label !== undefined));
     if (!labelled) return { probs: r.probs, numClasses: r.numClasses, skipped: r.failed };
+    if (multi) {
+      // targets: n * c values of 0/1 (the metrics of src/multilabel.ts take them so)
+      const targets = Int32Array.from(
+        r.ok.flatMap((i) => {
+          const ls = items[i].labels!;
+          for (const l of ls) if (!this.vocab.includes(l)) throw new Error(`label '${l}' of ${items[i].path} is not in the vocab [${this.vocab.join(', ')}]`);
+          return this.vocab.map((v) => +ls.includes(v));
+        }),
+      );
+      return { probs: r.probs, numClasses: r.numClasses, targets, losses: lossesFromProbs(r.probs, targets, r.numClasses, true), skipped: r.failed };
+    }
     const targets = Int32Array.from(r.ok, (i) => {
       const t = this.vocab.indexOf(items[i].label!);
       if (t < 0) throw new Error(`label '${items[i].label}' of ${items[i].path} is not in the vocab [${this.vocab.join(', ')}]`);

@@ -14,6 +14,8 @@ export interface Metric {
   fn: MetricFn;
   /** Refuses a number of classes the metric cannot score (the learner calls it before training). */
   check?: (numClasses: number) => void;
+  /** true: scores multi-label predictions (targets are n * c 0/1 values); false: one class per image; absent: either */
+  multiLabel?: boolean;
 }
 
 export function argmax(probs: Float32Array, numClasses: number): Int32Array {
@@ -75,6 +77,7 @@ function averaged(name: string, score: Score, o: { average?: Average; posLabel?:
     name,
     better: 'higher',
     check,
+    multiLabel: false,
     fn: (p, t, c) => {
       check(c);
       const { tp, predicted, actual } = classCounts(p, t, c);
@@ -92,12 +95,12 @@ function averaged(name: string, score: Score, o: { average?: Average; posLabel?:
 
 /** The fraction of images whose most probable class is the target. */
 export function accuracy(): Metric {
-  return { name: 'accuracy', better: 'higher', fn: (p, t, c) => { const pr = argmax(p, c); let k = 0; t.forEach((y, i) => (k += +(pr[i] === y))); return k / t.length; } };
+  return { name: 'accuracy', better: 'higher', multiLabel: false, fn: (p, t, c) => { const pr = argmax(p, c); let k = 0; t.forEach((y, i) => (k += +(pr[i] === y))); return k / t.length; } };
 }
 /** 1 - accuracy. */
 export function errorRate(): Metric {
   const a = accuracy().fn;
-  return { name: 'error_rate', better: 'lower', fn: (p, t, c) => 1 - a(p, t, c) };
+  return { name: 'error_rate', better: 'lower', multiLabel: false, fn: (p, t, c) => 1 - a(p, t, c) };
 }
 /** sklearn's precision_score(average, pos_label); default 'binary' with pos_label 1, as fast.ai's Precision. */
 export function precision(o: { average?: Average; posLabel?: number } = {}): Metric {
@@ -114,7 +117,7 @@ export function f1Score(o: { average?: Average; posLabel?: number } = {}): Metri
 
 /** ROC AUC of one score against a yes/no target (Mann-Whitney U with average ranks for ties); NaN when
  * one side is empty. */
-function aucOf(scores: ArrayLike<number>, isPos: ArrayLike<boolean>): number {
+export function aucOf(scores: ArrayLike<number>, isPos: ArrayLike<boolean>): number {
   const scored = Array.from(scores, (s, i) => ({ s, y: isPos[i] }));
   const nPos = scored.filter((x) => x.y).length;
   const nNeg = scored.length - nPos;
@@ -137,6 +140,7 @@ export function rocAucBinary(o: { posLabel?: number } = {}): Metric {
   return {
     name: 'roc_auc_score',
     better: 'higher',
+    multiLabel: false,
     fn: (p, t, c) => aucOf(Array.from(t, (_y, i) => p[i * c + pos]), Array.from(t, (y) => y === pos)),
   };
 }
@@ -150,6 +154,7 @@ export function rocAuc(o: { average?: 'macro' | 'weighted' } = {}): Metric {
   return {
     name: 'roc_auc_score',
     better: 'higher',
+    multiLabel: false,
     fn: (p, t, c) => {
       if (c === 2) return aucOf(Array.from(t, (_y, i) => p[i * c + 1]), Array.from(t, (y) => y === 1));
       let sum = 0;

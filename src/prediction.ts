@@ -23,13 +23,24 @@ export interface ExportInfo {
   std: number[];
   head: { hidden?: number; ps?: number; concatPool?: boolean; linearBias?: boolean };
   augment: AugOptions | null;
+  /** multi-label classification, and the probability above which a label is predicted */
+  multiLabel?: { thresh: number };
 }
 
-/** One image's prediction: the label, its index and every class's probability. */
+/** How probabilities become labels: the most probable class, or (multi-label) every label above `thresh`. */
+export type Decoding = { multiLabel: false } | { multiLabel: true; thresh: number };
+/** One label per image. */
+export const SINGLE_LABEL: Decoding = { multiLabel: false };
+
+/** One image's prediction: the label, its index and every class's probability (multi-label: each label's). */
 export interface Prediction {
+  /** the predicted class; multi-label: the predicted labels joined by ';' ('' when none is above the threshold) */
   label: string;
+  /** the most probable class's index */
   index: number;
   probs: Float32Array;
+  /** multi-label: every label whose probability is above the threshold, in vocab order */
+  labels?: string[];
 }
 
 function packageVersion(): string {
@@ -52,6 +63,8 @@ export function exportMetadata(info: ExportInfo): Record<string, string> {
     std: JSON.stringify(info.std),
     head: JSON.stringify(info.head),
     augment: JSON.stringify(info.augment),
+    task: info.multiLabel ? 'multi-label' : 'single-label',
+    ...(info.multiLabel ? { thresh: String(info.multiLabel.thresh) } : {}),
     torchlearnVersion: packageVersion(),
     torchVersion: torchInfo().torchVersion,
   };
@@ -78,10 +91,16 @@ export async function predictFiles(
 }
 
 /** Files to decoded predictions; an unreadable file is an error naming it. */
-export async function predictPaths(nat: NativeLearner, paths: ImageSource[], o: { presize: number; method: ResizeMethod }, vocab: string[]): Promise<Prediction[]> {
+export async function predictPaths(
+  nat: NativeLearner,
+  paths: ImageSource[],
+  o: { presize: number; method: ResizeMethod },
+  vocab: string[],
+  how: Decoding = SINGLE_LABEL,
+): Promise<Prediction[]> {
   const r = await predictFiles(nat, paths, o);
   if (r.failed.length) throw new Error(`cannot read image ${r.failed[0].path}: ${r.failed[0].reason}`);
-  return decode(r.probs, r.numClasses, vocab);
+  return decode(r.probs, r.numClasses, vocab, how);
 }
 
 /** Grad-CAM on one presized uint8 image through a native learner: the map for `classIdx`, or for the predicted
@@ -95,13 +114,18 @@ export async function gradcamPresized(nat: NativeLearner, image: Uint8Array, pre
   return { ...(await nat.gradCam(image, presize, cls)), classIdx: cls };
 }
 
-export function decode(probs: Float32Array, c: number, vocab: string[]): Prediction[] {
+export function decode(probs: Float32Array, c: number, vocab: string[], how: Decoding = SINGLE_LABEL): Prediction[] {
   const out: Prediction[] = [];
   for (let i = 0; i < probs.length / c; i++) {
     const row = probs.slice(i * c, (i + 1) * c);
     let k = 0;
     row.forEach((v, j) => (v > row[k] ? (k = j) : 0));
-    out.push({ label: vocab[k], index: k, probs: row });
+    if (how.multiLabel) {
+      const labels = vocab.filter((_v, j) => row[j] > how.thresh);
+      out.push({ label: labels.join(';'), index: k, probs: row, labels });
+    } else {
+      out.push({ label: vocab[k], index: k, probs: row });
+    }
   }
   return out;
 }

@@ -27,7 +27,14 @@ export async function ttaProbs(plain: Float32Array, augmentedPass: () => Promise
   return acc.map((a, i) => (1 - beta) * a + beta * plain[i]);
 }
 
-/** Per-item cross-entropy from probabilities: -log p[target] (clamped, so a zero probability stays finite). */
-export function lossesFromProbs(probs: Float32Array, targets: Int32Array, numClasses: number): Float32Array {
-  return Float32Array.from(targets, (t, i) => -Math.log(Math.max(1e-30, probs[i * numClasses + t])));
+/** Per-item cross-entropy from probabilities: -log p[target] (clamped, so a zero probability stays finite);
+ * multi-label (targets n * c of 0/1), the binary cross-entropy averaged over the item's labels. */
+export function lossesFromProbs(probs: Float32Array, targets: Int32Array, numClasses: number, multiLabel = false): Float32Array {
+  const log = (p: number) => Math.log(Math.max(1e-30, p));
+  if (!multiLabel) return Float32Array.from(targets, (t, i) => -log(probs[i * numClasses + t]));
+  return Float32Array.from({ length: targets.length / numClasses }, (_v, i) => {
+    let s = 0;
+    for (let k = i * numClasses; k < (i + 1) * numClasses; k++) s -= targets[k] ? log(probs[k]) : log(1 - probs[k]);
+    return s / numClasses;
+  });
 }

@@ -67,7 +67,10 @@ describe('data sources', () => {
     writeFileSync(badFlag, 'file,finding,v\nhorizontal/horizontal-0,horizontal,maybe\n');
     await expect(ImageDataLoaders.fromCsv(badFlag, { validCol: 'v' })).rejects.toThrow(/flag\.csv, line 2, column 'v': 'maybe' is not a validation flag/);
     await expect(ImageDataLoaders.fromCsv(join(dir, 'nope.csv'))).rejects.toThrow(/nope\.csv: cannot read the CSV file \(ENOENT\)/);
-    await expect(ImageDataLoaders.fromTable(rows, { fnCol: 'file', labelCol: 'finding', labelDelim: '|' })).rejects.toThrow(/multi-label classification is not supported yet/);
+    // multi-label tables (test/multilabel.test.ts trains on one): a delimiter must be something, a cell must hold a label
+    await expect(ImageDataLoaders.fromTable(rows, { fnCol: 'file', labelCol: 'finding', labelDelim: '' })).rejects.toThrow(/labelDelim must not be empty/);
+    const onlyDelims = rows.map((r, i) => (i === 0 ? { ...r, finding: ' | ' } : r));
+    await expect(ImageDataLoaders.fromTable(onlyDelims, { fnCol: 'file', labelCol: 'finding', labelDelim: '|' })).rejects.toThrow(/the table, row 0 \([^)]*\): the label column 'finding' holds no label between the delimiters '\|'/);
   });
 
   it('fromNameFunc and fromPathRe label by the path; explicit validation indices; a pattern that matches nothing names the file', async () => {

@@ -9,10 +9,12 @@ import { csvItems, grandparentItems, isValidCell, nameFuncItems, pathReItems, ta
 import { groupSplit, randomSplit, rng, shuffle } from './split.js';
 import { augTransforms, DATA_DEFAULTS, defaultPresize, imagenetStats, withItemTfms, type AugOptions, type ItemTransforms, type ResizeMethod } from './transforms.js';
 
-/** One labelled image: its path and its class name. */
+/** One labelled image: its path and its class name (multi-label: `labels`, and `label` their joined text). */
 export interface Item {
   path: string;
   label: string;
+  /** multi-label classification: the image's labels (fromCsv / fromTable with labelDelim) */
+  labels?: string[];
   [key: string]: unknown;
 }
 
@@ -58,12 +60,19 @@ export interface Skipped {
 export class DataSplit {
   constructor(
     readonly items: Item[],
+    /** each image's class index (multi-label: -1, the labels being in `multiHot`) */
     readonly labels: Int32Array,
     /** uint8 [n, presize, presize, 3] */
     readonly images: Uint8Array,
     readonly bs: number,
     readonly train: boolean,
+    /** multi-label classification: 1 where image i has label k, at i * vocab.length + k; null for one label per image */
+    readonly multiHot: Uint8Array | null = null,
   ) {}
+  /** What the loss and the metrics compare with: the class indices, or the multi-hot rows as 0/1 (n * c). */
+  get targets(): Int32Array {
+    return this.multiHot ? Int32Array.from(this.multiHot) : this.labels;
+  }
   /** number of items */
   get n(): number {
     return this.items.length;
@@ -73,10 +82,11 @@ export class DataSplit {
     if (this.n === 0) return 0;
     return this.train ? Math.max(1, Math.floor(this.n / this.bs)) : Math.ceil(this.n / this.bs);
   }
-  /** The number of images of each class in this split. */
+  /** The number of images of each class (multi-label: of each label) in this split. */
   classCounts(vocab: string[]): Record<string, number> {
     const c: Record<string, number> = Object.fromEntries(vocab.map((v) => [v, 0]));
-    this.labels.forEach((l) => c[vocab[l]]++);
+    if (this.multiHot) this.multiHot.forEach((h, j) => (c[vocab[j % vocab.length]] += h));
+    else this.labels.forEach((l) => c[vocab[l]]++);
     return c;
   }
 }
@@ -95,8 +105,9 @@ export class TestSet extends DataSplit {
     readonly skipped: Skipped[],
     /** the presize the images were decoded at (the loaders' at the time) */
     readonly presize: number,
+    multiHot: Uint8Array | null = null,
   ) {
-    super(items, labels, images, bs, false);
+    super(items, labels, images, bs, false, multiHot);
   }
 }
 
@@ -231,13 +242,18 @@ export class ImageDataLoaders {
   }
 
   static async #fromSourced(s: Sourced, opts: DataLoadersOptions): Promise<ImageDataLoaders> {
-    if (s.multiLabel) throw new Error('labelDelim: multi-label classification is not supported yet; give each image one label');
     return ImageDataLoaders.fromItems(s.items, s.validIdx ? { ...opts, validIdx: opts.validIdx ?? s.validIdx } : opts);
   }
 
-  /** Items with a path and a label (and any keys to split by, e.g. patient). */
-  static async fromItems(itemList: readonly { path: string; label: string }[], opts: DataLoadersOptions = {}): Promise<ImageDataLoaders> {
+  /** Items with a path and a label (and any keys to split by, e.g. patient); items with `labels` (every item)
+   * make the loaders multi-label. */
+  static async fromItems(itemList: readonly { path: string; label: string; labels?: string[] }[], opts: DataLoadersOptions = {}): Promise<ImageDataLoaders> {
     const items = itemList as Item[];
+    const multi = items.some((i) => i.labels !== undefined);
+    if (multi) {
+      const bad = items.find((i) => !Array.isArray(i.labels) || i.labels.length === 0 || i.labels.some((l) => typeof l !== 'string' || l === ''));
+      if (bad) throw new Error(`${bad.path}: in multi-label data every item needs a non-empty list of labels (labels: ${JSON.stringify(bad.labels)})`);
+    }
     const size = opts.size ?? DATA_DEFAULTS.size;
     const bs = opts.bs ?? DATA_DEFAULTS.bs;
     const validPct = opts.validPct ?? DATA_DEFAULTS.validPct;
@@ -268,11 +284,16 @@ export class ImageDataLoaders {
       }
     });
     if (good.length === 0) throw new Error(`none of the ${items.length} images could be read (first: ${skipped[0].path}: ${skipped[0].reason})`);
-    const vocab = opts.vocab ?? [...new Set(items.map((i) => i.label))].sort();
-    for (const v of new Set(items.map((i) => i.label))) if (!vocab.includes(v)) throw new Error(`label '${v}' is not in the vocab [${vocab.join(', ')}]`);
-    for (const v of vocab) if (!good.some((g) => g.item.label === v)) throw new Error(`the class '${v}' has no readable images`);
-    if (vocab.length < 2) throw new Error(`only one class in the data ('${vocab[0]}', ${good.length} images): a classifier needs at least two`);
-    const labels = good.map((g) => vocab.indexOf(g.item.label));
+    const labelsOf = (i: Item) => (multi ? i.labels! : [i.label]);
+    const vocab = opts.vocab ?? [...new Set(items.flatMap(labelsOf))].sort();
+    for (const v of new Set(items.flatMap(labelsOf))) if (!vocab.includes(v)) throw new Error(`label '${v}' is not in the vocab [${vocab.join(', ')}]`);
+    for (const v of vocab) if (!good.some((g) => labelsOf(g.item).includes(v))) throw new Error(`the ${multi ? 'label' : 'class'} '${v}' has no readable images`);
+    if (vocab.length < 2)
+      throw new Error(multi ? `only one label in the data ('${vocab[0]}'): a multi-label classifier needs at least two` : `only one class in the data ('${vocab[0]}', ${good.length} images): a classifier needs at least two`);
+    const labels = good.map((g) => (multi ? -1 : vocab.indexOf(g.item.label)));
+    const hot = multi ? good.map((g) => vocab.map((v) => +g.item.labels!.includes(v))) : null;
+    // the groups are stratified by class: multi-label, by each image's set of labels
+    const strata = multi ? (() => { const sets = [...new Set(good.map((g) => g.item.labels!.slice().sort().join('\u0000')))].sort(); return good.map((g) => sets.indexOf(g.item.labels!.slice().sort().join('\u0000'))); })() : labels;
 
     let split: { train: number[]; valid: number[] };
     let groups: { train: number; valid: number } | null = null;
@@ -297,7 +318,7 @@ export class ImageDataLoaders {
         if (v === undefined || v === null || v === '') throw new Error(`splitBy: ${g.item.path} has no group (${typeof key === 'string' ? `item key '${key}'` : 'function returned nothing'})`);
         return String(v);
       });
-      const s = groupSplit(gs, labels, validPct, seed);
+      const s = groupSplit(gs, strata, validPct, seed);
       split = s;
       groups = { train: s.trainGroups.size, valid: s.validGroups.size };
     } else {
@@ -306,17 +327,19 @@ export class ImageDataLoaders {
     if (split.train.length === 0) throw new Error(`no training images: all ${good.length} readable images are in the validation set`);
     // what can train but may not be what was meant
     const warnings: string[] = [];
-    const inTrain = new Set(split.train.map((i) => labels[i]));
-    const inValid = new Set(split.valid.map((i) => labels[i]));
+    const present = (idx: number[]) => new Set(idx.flatMap((i) => (hot ? hot[i].flatMap((h, c) => (h ? [c] : [])) : [labels[i]])));
+    const inTrain = present(split.train);
+    const inValid = present(split.valid);
+    const kind = multi ? 'label' : 'class';
     for (let c = 0; c < vocab.length; c++) {
-      if (!inTrain.has(c)) warnings.push(`the training set has no images of class '${vocab[c]}': the model cannot learn it`);
-      else if (split.valid.length && !inValid.has(c)) warnings.push(`the validation set has no images of class '${vocab[c]}': its metrics will not measure that class`);
+      if (!inTrain.has(c)) warnings.push(`the training set has no images of ${kind} '${vocab[c]}': the model cannot learn it`);
+      else if (split.valid.length && !inValid.has(c)) warnings.push(`the validation set has no images of ${kind} '${vocab[c]}': its metrics will not measure that ${kind}`);
     }
     if (!opts.quiet) for (const w of warnings) console.warn(`torchlearn: ${w}`);
     const make = (idx: number[], train: boolean) => {
       const img = new Uint8Array(idx.length * presize * presize * 3);
       idx.forEach((i, k) => img.set(good[i].data, k * presize * presize * 3));
-      return new DataSplit(idx.map((i) => good[i].item), Int32Array.from(idx.map((i) => labels[i])), img, bs, train);
+      return new DataSplit(idx.map((i) => good[i].item), Int32Array.from(idx.map((i) => labels[i])), img, bs, train, hot ? Uint8Array.from(idx.flatMap((i) => hot[i])) : null);
     };
     return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, presize, method, augment, normalize, seed, skipped, groups, opts.device ?? 'auto', warnings);
   }
@@ -351,9 +374,14 @@ export class ImageDataLoaders {
     return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, p, 'crop', augment, normalize, opts.seed ?? 42, [], null, opts.device ?? 'auto');
   }
 
-  /** The number of classes. */
+  /** The number of classes (multi-label: of labels). */
   get c(): number {
     return this.vocab.length;
+  }
+
+  /** Each image has a set of labels (fromCsv / fromTable with labelDelim): binary cross-entropy, sigmoid probabilities. */
+  get multiLabel(): boolean {
+    return this.train.multiHot !== null;
   }
 
   /**
@@ -361,12 +389,15 @@ export class ImageDataLoaders {
    * reads it, or a list of paths or `{ path, label }` items), decoded and resized as the validation set.
    * Unreadable images are skipped and counted; labels outside the vocab are refused.
    */
-  async testDl(src: string | readonly (string | { path: string; label?: string })[], o: { quiet?: boolean } = {}): Promise<TestSet> {
-    const list = typeof src === 'string' ? folderItems(src).items : src.map((s) => (typeof s === 'string' ? { path: s } : s));
+  async testDl(src: string | readonly (string | { path: string; label?: string; labels?: string[] })[], o: { quiet?: boolean } = {}): Promise<TestSet> {
+    const list: { path: string; label?: string; labels?: string[] }[] = typeof src === 'string' ? folderItems(src).items : src.map((s) => (typeof s === 'string' ? { path: s } : s));
     if (list.length === 0) throw new Error(`testDl: no images${typeof src === 'string' ? ` in ${src}` : ' (the list is empty)'}`);
-    const labelled = list.every((i) => i.label !== undefined);
+    // multi-label loaders: labelled items carry `labels` (a folder's class names are single labels)
+    const labelsOf = (i: { label?: string; labels?: string[] }) => (this.multiLabel ? i.labels : i.label === undefined ? undefined : [i.label]);
+    const labelled = list.every((i) => labelsOf(i) !== undefined);
     if (labelled)
-      for (const i of list) if (!this.vocab.includes(i.label!)) throw new Error(`testDl: ${i.path} has the label '${i.label}', not one of the vocab [${this.vocab.join(', ')}]`);
+      for (const i of list)
+        for (const l of labelsOf(i)!) if (!this.vocab.includes(l)) throw new Error(`testDl: ${i.path} has the label '${l}', not one of the vocab [${this.vocab.join(', ')}]`);
     const p = this.presize;
     const decoded = await decodeAll(list.map((i) => i.path), p, this.method);
     const skipped: Skipped[] = [];
@@ -381,9 +412,10 @@ export class ImageDataLoaders {
     if (ok.length === 0) throw new Error(`testDl: none of the ${list.length} images could be read (first: ${skipped[0].path}: ${skipped[0].reason})`);
     const images = new Uint8Array(ok.length * p * p * 3);
     ok.forEach((k, j) => images.set((decoded[k] as { data: Buffer }).data, j * p * p * 3));
-    const items = ok.map((k) => ({ ...list[k], label: list[k].label ?? '' }));
-    const labels = Int32Array.from(items, (i) => (labelled ? this.vocab.indexOf(i.label) : -1));
-    return new TestSet(items, labels, images, this.bs, labelled, skipped, p);
+    const items = ok.map((k) => ({ ...list[k], label: list[k].label ?? list[k].labels?.join(';') ?? '' }));
+    const labels = Int32Array.from(items, (i) => (labelled && !this.multiLabel ? this.vocab.indexOf(i.label) : -1));
+    const hot = this.multiLabel && labelled ? Uint8Array.from(ok.flatMap((k) => this.vocab.map((v) => +list[k].labels!.includes(v)))) : null;
+    return new TestSet(items, labels, images, this.bs, labelled, skipped, p, hot);
   }
 
   /**
@@ -405,7 +437,7 @@ export class ImageDataLoaders {
     const tiles = Array.from({ length: n }, (_, i) => ({
       rgb: out.subarray(i * s * s * 3, (i + 1) * s * s * 3),
       size: s,
-      title: this.vocab[split.labels[pick[i]]],
+      title: split.multiHot ? this.vocab.filter((_v, k) => split.multiHot![pick[i] * this.c + k]).join('; ') : this.vocab[split.labels[pick[i]]],
     }));
     return writeGrid(tiles, o.path);
   }

@@ -12,7 +12,7 @@ import { cachedWeightFile, hubCacheDir, pretrainedFileName, weightsBaseUrl, WEIG
 import { lrFindSpec, renderChart } from '../plot/charts.js';
 import { writeGrid } from '../plot/grid.js';
 import { readWeightFile, writeWeightFileAsync } from '../weights/index.js';
-import { decode, exportMetadata, gradcamPresized, predictPaths, type Prediction } from '../prediction.js';
+import { decode, exportMetadata, gradcamPresized, predictPaths, type Decoding, type Prediction } from '../prediction.js';
 import type { Metric } from '../metrics.js';
 import type { BatchInfo, Callback, EpochInfo } from './callbacks.js';
 import { suggest, type Suggestions } from './lrfind.js';
@@ -22,11 +22,14 @@ import { lrPerGroup, type LrSpec } from './schedule.js';
 import { chromeTracePath, writeNativeTrace } from './trace.js';
 import { lossesFromProbs, ttaProbs, type TtaOptions } from '../tta.js';
 
-/** The loss: cross-entropy with these options. */
+/** The loss: cross-entropy with these options; for multi-label loaders, binary cross-entropy on each label
+ * (fast.ai's BCEWithLogitsLossFlat), which takes `thresh` only. */
 export interface LossOptions {
   /** per-class weights of the cross-entropy (e.g. inverse class frequency for imbalance) */
   classWeights?: number[];
   labelSmoothing?: number;
+  /** multi-label: the probability above which predict() gives a label (fast.ai's BCEWithLogitsLossFlat thresh, default 0.5) */
+  thresh?: number;
 }
 
 /** Options of `visionLearner` and `new Learner`. */
@@ -211,6 +214,8 @@ export class Learner {
   readonly metrics: Metric[];
   readonly device: string;
   readonly bf16: boolean;
+  /** each image has a set of labels (the loaders' multiLabel): binary cross-entropy, sigmoid probabilities */
+  readonly multiLabel: boolean;
   readonly modelDir: string;
   readonly recorder = new Recorder();
   readonly pretrained: boolean;
@@ -246,6 +251,17 @@ export class Learner {
     this.#verbose = opts.verbose ?? true;
     this.#logger = opts.logger ?? ((l) => console.log(l));
     this.#lossOpts = opts.lossFunc ?? {};
+    this.multiLabel = dls.multiLabel;
+    const thresh = this.#lossOpts.thresh;
+    if (thresh !== undefined && !(thresh > 0 && thresh < 1)) throw new Error(`lossFunc.thresh must be in (0, 1), got ${thresh}`);
+    if (thresh !== undefined && !this.multiLabel) throw new Error('lossFunc.thresh is for multi-label data (fromCsv / fromTable with labelDelim)');
+    if (this.multiLabel && (this.#lossOpts.classWeights || this.#lossOpts.labelSmoothing))
+      throw new Error('lossFunc.classWeights and labelSmoothing are for single-label classification; multi-label data train with binary cross-entropy, which takes neither');
+    for (const m of this.metrics) {
+      if (m.multiLabel === false && this.multiLabel)
+        throw new Error(`the metric ${m.name} scores one class per image; these data are multi-label: use accuracyMulti(), precisionMulti(), recallMulti(), f1ScoreMulti() or rocAucMulti()`);
+      if (m.multiLabel === true && !this.multiLabel) throw new Error(`the metric ${m.name} is for multi-label data; these data have one class per image`);
+    }
     this.#bs = dls.bs;
     this.#head = opts.head ?? {};
     if (opts.seed !== undefined) manualSeed(opts.seed);
@@ -261,6 +277,7 @@ export class Learner {
     const cw = this.#lossOpts.classWeights;
     if (cw && cw.length !== dls.c) throw new Error(`lossFunc.classWeights needs ${dls.c} values (one per class), got ${cw.length}`);
     this.#native.setOptions({
+      multiLabel: this.multiLabel,
       bs: dls.bs,
       size: dls.size,
       aug: dls.augment,
@@ -277,8 +294,8 @@ export class Learner {
       foldBatchNorm: opts.foldBatchNorm ?? foldBatchNormDefault(this.device),
       fusedAdam: opts.fusedAdam ?? (this.device.startsWith('cuda') && torchInfo().fusedAdam),
     });
-    this.#native.setData('train', dls.train.images, dls.train.labels, dls.presize);
-    if (dls.valid.n) this.#native.setData('valid', dls.valid.images, dls.valid.labels, dls.presize);
+    this.#native.setData('train', dls.train.images, dls.train.multiHot ?? dls.train.labels, dls.presize);
+    if (dls.valid.n) this.#native.setData('valid', dls.valid.images, dls.valid.multiHot ?? dls.valid.labels, dls.presize);
     if (this.pretrained) this.freeze();
     else this.#native.freezeTo(0);
   }
@@ -580,11 +597,17 @@ export class Learner {
     if (this.#busy) throw new Error('learn.dls =: a fit, lrFind or validation is running: await it first');
     if (d.vocab.length !== this.#dls.vocab.length || d.vocab.some((v, i) => v !== this.#dls.vocab[i]))
       throw new Error(`learn.dls =: the new loaders' classes [${d.vocab.join(', ')}] are not the learner's [${this.#dls.vocab.join(', ')}]`);
+    if (d.multiLabel !== this.multiLabel) throw new Error(`learn.dls =: the new loaders are ${d.multiLabel ? '' : 'not '}multi-label and the learner's are ${this.multiLabel ? '' : 'not'}`);
     this.nat.setOptions({ bs: d.bs, size: d.size, aug: d.augment, mean: d.normalize.mean, std: d.normalize.std });
-    this.nat.setData('train', d.train.images, d.train.labels, d.presize);
-    this.nat.setData('valid', d.valid.images, d.valid.labels, d.presize);
+    this.nat.setData('train', d.train.images, d.train.multiHot ?? d.train.labels, d.presize);
+    this.nat.setData('valid', d.valid.images, d.valid.multiHot ?? d.valid.labels, d.presize);
     this.#dls = d;
     this.#bs = d.bs;
+  }
+
+  /** How predictions become labels: the most probable class, or (multi-label) every label above lossFunc.thresh. */
+  get decoding(): Decoding {
+    return this.multiLabel ? { multiLabel: true, thresh: this.#lossOpts.thresh ?? 0.5 } : { multiLabel: false };
   }
 
   /** The batch size used by fit, lrFind and validation (defaults to the DataLoaders'). */
@@ -636,7 +659,7 @@ export class Learner {
     try {
       const r = await this.nat.predict(dl.images, dl.n, dl.presize);
       if (!dl.labelled) return { probs: r.probs, numClasses: r.numClasses };
-      return { probs: r.probs, numClasses: r.numClasses, targets: dl.labels, losses: lossesFromProbs(r.probs, dl.labels, r.numClasses) };
+      return { probs: r.probs, numClasses: r.numClasses, targets: dl.targets, losses: lossesFromProbs(r.probs, dl.targets, r.numClasses, this.multiLabel) };
     } finally {
       this.#busy = false;
     }
@@ -679,7 +702,7 @@ export class Learner {
   async tta(o: TtaOptions = {}): Promise<Preds> {
     const plain = await this.getPreds();
     const probs = await ttaProbs(plain.probs, async () => (await this.getPreds({ augment: true })).probs, o);
-    return { probs, numClasses: plain.numClasses, targets: plain.targets, losses: lossesFromProbs(probs, plain.targets, plain.numClasses) };
+    return { probs, numClasses: plain.numClasses, targets: plain.targets, losses: lossesFromProbs(probs, plain.targets, plain.numClasses, this.multiLabel) };
   }
 
   /**
@@ -787,7 +810,14 @@ export class Learner {
   async export(path = 'export.safetensors'): Promise<string> {
     const d = this.dls;
     const tensors = await this.nat.getState(false);
-    await writeWeightFileAsync(path, tensors, exportMetadata({ arch: this.arch, vocab: d.vocab, size: d.size, presize: d.presize, method: d.method, mean: d.normalize.mean, std: d.normalize.std, head: this.#head, augment: d.augment }));
+    await writeWeightFileAsync(
+      path,
+      tensors,
+      exportMetadata({
+        arch: this.arch, vocab: d.vocab, size: d.size, presize: d.presize, method: d.method, mean: d.normalize.mean, std: d.normalize.std, head: this.#head, augment: d.augment,
+        multiLabel: this.decoding.multiLabel ? { thresh: this.decoding.thresh } : undefined,
+      }),
+    );
     return path;
   }
 
@@ -800,7 +830,7 @@ export class Learner {
   async predictBatch(paths: ImageSource[]): Promise<Prediction[]> {
     this.#enter();
     try {
-      return await predictPaths(this.nat, paths, { presize: this.dls.presize, method: this.dls.method }, this.dls.vocab);
+      return await predictPaths(this.nat, paths, { presize: this.dls.presize, method: this.dls.method }, this.dls.vocab, this.decoding);
     } finally {
       this.#busy = false;
     }
@@ -821,14 +851,14 @@ export class Learner {
     let preds: Prediction[];
     try {
       const r = await this.nat.predict(imgs, n, p);
-      preds = decode(r.probs, r.numClasses, this.dls.vocab);
+      preds = decode(r.probs, r.numClasses, this.dls.vocab, this.decoding);
     } finally {
       this.#busy = false;
     }
     const shown = native.augmentImages(imgs, n, p, s, {});
     let correct = 0;
     const tiles = preds.map((pred, i) => {
-      const actual = this.dls.vocab[valid.labels[i]];
+      const actual = valid.multiHot ? this.dls.vocab.filter((_v, k) => valid.multiHot![i * this.dls.c + k]).join(';') : this.dls.vocab[valid.labels[i]];
       if (actual === pred.label) correct++;
       return { rgb: shown.subarray(i * s * s * 3, (i + 1) * s * s * 3), size: s, title: `${actual}\n${pred.label}`, titleColor: actual === pred.label ? '#1a7f37' : '#c62828' };
     });

@@ -1,5 +1,5 @@
 // Small generated image sets for the tests.
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { ImageDataLoaders, type Learner } from '../../src/index.js';
@@ -59,4 +59,32 @@ export async function finiteWeights(l: Learner): Promise<boolean> {
 export async function stripesLoaders(dir: string): Promise<ImageDataLoaders> {
   await makeStripes(join(dir, 's'), 24, 48);
   return ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 40, bs: 8, seed: 3 });
+}
+
+/**
+ * Multi-label images: stripes in the top half ('top'), in the bottom half ('bottom'), or both, over grey (a
+ * horizontal flip keeps each label). Writes the PNGs and labels.csv (file,labels,is_valid; labels separated
+ * by a space, every fifth row validating). Returns the rows.
+ */
+export async function makeHalves(dir: string, n: number, size = 48, seed = 1): Promise<{ file: string; labels: string[] }[]> {
+  let s = seed;
+  const rand = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
+  mkdirSync(join(dir, 'images'), { recursive: true });
+  const rows: { file: string; labels: string[]; valid: boolean }[] = [];
+  for (let k = 0; k < n; k++) {
+    const labels = [['top'], ['bottom'], ['top', 'bottom']][k % 3];
+    const period = 4 + Math.floor(rand() * 4);
+    const px = Buffer.alloc(size * size * 3);
+    for (let y = 0; y < size; y++)
+      for (let x = 0; x < size; x++) {
+        const half = y < size / 2 ? 'top' : 'bottom';
+        const v = labels.includes(half) ? (Math.floor(y / (period / 2)) % 2 ? 220 : 40) : 128;
+        for (let c = 0; c < 3; c++) px[(y * size + x) * 3 + c] = Math.max(0, Math.min(255, v + Math.floor(rand() * 16) - 8));
+      }
+    const file = `img-${k}.png`;
+    await sharp(px, { raw: { width: size, height: size, channels: 3 } }).png().toFile(join(dir, 'images', file));
+    rows.push({ file, labels, valid: k % 5 === 4 });
+  }
+  writeFileSync(join(dir, 'labels.csv'), 'file,labels,is_valid\n' + rows.map((r) => `${r.file},${r.labels.join(' ')},${r.valid}`).join('\n') + '\n');
+  return rows;
 }
