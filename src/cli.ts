@@ -172,7 +172,7 @@ async function main(argv: string[]): Promise<number> {
       if (values.json) {
         const rows = preds.map((p, i) => {
           if ('error' in p) return { file: images[i], error: p.error };
-          return { file: images[i], label: p.label, index: p.index, probs: Object.fromEntries(learn.vocab.map((v, k) => [v, p.probs[k]])) };
+          return { file: images[i], label: p.label, ...(p.labels ? { labels: p.labels } : {}), index: p.index, probs: Object.fromEntries(learn.vocab.map((v, k) => [v, p.probs[k]])) };
         });
         console.log(JSON.stringify(rows, null, 2));
       } else {

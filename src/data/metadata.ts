@@ -54,6 +54,15 @@ export function isCovidFinding(finding: string): boolean {
   return /covid-?19/i.test(finding);
 }
 
+/**
+ * A finding as a set of labels, across the collection's schemas: comma-joined in mid-2020 ('COVID-19, ARDS'),
+ * hierarchical later ('Pneumonia/Viral/COVID-19' is Pneumonia, Viral and COVID-19, as torchxrayvision reads
+ * it), a single name otherwise. For multi-label training (`ImageDataLoaders.fromItems` with `labels`).
+ */
+export function findingLabels(finding: string): string[] {
+  return [...new Set(finding.split(/[,/]/).map((s) => s.trim()).filter(Boolean))];
+}
+
 export function normaliseHeader(h: string): string {
   return h.trim().toLowerCase().replace(/\s+/g, '_');
 }

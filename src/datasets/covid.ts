@@ -4,7 +4,7 @@
  *
  * @module torchlearn/datasets/covid
  */
-export { readCovidMetadata, isCovidFinding, POSITIVE, NEGATIVE } from '../data/metadata.js';
+export { readCovidMetadata, isCovidFinding, findingLabels, POSITIVE, NEGATIVE } from '../data/metadata.js';
 export type { CovidItem, MetadataFilters, MetadataResult } from '../data/metadata.js';
 export { segregateByLabel } from '../data/segregate.js';
 export type { SegregateOptions, SegregateResult } from '../data/segregate.js';

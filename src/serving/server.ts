@@ -24,7 +24,10 @@ export interface ServeOptions {
 
 /** The body of a successful POST /predict. */
 export interface PredictResponse {
+  /** the predicted class; a multi-label model: its labels joined by ';' */
   label: string;
+  /** a multi-label model: every label above the export's threshold */
+  labels?: string[];
   index: number;
   /** every class's probability, by class name */
   probs: Record<string, number>;
@@ -107,6 +110,7 @@ export const torchlearnServe: FastifyPluginAsync<ServeOptions> = async (app, o) 
       const p = await learn.predict(bytes);
       const out: PredictResponse = {
         label: p.label,
+        ...(p.labels ? { labels: p.labels } : {}),
         index: p.index,
         probs: Object.fromEntries(vocab.map((c, i) => [c, p.probs[i]])),
         timing: { totalMs: 0, ...p.timing },
