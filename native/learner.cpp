@@ -129,6 +129,7 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
   const auto batchNorm = o.optChoice<TrainBn>("batchNorm", kTrainBnNames);
   const auto labelSmoothing = o.optNumber("labelSmoothing", 0, 1);
   const auto multiLabel = o.optBoolean("multiLabel");
+  const auto maxGradNorm = o.optNumber("maxGradNorm", 0, 1e12);
   std::optional<torch::Tensor> classWeights;
   if (o.has("classWeights")) {
     if (o.value("classWeights").IsNull()) {
@@ -157,6 +158,7 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
   auto lock = core_->net->lockNow("setOptions");
   auto& c = *core_;
   if (multiLabel) c.multiLabel = *multiLabel;
+  if (maxGradNorm) c.maxGradNorm = *maxGradNorm;
   if (bs) c.bs = *bs;
   if (size) c.size = *size;
   if (aug) c.aug = *aug;

@@ -31,6 +31,8 @@ struct Learner::Core {
   // multi-label classification: each image has a set of labels (a multi-hot row of floats), the loss is
   // binary cross-entropy on each logit and the probabilities are sigmoids (fast.ai's BCEWithLogitsLossFlat)
   bool multiLabel = false;
+  // gradient clipping by global norm before each optimizer step (fast.ai's GradientClip; 0: off)
+  double maxGradNorm = 0;
   int frozenIdx = 0;
   bool cudaGraph = false;  // train with the step captured as a CUDA graph (step_graph.h)
   StepGraph graph;
@@ -115,7 +117,23 @@ struct Learner::Core {
 
   void backwardAndStep(torch::Tensor& loss, const std::vector<Hyper>& h) {
     loss.backward();
+    clipGrads();
     opt.step(net->params, h);
+  }
+
+  // PyTorch's clip_grad_norm_(params, maxGradNorm): the 2-norm of all gradients together, and every gradient
+  // scaled by min(1, max / (norm + 1e-6)). On the device, with no read back, so that a CUDA graph captures it.
+  void clipGrads() {
+    if (maxGradNorm <= 0) return;
+    std::vector<torch::Tensor> grads, norms;
+    for (auto& p : net->params)
+      if (p.tensor.grad().defined()) {
+        grads.push_back(p.tensor.grad());
+        norms.push_back(p.tensor.grad().norm().to(torch::kFloat32));
+      }
+    if (grads.empty()) return;
+    auto coef = ((torch::stack(norms).norm() + 1e-6).reciprocal() * maxGradNorm).clamp_max(1.0);
+    for (auto& g : grads) g.mul_(coef.to(g.scalar_type()));
   }
 
   // The step a CUDA graph captures: forwardLoss and backward, without the gradient reset (StepGraph
@@ -128,6 +146,7 @@ struct Learner::Core {
       loss = lossFn(net->forward(x), y, false);
     }
     loss.backward();
+    clipGrads();
     return loss;
   }
 
@@ -144,7 +163,7 @@ struct Learner::Core {
     s.insert(s.end(), x.sizes().begin(), x.sizes().end());
     s.insert(s.end(), x.strides().begin(), x.strides().end());
     s.insert(s.end(), y.sizes().begin(), y.sizes().end());
-    s.insert(s.end(), {static_cast<int64_t>(x.scalar_type()), x.device().index(), bf16, bits(labelSmoothing), address(classWeights), multiLabel,
+    s.insert(s.end(), {static_cast<int64_t>(x.scalar_type()), x.device().index(), bf16, bits(labelSmoothing), address(classWeights), multiLabel, bits(maxGradNorm),
                        opt.generation(), bits(opt.sqrMom), bits(opt.eps)});
     for (auto& p : net->params) s.insert(s.end(), {address(p.tensor), p.tensor.requires_grad()});
     for (auto& b : net->module->buffers()) s.push_back(address(b));

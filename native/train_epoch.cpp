@@ -170,6 +170,7 @@ static void eagerStep(Core& c, const torch::Tensor& x, const torch::Tensor& y, c
   clock.mark(r.tForward);
   if (profile) {
     loss.backward();
+    c.clipGrads();
     clock.mark(r.tBackward);
     c.opt.step(c.net->params, h);
     clock.mark(r.tStep);

@@ -126,6 +126,8 @@ export interface NativeLearnerOptions {
   labelSmoothing?: number;
   /** binary cross-entropy on multi-hot labels and sigmoid probabilities; fixed once data is set */
   multiLabel?: boolean;
+  /** clip the gradients' global 2-norm to this before each optimizer step (0: off) */
+  maxGradNorm?: number;
   classWeights?: Float32Array | null;
   mean?: number[];
   std?: number[];

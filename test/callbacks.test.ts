@@ -1,9 +1,9 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { accuracy, csvLogger, earlyStopping, ImageDataLoaders, lrPerGroup, saveModel, visionLearner } from '../src/index.js';
+import { accuracy, csvLogger, earlyStopping, gradientClip, ImageDataLoaders, lrPerGroup, manualSeed, saveModel, visionLearner } from '../src/index.js';
 import { makeStripes } from './helpers/fixtures.js';
-import { tempDir } from './helpers/python.js';
+import { readF32, runPython, tempDir } from './helpers/python.js';
 
 let dir: string;
 let dls: ImageDataLoaders;
@@ -70,6 +70,53 @@ describe('callbacks', () => {
     await learn.fit(1, { cbs: [csvLogger({ fname })] }); // without append: a new file
     expect(lines().length).toBe(2);
     learn.dispose();
+  });
+
+  it("gradientClip scales the gradients as PyTorch's clip_grad_norm_ does, before the optimizer step, for that fit only", async () => {
+    // one batch an epoch (the 32 training images at once) and learning rate 1e-12: one optimizer step whose
+    // gradient average (fast.ai's Adam with dampening: (1 - mom) * gradient, mom 0.9 in fit) is saved with the state
+    const one = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 32, bs: 32, seed: 3 });
+    expect(one.train.length).toBe(1);
+    const gradients = async (cbs: Parameters<typeof gradientClip>[0][] | null) => {
+      manualSeed(0); // dropout draws from the global generator
+      const l = await visionLearner(one, 'resnet18', { pretrained: false, ...quiet, seed: 0 });
+      await l.fit(1, { lr: 1e-12, cbs: cbs ? cbs.map((o) => gradientClip(o)) : [] });
+      const st = (await l.state(true)).filter((t) => t.name.endsWith('.grad_avg'));
+      l.dispose();
+      return st.map((t) => Float32Array.from(new Float32Array(t.data.slice().buffer), (v) => v / 0.1));
+    };
+    const plain = await gradients(null);
+    const norm = Math.sqrt(plain.reduce((a, g) => a + g.reduce((b, v) => b + v * v, 0), 0));
+    expect(norm).toBeGreaterThan(0);
+    const maxNorm = norm / 4;
+    const clipped = await gradients([{ maxNorm }]);
+    // PyTorch's clip_grad_norm_ on the unclipped gradients
+    const f = join(dir, 'grads.f32');
+    writeFileSync(f, Buffer.concat(plain.map((g) => Buffer.from(g.buffer, g.byteOffset, g.byteLength))));
+    runPython(
+      `import sys, numpy as np, torch
+flat = torch.from_numpy(np.fromfile(sys.argv[1], dtype=np.float32))
+sizes = [int(x) for x in sys.argv[3].split(',')]
+ps = [torch.nn.Parameter(torch.zeros(n)) for n in sizes]
+for p, g in zip(ps, flat.split(sizes)): p.grad = g.clone()
+total = torch.nn.utils.clip_grad_norm_(ps, float(sys.argv[2]))
+torch.cat([p.grad for p in ps]).numpy().tofile(sys.argv[1] + '.out')
+print(float(total))`,
+      [f, String(maxNorm), plain.map((g) => g.length).join(',')],
+    );
+    const ref = readF32(`${f}.out`);
+    let k = 0;
+    let worst = 0;
+    for (const g of clipped) for (const v of g) worst = Math.max(worst, Math.abs(v - ref[k++]));
+    expect(k).toBe(ref.length);
+    // (relative to the clipped norm, maxNorm: a clip by the wrong norm or a missing clip is off by O(1))
+    expect(worst / maxNorm).toBeLessThan(1e-5);
+    // above the norm it changes nothing
+    const loose = await gradients([{ maxNorm: norm * 4 }]);
+    let looseWorst = 0;
+    loose.forEach((g, i) => g.forEach((v, j) => (looseWorst = Math.max(looseWorst, Math.abs(v - plain[i][j])))));
+    expect(looseWorst / norm).toBeLessThanOrEqual(1e-6);
+    expect(() => gradientClip({ maxNorm: 0 })).toThrow(/maxNorm must be a positive number, got 0/);
   });
 
   it('an AbortSignal stops after the current batch, leaving a usable learner', async () => {

@@ -136,3 +136,17 @@ export function csvLogger(o: { fname?: string; append?: boolean } = {}): Callbac
     },
   };
 }
+
+/**
+ * fast.ai's GradientClip: before each optimizer step of the fit, the gradients are scaled so that their global
+ * 2-norm is at most `maxNorm` (default 1), as PyTorch's clip_grad_norm_ does (done natively after backward,
+ * inside the captured step on CUDA). Off again when the fit ends.
+ */
+export function gradientClip(o: { maxNorm?: number } = {}): Callback {
+  const maxNorm = o.maxNorm ?? 1;
+  if (!(maxNorm > 0 && Number.isFinite(maxNorm))) throw new Error(`gradientClip: maxNorm must be a positive number, got ${maxNorm}`);
+  return {
+    beforeFit: (learn) => learn.setMaxGradNorm(maxNorm),
+    afterFit: (learn) => learn.setMaxGradNorm(0),
+  };
+}

@@ -453,7 +453,8 @@ export class Learner {
     let epochs = 0;
     let graphWarned = false;
     try {
-      nat.setOptions({ wd });
+      // (unclipped unless a callback says so this fit: one that threw before its afterFit leaves nothing behind)
+      nat.setOptions({ wd, maxGradNorm: 0 });
       if (this.#verbose) this.log(this.#deviceLine());
       for (const cb of cbs) await cb.beforeFit?.(this);
       table.header(['epoch', ...names, 'time']);
@@ -603,6 +604,13 @@ export class Learner {
     this.nat.setData('valid', d.valid.images, d.valid.multiHot ?? d.valid.labels, d.presize);
     this.#dls = d;
     this.#bs = d.bs;
+  }
+
+  /** @internal Clips the gradients' global norm to `maxNorm` before each optimizer step (0: off); the
+   * gradientClip callback sets it for a fit. */
+  setMaxGradNorm(maxNorm: number): void {
+    this.#refuseInEpoch('setMaxGradNorm');
+    this.nat.setOptions({ maxGradNorm: maxNorm });
   }
 
   /** How predictions become labels: the most probable class, or (multi-label) every label above lossFunc.thresh. */
