@@ -3,6 +3,7 @@
 //
 //   npm run example -- [--data DIR] [--out DIR] [--pretrained resnet50.pth] [--size N] [--bs N]
 //                      [--epochs a,b] [--lr X] [--split patient|random] [--device auto|cpu|cuda] [--seed N]
+//                      [--tensorboard DIR]
 //
 // A learning exercise, not a diagnostic tool.
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -14,6 +15,7 @@ import {
   accuracy,
   confusionMatrix,
   csvLogger,
+  tensorBoard,
   f1Score,
   loadLearner,
   precision,
@@ -40,6 +42,8 @@ const { values: opt } = parseArgs({
     device: { type: 'string', default: 'auto' },
     seed: { type: 'string', default: '42' },
     arch: { type: 'string', default: 'resnet50' },
+    // both fits as TensorBoard event files in this folder (tensorboard --logdir DIR)
+    tensorboard: { type: 'string' },
     limit: { type: 'string' },
     // the training step is a CUDA graph by default on CUDA (visionLearner's cudaGraph); this turns it off
     'no-cuda-graph': { type: 'boolean', default: false },
@@ -140,7 +144,8 @@ t = Date.now();
 say(`\n4. fitOneCycle(${epochs1})`);
 // history.csv: fast.ai's CSVLogger, one line per epoch of both fits, written as each epoch ends
 const history = join(out, 'history.csv');
-await learn.fitOneCycle(epochs1, { signal: stop.signal, cbs: [csvLogger({ fname: history })] });
+const tb = opt.tensorboard ? [tensorBoard({ logDir: opt.tensorboard })] : [];
+await learn.fitOneCycle(epochs1, { signal: stop.signal, cbs: [csvLogger({ fname: history }), ...tb] });
 lastCheckpoint = await learn.save('stage-1');
 lap('stage1', t);
 if (stop.signal.aborted) process.exit(130);
@@ -155,7 +160,7 @@ say(`   lrFind: valley ${lrf.suggestions.valley.toExponential(2)}, minimum/10 ${
     `steep ${lrf.suggestions.steep.toExponential(2)} -> ${join(out, 'lr_find.png')}`);
 say(`   fitOneCycle(${epochs2}, { lrMax: [${(lr / 10).toExponential(2)}, ${lr.toExponential(2)}] })${opt.lr ? ' (--lr)' : ' (the valley suggestion)'}`);
 t = Date.now();
-await learn.fitOneCycle(epochs2, { lrMax: [lr / 10, lr], signal: stop.signal, cbs: [csvLogger({ fname: history, append: true })] });
+await learn.fitOneCycle(epochs2, { lrMax: [lr / 10, lr], signal: stop.signal, cbs: [csvLogger({ fname: history, append: true }), ...tb] });
 lastCheckpoint = await learn.save('stage-2');
 lap('stage2', t);
 if (stop.signal.aborted) process.exit(130);

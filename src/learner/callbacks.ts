@@ -11,6 +11,9 @@ export interface EpochInfo {
   values: Record<string, number>;
   /** the epoch's wall time, as the table's time column */
   seconds: number;
+  /** the validation pass the metrics were computed from (absent without validation data): probabilities
+   * [n * numClasses] and targets (class indices; multi-label, n * numClasses values of 0/1) */
+  preds?: { probs: Float32Array; targets: Int32Array; numClasses: number };
 }
 
 /** What `afterBatch` receives: the batch's position and loss. */

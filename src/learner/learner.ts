@@ -558,7 +558,12 @@ export class Learner {
         this.recorder.epochSeconds.push(seconds);
         table.row([String(epoch), ...values.map(formatValue), formatTime(seconds)]);
         epochs++;
-        const info: EpochInfo = { epoch, values: Object.fromEntries(names.map((n, i) => [n, values[i]])), seconds };
+        const info: EpochInfo = {
+          epoch,
+          values: Object.fromEntries(names.map((n, i) => [n, values[i]])),
+          seconds,
+          ...(v ? { preds: { probs: v.probs, targets: v.targets, numClasses: v.numClasses } } : {}),
+        };
         if (checkpoint) await this.#save(checkpoint, true, { schedule, nEpoch, epochsDone: epoch + 1, batchesDone: 0, smoothVal, smoothCount });
         let stop = false;
         for (const cb of cbs) if (await cb.afterEpoch?.(info, this)) stop = true;
