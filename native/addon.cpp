@@ -10,6 +10,7 @@
 #include "augment.h"
 #include "common.h"
 #include "learner.h"
+#include "mixup.h"
 #include "net.h"
 #include "optimizer.h"
 
@@ -130,16 +131,20 @@ static Napi::Value CudaMemory(const Napi::CallbackInfo& info) {
   TL_CATCH(env)
 }
 
-// benchAugment({ device, n, presize, size, bs, iters, aug, mean, std }) -> seconds per batch of the batch pipeline
-// (index the uint8 cache, draw, affine + warp + lighting, normalise), synchronised at the end.
+// benchAugment({ device, n, presize, size, bs, iters, aug, mean, std, mix }) -> seconds per batch of the batch
+// pipeline (index the uint8 cache, draw, affine + warp + lighting, normalise; with mix 'mixup' or 'cutmix',
+// fast.ai's default alpha, the mixing too), synchronised at the end.
 static double benchAugmentOn(const torch::Device& dev, int64_t n, int64_t p, int64_t size, int64_t bs, int64_t iters, const AugOptions& aug,
-                             const Normalize& norm) {
+                             const Normalize& norm, const MixOptions& mix) {
   torch::NoGradGuard ng;
   auto cache = torch::randint(0, 256, {n, p, p, 3}, torch::TensorOptions().dtype(torch::kUInt8)).to(dev);
+  auto labels = torch::randint(0, 2, {n}, torch::kInt64).to(dev);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
   auto once = [&]() {
     auto idx = toDevice(torch::randint(0, n, {bs}, gen, torch::kInt64), dev);
-    return normalizeBatch(augmentImages(cache.index_select(0, idx), drawAugParams(bs, aug, gen), size), norm);
+    auto x = normalizeBatch(augmentImages(cache.index_select(0, idx), drawAugParams(bs, aug, gen), size), norm);
+    if (mix.kind == MixKind::None) return x;
+    return applyMix(x, labels.index_select(0, idx), drawMix(bs, size, size, mix, gen), mix.kind, 2).first;
   };
   once().sum().item<double>();  // warm-up
   auto t0 = std::chrono::steady_clock::now();
@@ -159,12 +164,16 @@ static Napi::Value BenchAugment(const Napi::CallbackInfo& info) {
   const int64_t bs = o.integer("bs", 1, n), iters = o.integer("iters", 1, 1 << 16);
   const auto aug = augOptionsFromJs(o.value("aug"));
   const auto norm = normalizeFromJs(o.value("mean"), o.value("std"));
+  MixOptions mix;
+  mix.kind = o.optChoice<MixKind>("mix", {{"none", MixKind::None}, {"mixup", MixKind::MixUp}, {"cutmix", MixKind::CutMix}}).value_or(MixKind::None);
+  mix.alpha = mix.kind == MixKind::CutMix ? 1.0 : 0.4;
   // on the thread training uses (the JavaScript thread's LibTorch calls are kept to one CPU thread), waited for here
-  return Napi::Number::New(env, runAndWait<double>(cpuWorker(), [=] { return benchAugmentOn(dev, n, p, size, bs, iters, aug, norm); }));
+  return Napi::Number::New(env, runAndWait<double>(cpuWorker(), [=] { return benchAugmentOn(dev, n, p, size, bs, iters, aug, norm, mix); }));
   TL_CATCH(env)
 }
 
 Napi::Value BatchNormCheck(const Napi::CallbackInfo& info);  // batchnorm_check.cpp
+Napi::Value MixBatch(const Napi::CallbackInfo& info);        // mixup.cpp
 
 // threadInfo() -> { js, cpuWorker } (diagnostics: waits for the CPU worker): LibTorch's CPU thread count on the JavaScript thread (kept at one) and on
 // the thread CPU work runs on (the configured count): the single-OpenMP-team design, checked by the tests.
@@ -220,7 +229,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // For the tests and the bench (src/hooks.ts), not the library: internals run on given inputs, and
   // measurements.
   auto hooks = Napi::Object::New(env);
-  define(hooks, {{"threadInfo", ThreadInfo}, {"fastAdamSteps", FastAdamSteps}, {"scheduleValues", ScheduleValues}, {"cudaMemory", CudaMemory}, {"benchAugment", BenchAugment}, {"drawAugParams", DrawAugParamsJs}, {"batchNormCheck", BatchNormCheck}});
+  define(hooks, {{"threadInfo", ThreadInfo}, {"fastAdamSteps", FastAdamSteps}, {"scheduleValues", ScheduleValues}, {"cudaMemory", CudaMemory}, {"benchAugment", BenchAugment}, {"drawAugParams", DrawAugParamsJs}, {"batchNormCheck", BatchNormCheck}, {"mixBatch", MixBatch}});
   exports.Set("hooks", hooks);
   exports.Set("Net", Net::Init(env));
   exports.Set("Learner", Learner::Init(env));

@@ -130,6 +130,14 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
   const auto labelSmoothing = o.optNumber("labelSmoothing", 0, 1);
   const auto multiLabel = o.optBoolean("multiLabel");
   const auto maxGradNorm = o.optNumber("maxGradNorm", 0, 1e12);
+  std::optional<MixOptions> mix;
+  if (o.has("mix")) {
+    js::Options m(o.value("mix"), "setOptions: mix", "mix");
+    MixOptions v;
+    v.kind = m.optChoice<MixKind>("kind", {{"none", MixKind::None}, {"mixup", MixKind::MixUp}, {"cutmix", MixKind::CutMix}}).value_or(MixKind::None);
+    v.alpha = m.optNumber("alpha", 1e-3, 1e3).value_or(v.kind == MixKind::CutMix ? 1.0 : 0.4);
+    mix = v;
+  }
   std::optional<torch::Tensor> classWeights;
   if (o.has("classWeights")) {
     if (o.value("classWeights").IsNull()) {
@@ -159,6 +167,7 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
   auto& c = *core_;
   if (multiLabel) c.multiLabel = *multiLabel;
   if (maxGradNorm) c.maxGradNorm = *maxGradNorm;
+  if (mix) c.mix = *mix;
   if (bs) c.bs = *bs;
   if (size) c.size = *size;
   if (aug) c.aug = *aug;

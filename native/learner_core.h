@@ -4,6 +4,7 @@
 #pragma once
 #include "autocast.h"
 #include "learner.h"
+#include "mixup.h"
 #include "step_graph.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -33,6 +34,8 @@ struct Learner::Core {
   bool multiLabel = false;
   // gradient clipping by global norm before each optimizer step (fast.ai's GradientClip; 0: off)
   double maxGradNorm = 0;
+  // MixUp or CutMix of every training batch (mixup.h), soft targets into the same loss
+  MixOptions mix;
   int frozenIdx = 0;
   bool cudaGraph = false;  // train with the step captured as a CUDA graph (step_graph.h)
   StepGraph graph;
@@ -78,10 +81,15 @@ struct Learner::Core {
   std::pair<torch::Tensor, torch::Tensor> trainBatch(const torch::Tensor& idx) {
     auto dIdx = toDevice(idx, net->device);
     auto params = drawAugParams(idx.size(0), aug, gen);
-    return {inputs(train.images.index_select(0, dIdx), params), train.labels.index_select(0, dIdx)};
+    auto x = inputs(train.images.index_select(0, dIdx), params);
+    auto y = train.labels.index_select(0, dIdx);
+    if (mix.kind == MixKind::None) return {x, y};
+    // after normalisation, as fast.ai's callback runs after the batch transforms
+    return applyMix(x, y, drawMix(x.size(0), x.size(2), x.size(3), mix, gen), mix.kind, net->numClasses);
   }
 
-  // the loss of a batch (the mean), or of each item; multi-label: the mean over the item's labels
+  // the loss of a batch (the mean), or of each item; multi-label: the mean over the item's labels. `y`: class
+  // indices, or (MixUp, CutMix) float rows of class probabilities, which cross-entropy takes as they are
   torch::Tensor lossFn(const torch::Tensor& logits, const torch::Tensor& y, bool perItem) {
     if (multiLabel) {
       auto l = F::binary_cross_entropy_with_logits(logits.to(torch::kFloat32), y, F::BinaryCrossEntropyWithLogitsFuncOptions().reduction(torch::kNone));

@@ -196,6 +196,15 @@ function augmentBench() {
   const bs = cuda ? 256 : 64;
   const spb = hooks.benchAugment({ device, n: bs * 2, presize: 280, size: 224, bs, iters: cuda ? 50 : 5, aug: augTransforms(), ...imagenetStats });
   rows.push({ bench: 'batch assembly + augmentation', impl: 'torchlearn', device, bs, size: 224, batches_per_s: 1 / spb, images_per_s: bs / spb });
+  // what MixUp and CutMix add to a batch, at the train step's batch size and image size (the share of the step:
+  // filled in from the train step's row, below); several interleaved rounds, the medians
+  const tb = cfg.bss[0];
+  const per = (mix: 'none' | 'mixup' | 'cutmix') => hooks.benchAugment({ device, n: tb * 4, presize: cfg.presize, size: cfg.size, bs: tb, iters: cuda ? 50 : 20, aug: augTransforms(), ...imagenetStats, mix });
+  const times: Record<string, number[]> = { none: [], mixup: [], cutmix: [] };
+  for (let round = 0; round < 5; round++) for (const m of ['none', 'mixup', 'cutmix'] as const) times[m].push(per(m));
+  const median = (a: number[]) => a.slice().sort((x, y) => x - y)[a.length >> 1];
+  for (const m of ['mixup', 'cutmix'] as const)
+    rows.push({ bench: `${m === 'mixup' ? 'MixUp' : 'CutMix'} per batch`, impl: 'torchlearn', device, bs: tb, size: cfg.size, added_ms: 1000 * (median(times[m]) - median(times.none)), pipeline_ms: 1000 * median(times.none) });
 }
 
 async function endToEndBench() {
@@ -311,6 +320,12 @@ if (only.has('serve')) {
   await servingBench(rows, { device, quick: args.quick!, log, sample: existsSync(csv) ? readCovidMetadata(csv).items[0].path : null });
 }
 
+// MixUp's and CutMix's cost as a share of the train step of the same batch and image size (unfrozen, first precision)
+for (const r of rows.filter((q) => q.added_ms !== undefined)) {
+  const step = rows.find((q) => q.bench === 'train step' && String(q.impl).startsWith('torchlearn') && q.bs === r.bs && q.frozen === false && q.precision === cfg.precisions[0]);
+  if (step) r.share_of_step = (r.added_ms as number) / ((1000 * (step.bs as number)) / (step.images_per_s as number));
+}
+
 // ratios: torchlearn / pytorch for matching rows
 const fmt = (x: unknown) => (typeof x === 'number' ? (x > 100 ? x.toFixed(0) : x.toFixed(2)) : String(x ?? ''));
 console.log('\n| bench | impl | config | images/s (or ms) | peak device MB | peak RSS MB | vs PyTorch | vs fastest PyTorch (mode) |');
@@ -327,9 +342,10 @@ for (const r of rows) {
   const speedup = (x: number) => (x >= 1 ? `${x.toFixed(2)}x faster` : `${(1 / x).toFixed(2)}x slower`);
   if (inferTwin) ratio = r.median_ms !== undefined ? speedup((inferTwin.median_ms as number) / (r.median_ms as number)) : `${((r.images_per_s as number) / (inferTwin.images_per_s as number)).toFixed(2)}x`;
   if (bare && r.images_per_s_with_validation) ratio = `${((r.images_per_s_with_validation as number) / (bare.images_per_s as number) * 100).toFixed(0)}% of bare step (train only: ${((r.images_per_s as number) / (bare.images_per_s as number) * 100).toFixed(0)}%)`;
+  if (r.added_ms !== undefined) ratio = `+${fmt(r.added_ms)} ms a batch (pipeline ${fmt(r.pipeline_ms)} ms)${r.share_of_step !== undefined ? ` = ${((r.share_of_step as number) * 100).toFixed(2)}% of the train step` : ''}`;
   if (r.requests_per_s !== undefined) ratio = `${r.connections} conn: p50 ${r.p50_ms} / p90 ${r.p90_ms} / p99 ${r.p99_ms} ms, ${r.errors} errors`;
   if (r.vs_sequential !== undefined) ratio = `${fmt(r.vs_sequential)}x sequential, ${((r.vs_predict_batch as number) * 100).toFixed(0)}% of predictBatch`;
-  const speed = r.median_ms !== undefined ? `${fmt(r.median_ms)} ms` : r.requests_per_s !== undefined ? `${fmt(r.requests_per_s)} req/s` : fmt(r.images_per_s);
+  const speed = r.added_ms !== undefined ? `${fmt(r.added_ms)} ms` : r.median_ms !== undefined ? `${fmt(r.median_ms)} ms` : r.requests_per_s !== undefined ? `${fmt(r.requests_per_s)} req/s` : fmt(r.images_per_s);
   console.log(`| ${r.bench} | ${r.impl} | ${config} | ${speed} | ${r.peak_device_bytes ? ((r.peak_device_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${r.peak_rss_bytes ? ((r.peak_rss_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${ratio} | ${vsFastest} |`);
 }
 const result = { date: new Date().toISOString(), device, deviceName: info.deviceName, threads: info.threads, torchVersion: info.torchVersion, rows };

@@ -128,6 +128,8 @@ export interface NativeLearnerOptions {
   multiLabel?: boolean;
   /** clip the gradients' global 2-norm to this before each optimizer step (0: off) */
   maxGradNorm?: number;
+  /** MixUp or CutMix of every training batch (native/mixup.h); alpha of Beta(alpha, alpha) */
+  mix?: { kind: 'none' | 'mixup' | 'cutmix'; alpha?: number };
   classWeights?: Float32Array | null;
   mean?: number[];
   std?: number[];

@@ -33,7 +33,31 @@ interface Hooks {
   batchNormCheck(o: { kernels: BatchNormKernels; n: number; c: number; h: number; w: number; relu?: boolean; residual?: boolean; seed?: number }): {
     gradFn: string;
   } & Record<'y' | 'dx' | 'dweight' | 'dbias' | 'runningMean' | 'runningVar', BatchNormError> & { dresidual?: BatchNormError };
-  benchAugment(o: { device: string; n: number; presize: number; size: number; bs: number; iters: number; aug: NativeAugOptions; mean: readonly number[]; std: readonly number[] }): number;
+  /** the training pipeline's MixUp / CutMix on a given batch [n, c, h, w] with its draws (native/mixup.cpp) */
+  mixBatch(o: { x: Float32Array; n: number; c: number; h: number; w: number; y: Int32Array | Float32Array; classes: number; kind: 'mixup' | 'cutmix'; alpha: number; seed: number }): {
+    x: Float32Array;
+    /** soft targets [n * classes] */
+    y: Float32Array;
+    lam: Float64Array;
+    perm: Int32Array;
+    /** CutMix: x1, y1, x2, y2 of the box and its centre cx, cy */
+    box: Float64Array;
+    /** CutMix: the Beta draw the box was cut from */
+    lamDrawn: number;
+  };
+  benchAugment(o: {
+    device: string;
+    n: number;
+    presize: number;
+    size: number;
+    bs: number;
+    iters: number;
+    aug: NativeAugOptions;
+    mean: readonly number[];
+    std: readonly number[];
+    /** MixUp or CutMix after the pipeline, as a fit with the callback does (fast.ai's default alpha) */
+    mix?: 'none' | 'mixup' | 'cutmix';
+  }): number;
 }
 
 /** relative errors against float64: Euclidean over the tensor, and the largest difference over the largest value */

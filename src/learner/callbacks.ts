@@ -143,13 +143,36 @@ export function csvLogger(o: { fname?: string; append?: boolean } = {}): Callbac
 /**
  * fast.ai's GradientClip: before each optimizer step of the fit, the gradients are scaled so that their global
  * 2-norm is at most `maxNorm` (default 1), as PyTorch's clip_grad_norm_ does (done natively after backward,
- * inside the captured step on CUDA). Off again when the fit ends.
+ * inside the captured step on CUDA). For the fit whose callbacks include it.
  */
 export function gradientClip(o: { maxNorm?: number } = {}): Callback {
   const maxNorm = o.maxNorm ?? 1;
   if (!(maxNorm > 0 && Number.isFinite(maxNorm))) throw new Error(`gradientClip: maxNorm must be a positive number, got ${maxNorm}`);
   return {
     beforeFit: (learn) => learn.setMaxGradNorm(maxNorm),
-    afterFit: (learn) => learn.setMaxGradNorm(0),
   };
+}
+
+function mixing(name: string, kind: 'mixup' | 'cutmix', alpha: number): Callback {
+  if (!(alpha > 0 && Number.isFinite(alpha))) throw new Error(`${name}: alpha must be a positive number, got ${alpha}`);
+  return { beforeFit: (learn) => learn.setMix(kind, alpha) };
+}
+
+/**
+ * fast.ai's MixUp: every training batch is mixed with a shuffled copy of itself, each image i as
+ * lam_i * x_i + (1 - lam_i) * x_partner with lam_i = max(l, 1 - l), l ~ Beta(alpha, alpha) (default 0.4), and
+ * the loss is the same mix of the two targets' losses (done natively, after the augmentation, with the
+ * learner's seeded generator). For the fit whose callbacks include it.
+ */
+export function mixUp(o: { alpha?: number } = {}): Callback {
+  return mixing('mixUp', 'mixup', o.alpha ?? 0.4);
+}
+
+/**
+ * fast.ai's CutMix: in every training batch a box (its share of the image 1 - lam, lam ~ Beta(alpha, alpha),
+ * default alpha 1, centred anywhere) is pasted from a shuffled copy of the batch, and the loss mixes the two
+ * targets' losses by the areas. For the fit whose callbacks include it.
+ */
+export function cutMix(o: { alpha?: number } = {}): Callback {
+  return mixing('cutMix', 'cutmix', o.alpha ?? 1);
 }

@@ -453,8 +453,8 @@ export class Learner {
     let epochs = 0;
     let graphWarned = false;
     try {
-      // (unclipped unless a callback says so this fit: one that threw before its afterFit leaves nothing behind)
-      nat.setOptions({ wd, maxGradNorm: 0 });
+      // (unclipped and unmixed unless a callback says so this fit)
+      nat.setOptions({ wd, maxGradNorm: 0, mix: { kind: 'none' } });
       if (this.#verbose) this.log(this.#deviceLine());
       for (const cb of cbs) await cb.beforeFit?.(this);
       table.header(['epoch', ...names, 'time']);
@@ -573,6 +573,8 @@ export class Learner {
       for (const cb of cbs) await cb.afterFit?.(this);
     } finally {
       o.signal?.removeEventListener('abort', onAbort);
+      // what the callbacks turned on ends with the fit, however it ends (lrFind and validation after it run plain)
+      if (this.#native) nat.setOptions({ maxGradNorm: 0, mix: { kind: 'none' } });
     }
     return { epochs, stopped, values: this.recorder.values, names, seconds: (Date.now() - t0) / 1000 };
   }
@@ -616,6 +618,12 @@ export class Learner {
   setMaxGradNorm(maxNorm: number): void {
     this.#refuseInEpoch('setMaxGradNorm');
     this.nat.setOptions({ maxGradNorm: maxNorm });
+  }
+
+  /** @internal MixUp or CutMix of every training batch of the fit (the mixUp and cutMix callbacks set it). */
+  setMix(kind: 'none' | 'mixup' | 'cutmix', alpha?: number): void {
+    this.#refuseInEpoch('setMix');
+    this.nat.setOptions({ mix: { kind, alpha } });
   }
 
   /** How predictions become labels: the most probable class, or (multi-label) every label above lossFunc.thresh. */
