@@ -3,7 +3,7 @@
 //
 //   npm run example -- [--data DIR] [--out DIR] [--pretrained resnet50.pth] [--size N] [--bs N]
 //                      [--epochs a,b] [--lr X] [--split patient|random] [--device auto|cpu|cuda] [--seed N]
-//                      [--tensorboard DIR]
+//                      [--tensorboard DIR] [--mixup]
 //
 // A learning exercise, not a diagnostic tool.
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -16,6 +16,7 @@ import {
   confusionMatrix,
   csvLogger,
   tensorBoard,
+  mixUp,
   f1Score,
   loadLearner,
   precision,
@@ -44,6 +45,8 @@ const { values: opt } = parseArgs({
     arch: { type: 'string', default: 'resnet50' },
     // both fits as TensorBoard event files in this folder (tensorboard --logdir DIR)
     tensorboard: { type: 'string' },
+    // fast.ai's MixUp (alpha 0.4) in both fits
+    mixup: { type: 'boolean', default: false },
     limit: { type: 'string' },
     // the training step is a CUDA graph by default on CUDA (visionLearner's cudaGraph); this turns it off
     'no-cuda-graph': { type: 'boolean', default: false },
@@ -144,8 +147,8 @@ t = Date.now();
 say(`\n4. fitOneCycle(${epochs1})`);
 // history.csv: fast.ai's CSVLogger, one line per epoch of both fits, written as each epoch ends
 const history = join(out, 'history.csv');
-const tb = opt.tensorboard ? [tensorBoard({ logDir: opt.tensorboard })] : [];
-await learn.fitOneCycle(epochs1, { signal: stop.signal, cbs: [csvLogger({ fname: history }), ...tb] });
+const extraCbs = [...(opt.tensorboard ? [tensorBoard({ logDir: opt.tensorboard })] : []), ...(opt.mixup ? [mixUp()] : [])];
+await learn.fitOneCycle(epochs1, { signal: stop.signal, cbs: [csvLogger({ fname: history }), ...extraCbs] });
 lastCheckpoint = await learn.save('stage-1');
 lap('stage1', t);
 if (stop.signal.aborted) process.exit(130);
@@ -160,7 +163,7 @@ say(`   lrFind: valley ${lrf.suggestions.valley.toExponential(2)}, minimum/10 ${
     `steep ${lrf.suggestions.steep.toExponential(2)} -> ${join(out, 'lr_find.png')}`);
 say(`   fitOneCycle(${epochs2}, { lrMax: [${(lr / 10).toExponential(2)}, ${lr.toExponential(2)}] })${opt.lr ? ' (--lr)' : ' (the valley suggestion)'}`);
 t = Date.now();
-await learn.fitOneCycle(epochs2, { lrMax: [lr / 10, lr], signal: stop.signal, cbs: [csvLogger({ fname: history, append: true }), ...tb] });
+await learn.fitOneCycle(epochs2, { lrMax: [lr / 10, lr], signal: stop.signal, cbs: [csvLogger({ fname: history, append: true }), ...extraCbs] });
 lastCheckpoint = await learn.save('stage-2');
 lap('stage2', t);
 if (stop.signal.aborted) process.exit(130);
