@@ -24,7 +24,7 @@
 //   --aug full|affine|both  the train step's augmentation, the same on both sides: fast.ai's whole
 //                       aug_transforms() (default), or flip/rotate/zoom only (the PyTorch reference of ../shared/device)
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { hooks, setBatchNormKernels, type BatchNormKernels } from '../src/hooks.js';
@@ -102,6 +102,26 @@ const ptName: Record<string, string> = { eager: 'pytorch eager', cudagraph: 'pyt
 const trainAug = (aug: string) => (aug === 'full' ? augTransforms() : augTransforms({ maxWarp: 0, maxLighting: 0, pAffine: 1 }));
 const implName = (graph: boolean) => (graph ? (cuda ? 'torchlearn (CUDA graph)' : 'torchlearn (graph step, no capture)') : 'torchlearn');
 
+// Each torchlearn row's own peak resident memory: Linux resets the process's high-water mark (VmHWM) to the
+// current RSS when 5 is written to /proc/self/clear_refs, so a row's peak is not an earlier row's. (The PyTorch
+// rows run in processes of their own.) Elsewhere, the process's peak since it started.
+const canResetPeak = (() => {
+  try {
+    writeFileSync('/proc/self/clear_refs', '5');
+    return true;
+  } catch {
+    return false;
+  }
+})();
+function rowMemory(): { done: () => { peak_rss_bytes: number; rss_at_start_bytes?: number } } {
+  const status = () => readFileSync('/proc/self/status', 'utf8');
+  const kb = (key: string) => Number(new RegExp(`${key}:\\s+(\\d+) kB`).exec(status())?.[1] ?? NaN) * 1024;
+  if (!canResetPeak) return { done: () => ({ peak_rss_bytes: process.resourceUsage().maxRSS * 1024 }) };
+  writeFileSync('/proc/self/clear_refs', '5');
+  const start = kb('VmRSS');
+  return { done: () => ({ peak_rss_bytes: kb('VmHWM'), rss_at_start_bytes: start }) };
+}
+
 function pytorch(extra: string[]): Record<string, unknown>[] {
   try {
     const out = execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', cfg.arch, '--size', String(cfg.size), '--presize', String(cfg.presize), ...extra], { encoding: 'utf8', maxBuffer: 1 << 24, timeout: Number(args['pt-timeout']) * 1000, killSignal: 'SIGKILL' });
@@ -159,6 +179,7 @@ async function trainBench() {
       }
       for (const frozen of frozenModes) for (const graph of graphModes) for (const batchNorm of bnModes) for (const fusedAdam of adamModes) {
         hooks.cudaMemory(true);
+        const memory = rowMemory();
         const learn = await visionLearner(dls, cfg.arch as 'resnet50', { pretrained: false, verbose: false, device, precision: prec as 'fp32' | 'bf16', seed: 0, cudaGraph: graph, fusedAdam });
         if (batchNorm) setBatchNormKernels(learn, batchNorm);
         if (frozen) learn.freeze();
@@ -177,7 +198,7 @@ async function trainBench() {
         const mem = hooks.cudaMemory();
         const row = {
           bench: 'train step', impl: implName(graph) + (cuda && prec === 'bf16' && batchNorm ? `, ${batchNorm} BatchNorm` : '') + (cuda && fusedAdam !== undefined ? (fusedAdam ? ', fused Adam' : ', foreach Adam') : ''), aug, arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen, images_per_s: (bs * cfg.iters) / s,
-          peak_device_bytes: mem.peakAllocated, peak_rss_bytes: process.resourceUsage().maxRSS * 1024, ...(graphInfo ? { graph: graphInfo } : {}),
+          peak_device_bytes: mem.peakAllocated, ...memory.done(), ...(graphInfo ? { graph: graphInfo } : {}),
         };
         rows.push(row);
         log(JSON.stringify(row));
@@ -210,6 +231,7 @@ function augmentBench() {
 async function endToEndBench() {
   // fitOneCycle on real image files (one sub-folder per class): decode, cache, and whole epochs
   const bs = cuda ? 256 : 16;
+  const memory = rowMemory(); // (decoding included: the whole fitOneCycle's peak, one row per graph mode after the first)
   const t = performance.now();
   const dls = await ImageDataLoaders.fromFolder(args.images!, { size: cfg.size, presize: cfg.presize, bs, quiet: true });
   const decodeS = (performance.now() - t) / 1000;
@@ -227,9 +249,16 @@ async function endToEndBench() {
       images_per_s_with_validation: nTrain / learn.recorder.epochSeconds[2],
       peak_device_bytes: hooks.cudaMemory().peakAllocated,
       device_allocated_after_epochs: [hooks.cudaMemory().allocated],
+      ...memory.done(),
     };
     rows.push(row);
     log(JSON.stringify(row));
+    if (!graph) {
+      // PyTorch on the same files and settings, in its own process (decode with PIL, the same split sizes,
+      // augmentation and validation)
+      for (const r of pytorch(['--e2e', args.images!, '--epochs', '3', '--bs', String(bs), '--precisions', prec, '--aug', 'full']))
+        rows.push({ bench: 'fitOneCycle epoch (real files)', ...r, impl: 'pytorch eager', precision: prec, frozen: false });
+    }
     // one more epoch, traced: beside the bare step's trace, it shows what a whole epoch adds (in the Chrome
     // trace, as gaps on the GPU timeline)
     if (args.trace) await traced(learn, join(args.trace, `torchlearn${graph ? '-graph' : ''}-epoch-bs${bs}-${prec}.json`));
@@ -314,6 +343,13 @@ if (!cuda && only.has('decode')) await decodeBench();
 if (only.has('augment')) augmentBench();
 if (only.has('inference')) await inferenceBench();
 if (only.has('train')) await trainBench();
+// the end-to-end row needs class folders: --images, or (on this machine) the collection's PA images linked
+// into covid_positive / covid_negative folders under out/
+if (!args.images && only.has('e2e') && existsSync(join(args.data!, 'metadata.csv'))) {
+  const { segregateByLabel } = await import('../src/datasets/covid.js');
+  args.images = join('out', 'bench-xray');
+  segregateByLabel(readCovidMetadata(join(args.data!, 'metadata.csv')).items, args.images);
+}
 if (args.images && only.has('e2e')) await endToEndBench();
 if (only.has('serve')) {
   const csv = join(args.data!, 'metadata.csv');
@@ -342,6 +378,8 @@ for (const r of rows) {
   const speedup = (x: number) => (x >= 1 ? `${x.toFixed(2)}x faster` : `${(1 / x).toFixed(2)}x slower`);
   if (inferTwin) ratio = r.median_ms !== undefined ? speedup((inferTwin.median_ms as number) / (r.median_ms as number)) : `${((r.images_per_s as number) / (inferTwin.images_per_s as number)).toFixed(2)}x`;
   if (bare && r.images_per_s_with_validation) ratio = `${((r.images_per_s_with_validation as number) / (bare.images_per_s as number) * 100).toFixed(0)}% of bare step (train only: ${((r.images_per_s as number) / (bare.images_per_s as number) * 100).toFixed(0)}%)`;
+  const e2eTwin = String(r.impl).startsWith('torchlearn') && r.images_per_s_with_validation ? rows.find((q) => q.bench === r.bench && q.impl === 'pytorch eager' && q.bs === r.bs) : undefined;
+  if (e2eTwin) ratio += `; ${((r.images_per_s_with_validation as number) / (e2eTwin.images_per_s_with_validation as number)).toFixed(2)}x PyTorch's epoch`;
   if (r.added_ms !== undefined) ratio = `+${fmt(r.added_ms)} ms a batch (pipeline ${fmt(r.pipeline_ms)} ms)${r.share_of_step !== undefined ? ` = ${((r.share_of_step as number) * 100).toFixed(2)}% of the train step` : ''}`;
   if (r.requests_per_s !== undefined) ratio = `${r.connections} conn: p50 ${r.p50_ms} / p90 ${r.p90_ms} / p99 ${r.p99_ms} ms, ${r.errors} errors`;
   if (r.vs_sequential !== undefined) ratio = `${fmt(r.vs_sequential)}x sequential, ${((r.vs_predict_batch as number) * 100).toFixed(0)}% of predictBatch`;

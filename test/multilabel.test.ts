@@ -126,6 +126,16 @@ describe('a multi-label learner', () => {
     const item = dls.valid.items.findIndex((it) => it.labels!.length === 2);
     expect(Array.from(dls.valid.multiHot!.subarray(item * 2, item * 2 + 2))).toEqual([1, 1]);
 
+    // a group split keeps each group on one side (stratified by label set)
+    const grouped = await ImageDataLoaders.fromItems(
+      rows.map((row, k) => ({ path: join(dir, 'images', row.file), label: row.labels.join(' '), labels: row.labels, patient: `p${k % 12}` })),
+      { splitBy: 'patient', validPct: 0.25, size: 32, presize: 40, bs: 8, seed: 1, quiet: true },
+    );
+    const side = (items: readonly Record<string, unknown>[]) => new Set(items.map((i) => i.patient));
+    expect([...side(grouped.train.items)].filter((p) => side(grouped.valid.items).has(p))).toEqual([]);
+    expect(grouped.groups).toEqual({ train: 9, valid: 3 });
+    expect(grouped.multiLabel).toBe(true);
+
     // single-label metrics and losses are refused, naming what to use
     await expect(visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, metrics: [accuracy()] })).rejects.toThrow(/accuracy scores one class per image; these data are multi-label: use accuracyMulti\(\)/);
     await expect(visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, lossFunc: { labelSmoothing: 0.1 } })).rejects.toThrow(/for single-label classification/);

@@ -301,6 +301,77 @@ def infer_host(arch, device, bs, size, presize, iters, bf16, trace=None):
     return dict(impl='pytorch', threads=torch.get_num_threads(), kind='inference from host uint8', arch=arch, device=device, bs=bs, size=size, bf16=bf16, images_per_s=bs * iters / dt)
 
 
+def e2e(arch, device, folder, size, presize, bs, epochs, bf16, channels_last, aug='full', valid_pct=0.2, seed=42):
+    """What torchlearn's fitOneCycle on real files does (the bench's end-to-end row): one sub-folder per class,
+    every image decoded once (PIL, centre crop to presize) into a uint8 cache on the device, a seeded random
+    split, then epochs of shuffled full batches with the augmentation and a validation pass (no augmentation,
+    resized to size) after each. Reports the last epoch's training and whole-epoch rates, and the process's
+    peak RSS (decoding included)."""
+    import os
+    import numpy as np
+    from PIL import Image, ImageOps
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    items = [(os.path.join(folder, c, f), k) for k, c in enumerate(classes) for f in sorted(os.listdir(os.path.join(folder, c)))]
+    t = time.perf_counter()
+    imgs, labels = [], []
+    for p, k in items:
+        try:
+            imgs.append(np.asarray(ImageOps.fit(Image.open(p).convert('RGB'), (presize, presize), Image.BILINEAR)))
+            labels.append(k)
+        except Exception:
+            pass
+    decode_s = time.perf_counter() - t
+    cache = torch.from_numpy(np.stack(imgs)).to(dev)
+    y_all = torch.tensor(labels, device=dev)
+    n = len(imgs)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    nv = int(valid_pct * n)
+    valid_idx, train_idx = perm[:nv].to(dev), perm[nv:]
+    model = make_model(arch, len(classes)).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    kw = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
+    if dev.type == 'cuda':
+        kw['fused'] = True
+    opt = torch.optim.AdamW(model.parameters(), **kw)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
+    aug_fn = augment_full if aug == 'full' else augment
+    ac = lambda: torch.autocast('cuda', dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
+    nb = len(train_idx) // bs
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = train_idx[torch.randperm(len(train_idx))].to(dev)
+        for b in range(nb):
+            idx = order[b * bs:(b + 1) * bs]
+            x = aug_fn(cache[idx], size, mean, std)
+            with ac():
+                loss = F.cross_entropy(model(x).float(), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        loss.item()
+        sync()
+        t1 = time.perf_counter()
+        model.eval()
+        with torch.no_grad(), ac():
+            for b in range(0, nv, bs):
+                idx = valid_idx[b:b + bs]
+                x = F.interpolate(cache[idx].permute(0, 3, 1, 2).float().div_(255), size=(size, size), mode='bilinear', align_corners=False)
+                x = ((x - mean) / std).contiguous(memory_format=torch.channels_last) if channels_last else (x - mean) / std
+                F.cross_entropy(model(x).float(), y_all[idx]).item()
+        sync()
+        t2 = time.perf_counter()
+    return dict(impl='pytorch', kind='e2e', threads=torch.get_num_threads(), arch=arch, device=device, bs=bs, size=size, bf16=bf16, images=n, decode_s=decode_s,
+                images_per_s=nb * bs / (t1 - t0), images_per_s_with_validation=nb * bs / (t2 - t0),
+                peak_device_bytes=torch.cuda.max_memory_allocated() if dev.type == 'cuda' else 0,
+                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
 def latency(arch, device, size, presize, path, iters):
     """One image file to probabilities: PIL decode + centre-crop resize to presize + resize to size +
     normalise + forward, as torchlearn's predict(file) does."""
@@ -348,12 +419,17 @@ if __name__ == '__main__':
     ap.add_argument('--channels-last', action='store_true', help='channels_last on the CPU too (always on CUDA)')
     ap.add_argument('--aug', choices=['full', 'affine'], default='affine', help="train step's augmentation: fast.ai's whole aug_transforms, or flip/rotate/zoom only")
     ap.add_argument('--images', type=int, default=0, help='images in the uint8 cache on the device (default 4 batches)')
+    ap.add_argument('--e2e', default=None, help="a folder of class sub-folders: the end-to-end fit (see e2e)")
+    ap.add_argument('--epochs', type=int, default=3)
     ap.add_argument('--mode', choices=['eager', 'compile', 'compile-max-autotune', 'cudagraph'], default='eager', help='how PyTorch runs the train step (see above)')
     ap.add_argument('--trace', default=None, help='write the operator table of the unfrozen step (with --inference-host: of one call) here (see src/learner/trace.ts)')
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     cuda = a.device.startswith('cuda')
+    if a.e2e:
+        print(json.dumps(e2e(a.arch, a.device, a.e2e, a.size, a.presize, a.bs[0], a.epochs, a.precisions[0] == 'bf16', cuda or a.channels_last, a.aug)), flush=True)
+        raise SystemExit(0)
     if a.latency:
         print(json.dumps(latency(a.arch, a.device, a.size, a.presize, a.latency, a.iters)), flush=True)
         raise SystemExit(0)

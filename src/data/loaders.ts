@@ -293,7 +293,9 @@ export class ImageDataLoaders {
     const labels = good.map((g) => (multi ? -1 : vocab.indexOf(g.item.label)));
     const hot = multi ? good.map((g) => vocab.map((v) => +g.item.labels!.includes(v))) : null;
     // the groups are stratified by class: multi-label, by each image's set of labels
-    const strata = multi ? (() => { const sets = [...new Set(good.map((g) => g.item.labels!.slice().sort().join('\u0000')))].sort(); return good.map((g) => sets.indexOf(g.item.labels!.slice().sort().join('\u0000'))); })() : labels;
+    const setOf = (i: Item) => i.labels!.slice().sort().join('\u0000');
+    const sets = multi ? [...new Set(good.map((g) => setOf(g.item)))].sort() : [];
+    const strata = multi ? good.map((g) => sets.indexOf(setOf(g.item))) : labels;
 
     let split: { train: number[]; valid: number[] };
     let groups: { train: number; valid: number } | null = null;
