@@ -157,17 +157,25 @@ export function rocAuc(o: { average?: 'macro' | 'weighted' } = {}): Metric {
     multiLabel: false,
     fn: (p, t, c) => {
       if (c === 2) return aucOf(Array.from(t, (_y, i) => p[i * c + 1]), Array.from(t, (y) => y === 1));
-      let sum = 0;
-      let weight = 0;
-      for (let k = 0; k < c; k++) {
-        const isPos = Array.from(t, (y) => y === k);
-        const w = average === 'weighted' ? isPos.filter(Boolean).length : 1;
-        sum += aucOf(Array.from(t, (_y, i) => p[i * c + k]), isPos) * w;
-        weight += w;
-      }
-      return sum / weight;
+      return meanAuc(p, c, (i, k) => t[i] === k, average);
     },
   };
+}
+
+/** The ROC AUC of each class's (or label's) probability column, averaged over the columns: unweighted, or
+ * weighted by each column's number of positives (sklearn's 'macro' and 'weighted'). `isPos(i, k)`: image i is a
+ * positive of column k. */
+export function meanAuc(probs: Float32Array, c: number, isPos: (i: number, k: number) => boolean, average: 'macro' | 'weighted'): number {
+  const n = probs.length / c;
+  let sum = 0;
+  let weight = 0;
+  for (let k = 0; k < c; k++) {
+    const pos = Array.from({ length: n }, (_v, i) => isPos(i, k));
+    const w = average === 'weighted' ? pos.filter(Boolean).length : 1;
+    sum += aucOf(Array.from({ length: n }, (_v, i) => probs[i * c + k]), pos) * w;
+    weight += w;
+  }
+  return sum / weight;
 }
 
 /** A user metric: any function of (probabilities, targets, numClasses). */

@@ -1,7 +1,7 @@
 // Metrics of multi-label classification, as fast.ai's accuracy_multi and its sklearn-backed PrecisionMulti,
 // RecallMulti, F1ScoreMulti and RocAucMulti compute them: functions of (probabilities [n*c], each already a
 // sigmoid; targets [n*c] of 0 or 1; c). A label is predicted where its probability exceeds `thresh`.
-import { aucOf, type Metric } from './metrics.js';
+import { aucOf, meanAuc, type Metric } from './metrics.js';
 
 /** How the multi-label scores combine the labels, as sklearn's `average`: 'macro' the unweighted mean over
  * labels, 'weighted' the mean weighted by each label's number of true images, 'micro' every (image, label)
@@ -99,16 +99,7 @@ export function rocAucMulti(o: { average?: 'macro' | 'weighted' | 'micro' } = {}
     multiLabel: true,
     fn: (p, t, c) => {
       if (average === 'micro') return aucOf(p, Array.from(t, (y) => y === 1));
-      const n = t.length / c;
-      let sum = 0;
-      let weight = 0;
-      for (let k = 0; k < c; k++) {
-        const isPos = Array.from({ length: n }, (_v, i) => t[i * c + k] === 1);
-        const w = average === 'weighted' ? isPos.filter(Boolean).length : 1;
-        sum += aucOf(Array.from({ length: n }, (_v, i) => p[i * c + k]), isPos) * w;
-        weight += w;
-      }
-      return sum / weight;
+      return meanAuc(p, c, (i, k) => t[i * c + k] === 1, average);
     },
   };
 }
