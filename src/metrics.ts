@@ -58,11 +58,12 @@ function classCounts(probs: Float32Array, targets: Int32Array, c: number) {
   return { tp, predicted, actual };
 }
 
-type Score = (tp: number, predicted: number, actual: number) => number;
+/** A score from a class's (or label's) true positives, predicted count and true count. */
+export type Score = (tp: number, predicted: number, actual: number) => number;
 // sklearn's zero_division default: a score whose denominator is 0 counts as 0
-const precisionOf: Score = (tp, predicted) => (predicted ? tp / predicted : 0);
-const recallOf: Score = (tp, _predicted, actual) => (actual ? tp / actual : 0);
-const f1Of: Score = (tp, predicted, actual) => (predicted + actual ? (2 * tp) / (predicted + actual) : 0);
+export const precisionOf: Score = (tp, predicted) => (predicted ? tp / predicted : 0);
+export const recallOf: Score = (tp, _predicted, actual) => (actual ? tp / actual : 0);
+export const f1Of: Score = (tp, predicted, actual) => (predicted + actual ? (2 * tp) / (predicted + actual) : 0);
 
 function averaged(name: string, score: Score, o: { average?: Average; posLabel?: number }): Metric {
   const average = o.average ?? 'binary';

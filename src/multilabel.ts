@@ -1,7 +1,7 @@
 // Metrics of multi-label classification, as fast.ai's accuracy_multi and its sklearn-backed PrecisionMulti,
 // RecallMulti, F1ScoreMulti and RocAucMulti compute them: functions of (probabilities [n*c], each already a
 // sigmoid; targets [n*c] of 0 or 1; c). A label is predicted where its probability exceeds `thresh`.
-import { aucOf, meanAuc, type Metric } from './metrics.js';
+import { aucOf, f1Of, meanAuc, precisionOf, recallOf, type Metric, type Score } from './metrics.js';
 
 /** How the multi-label scores combine the labels, as sklearn's `average`: 'macro' the unweighted mean over
  * labels, 'weighted' the mean weighted by each label's number of true images, 'micro' every (image, label)
@@ -33,12 +33,7 @@ function counts(probs: Float32Array, targets: Int32Array, c: number, thresh: num
   return { label, image };
 }
 
-type Score = (tp: number, predicted: number, actual: number) => number;
-// sklearn's zero_division default: a score whose denominator is 0 counts as 0
-const precisionOf: Score = (tp, predicted) => (predicted ? tp / predicted : 0);
-const recallOf: Score = (tp, _p, actual) => (actual ? tp / actual : 0);
-const f1Of: Score = (tp, predicted, actual) => (predicted + actual ? (2 * tp) / (predicted + actual) : 0);
-
+// sklearn's zero_division default (a score whose denominator is 0 counts as 0): the scores of src/metrics.ts
 function multiAveraged(name: string, score: Score, o: { average?: MultiAverage; thresh?: number }): Metric {
   const average = o.average ?? 'macro';
   if (!MULTI_AVERAGES.includes(average)) throw new Error(`${name}: average must be one of ${MULTI_AVERAGES.map((a) => `'${a}'`).join(', ')}, got '${average}'`);
