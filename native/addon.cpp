@@ -174,6 +174,8 @@ static Napi::Value BenchAugment(const Napi::CallbackInfo& info) {
 
 Napi::Value BatchNormCheck(const Napi::CallbackInfo& info);  // batchnorm_check.cpp
 Napi::Value MixBatch(const Napi::CallbackInfo& info);        // mixup.cpp
+Napi::Value TrainForward(const Napi::CallbackInfo& info);    // net.cpp
+Napi::Value BodyFeatures(const Napi::CallbackInfo& info);    // net.cpp
 
 // threadInfo() -> { js, cpuWorker } (diagnostics: waits for the CPU worker): LibTorch's CPU thread count on the JavaScript thread (kept at one) and on
 // the thread CPU work runs on (the configured count): the single-OpenMP-team design, checked by the tests.
@@ -192,6 +194,13 @@ static Napi::Value ThreadInfo(const Napi::CallbackInfo& info) {
 static Napi::Value PrepareExit(const Napi::CallbackInfo& info) {
   prepareExit();
   return info.Env().Undefined();
+}
+
+// The architecture names makeBackbone builds (backbone.cpp), for the TypeScript side's check of its list.
+static Napi::Value Architectures(const Napi::CallbackInfo& info) {
+  TL_TRY
+  return js::array(info.Env(), architectures());
+  TL_CATCH(info.Env())
 }
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -225,11 +234,11 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
     for (const auto& [name, fn] : fns) o.Set(name, Napi::Function::New(env, fn));
   };
   exports.Set("abiVersion", Napi::Number::New(env, TORCHLEARN_ABI_VERSION));
-  define(exports, {{"torchInfo", TorchInfo}, {"setNumThreads", SetNumThreads}, {"prepareExit", PrepareExit}, {"manualSeed", ManualSeed}, {"augmentImages", AugmentImagesJs}});
+  define(exports, {{"torchInfo", TorchInfo}, {"setNumThreads", SetNumThreads}, {"prepareExit", PrepareExit}, {"manualSeed", ManualSeed}, {"augmentImages", AugmentImagesJs}, {"architectures", Architectures}});
   // For the tests and the bench (src/hooks.ts), not the library: internals run on given inputs, and
   // measurements.
   auto hooks = Napi::Object::New(env);
-  define(hooks, {{"threadInfo", ThreadInfo}, {"fastAdamSteps", FastAdamSteps}, {"scheduleValues", ScheduleValues}, {"cudaMemory", CudaMemory}, {"benchAugment", BenchAugment}, {"drawAugParams", DrawAugParamsJs}, {"batchNormCheck", BatchNormCheck}, {"mixBatch", MixBatch}});
+  define(hooks, {{"threadInfo", ThreadInfo}, {"fastAdamSteps", FastAdamSteps}, {"scheduleValues", ScheduleValues}, {"cudaMemory", CudaMemory}, {"benchAugment", BenchAugment}, {"drawAugParams", DrawAugParamsJs}, {"batchNormCheck", BatchNormCheck}, {"mixBatch", MixBatch}, {"trainForward", TrainForward}, {"bodyFeatures", BodyFeatures}});
   exports.Set("hooks", hooks);
   exports.Set("Net", Net::Init(env));
   exports.Set("Learner", Learner::Init(env));

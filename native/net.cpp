@@ -4,8 +4,8 @@
 namespace tl {
 namespace nn = torch::nn;
 
-ClassifierImpl::ClassifierImpl(const std::string& arch, const HeadOptions& h) {
-  body = register_module("body", ResNet(arch, 0, /*withClassifier=*/false));
+ClassifierImpl::ClassifierImpl(std::shared_ptr<BackboneImpl> b, const HeadOptions& h) {
+  body = register_module("body", std::move(b));
   HeadOptions ho = h;
   ho.numFeatures = body->numFeatures();
   head = register_module("head", makeHead(ho));
@@ -151,7 +151,8 @@ Napi::Function Net::Init(Napi::Env env) {
   return fn;
 }
 
-// new Net({ arch, kind: 'torchvision' | 'fastai', numClasses, head?: { hidden, ps, concatPool, linearBias } })
+// new Net({ arch, kind: 'torchvision' | 'fastai', numClasses, head?: { hidden, ps, concatPool, linearBias },
+//           torchscript?: Uint8Array, source?: string, groupStarts?: string[] }) (a TorchScript body: arch 'torchscript')
 Net::Net(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Net>(info) {
   auto env = info.Env();
   TL_TRY
@@ -162,19 +163,24 @@ Net::Net(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Net>(info) {
   // (an upper bound, so that a typo cannot ask for terabytes of classifier)
   const int64_t numClasses = o.integer("numClasses", 1, 1 << 20);
   s->numClasses = numClasses;
+  // fast.ai's norm_types (BatchNorm, LayerNorm): trained even in frozen groups (train_bn), never decayed
+  auto isNorm = [](const nn::Module& m) { return m.as<nn::BatchNorm2d>() || m.as<nn::BatchNorm1d>() || m.as<nn::LayerNorm>() || isScriptNorm(m); };
   if (s->kind == "torchvision") {
-    auto m = ResNet(s->arch, numClasses, true);
-    s->module = m.ptr();
-    s->forward = [m](const torch::Tensor& x) mutable { return m->forward(x); };
-    s->features = [m](const torch::Tensor& x) mutable { return m->features(x); };
-    s->classify = [m](const torch::Tensor& a) mutable { return m->fc(torch::flatten(m->avgpool(a), 1)); };
-    s->setFoldBatchNorm = [m](bool on) mutable { m->setFoldBatchNorm(on); };
-    s->setTrainBatchNorm = [m](TrainBn impl) mutable { m->setTrainBatchNorm(impl); };
-    s->weightsChanged = [m]() mutable { m->weightsChanged(); };
+    auto m = makeBackbone(s->arch, numClasses, true);
+    s->module = m;
+    s->forward = [m](const torch::Tensor& x) { return m->forward(x); };
+    s->features = [m](const torch::Tensor& x) { return m->features(x); };
+    s->classify = [m](const torch::Tensor& a) { return m->classify(a); };
+    s->setFoldBatchNorm = [m](bool on) { m->setFoldBatchNorm(on); };
+    s->setTrainBatchNorm = [m](TrainBn impl) { m->setTrainBatchNorm(impl); };
+    s->weightsChanged = [m]() { m->weightsChanged(); };
     s->numGroups = 1;
-    for (auto& p : m->named_parameters()) {
-      bool norm = p.key().find("bn") != std::string::npos || p.key().find("downsample.1") != std::string::npos;
-      s->params.push_back({p.key(), p.value(), 0, norm, norm || p.key().find(".bias") != std::string::npos});
+    for (auto& sub : m->named_modules()) {
+      const bool norm = isNorm(*sub.value());
+      for (auto& p : sub.value()->named_parameters(false)) {
+        std::string full = sub.key().empty() ? p.key() : sub.key() + "." + p.key();
+        s->params.push_back({full, p.value(), 0, norm, norm || p.key() == "bias"});
+      }
     }
   } else if (s->kind == "fastai") {
     HeadOptions ho{0, numClasses};
@@ -184,7 +190,17 @@ Net::Net(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Net>(info) {
       ho.concatPool = h->optBoolean("concatPool").value_or(ho.concatPool);
       ho.linearBias = h->optBoolean("linearBias").value_or(ho.linearBias);
     }
-    auto m = Classifier(s->arch, ho);
+    std::shared_ptr<BackboneImpl> body;
+    if (o.has("torchscript")) {
+      // a TorchScript body: the module's bytes, the file's name for messages, where its layer groups start
+      if (s->arch != "torchscript") throw UserError("Net: a TorchScript body goes with arch 'torchscript'");
+      auto bytes = o.typedCopy<uint8_t>("torchscript", torch::kUInt8);
+      body = makeTorchScriptBody(std::string(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()), static_cast<size_t>(bytes.numel())),
+                                 o.optString("source").value_or("the TorchScript body"), o.has("groupStarts") ? o.strings("groupStarts", 64) : std::vector<std::string>{});
+    } else {
+      body = makeBackbone(s->arch, 0, /*withClassifier=*/false);
+    }
+    auto m = Classifier(body, ho);
     s->module = m.ptr();
     s->forward = [m](const torch::Tensor& x) mutable { return m->forward(x); };
     s->features = [m](const torch::Tensor& x) mutable { return m->body->features(x); };
@@ -192,16 +208,17 @@ Net::Net(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Net>(info) {
     s->setFoldBatchNorm = [m](bool on) mutable { m->body->setFoldBatchNorm(on); };
     s->setTrainBatchNorm = [m](TrainBn impl) mutable { m->body->setTrainBatchNorm(impl); };
     s->weightsChanged = [m]() mutable { m->body->weightsChanged(); };
-    s->numGroups = 3;
-    // Layer groups as fast.ai's _resnet_split: body[:6] (stem..layer2), body[6:] (layer3, layer4), head.
+    const int bodyGroups = m->body->numBodyGroups();
+    s->numGroups = bodyGroups + 1;
+    // the body's groups as fast.ai's split for the family (BackboneImpl::bodyGroup), then the head
     for (auto& sub : m->named_modules()) {
       const auto& name = sub.key();
-      bool isBn = sub.value()->as<nn::BatchNorm2d>() || sub.value()->as<nn::BatchNorm1d>();
+      const bool norm = isNorm(*sub.value());
       for (auto& p : sub.value()->named_parameters(false)) {
         std::string full = name.empty() ? p.key() : name + "." + p.key();
-        int g = 2;
-        if (full.rfind("body.", 0) == 0) g = (full.rfind("body.layer3", 0) == 0 || full.rfind("body.layer4", 0) == 0) ? 1 : 0;
-        s->params.push_back({full, p.value(), g, isBn, isBn || p.key() == "bias"});
+        int g = bodyGroups;
+        if (full.rfind("body.", 0) == 0) g = m->body->bodyGroup(full.substr(5));
+        s->params.push_back({full, p.value(), g, norm, norm || p.key() == "bias"});
       }
     }
   } else {
@@ -380,5 +397,74 @@ Napi::Value Net::Dispose(const Napi::CallbackInfo& info) {
 
 // Collected without dispose(): the weights go with the last holder (this object or a Learner).
 Net::~Net() { memory_.release(Env()); }
+
+}  // namespace tl
+
+namespace tl {
+
+// The hook bodyFeatures(net, { data, shape }) -> { data, shape }: the body's eval-mode output (what fast.ai's
+// head takes), without gradients, on the calling thread: the tests compare a TorchScript body with PyTorch.
+Napi::Value BodyFeatures(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  if (!Net::isNet(env, info[0])) throw UserError("bodyFeatures: the first argument must be a Net");
+  auto s = Napi::ObjectWrap<Net>::Unwrap(info[0].As<Napi::Object>())->state();
+  s->check();
+  js::Options o(info[1], "bodyFeatures: options");
+  auto shape = toShape(o.value("shape"), "bodyFeatures: shape");
+  if (shape.size() != 4 || shape[1] != 3 || shape[0] < 1 || shape[2] < 32 || shape[3] < 32 || shape[0] * shape[2] * shape[3] > (1 << 22))
+    throw UserError("bodyFeatures: shape must be [batch, 3, height, width], at least 32x32 and at most 4M pixels");
+  auto x = float32ArrayToTensor(o.value("data"), shape, "bodyFeatures: data").to(s->device);
+  auto lock = s->lockNow("bodyFeatures");
+  torch::NoGradGuard ng;
+  const bool was = s->module->is_training();
+  s->module->eval();
+  torch::Tensor y;
+  try {
+    y = s->features(x).to(torch::kCPU, torch::kFloat32).contiguous();
+  } catch (...) {
+    s->module->train(was);
+    throw;
+  }
+  s->module->train(was);
+  auto r = Napi::Object::New(env);
+  r.Set("data", tensorToFloat32Array(env, y));
+  r.Set("shape", shapeToJs(env, y));
+  return r;
+  TL_CATCH(env)
+}
+
+// The hook trainForward(net, { data, shape, seed }) -> Float32Array: one training-mode forward (BatchNorm on
+// batch statistics, updating the running ones; dropout and stochastic depth drawn after manual_seed(seed)),
+// without gradients, on the calling thread: the tests compare it with torchvision's train mode.
+Napi::Value TrainForward(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  if (!Net::isNet(env, info[0])) throw UserError("trainForward: the first argument must be a Net");
+  auto s = Napi::ObjectWrap<Net>::Unwrap(info[0].As<Napi::Object>())->state();
+  s->check();
+  js::Options o(info[1], "trainForward: options");
+  auto shape = toShape(o.value("shape"), "trainForward: shape");
+  if (shape.size() != 4 || shape[1] != 3 || shape[0] < 1 || shape[2] < 32 || shape[3] < 32 || shape[0] * shape[2] * shape[3] > (1 << 22))
+    throw UserError("trainForward: shape must be [batch, 3, height, width], at least 32x32 and at most 4M pixels");
+  auto x = float32ArrayToTensor(o.value("data"), shape, "trainForward: data").to(s->device);
+  const auto seed = static_cast<uint64_t>(o.integer("seed", 0, int64_t{1} << 53));
+  auto lock = s->lockNow("trainForward");
+  torch::NoGradGuard ng;
+  const bool was = s->module->is_training();
+  s->module->train();
+  torch::manual_seed(seed);
+  torch::Tensor y;
+  try {
+    y = s->forward(x).to(torch::kCPU, torch::kFloat32).contiguous();
+  } catch (...) {
+    s->module->train(was);
+    throw;
+  }
+  s->module->train(was);
+  s->weightsChanged();
+  return tensorToFloat32Array(env, y);
+  TL_CATCH(env)
+}
 
 }  // namespace tl

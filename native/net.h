@@ -1,15 +1,15 @@
-// A network held by JavaScript: a torchvision ResNet, or fast.ai's body + head (what a Learner trains).
+// A network held by JavaScript: a torchvision network, or fast.ai's body + head (what a Learner trains).
 #pragma once
 #include "resnet.h"
 
 namespace tl {
 
-// fast.ai's model: the ResNet body cut before the pool, then the head. Layer groups (for freezing and
-// discriminative learning rates): [stem..layer2], [layer3, layer4], [head].
+// fast.ai's model: the body (torchvision's network cut where fast.ai cuts it), then the head. Layer groups
+// (for freezing and discriminative learning rates): the body's (BackboneImpl::numBodyGroups), then the head.
 struct ClassifierImpl : torch::nn::Module {
-  ClassifierImpl(const std::string& arch, const HeadOptions& head);
+  ClassifierImpl(std::shared_ptr<BackboneImpl> body, const HeadOptions& head);
   torch::Tensor forward(torch::Tensor x) { return head->forward(body->features(x)); }
-  ResNet body{nullptr};
+  std::shared_ptr<BackboneImpl> body;
   torch::nn::Sequential head{nullptr};
 };
 TORCH_MODULE(Classifier);
@@ -18,7 +18,7 @@ struct ParamInfo {
   std::string name;
   torch::Tensor tensor;
   int group;        // layer group
-  bool isNorm;      // a BatchNorm weight/bias: trains even in frozen groups (fast.ai's train_bn)
+  bool isNorm;      // a BatchNorm or LayerNorm weight/bias: trains even in frozen groups (fast.ai's train_bn)
   bool noDecay;     // BatchNorm parameters and biases get no weight decay (fast.ai v2)
 };
 
@@ -28,11 +28,11 @@ struct NetState : std::enable_shared_from_this<NetState> {
   std::string kind;  // "torchvision" or "fastai"
   std::shared_ptr<torch::nn::Module> module;
   std::function<torch::Tensor(const torch::Tensor&)> forward;
-  std::function<torch::Tensor(const torch::Tensor&)> features;  // activations of layer4
-  std::function<torch::Tensor(const torch::Tensor&)> classify;  // from layer4 activations to logits
-  std::function<void(bool)> setFoldBatchNorm;                    // ResNetImpl::setFoldBatchNorm of the body
-  std::function<void(TrainBn)> setTrainBatchNorm;                // ResNetImpl::setTrainBatchNorm of the body
-  std::function<void()> weightsChanged;                          // ResNetImpl::weightsChanged: after loads and moves
+  std::function<torch::Tensor(const torch::Tensor&)> features;  // activations of the body's last layer
+  std::function<torch::Tensor(const torch::Tensor&)> classify;  // from those activations to logits
+  std::function<void(bool)> setFoldBatchNorm;                    // BackboneImpl::setFoldBatchNorm of the body
+  std::function<void(TrainBn)> setTrainBatchNorm;                // BackboneImpl::setTrainBatchNorm of the body
+  std::function<void()> weightsChanged;                          // BackboneImpl::weightsChanged: after loads and moves
   torch::Device device{torch::kCPU};
   bool channelsLast = false;
   int numGroups = 1;

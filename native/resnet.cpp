@@ -102,12 +102,14 @@ torch::Tensor BasicBlockImpl::forward(torch::Tensor x) {
   return cb2.forwardRelu(out, *fold, identity);
 }
 
-BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride, nn::Sequential ds) {
-  conv1 = register_module("conv1", conv1x1(inplanes, planes, 1));
-  bn1 = register_module("bn1", nn::BatchNorm2d(planes));
-  conv2 = register_module("conv2", conv3x3(planes, planes, stride));  // v1.5: stride here
-  bn2 = register_module("bn2", nn::BatchNorm2d(planes));
-  conv3 = register_module("conv3", conv1x1(planes, planes * expansion, 1));
+BottleneckImpl::BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride, nn::Sequential ds, int64_t groups, int64_t baseWidth) {
+  const int64_t width = static_cast<int64_t>(static_cast<double>(planes) * (static_cast<double>(baseWidth) / 64.0)) * groups;
+  conv1 = register_module("conv1", conv1x1(inplanes, width, 1));
+  bn1 = register_module("bn1", nn::BatchNorm2d(width));
+  // v1.5: stride here
+  conv2 = register_module("conv2", nn::Conv2d(nn::Conv2dOptions(width, width, 3).stride(stride).padding(1).groups(groups).bias(false)));
+  bn2 = register_module("bn2", nn::BatchNorm2d(width));
+  conv3 = register_module("conv3", conv1x1(width, planes * expansion, 1));
   bn3 = register_module("bn3", nn::BatchNorm2d(planes * expansion));
   relu = register_module("relu", nn::ReLU(nn::ReLUOptions(true)));
   if (ds) downsample = register_module("downsample", ds);
@@ -124,16 +126,22 @@ torch::Tensor BottleneckImpl::forward(torch::Tensor x) {
   return cb3.forwardRelu(out, *fold, identity);
 }
 
-ArchSpec archSpec(const std::string& arch) {
-  if (arch == "resnet18") return {false, {2, 2, 2, 2}};
-  if (arch == "resnet34") return {false, {3, 4, 6, 3}};
-  if (arch == "resnet50") return {true, {3, 4, 6, 3}};
-  if (arch == "resnet101") return {true, {3, 4, 23, 3}};
-  if (arch == "resnet152") return {true, {3, 8, 36, 3}};
-  throw UserError("unknown architecture '" + arch + "': use resnet18, resnet34, resnet50, resnet101 or resnet152");
+std::optional<ArchSpec> resnetSpec(const std::string& arch) {
+  if (arch == "resnet18") return ArchSpec{false, {2, 2, 2, 2}};
+  if (arch == "resnet34") return ArchSpec{false, {3, 4, 6, 3}};
+  if (arch == "resnet50") return ArchSpec{true, {3, 4, 6, 3}};
+  if (arch == "resnet101") return ArchSpec{true, {3, 4, 23, 3}};
+  if (arch == "resnet152") return ArchSpec{true, {3, 8, 36, 3}};
+  if (arch == "resnext50_32x4d") return ArchSpec{true, {3, 4, 6, 3}, 32, 4};
+  if (arch == "resnext101_32x8d") return ArchSpec{true, {3, 4, 23, 3}, 32, 8};
+  if (arch == "resnext101_64x4d") return ArchSpec{true, {3, 4, 23, 3}, 64, 4};
+  if (arch == "wide_resnet50_2") return ArchSpec{true, {3, 4, 6, 3}, 1, 128};
+  if (arch == "wide_resnet101_2") return ArchSpec{true, {3, 4, 23, 3}, 1, 128};
+  return std::nullopt;
 }
 
-nn::Sequential ResNetImpl::makeLayer(bool bottleneck, int64_t& inplanes, int64_t planes, int64_t blocks, int64_t stride) {
+nn::Sequential ResNetImpl::makeLayer(const ArchSpec& spec, int64_t& inplanes, int64_t planes, int64_t blocks, int64_t stride) {
+  const bool bottleneck = spec.bottleneck;
   const int64_t expansion = bottleneck ? BottleneckImpl::expansion : BasicBlockImpl::expansion;
   nn::Sequential ds{nullptr};
   if (stride != 1 || inplanes != planes * expansion) {
@@ -144,7 +152,7 @@ nn::Sequential ResNetImpl::makeLayer(bool bottleneck, int64_t& inplanes, int64_t
     auto s = i == 0 ? stride : 1;
     auto d = i == 0 ? ds : nn::Sequential{nullptr};
     if (bottleneck)
-      layer->push_back(Bottleneck(inplanes, planes, s, d));
+      layer->push_back(Bottleneck(inplanes, planes, s, d, spec.groups, spec.widthPerGroup));
     else
       layer->push_back(BasicBlock(inplanes, planes, s, d));
     inplanes = planes * expansion;
@@ -153,17 +161,20 @@ nn::Sequential ResNetImpl::makeLayer(bool bottleneck, int64_t& inplanes, int64_t
 }
 
 ResNetImpl::ResNetImpl(const std::string& arch, int64_t numClasses, bool withClassifier) : withClassifier_(withClassifier) {
-  auto spec = archSpec(arch);
+  const auto found = resnetSpec(arch);
+  if (!found) throw UserError("unknown ResNet '" + arch + "'");
+  const auto& spec = *found;
+  splitTwo_ = spec.groups == 1 && spec.widthPerGroup == 64;
   if (withClassifier && numClasses < 1) throw UserError("numClasses must be a positive integer, got " + std::to_string(numClasses));
   int64_t inplanes = 64;
   conv1 = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(3, 64, 7).stride(2).padding(3).bias(false)));
   bn1 = register_module("bn1", nn::BatchNorm2d(64));
   relu = register_module("relu", nn::ReLU(nn::ReLUOptions(true)));
   maxpool = register_module("maxpool", nn::MaxPool2d(nn::MaxPool2dOptions(3).stride(2).padding(1)));
-  layer1 = register_module("layer1", makeLayer(spec.bottleneck, inplanes, 64, spec.layers[0], 1));
-  layer2 = register_module("layer2", makeLayer(spec.bottleneck, inplanes, 128, spec.layers[1], 2));
-  layer3 = register_module("layer3", makeLayer(spec.bottleneck, inplanes, 256, spec.layers[2], 2));
-  layer4 = register_module("layer4", makeLayer(spec.bottleneck, inplanes, 512, spec.layers[3], 2));
+  layer1 = register_module("layer1", makeLayer(spec, inplanes, 64, spec.layers[0], 1));
+  layer2 = register_module("layer2", makeLayer(spec, inplanes, 128, spec.layers[1], 2));
+  layer3 = register_module("layer3", makeLayer(spec, inplanes, 256, spec.layers[2], 2));
+  layer4 = register_module("layer4", makeLayer(spec, inplanes, 512, spec.layers[3], 2));
   numFeatures_ = inplanes;
   stem_ = {conv1.ptr(), bn1.ptr()};
   for (auto& m : modules(/*include_self=*/false)) {
@@ -196,10 +207,14 @@ torch::Tensor ResNetImpl::features(torch::Tensor x) {
   return layer4->forward(layer3->forward(layer2->forward(layer1->forward(x))));
 }
 
-torch::Tensor ResNetImpl::forward(torch::Tensor x) {
-  x = features(x);
-  if (!withClassifier_) return x;
-  return fc(torch::flatten(avgpool(x), 1));
+torch::Tensor ResNetImpl::classify(torch::Tensor a) {
+  if (!withClassifier_) throw std::logic_error("classify: this ResNet was built without its classifier");
+  return fc(torch::flatten(avgpool(a), 1));
+}
+
+int ResNetImpl::bodyGroup(const std::string& name) const {
+  if (!splitTwo_) return 0;
+  return name.rfind("layer3", 0) == 0 || name.rfind("layer4", 0) == 0 ? 1 : 0;
 }
 
 torch::Tensor AdaptiveConcatPool2dImpl::forward(const torch::Tensor& x) {

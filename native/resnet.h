@@ -1,15 +1,9 @@
 // torchvision-compatible ResNets (v1.5: the stride sits on the 3x3 conv of the bottleneck) with
 // exactly torchvision's parameter and buffer names, and fast.ai's classification head.
 #pragma once
-#include "common.h"
+#include "backbone.h"
 
 namespace tl {
-
-// Which kernels run a training-mode BatchNorm of a bf16 CUDA batch: cuDNN's, with the ReLU and the residual
-// add after it in the same call (batchnorm_cudnn.h; the default), or ATen's (what PyTorch runs, and where
-// cuDNN refuses). The hook setBatchNormKernels: 'cudnn-fused', 'aten'.
-enum class TrainBn { Aten = 0, CudnnFused = 1 };
-inline const std::vector<std::pair<std::string, TrainBn>> kTrainBnNames = {{"aten", TrainBn::Aten}, {"cudnn-fused", TrainBn::CudnnFused}};
 
 // How the body's BatchNorms run, shared by every block of one ResNet. Eval mode: whether forwards fold
 // BatchNorm into the convolutions, and a generation bumped when the weights are replaced or moved (a load,
@@ -63,7 +57,8 @@ TORCH_MODULE(BasicBlock);
 
 struct BottleneckImpl : torch::nn::Module {
   static constexpr int64_t expansion = 4;
-  BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride, torch::nn::Sequential downsample);
+  // groups and baseWidth: ResNeXt's grouped 3x3 convolution and Wide ResNet's wider one, as torchvision's
+  BottleneckImpl(int64_t inplanes, int64_t planes, int64_t stride, torch::nn::Sequential downsample, int64_t groups = 1, int64_t baseWidth = 64);
   torch::Tensor forward(torch::Tensor x);
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
@@ -74,26 +69,35 @@ struct BottleneckImpl : torch::nn::Module {
 };
 TORCH_MODULE(Bottleneck);
 
-// The architectures torchvision names resnet18 ... resnet152.
+// The architectures torchvision names resnet18 ... resnet152, resnext50_32x4d, resnext101_32x8d,
+// resnext101_64x4d, wide_resnet50_2, wide_resnet101_2.
 struct ArchSpec {
   bool bottleneck;
   std::array<int64_t, 4> layers;
+  int64_t groups = 1;
+  int64_t widthPerGroup = 64;
 };
-ArchSpec archSpec(const std::string& arch);
+// the spec of a ResNet-family name, or nothing for another name
+std::optional<ArchSpec> resnetSpec(const std::string& arch);
 
 // With `withClassifier` false the network stops after layer4 (fast.ai's body: cut at -2), and has no
 // avgpool/fc, so its state dict is torchvision's minus `fc.*`.
-struct ResNetImpl : torch::nn::Module {
+// fast.ai's split: resnet18 ... resnet152 are in its model_meta (_resnet_split: [stem..layer2], [layer3,
+// layer4]); ResNeXt and Wide ResNet are not, so fast.ai gives them its default split (the whole body one group).
+struct ResNetImpl : BackboneImpl {
   ResNetImpl(const std::string& arch, int64_t numClasses, bool withClassifier);
-  torch::Tensor features(torch::Tensor x);  // up to and including layer4
-  torch::Tensor forward(torch::Tensor x);
-  int64_t numFeatures() const { return numFeatures_; }
+  torch::Tensor features(torch::Tensor x) override;  // up to and including layer4
+  torch::Tensor classify(torch::Tensor a) override;
+  int64_t numFeatures() const override { return numFeatures_; }
+  int numBodyGroups() const override { return splitTwo_ ? 2 : 1; }
+  int bodyGroup(const std::string& name) const override;
+  std::string classifierPrefix() const override { return "fc."; }
   // Eval-mode forwards with every BatchNorm of the body folded into its convolution (see ConvBn).
-  void setFoldBatchNorm(bool on);
+  void setFoldBatchNorm(bool on) override;
   // The kernels of training-mode BatchNorm on bf16 CUDA batches (TrainBn).
-  void setTrainBatchNorm(TrainBn impl) { fold_->trainBn = impl; }
+  void setTrainBatchNorm(TrainBn impl) override { fold_->trainBn = impl; }
   // The weights were replaced or moved: folded copies are made again at the next eval forward.
-  void weightsChanged() { fold_->generation++; }
+  void weightsChanged() override { fold_->generation++; }
 
   torch::nn::Conv2d conv1{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr};
@@ -104,8 +108,9 @@ struct ResNetImpl : torch::nn::Module {
   torch::nn::Linear fc{nullptr};
 
  private:
-  torch::nn::Sequential makeLayer(bool bottleneck, int64_t& inplanes, int64_t planes, int64_t blocks, int64_t stride);
+  torch::nn::Sequential makeLayer(const ArchSpec& spec, int64_t& inplanes, int64_t planes, int64_t blocks, int64_t stride);
   bool withClassifier_;
+  bool splitTwo_ = false;
   int64_t numFeatures_ = 0;
   std::shared_ptr<FoldState> fold_ = std::make_shared<FoldState>();
   ConvBn stem_;

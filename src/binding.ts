@@ -188,6 +188,8 @@ interface Addon {
   torchInfo(): TorchInfo;
   setNumThreads(n: number): void;
   manualSeed(seed: number): void;
+  /** the architecture names the addon builds (src/model.ts ARCHS, checked against it by the tests) */
+  architectures(): string[];
   /** the tests' and the bench's entry points, typed in src/hooks.ts */
   hooks: unknown;
   augmentImages(

@@ -89,13 +89,13 @@ async function main(argv: string[]): Promise<number> {
     const [sub, ...args] = rest;
     if (sub === 'list') {
       console.log(`PyTorch's hub cache: ${hubCacheDir()}; downloads from ${weightsBaseUrl()}`);
-      console.log(`${'architecture'.padEnd(14)}${'version'.padEnd(16)}${'file'.padEnd(26)}cache`);
+      console.log(`${'architecture'.padEnd(18)}${'version'.padEnd(16)}${'file'.padEnd(42)}cache`);
       for (const arch of ARCHS)
         for (const v of WEIGHTS_VERSIONS) {
           const file = PRETRAINED[arch][v];
           if (!file) continue;
           const st = statSync(join(hubCacheDir(), file), { throwIfNoEntry: false });
-          console.log(`${arch.padEnd(14)}${v.padEnd(16)}${file.padEnd(26)}${st ? `cached (${(st.size / 2 ** 20).toFixed(1)} MiB)` : 'not cached'}`);
+          console.log(`${arch.padEnd(18)}${v.padEnd(16)}${file.padEnd(42)}${st ? `cached (${(st.size / 2 ** 20).toFixed(1)} MiB)` : 'not cached'}`);
         }
       return 0;
     }

@@ -1,8 +1,9 @@
 // The addon's entry points for the tests and the bench, not for the library: native internals run on given
 // inputs (the optimizer step, the schedule, the batch pipeline), thread and device-memory readings, and the
 // BatchNorm kernel variants the GPU bench compares. Not exported from the package.
-import { native, type BatchNormKernels, type NamedTensor, type NativeAugOptions, type NativeLearner, type NativeSchedule } from './binding.js';
+import { native, type BatchNormKernels, type NamedTensor, type NativeAugOptions, type NativeLearner, type NativeNet, type NativeSchedule } from './binding.js';
 import { nativeLearnerOf, type Learner } from './learner/learner.js';
+import { nativeNetOf, type Model } from './model.js';
 
 interface Hooks {
   /** LibTorch's CPU thread count on the JavaScript thread (kept at one) and on the CPU worker */
@@ -67,6 +68,15 @@ export interface BatchNormError {
 }
 
 export const hooks = native.hooks as Hooks;
+
+/**
+ * One training-mode forward of a model without gradients (BatchNorm on batch statistics, updating the
+ * running ones; dropout and stochastic depth drawn after manual_seed(seed)): the logits, for the
+ * comparison with torchvision's train mode.
+ */
+export function trainForward(model: Model, o: { data: Float32Array; shape: number[]; seed: number }): Float32Array {
+  return (native.hooks as { trainForward(net: NativeNet, o: object): Float32Array }).trainForward(nativeNetOf(model), o);
+}
 
 /** Sets the kernels of a learner's training-mode BatchNorm on bf16 CUDA batches: 'cudnn-fused' (the default) or ATen's. */
 export function setBatchNormKernels(learn: Learner, kernels: BatchNormKernels): void {

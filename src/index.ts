@@ -7,8 +7,15 @@
  */
 export { torchInfo, setNumThreads, manualSeed } from './info.js';
 export type { TorchInfo } from './info.js';
-export { Model, resnet18, resnet34, resnet50, resnet101, resnet152, ARCHS, TORCHVISION_WEIGHTS } from './model.js';
-export type { Arch, LoadWeightsOptions, ResNetOptions } from './model.js';
+export {
+  Model, ARCHS, TORCHVISION_WEIGHTS, archInfo, torchvisionStateDict,
+  resnet18, resnet34, resnet50, resnet101, resnet152,
+  resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2,
+  densenet121, densenet161, densenet169, densenet201,
+  efficientnet_b0, efficientnet_b1, efficientnet_b2, efficientnet_b3, efficientnet_b4, efficientnet_b5, efficientnet_b6, efficientnet_b7,
+  convnext_tiny, convnext_small, convnext_base, convnext_large,
+} from './model.js';
+export type { Arch, ArchFamily, ArchInfo, LoadWeightsOptions, ModelOptions, ResNetOptions } from './model.js';
 export type { LoadReport, NamedTensor, DType } from './binding.js';
 export { readWeightFile, writeWeightFile } from './weights/index.js';
 export type { WeightFile } from './weights/index.js';

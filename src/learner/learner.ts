@@ -7,7 +7,7 @@ import { native, type NativeEpochResult, type NativeLearner, type NativeNet, typ
 import { TestSet, type ImageDataLoaders } from '../data/loaders.js';
 import { decodeAll, type ImageSource } from '../data/images.js';
 import { foldBatchNormDefault, manualSeed, resolveDevice, torchInfo, usesBf16 } from '../info.js';
-import { checkArch, NetHandle, torchlearnFileKind, TORCHVISION_WEIGHTS, type Arch } from '../model.js';
+import { archInfo, checkArch, NetHandle, torchlearnFileKind, torchvisionStateDict, TORCHVISION_WEIGHTS, type Arch } from '../model.js';
 import { cachedWeightFile, hubCacheDir, pretrainedFileName, weightsBaseUrl, WEIGHTS_VERSIONS, type WeightsVersion } from '../weights/pretrained.js';
 import { lrFindSpec, renderChart } from '../plot/charts.js';
 import { writeGrid } from '../plot/grid.js';
@@ -936,13 +936,16 @@ export class Learner {
   }
 }
 
-/** Loads torchvision ResNet weights into the body (the classifier fc.* of the file is not used). */
+/** Loads torchvision weights into the body (the file's classifier, fc.* or classifier.*, is not used). */
 function loadBody(net: NativeNet, path: string, arch: Arch): void {
   if (typeof path !== 'string') throw new Error(`pretrained must be the path of a torchvision weight file (or false), got ${JSON.stringify(path)}`);
   const file = readWeightFile(path);
   const ours = torchlearnFileKind(path, file.metadata);
   if (ours) throw new Error(`pretrained: ${ours}. pretrained takes torchvision's ImageNet weights (${TORCHVISION_WEIGHTS[arch]} for a ${arch})`);
-  const tensors = file.tensors.filter((t) => !t.name.startsWith('fc.')).map((t) => ({ ...t, name: `body.${t.name}` }));
+  const classifier = archInfo(arch).classifier;
+  const tensors = torchvisionStateDict(file.tensors)
+    .filter((t) => !t.name.startsWith(classifier))
+    .map((t) => ({ ...t, name: `body.${t.name}` }));
   net.loadStateDict(tensors, {
     strict: true,
     skipPrefixes: ['head.'],

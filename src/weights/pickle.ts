@@ -55,7 +55,12 @@ const MARK = new Mark();
 
 /** Parses a state_dict pickle; persistent ids become StorageRef, tensors TensorRef. */
 export function unpickle(buf: Buffer, where: string): PyValue {
-  let p = 0;
+  return unpickleAt(buf, where, 0).value;
+}
+
+/** Parses the pickle that starts at byte `start` (a legacy .pth is several in a row): its value, and the byte after its STOP. */
+export function unpickleAt(buf: Buffer, where: string, start: number): { value: PyValue; end: number } {
+  let p = start;
   const stack: PyValue[] = [];
   const memo = new Map<number, PyValue>();
   const fail = (why: string): never => {
@@ -109,7 +114,7 @@ export function unpickle(buf: Buffer, where: string): PyValue {
     switch (op) {
       case 0x80: u8(); break; // PROTO
       case 0x95: need(8); p += 8; break; // FRAME
-      case 0x2e: return pop(); // STOP
+      case 0x2e: return { value: pop(), end: p }; // STOP
       case 0x28: stack.push(MARK); break; // MARK
       case 0x7d: stack.push(new Map()); break; // EMPTY_DICT
       case 0x5d: stack.push([]); break; // EMPTY_LIST
@@ -178,7 +183,7 @@ export function unpickle(buf: Buffer, where: string): PyValue {
       case 0x52: { const args = pop(); const fn = pop(); stack.push(call(fn, args)); break; } // REDUCE
       case 0x81: { const args = pop(); const cls = pop(); stack.push(call(cls, args)); break; } // NEWOBJ
       case 0x62: { pop(); break; } // BUILD: state of an OrderedDict/_metadata is not needed
-      case 0x51: { // BINPERSID: ('storage', storage_type, key, location, numel)
+      case 0x51: { // BINPERSID: ('storage', storage_type, key, location, numel[, view_metadata])
         const pid = pop();
         if (!Array.isArray(pid) || pid[0] !== 'storage') fail('unknown persistent id');
         const [, type, key, , n] = pid as [string, Global, string, string, number];

@@ -19,14 +19,36 @@ export type WeightsVersion = 'IMAGENET1K_V1' | 'IMAGENET1K_V2';
 /** The ImageNet weight versions torchvision publishes (`IMAGENET1K_V1` is fast.ai's `pretrained=True`). */
 export const WEIGHTS_VERSIONS: readonly WeightsVersion[] = ['IMAGENET1K_V1', 'IMAGENET1K_V2'];
 
-/** torchvision's weight files (torchvision.models.ResNet*_Weights), by architecture and version. V1 is
- * fast.ai's default (the weights its published results use); V2 is torchvision's newer recipe. */
+/** torchvision's weight files (torchvision.models.*_Weights, as torchvision 0.14 names them), by
+ * architecture and version. V1 is fast.ai's default (the weights its published results use); V2 is
+ * torchvision's newer recipe, where it has one. */
 export const PRETRAINED: Readonly<Record<Arch, Partial<Record<WeightsVersion, string>>>> = {
   resnet18: { IMAGENET1K_V1: 'resnet18-f37072fd.pth' },
   resnet34: { IMAGENET1K_V1: 'resnet34-b627a593.pth' },
   resnet50: { IMAGENET1K_V1: 'resnet50-0676ba61.pth', IMAGENET1K_V2: 'resnet50-11ad3fa6.pth' },
   resnet101: { IMAGENET1K_V1: 'resnet101-63fe2227.pth', IMAGENET1K_V2: 'resnet101-cd907fc2.pth' },
   resnet152: { IMAGENET1K_V1: 'resnet152-394f9c45.pth', IMAGENET1K_V2: 'resnet152-f82ba261.pth' },
+  resnext50_32x4d: { IMAGENET1K_V1: 'resnext50_32x4d-7cdf4587.pth', IMAGENET1K_V2: 'resnext50_32x4d-1a0047aa.pth' },
+  resnext101_32x8d: { IMAGENET1K_V1: 'resnext101_32x8d-8ba56ff5.pth', IMAGENET1K_V2: 'resnext101_32x8d-110c445d.pth' },
+  resnext101_64x4d: { IMAGENET1K_V1: 'resnext101_64x4d-173b62eb.pth' },
+  wide_resnet50_2: { IMAGENET1K_V1: 'wide_resnet50_2-95faca4d.pth', IMAGENET1K_V2: 'wide_resnet50_2-9ba9bcbe.pth' },
+  wide_resnet101_2: { IMAGENET1K_V1: 'wide_resnet101_2-32ee1156.pth', IMAGENET1K_V2: 'wide_resnet101_2-d733dc28.pth' },
+  densenet121: { IMAGENET1K_V1: 'densenet121-a639ec97.pth' },
+  densenet161: { IMAGENET1K_V1: 'densenet161-8d451a50.pth' },
+  densenet169: { IMAGENET1K_V1: 'densenet169-b2777c0a.pth' },
+  densenet201: { IMAGENET1K_V1: 'densenet201-c1103571.pth' },
+  efficientnet_b0: { IMAGENET1K_V1: 'efficientnet_b0_rwightman-3dd342df.pth' },
+  efficientnet_b1: { IMAGENET1K_V1: 'efficientnet_b1_rwightman-533bc792.pth', IMAGENET1K_V2: 'efficientnet_b1-c27df63c.pth' },
+  efficientnet_b2: { IMAGENET1K_V1: 'efficientnet_b2_rwightman-bcdf34b7.pth' },
+  efficientnet_b3: { IMAGENET1K_V1: 'efficientnet_b3_rwightman-cf984f9c.pth' },
+  efficientnet_b4: { IMAGENET1K_V1: 'efficientnet_b4_rwightman-7eb33cd5.pth' },
+  efficientnet_b5: { IMAGENET1K_V1: 'efficientnet_b5_lukemelas-b6417697.pth' },
+  efficientnet_b6: { IMAGENET1K_V1: 'efficientnet_b6_lukemelas-c76e70fd.pth' },
+  efficientnet_b7: { IMAGENET1K_V1: 'efficientnet_b7_lukemelas-dcc49843.pth' },
+  convnext_tiny: { IMAGENET1K_V1: 'convnext_tiny-983f1562.pth' },
+  convnext_small: { IMAGENET1K_V1: 'convnext_small-0c510722.pth' },
+  convnext_base: { IMAGENET1K_V1: 'convnext_base-6075fbad.pth' },
+  convnext_large: { IMAGENET1K_V1: 'convnext_large-ea097f82.pth' },
 };
 
 /** Where torchvision publishes them; TORCHLEARN_WEIGHTS_URL replaces it (a mirror, or a test's server). */

@@ -1,9 +1,10 @@
 // torchvision's .pth files: what torch.save(model.state_dict()) writes since PyTorch 1.6 (a zip
-// holding data.pkl and one file per tensor storage).
+// holding data.pkl and one file per tensor storage), and the legacy format before it, in which torchvision
+// still publishes its older weights (DenseNet, ResNeXt, Wide ResNet).
 import { crc32 } from 'node:zlib';
 import type { DType, NamedTensor } from '../binding.js';
 import { DTYPE_SIZE, numel } from './dtypes.js';
-import { pickleStateDict, unpickle, type StorageRef, type TensorRef } from './pickle.js';
+import { pickleStateDict, unpickle, unpickleAt, type StorageRef, type TensorRef } from './pickle.js';
 import { ZipReader } from './zip.js';
 
 /** The most a state dict's pickle (names, shapes, storage keys) may declare. */
@@ -23,12 +24,7 @@ function findStateDict(root: unknown, path: string): Map<string, TensorRef> {
 }
 
 export function readPth(buf: Buffer, path: string): NamedTensor[] {
-  if (buf.length >= 2 && buf[0] === 0x80 && buf.readUInt32LE(0) !== 0x04034b50) {
-    throw new Error(
-      `${path}: this .pth was written by PyTorch before 1.6 (the legacy, non-zip format), which torchlearn does not read.\n` +
-        `Convert it once with PyTorch: python3 -c "import torch; torch.save(torch.load('${path}'), 'converted.pth')"`,
-    );
-  }
+  if (buf.length >= 2 && buf[0] === 0x80 && buf.readUInt32LE(0) !== 0x04034b50) return readLegacyPth(buf, path);
   if (buf.length < 4 || buf.readUInt32LE(0) !== 0x04034b50) {
     throw new Error(`${path}: not a PyTorch checkpoint (expected a zip written by torch.save, or a .safetensors file)`);
   }
@@ -55,6 +51,57 @@ export function readPth(buf: Buffer, path: string): NamedTensor[] {
     }
     if (raw.length < st.numel * size) throw new Error(`${path}: storage ${st.key} of '${name}' is cut short (truncated file?)`);
     out.push({ name, dtype: st.dtype as DType, shape: t.shape, data: gather(raw, t, size, path, name) });
+  }
+  return out;
+}
+
+/** torch.save's magic number at the start of a legacy file, and the protocol version after it. */
+const LEGACY_MAGIC = Number(0x1950a86a20f9469cfc6cn);
+const LEGACY_PROTOCOL = 1001;
+
+/**
+ * A .pth in the format of PyTorch before 1.6: four pickles in a row (the magic number, the protocol
+ * version, the machine's sizes, the state dict whose storages are persistent ids), a pickle of the storage
+ * keys, then each storage in that order as an int64 element count and its raw little-endian bytes.
+ */
+function readLegacyPth(buf: Buffer, path: string): NamedTensor[] {
+  const bad = (why: string): never => {
+    throw new Error(`${path}: not a readable PyTorch checkpoint (legacy format: ${why})`);
+  };
+  let at = 0;
+  const next = () => {
+    const r = unpickleAt(buf, path, at);
+    at = r.end;
+    return r.value;
+  };
+  if (next() !== LEGACY_MAGIC) bad('no torch.save magic number');
+  if (next() !== LEGACY_PROTOCOL) bad('an unknown protocol version');
+  const info = next();
+  if (info instanceof Map && info.get('little_endian') === false) bad('written on a big-endian machine');
+  const sd = findStateDict(next(), path);
+  const keys = next();
+  if (!Array.isArray(keys) || !keys.every((k) => typeof k === 'string')) bad('no list of storage keys');
+  const dtypes = new Map<string, DType>();
+  for (const t of sd.values()) if (isTensorRef(t)) dtypes.set(t.storage.key, t.storage.dtype as DType);
+  const storages = new Map<string, Buffer>();
+  for (const key of keys as string[]) {
+    if (at + 8 > buf.length) bad(`storage ${key} is cut short (truncated file?)`);
+    const n = Number(buf.readBigInt64LE(at));
+    at += 8;
+    const dtype = dtypes.get(key);
+    if (!dtype) bad(`storage ${key} belongs to no tensor`);
+    const bytes = n * DTYPE_SIZE[dtype!];
+    if (!(Number.isSafeInteger(bytes) && bytes >= 0) || at + bytes > buf.length) bad(`storage ${key} is cut short (truncated file?)`);
+    storages.set(key, buf.subarray(at, at + bytes));
+    at += bytes;
+  }
+  const out: NamedTensor[] = [];
+  for (const [name, t] of sd) {
+    if (!isTensorRef(t)) continue;
+    const raw = storages.get(t.storage.key);
+    if (!raw) bad(`the data of '${name}' is missing`);
+    const size = DTYPE_SIZE[t.storage.dtype as DType];
+    out.push({ name, dtype: t.storage.dtype as DType, shape: t.shape, data: gather(raw!, t, size, path, name) });
   }
   return out;
 }
