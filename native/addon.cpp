@@ -1,5 +1,6 @@
 // The addon's entry point: registers the native classes and the few free functions.
 #include <ATen/CPUGeneratorImpl.h>
+#include <caffe2/serialize/versions.h>
 #include "js.h"
 
 #include <chrono>
@@ -39,6 +40,9 @@ static Napi::Value TorchInfo(const Napi::CallbackInfo& info) {
 #endif
   o.Set("threads", configuredThreads());
   o.Set("fusedAdam", FastAdam::fusedCudaCompiled());
+  // the newest TorchScript file format this LibTorch loads (a TorchScript body from a newer PyTorch is refused
+  // before loading, with both versions)
+  o.Set("torchscriptFormat", Napi::Number::New(env, static_cast<double>(caffe2::serialize::kMaxSupportedFileFormatVersion)));
   return o;
   TL_CATCH(env)
 }

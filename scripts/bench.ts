@@ -20,6 +20,7 @@
 //   --pt LIST           how the PyTorch baseline runs the train step, some of eager,cudagraph,compile,compile-max-autotune
 //                       (default: all on CUDA, eager on the CPU): eager; the whole step captured as one CUDA graph;
 //                       the model under torch.compile (mode default or max-autotune; compile time reported apart)
+//   --arch NAME         the architecture of the train-step, e2e and inference rows, on both sides (default resnet50)
 //   --pt-timeout S      seconds one PyTorch baseline process may take (default 900; max-autotune compiles for minutes)
 //   --aug full|affine|both  the train step's augmentation, the same on both sides: fast.ai's whole
 //                       aug_transforms() (default), or flip/rotate/zoom only (the PyTorch reference of ../shared/device)
@@ -33,6 +34,7 @@ import { compareTraces, readTrace } from '../src/bench.js';
 import { readCovidMetadata } from '../src/datasets/covid.js';
 import { decodeAll } from '../src/data/images.js';
 import { foldBatchNormDefault } from '../src/info.js';
+import { checkArch } from '../src/model.js';
 import { servingBench } from './bench/serving.js';
 
 const { values: args } = parseArgs({
@@ -56,6 +58,7 @@ const { values: args } = parseArgs({
     adam: { type: 'string' },
     pt: { type: 'string' },
     'pt-timeout': { type: 'string', default: '900' },
+    arch: { type: 'string' },
   },
 });
 const info = torchInfo();
@@ -73,6 +76,7 @@ if (args.trace) mkdirSync(args.trace, { recursive: true });
 const cfg = cuda
   ? { arch: 'resnet50', size: 224, presize: 256, bss: [64, 256], iters: args.quick ? 10 : 30, precisions: ['bf16', 'fp32'] }
   : { arch: 'resnet50', size: 128, presize: 160, bss: [16], iters: args.quick ? 3 : 6, precisions: ['fp32'] };
+if (args.arch) cfg.arch = checkArch(args.arch);
 if (args.bs) cfg.bss = args.bs.split(',').map(Number);
 if (args.precisions) cfg.precisions = args.precisions.split(',');
 if (args.iters) cfg.iters = Number(args.iters);
@@ -267,7 +271,7 @@ async function endToEndBench() {
 }
 
 async function inferenceBench() {
-  // single-image latency (decode included) and batched throughput of an exported ResNet50 classifier
+  // single-image latency (decode included) and batched throughput of an exported classifier (--arch)
   const size = 224;
   const presize = 256;
   const bs = cuda ? 256 : 16;
@@ -282,7 +286,7 @@ async function inferenceBench() {
   const n = 64;
   const images = new Uint8Array(n * presize * presize * 3);
   const dls = ImageDataLoaders.fromArrays(images, Int32Array.from({ length: n }, (_, i) => i % 2), ['a', 'b'], { presize, size, bs });
-  const learn = await visionLearner(dls, 'resnet50', { pretrained: false, verbose: false, device, seed: 0 });
+  const learn = await visionLearner(dls, cfg.arch as 'resnet50', { pretrained: false, verbose: false, device, seed: 0 });
   const path = await learn.export(join(tmp, 'export.safetensors'));
   learn.dispose();
   const inf = loadLearner(path, { device, bs });
@@ -294,12 +298,12 @@ async function inferenceBench() {
     ts.push(performance.now() - t);
   }
   ts.sort((a, b) => a - b);
-  rows.push({ bench: 'predict latency (decode included)', impl: 'torchlearn', arch: 'resnet50', device, size, median_ms: ts[ts.length >> 1] });
+  rows.push({ bench: 'predict latency (decode included)', impl: 'torchlearn', arch: cfg.arch, device, size, median_ms: ts[ts.length >> 1] });
   const batch = new Uint8Array(bs * presize * presize * 3);
   await inf.predictImages(batch, bs);
   const t = performance.now();
   for (let i = 0; i < iters; i++) await inf.predictImages(batch, bs);
-  rows.push({ bench: 'inference throughput', impl: 'torchlearn', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', fold_batchnorm: foldBatchNormDefault(device), images_per_s: (bs * iters) / ((performance.now() - t) / 1000) });
+  rows.push({ bench: 'inference throughput', impl: 'torchlearn', arch: cfg.arch, device, bs, size, precision: cuda ? 'bf16' : 'fp32', fold_batchnorm: foldBatchNormDefault(device), images_per_s: (bs * iters) / ((performance.now() - t) / 1000) });
   {
     // the other side of the foldBatchNorm default (folded on the CPU, not on CUDA), the same batches
     const fold = !foldBatchNormDefault(device);
@@ -307,13 +311,13 @@ async function inferenceBench() {
     await alt.predictImages(batch, bs);
     const ta = performance.now();
     for (let i = 0; i < iters; i++) await alt.predictImages(batch, bs);
-    rows.push({ bench: `inference throughput, BatchNorm ${fold ? 'folded' : 'not folded'}`, impl: 'torchlearn', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', fold_batchnorm: fold, images_per_s: (bs * iters) / ((performance.now() - ta) / 1000) });
+    rows.push({ bench: `inference throughput, BatchNorm ${fold ? 'folded' : 'not folded'}`, impl: 'torchlearn', arch: cfg.arch, device, bs, size, precision: cuda ? 'bf16' : 'fp32', fold_batchnorm: fold, images_per_s: (bs * iters) / ((performance.now() - ta) / 1000) });
     alt.dispose();
   }
   // the same work in PyTorch (uint8 images in host memory to probabilities in host memory), and, as a ceiling,
   // PyTorch's forward alone on an input already on the device
   const ptInference = (mode: string, extra: string[] = []) =>
-    JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', 'resnet50', '--size', String(size), '--presize', String(presize), mode, '--bs', String(bs), '--iters', String(iters), '--precisions', cuda ? 'bf16' : 'fp32', ...extra], { encoding: 'utf8' }).trim().split('\n').pop()!);
+    JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', cfg.arch, '--size', String(size), '--presize', String(presize), mode, '--bs', String(bs), '--iters', String(iters), '--precisions', cuda ? 'bf16' : 'fp32', ...extra], { encoding: 'utf8' }).trim().split('\n').pop()!);
   const ours = args.trace ? join(args.trace, `torchlearn-inference-bs${bs}.json`) : undefined;
   const theirs = args.trace ? join(args.trace, `pytorch-inference-bs${bs}.json`) : undefined;
   if (ours) {
@@ -325,13 +329,13 @@ async function inferenceBench() {
   }
   inf.dispose();
   try {
-    const lat = JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', 'resnet50', '--size', String(size), '--presize', String(presize), '--latency', img, '--iters', cuda ? '20' : '5'], { encoding: 'utf8' }).trim());
-    rows.push({ bench: 'predict latency (decode included)', impl: 'pytorch eager + PIL', arch: 'resnet50', device, size, threads: lat.threads, median_ms: lat.median_ms });
+    const lat = JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', cfg.arch, '--size', String(size), '--presize', String(presize), '--latency', img, '--iters', cuda ? '20' : '5'], { encoding: 'utf8' }).trim());
+    rows.push({ bench: 'predict latency (decode included)', impl: 'pytorch eager + PIL', arch: cfg.arch, device, size, threads: lat.threads, median_ms: lat.median_ms });
     const host = ptInference('--inference-host', theirs ? ['--trace', theirs] : []);
     if (ours && theirs && existsSync(ours) && existsSync(theirs)) log(`\noperators per predictImages call of ${bs} images (largest differences first):\n${compareTraces(readTrace(ours), readTrace(theirs))}\n`);
-    rows.push({ bench: 'inference throughput', impl: 'pytorch eager', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', threads: host.threads, images_per_s: host.images_per_s });
+    rows.push({ bench: 'inference throughput', impl: 'pytorch eager', arch: cfg.arch, device, bs, size, precision: cuda ? 'bf16' : 'fp32', threads: host.threads, images_per_s: host.images_per_s });
     const thr = ptInference('--inference');
-    rows.push({ bench: 'inference, forward only (input on the device)', impl: 'pytorch eager', arch: 'resnet50', device, bs, size, precision: cuda ? 'bf16' : 'fp32', threads: thr.threads, images_per_s: thr.images_per_s });
+    rows.push({ bench: 'inference, forward only (input on the device)', impl: 'pytorch eager', arch: cfg.arch, device, bs, size, precision: cuda ? 'bf16' : 'fp32', threads: thr.threads, images_per_s: thr.images_per_s });
   } catch (e) {
     log(`PyTorch inference baseline failed: ${(e as Error).message.split('\n')[0]}`);
   }

@@ -33,6 +33,8 @@ export interface TorchInfo {
   threads: number;
   /** this LibTorch has PyTorch's fused AdamW kernel (2.1 or later): the learner option fusedAdam */
   fusedAdam: boolean;
+  /** the newest TorchScript file format (the `version` record of a torch.jit.save file) this LibTorch loads */
+  torchscriptFormat: number;
 }
 
 /** What loading a weight file matched: keys missing from the file, keys the network does not have, keys whose shapes differ, and the number loaded. */
@@ -200,6 +202,10 @@ interface Addon {
     o: { params?: Float64Array; aug?: NativeAugOptions | null; seed?: number },
   ): Uint8Array;
   Net: new (o: {
+    /** a TorchScript body (arch 'torchscript'): the file's bytes, its name for messages, where fast.ai's later layer groups start */
+    torchscript?: Uint8Array;
+    source?: string;
+    groupStarts?: string[];
     arch: string;
     kind: 'torchvision' | 'fastai';
     numClasses: number;

@@ -78,6 +78,11 @@ export function trainForward(model: Model, o: { data: Float32Array; shape: numbe
   return (native.hooks as { trainForward(net: NativeNet, o: object): Float32Array }).trainForward(nativeNetOf(model), o);
 }
 
+/** The body's eval-mode output for a batch (what fast.ai's head takes), without gradients. */
+export function bodyFeatures(learn: Learner, o: { data: Float32Array; shape: number[] }): { data: Float32Array; shape: number[] } {
+  return (native.hooks as { bodyFeatures(net: NativeNet, o: object): { data: Float32Array; shape: number[] } }).bodyFeatures(learn.net, o);
+}
+
 /** Sets the kernels of a learner's training-mode BatchNorm on bf16 CUDA batches: 'cudnn-fused' (the default) or ATen's. */
 export function setBatchNormKernels(learn: Learner, kernels: BatchNormKernels): void {
   const nat: NativeLearner = nativeLearnerOf(learn);

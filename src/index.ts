@@ -15,6 +15,7 @@ export {
   efficientnet_b0, efficientnet_b1, efficientnet_b2, efficientnet_b3, efficientnet_b4, efficientnet_b5, efficientnet_b6, efficientnet_b7,
   convnext_tiny, convnext_small, convnext_base, convnext_large,
 } from './model.js';
+export type { TorchScriptBody, TorchScriptExtras } from './torchscript.js';
 export type { Arch, ArchFamily, ArchInfo, LoadWeightsOptions, ModelOptions, ResNetOptions } from './model.js';
 export type { LoadReport, NamedTensor, DType } from './binding.js';
 export { readWeightFile, writeWeightFile } from './weights/index.js';

@@ -11,7 +11,8 @@ import { chromeTracePath, writeNativeTrace } from './learner/trace.js';
 import { lossesFromProbs, type TtaOptions } from './tta.js';
 import { DATA_DEFAULTS, type ResizeMethod } from './data/transforms.js';
 import { readWeightFile } from './weights/index.js';
-import { decode, EXPORT_FORMAT, gradcamPresized, predictFiles, predictPaths, SINGLE_LABEL, type Decoding, type ExportInfo, type Prediction } from './prediction.js';
+import { parseTorchScript } from './torchscript.js';
+import { decode, EXPORTED_TORCHSCRIPT, EXPORT_FORMAT, gradcamPresized, predictFiles, predictPaths, SINGLE_LABEL, type Decoding, type ExportInfo, type Prediction } from './prediction.js';
 import { decodeImage, describeSource } from './data/images.js';
 import { PredictBatcher, type BatchingOptions, type PredictTiming } from './serving/batcher.js';
 
@@ -37,7 +38,8 @@ function parseExport(path: string, meta: Record<string, string>): ExportInfo {
   }
   try {
     return {
-      arch: checkArch(meta.arch),
+      arch: meta.arch === 'torchscript' ? 'torchscript' : checkArch(meta.arch),
+      groupStarts: meta.groupStarts ? JSON.parse(meta.groupStarts) : undefined,
       vocab: JSON.parse(meta.vocab),
       size: Number(meta.size),
       presize: Number(meta.presize),
@@ -66,9 +68,17 @@ export class InferenceLearner {
   constructor(info: ExportInfo, tensors: NamedTensor[], device: string, source: string, o: Omit<LoadLearnerOptions, 'device'> = {}) {
     this.info = info;
     this.device = device;
-    const net = new native.Net({ arch: info.arch, kind: 'fastai', numClasses: info.vocab.length, head: info.head });
+    // a TorchScript body: its file, carried by the export, checked as when it was first read
+    const scriptTensor = tensors.find((t) => t.name === EXPORTED_TORCHSCRIPT);
+    if (info.arch === 'torchscript' && !scriptTensor) throw new Error(`${source}: damaged export (a TorchScript learner's export without its body's file)`);
+    const script = info.arch === 'torchscript' ? parseTorchScript(Buffer.from(scriptTensor!.data), source) : null;
+    const net = new native.Net({
+      arch: info.arch, kind: 'fastai', numClasses: info.vocab.length, head: info.head,
+      ...(script ? { torchscript: script.bytes, source, groupStarts: info.groupStarts ?? [] } : {}),
+    });
     this.#h = new NetHandle(net, 'this learner');
-    net.loadStateDict(tensors.map((t) => ({ ...t, name: t.name.replace(/^model\./, '') })), { strict: true, source });
+    const weights = tensors.filter((t) => t.name !== EXPORTED_TORCHSCRIPT);
+    net.loadStateDict(weights.map((t) => ({ ...t, name: t.name.replace(/^model\./, '') })), { strict: true, source });
     this.#nat = new native.Learner(net, { device });
     this.#nat.setOptions({ multiLabel: Boolean(info.multiLabel), size: info.size, bs: o.bs ?? DATA_DEFAULTS.bs, mean: info.mean, std: info.std, aug: info.augment, bf16: device.startsWith('cuda') && usesBf16(device, o.precision), foldBatchNorm: o.foldBatchNorm ?? foldBatchNormDefault(device) });
     this.batcher = new PredictBatcher((images, n) => this.nat.predict(images, n, info.presize), {

@@ -12,9 +12,15 @@ import { ttaProbs, type TtaOptions } from './tta.js';
 /** The format string `learn.export()` writes into the file's metadata. */
 export const EXPORT_FORMAT = 'torchlearn-export-v1';
 
+/** The name of the tensor in which an export carries its TorchScript body's file (its bytes). */
+export const EXPORTED_TORCHSCRIPT = 'torchscript';
+
 /** What an export records besides the weights. */
 export interface ExportInfo {
-  arch: Arch;
+  /** the architecture, or 'torchscript' (the body's file is the export's `torchscript` tensor) */
+  arch: Arch | 'torchscript';
+  /** a TorchScript body's layer groups (where they start) */
+  groupStarts?: string[];
   vocab: string[];
   size: number;
   presize: number;
@@ -65,6 +71,7 @@ export function exportMetadata(info: ExportInfo): Record<string, string> {
     augment: JSON.stringify(info.augment),
     task: info.multiLabel ? 'multi-label' : 'single-label',
     ...(info.multiLabel ? { thresh: String(info.multiLabel.thresh) } : {}),
+    ...(info.groupStarts ? { groupStarts: JSON.stringify(info.groupStarts) } : {}),
     torchlearnVersion: packageVersion(),
     torchVersion: torchInfo().torchVersion,
   };

@@ -24,8 +24,11 @@ class ConcatPool(nn.Module):
 
 def make_model(arch, nc):
     m = getattr(torchvision.models, arch)()
-    body = nn.Sequential(*list(m.children())[:-2])
-    nf = m.fc.in_features * 2
+    # fast.ai's cut: before the pool and classifier (the ResNet families), or `features` (the others)
+    body = m.features if hasattr(m, 'features') else nn.Sequential(*list(m.children())[:-2])
+    with torch.no_grad():
+        nf = body.eval()(torch.zeros(1, 3, 64, 64)).shape[1] * 2
+    body.train()
     head = nn.Sequential(ConcatPool(), nn.Flatten(), nn.BatchNorm1d(nf), nn.Dropout(0.25), nn.Linear(nf, 512, bias=False),
                          nn.ReLU(inplace=True), nn.BatchNorm1d(512), nn.Dropout(0.5), nn.Linear(512, nc, bias=False))
     return nn.Sequential(body, head)
@@ -115,10 +118,10 @@ def run(arch, device, bs, size, presize, iters, warmup, bf16, frozen, channels_l
     model = make_model(arch, 2).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if frozen:  # fast.ai freeze(): body frozen except BatchNorm
+    if frozen:  # fast.ai freeze(): body frozen except its norm layers (train_bn)
         for mod in model[0].modules():
             for p in mod.parameters(recurse=False):
-                p.requires_grad_(isinstance(mod, nn.BatchNorm2d))
+                p.requires_grad_(isinstance(mod, (nn.BatchNorm2d, nn.LayerNorm)))
     params = [p for p in model.parameters() if p.requires_grad]
     kw = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
     if dev.type == 'cuda':

@@ -8,11 +8,12 @@ import { TestSet, type ImageDataLoaders } from '../data/loaders.js';
 import { decodeAll, type ImageSource } from '../data/images.js';
 import { foldBatchNormDefault, manualSeed, resolveDevice, torchInfo, usesBf16 } from '../info.js';
 import { archInfo, checkArch, NetHandle, torchlearnFileKind, torchvisionStateDict, TORCHVISION_WEIGHTS, type Arch } from '../model.js';
+import { isTorchScriptBody, readTorchScript, type ScriptSpec, type TorchScriptBody } from '../torchscript.js';
 import { cachedWeightFile, hubCacheDir, pretrainedFileName, weightsBaseUrl, WEIGHTS_VERSIONS, type WeightsVersion } from '../weights/pretrained.js';
 import { lrFindSpec, renderChart } from '../plot/charts.js';
 import { writeGrid } from '../plot/grid.js';
 import { readWeightFile, writeWeightFileAsync } from '../weights/index.js';
-import { decode, exportMetadata, gradcamPresized, predictPaths, type Decoding, type Prediction } from '../prediction.js';
+import { decode, EXPORTED_TORCHSCRIPT, exportMetadata, gradcamPresized, predictPaths, type Decoding, type Prediction } from '../prediction.js';
 import type { Metric } from '../metrics.js';
 import type { BatchInfo, Callback, EpochInfo } from './callbacks.js';
 import { suggest, type Suggestions } from './lrfind.js';
@@ -209,7 +210,9 @@ export class Learner {
   static {
     nativeLearnerOf = (learn) => learn.nat;
   }
-  readonly arch: Arch;
+  /** the architecture's name, or 'torchscript' for a body from PyTorch */
+  readonly arch: Arch | 'torchscript';
+  #script: ScriptSpec | null = null;
   #dls: ImageDataLoaders;
   readonly metrics: Metric[];
   readonly device: string;
@@ -234,8 +237,15 @@ export class Learner {
   #bs: number;
   #head: NonNullable<VisionLearnerOptions['head']>;
 
-  constructor(dls: ImageDataLoaders, arch: Arch, opts: VisionLearnerOptions = {}) {
-    this.arch = checkArch(arch);
+  constructor(dls: ImageDataLoaders, arch: Arch | TorchScriptBody, opts: VisionLearnerOptions = {}) {
+    if (isTorchScriptBody(arch)) {
+      this.#script = readTorchScript(arch.torchscript);
+      this.arch = 'torchscript';
+      if (typeof opts.pretrained === 'string')
+        throw new Error(`pretrained: a TorchScript body brings its own weights (${arch.torchscript}); pretrained is true (freeze the body first, the default) or false`);
+    } else {
+      this.arch = checkArch(arch);
+    }
     this.#dls = dls;
     this.metrics = opts.metrics ?? [];
     this.wd = opts.wd ?? DEFAULTS.wd;
@@ -265,14 +275,21 @@ export class Learner {
     this.#bs = dls.bs;
     this.#head = opts.head ?? {};
     if (opts.seed !== undefined) manualSeed(opts.seed);
-    const net = new native.Net({ arch, kind: 'fastai', numClasses: dls.c, head: opts.head });
+    const script = this.#script;
+    const net = new native.Net({
+      arch: this.arch, kind: 'fastai', numClasses: dls.c, head: opts.head,
+      ...(script ? { torchscript: script.bytes, source: script.source, groupStarts: script.groupStarts } : {}),
+    });
     this.#h = new NetHandle(net, 'this learner');
     this.pretrained = Boolean(opts.pretrained);
     this.cudaGraph = opts.cudaGraph ?? this.device.startsWith('cuda');
     for (const m of this.metrics) m.check?.(dls.c);
-    if (opts.pretrained === true || (typeof opts.pretrained === 'string' && (WEIGHTS_VERSIONS as readonly string[]).includes(opts.pretrained)))
-      throw new Error(`new Learner() takes the weights' path or false; visionLearner() finds torchvision's weights (pretrained: ${JSON.stringify(opts.pretrained)}): const learn = await visionLearner(dls, '${arch}')`);
-    if (opts.pretrained) loadBody(net, opts.pretrained, this.arch);
+    const name = this.arch;
+    if (name !== 'torchscript') {
+      if (opts.pretrained === true || (typeof opts.pretrained === 'string' && (WEIGHTS_VERSIONS as readonly string[]).includes(opts.pretrained)))
+        throw new Error(`new Learner() takes the weights' path or false; visionLearner() finds torchvision's weights (pretrained: ${JSON.stringify(opts.pretrained)}): const learn = await visionLearner(dls, '${name}')`);
+      if (opts.pretrained) loadBody(net, opts.pretrained, name);
+    }
     this.#native = new native.Learner(net, { device: this.device, seed: opts.seed ?? dls.seed, channelsLast: opts.channelsLast });
     const cw = this.#lossOpts.classWeights;
     if (cw && cw.length !== dls.c) throw new Error(`lossFunc.classWeights needs ${dls.c} values (one per class), got ${cw.length}`);
@@ -831,12 +848,16 @@ export class Learner {
   async export(path = 'export.safetensors'): Promise<string> {
     const d = this.dls;
     const tensors = await this.nat.getState(false);
+    // a TorchScript body travels in the export: loadLearner builds the network from it
+    const script = this.#script;
+    if (script) tensors.push({ name: EXPORTED_TORCHSCRIPT, dtype: 'U8', shape: [script.bytes.length], data: script.bytes });
     await writeWeightFileAsync(
       path,
       tensors,
       exportMetadata({
         arch: this.arch, vocab: d.vocab, size: d.size, presize: d.presize, method: d.method, mean: d.normalize.mean, std: d.normalize.std, head: this.#head, augment: d.augment,
         multiLabel: this.decoding.multiLabel ? { thresh: this.decoding.thresh } : undefined,
+        groupStarts: script ? script.groupStarts : undefined,
       }),
     );
     return path;
@@ -964,7 +985,9 @@ function loadBody(net: NativeNet, path: string, arch: Arch): void {
  * await learn.fineTune(2);
  * ```
  */
-export async function visionLearner(dls: ImageDataLoaders, arch: Arch, opts: VisionLearnerOptions = {}): Promise<Learner> {
+export async function visionLearner(dls: ImageDataLoaders, arch: Arch | TorchScriptBody, opts: VisionLearnerOptions = {}): Promise<Learner> {
+  // a TorchScript body brings its weights: pretrained (default true) only says whether it starts frozen
+  if (isTorchScriptBody(arch)) return new Learner(dls, arch, { ...opts, pretrained: opts.pretrained ?? true });
   checkArch(arch);
   const p = opts.pretrained ?? true;
   let path: string | false = false;
