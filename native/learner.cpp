@@ -130,6 +130,8 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
   const auto labelSmoothing = o.optNumber("labelSmoothing", 0, 1);
   const auto multiLabel = o.optBoolean("multiLabel");
   const auto maxGradNorm = o.optNumber("maxGradNorm", 0, 1e12);
+  const auto nAcc = o.optInteger("nAcc", 0, js::kMaxCount);
+  const auto batchNormEval = o.optBoolean("batchNormEval");
   std::optional<MixOptions> mix;
   if (o.has("mix")) {
     js::Options m(o.value("mix"), "setOptions: mix", "mix");
@@ -167,6 +169,11 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
   auto& c = *core_;
   if (multiLabel) c.multiLabel = *multiLabel;
   if (maxGradNorm) c.maxGradNorm = *maxGradNorm;
+  if (nAcc) {
+    c.nAcc = *nAcc;
+    c.zeroGrad();  // (a fit starts accumulating from nothing)
+  }
+  if (batchNormEval) c.batchNormEval = *batchNormEval;
   if (mix) c.mix = *mix;
   if (bs) c.bs = *bs;
   if (size) c.size = *size;

@@ -36,6 +36,14 @@ struct Learner::Core {
   double maxGradNorm = 0;
   // MixUp or CutMix of every training batch (mixup.h), soft targets into the same loss
   MixOptions mix;
+  // gradient accumulation (fast.ai's GradientAccumulation; 0: off): each batch's gradient scaled by
+  // bs / nAcc and added up, the optimizer stepping once nAcc samples have been seen (every accBatches()
+  // batches, counted across epochs as fast.ai counts them); the schedule advances per optimizer step
+  int64_t nAcc = 0;
+  int64_t accBatches() const { return nAcc > 0 ? std::max<int64_t>(1, (nAcc + bs - 1) / bs) : 1; }
+  // BatchNorm layers run in eval mode during training (running statistics, none updated): the tests'
+  // hook for comparing accumulated gradients with one big batch's, as fast.ai's BnFreeze does for frozen layers
+  bool batchNormEval = false;
   int frozenIdx = 0;
   bool cudaGraph = false;  // train with the step captured as a CUDA graph (step_graph.h)
   StepGraph graph;
@@ -115,10 +123,14 @@ struct Learner::Core {
       if (p.tensor.grad().defined()) p.tensor.mutable_grad() = torch::Tensor();
   }
 
-  // Forward + loss in training mode; the caller checks the loss, then calls backwardAndStep.
+  // Forward + loss in training mode; the caller checks the loss, then calls backwardAndStep. The gradients
+  // start from zero, except while accumulating.
   torch::Tensor forwardLoss(const torch::Tensor& x, const torch::Tensor& y) {
     net->module->train();
-    zeroGrad();
+    if (batchNormEval)
+      for (auto& m : net->module->modules(/*include_self=*/false))
+        if (m->as<torch::nn::BatchNorm2d>() || m->as<torch::nn::BatchNorm1d>()) m->eval();
+    if (nAcc == 0) zeroGrad();
     AutocastScope ac(bf16 && onCuda());
     return lossFn(net->forward(x), y, false);
   }

@@ -302,7 +302,7 @@ Napi::Value Net::Forward(const Napi::CallbackInfo& info) {
   if (shape.size() != 4 || shape[1] != 3)
     throw UserError("forward: input shape must be [batch, 3, height, width], got " + std::to_string(shape.size()) + " dimensions" +
                     (shape.size() >= 2 ? " with " + std::to_string(shape[1]) + " channels" : ""));
-  if (shape[2] < 32 || shape[3] < 32) throw UserError("forward: images must be at least 32x32 for a ResNet");
+  if (shape[2] < 32 || shape[3] < 32) throw UserError("forward: images must be at least 32x32 (every network here downsamples by 32)");
   auto input = float32ArrayToTensor(info[0], shape, "forward: input");
   auto s = state_;
   return runAsync<ForwardResult>(

@@ -147,9 +147,10 @@ class PhaseClock {
 };
 
 // An ordinary (eager) step. On the CPU the loss is read before the step, so a NaN never reaches the weights,
-// and the BatchNorm statistics the diverging forward pass moved are put back.
+// and the BatchNorm statistics the diverging forward pass moved are put back. Accumulating gradients, the
+// optimizer steps only where `stepNow` says.
 static void eagerStep(Core& c, const torch::Tensor& x, const torch::Tensor& y, const std::vector<Hyper>& h, int64_t i, LossLog& log, PhaseClock& clock,
-                      EpochResult& r, bool profile) {
+                      EpochResult& r, bool profile, bool stepNow) {
   const bool cuda = c.onCuda();
   std::vector<torch::Tensor> buffersBefore;
   if (!cuda)
@@ -168,6 +169,19 @@ static void eagerStep(Core& c, const torch::Tensor& x, const torch::Tensor& y, c
     }
   }
   clock.mark(r.tForward);
+  if (c.nAcc > 0) {
+    // fast.ai's after_loss: the gradient of this batch's loss divided by nAcc / (its size); the logged
+    // loss stays the batch's own
+    (loss * (static_cast<double>(x.size(0)) / static_cast<double>(c.nAcc))).backward();
+    clock.mark(r.tBackward);
+    if (stepNow) {
+      c.clipGrads();
+      c.opt.step(c.net->params, h);
+      c.zeroGrad();
+    }
+    clock.mark(r.tStep);
+    return;
+  }
   if (profile) {
     loss.backward();
     c.clipGrads();
@@ -184,9 +198,15 @@ static void stepLoop(Core& c, const EpochArgs& a, EpochResult& r, const std::vec
                      torch::Tensor& lastInput) {
   const bool cuda = c.onCuda();
   const int64_t readEvery = cuda ? kCudaLossReadEvery : 1;
-  // the hyper-parameters of every batch of the epoch (a captured step reads them from a table)
+  // the hyper-parameters of every batch of the epoch (a captured step reads them from a table); accumulating
+  // gradients, those of the optimizer step the batch belongs to: the schedule counts steps
+  const int64_t acc = c.accBatches();
+  const double total = static_cast<double>(a.nEpochs * r.nIter);
   std::vector<std::vector<Hyper>> hs;
-  for (int64_t i = 0; i < end; i++) hs.push_back(c.hypers(a.sched, static_cast<double>(a.epoch * r.nIter + i) / static_cast<double>(a.nEpochs * r.nIter)));
+  for (int64_t i = 0; i < end; i++) {
+    const int64_t global = a.epoch * r.nIter + i;
+    hs.push_back(c.hypers(a.sched, static_cast<double>(global / acc * acc) / total));
+  }
   PhaseClock clock(a.profile, cuda);
   for (int64_t i = r.done; i < end; i++) {
     if (c.stopRequested || exiting()) {
@@ -209,7 +229,7 @@ static void stepLoop(Core& c, const EpochArgs& a, EpochResult& r, const std::vec
       log.record(i, graphLoss);
       if (!cuda) log.readTo(i + 1);  // (after the step: a captured step has no place to stop before it)
     } else {
-      eagerStep(c, x, y, h, i, log, clock, r, a.profile);  // (also the graph's warm-up steps)
+      eagerStep(c, x, y, h, i, log, clock, r, a.profile, (a.epoch * r.nIter + i + 1) % acc == 0);  // (also the graph's warm-up steps)
     }
     r.done = i + 1;
     if (cuda && (i + 1) % readEvery == 0) log.readTo(i + 1);
@@ -219,8 +239,9 @@ static void stepLoop(Core& c, const EpochArgs& a, EpochResult& r, const std::vec
 
 static EpochResult runEpoch(Core& c, const EpochArgs& a, std::shared_ptr<ProgressSink> progress) {
   const double t0 = nowSeconds();
-  // Profile mode times the phases of ordinary steps; a graph is one launch.
-  const bool useGraph = c.cudaGraph && !a.profile;
+  // Profile mode times the phases of ordinary steps; a graph is one launch. Accumulating gradients runs
+  // eager steps (the captured step is forward, backward and optimizer step together).
+  const bool useGraph = c.cudaGraph && !a.profile && c.nAcc == 0;
   StepGraphEpoch graphEpoch(useGraph ? &c.graph : nullptr, c.net->device);
   EpochResult r;
   r.smooth = a.smooth;
@@ -270,7 +291,8 @@ static EpochResult runEpoch(Core& c, const EpochArgs& a, std::shared_ptr<Progres
     }
     if (lastInput.defined()) r.inputChannelsLast = lastInput.is_contiguous(torch::MemoryFormat::ChannelsLast);
   }
-  c.zeroGrad();
+  // (accumulated gradients still waiting for their step carry over into the next epoch, as in fast.ai)
+  if (c.nAcc == 0 || (a.epoch * r.nIter + r.done) % c.accBatches() == 0) c.zeroGrad();
   r.seconds = nowSeconds() - t0;
   return r;
 }

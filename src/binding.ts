@@ -132,6 +132,10 @@ export interface NativeLearnerOptions {
   maxGradNorm?: number;
   /** MixUp or CutMix of every training batch (native/mixup.h); alpha of Beta(alpha, alpha) */
   mix?: { kind: 'none' | 'mixup' | 'cutmix'; alpha?: number };
+  /** gradient accumulation over this many samples (0: off) */
+  nAcc?: number;
+  /** the tests' hook: BatchNorm layers in eval mode during training */
+  batchNormEval?: boolean;
   classWeights?: Float32Array | null;
   mean?: number[];
   std?: number[];

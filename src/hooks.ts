@@ -78,6 +78,12 @@ export function trainForward(model: Model, o: { data: Float32Array; shape: numbe
   return (native.hooks as { trainForward(net: NativeNet, o: object): Float32Array }).trainForward(nativeNetOf(model), o);
 }
 
+/** Keeps a learner's BatchNorm layers in eval mode during training (running statistics used, none updated), so
+ * that a step's gradients do not depend on how the samples are split into batches. */
+export function setBatchNormEval(learn: Learner, on: boolean): void {
+  nativeLearnerOf(learn).setOptions({ batchNormEval: on });
+}
+
 /** The body's eval-mode output for a batch (what fast.ai's head takes), without gradients. */
 export function bodyFeatures(learn: Learner, o: { data: Float32Array; shape: number[] }): { data: Float32Array; shape: number[] } {
   return (native.hooks as { bodyFeatures(net: NativeNet, o: object): { data: Float32Array; shape: number[] } }).bodyFeatures(learn.net, o);

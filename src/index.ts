@@ -35,7 +35,7 @@ export type { LabelReport, MultiAverage } from './multilabel.js';
 export { Learner, visionLearner, DEFAULTS } from './learner/learner.js';
 export type { VisionLearnerOptions, OneCycleOptions, FitOptions, FitResult, LrFindResult, Preds, TestPreds, LossOptions } from './learner/learner.js';
 export type { Suggestions } from './learner/lrfind.js';
-export { saveModel, earlyStopping, csvLogger, gradientClip, mixUp, cutMix } from './learner/callbacks.js';
+export { saveModel, earlyStopping, csvLogger, gradientClip, gradientAccumulation, mixUp, cutMix } from './learner/callbacks.js';
 export { tensorBoard } from './learner/tensorboard.js';
 export type { Callback, EpochInfo, BatchInfo } from './learner/callbacks.js';
 export { lrPerGroup } from './learner/schedule.js';

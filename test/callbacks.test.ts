@@ -1,9 +1,10 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { accuracy, csvLogger, earlyStopping, gradientClip, ImageDataLoaders, lrPerGroup, manualSeed, saveModel, visionLearner } from '../src/index.js';
+import { accuracy, csvLogger, earlyStopping, gradientAccumulation, gradientClip, ImageDataLoaders, lrPerGroup, manualSeed, saveModel, visionLearner } from '../src/index.js';
+import { setBatchNormEval } from '../src/hooks.js';
 import { makeStripes } from './helpers/fixtures.js';
-import { readF32, runPython, tempDir } from './helpers/python.js';
+import { maxRelError, readF32, runPython, tempDir } from './helpers/python.js';
 
 let dir: string;
 let dls: ImageDataLoaders;
@@ -70,6 +71,36 @@ describe('callbacks', () => {
     await learn.fit(1, { cbs: [csvLogger({ fname })] }); // without append: a new file
     expect(lines().length).toBe(2);
     learn.dispose();
+  });
+
+  it('gradientAccumulation: bs 8 accumulating 32 samples trains to the weights of bs 32 (BatchNorm in eval, no dropout), the schedule counting optimizer steps', async () => {
+    // no augmentation (its draws are per batch), the same seed: the same 32 images in the same order
+    const weights = async (bs: number, nAcc?: number) => {
+      const d = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 32, bs, seed: 3, augment: false });
+      const l = await visionLearner(d, 'resnet18', { pretrained: false, ...quiet, seed: 0, head: { ps: 0 } });
+      setBatchNormEval(l, true);
+      await l.fitOneCycle(2, { lrMax: 1e-3, cbs: nAcc ? [gradientAccumulation({ nAcc })] : [] });
+      const lrs = l.recorder.lrs.map((r) => r.at(-1)!);
+      const w = (await l.state(false)).filter((t) => t.dtype === 'F32').map((t) => ({ name: t.name, v: new Float32Array(t.data.slice().buffer) }));
+      l.dispose();
+      return { w, lrs };
+    };
+    const big = await weights(32);
+    const small = await weights(8, 32);
+    expect(big.lrs.length).toBe(2);
+    expect(small.lrs.length).toBe(8);
+    // each group of 4 batches runs at the learning rate of its optimizer step, the big batch's
+    for (let k = 0; k < 8; k++) expect(small.lrs[k]).toBeCloseTo(big.lrs[Math.floor(k / 4)], 12);
+    let worst = 0;
+    let moved = 0;
+    const start = await weights(32, 1 << 20); // never steps: the initial weights
+    big.w.forEach((t, i) => {
+      worst = Math.max(worst, maxRelError(small.w[i].v, t.v, 1e-3));
+      moved = Math.max(moved, maxRelError(start.w[i].v, t.v, 1e-3));
+    });
+    console.log(`gradient accumulation vs one big batch: max relative difference ${worst.toExponential(2)} (training moved the weights by ${moved.toExponential(2)})`);
+    expect(moved).toBeGreaterThan(1e-3);
+    expect(worst).toBeLessThan(1e-5);
   });
 
   it("gradientClip scales the gradients as PyTorch's clip_grad_norm_ does, before the optimizer step, for that fit only", async () => {

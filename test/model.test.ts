@@ -125,7 +125,7 @@ with torch.no_grad(): print(float((m(x) - torch.from_numpy(np.fromfile(sys.argv[
     expect(() => m.loadWeights(join(dir, 'cut.pth'))).toThrow(/cut\.pth.*(truncated|zip)/);
     expect(() => m.loadWeights(join(dir, 'w.pth'))).toThrow(/w\.pth does not match this network[\s\S]*missing keys[\s\S]*another architecture/);
     writeFileSync(join(dir, 'legacy.pth'), Buffer.from([0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc]));
-    expect(() => m.loadWeights(join(dir, 'legacy.pth'))).toThrow(/before 1\.6[\s\S]*torch\.save/);
+    expect(() => m.loadWeights(join(dir, 'legacy.pth'))).toThrow(/legacy\.pth: cannot read the pickle \(it ends early: truncated file\?\)/);
     // a .safetensors whose header length ends in the byte 0x80 (the opcode a legacy .pth starts with) is
     // still read as .safetensors: the format is told by the '{' after the length, not by the first byte
     const t = [{ name: 'w', dtype: 'F32' as const, shape: [2], data: new Uint8Array(8) }];

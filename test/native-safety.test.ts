@@ -310,10 +310,11 @@ describe('fuzzing the raw binding (bounded time): always an Error or a result, n
       const calls = {
         'Net': (a, b) => new native.Net(a, b),
         'Net fields': () => new native.Net({ arch: pick(), kind: pick(), numClasses: pick(), head: pick() }),
+        'Net torchscript': () => new native.Net({ arch: 'torchscript', kind: 'fastai', numClasses: 2, torchscript: pick(), source: pick(), groupStarts: pick() }),
         'Learner': (a, b) => new native.Learner(a, b),
         'setData': (a, b, c, d) => nl.setData(a, b, c, d),
         'setOptions': (a) => nl.setOptions(a),
-        'setOptions fields': () => nl.setOptions({ [['bs', 'size', 'wd', 'aug', 'mean', 'classWeights', 'labelSmoothing', 'seed', 'cudaGraph', 'batchNorm', 'sqrMom'][Math.floor(rand() * 11)]]: pick() }),
+        'setOptions fields': () => nl.setOptions({ [['bs', 'size', 'wd', 'aug', 'mean', 'classWeights', 'labelSmoothing', 'seed', 'cudaGraph', 'batchNorm', 'sqrMom', 'nAcc', 'batchNormEval'][Math.floor(rand() * 13)]]: pick() }),
         'freezeTo': (a) => nl.freezeTo(a),
         'trainEpoch': (a) => nl.trainEpoch(a),
         'trainEpoch fields': () => nl.trainEpoch({ schedule: pick(), epoch: pick(), nEpochs: pick(), smoothVal: pick(), smoothCount: pick(), startBatch: pick(), endBatch: pick(), epochRng: pick() }),
@@ -333,6 +334,10 @@ describe('fuzzing the raw binding (bounded time): always an Error or a result, n
         'augmentImages': (a, b, c, d, e) => native.augmentImages(a, b, c, d, e),
         'scheduleValues': (a, b, c) => hooks.scheduleValues(a, b, c),
         'fastAdamSteps': (a) => hooks.fastAdamSteps(a),
+        'trainForward': (a, b) => hooks.trainForward(a, b),
+        'trainForward fields': () => hooks.trainForward(net, { data: pick(), shape: pick(), seed: pick() }),
+        'bodyFeatures': (a, b) => hooks.bodyFeatures(a, b),
+        'bodyFeatures fields': () => hooks.bodyFeatures(net, { data: pick(), shape: pick() }),
       };
       const tally = {};
       const t0 = Date.now();

@@ -153,6 +153,19 @@ export function gradientClip(o: { maxNorm?: number } = {}): Callback {
   };
 }
 
+/**
+ * fast.ai's GradientAccumulation: the optimizer steps once `nAcc` samples (default 32) have been seen, each
+ * batch's gradient scaled by its size / nAcc and added up, so that small batches train as one batch of nAcc
+ * would (BatchNorm aside, which still sees the small batches). The one-cycle schedule counts optimizer steps;
+ * the losses shown are each batch's own. On CUDA the steps run without the captured graph. For the fit whose
+ * callbacks include it.
+ */
+export function gradientAccumulation(o: { nAcc?: number } = {}): Callback {
+  const nAcc = o.nAcc ?? 32;
+  if (!(Number.isInteger(nAcc) && nAcc >= 1)) throw new Error(`gradientAccumulation: nAcc must be a positive whole number of samples, got ${nAcc}`);
+  return { beforeFit: (learn) => learn.setAccumulation(nAcc) };
+}
+
 function mixing(name: string, kind: 'mixup' | 'cutmix', alpha: number): Callback {
   if (!(alpha > 0 && Number.isFinite(alpha))) throw new Error(`${name}: alpha must be a positive number, got ${alpha}`);
   return { beforeFit: (learn) => learn.setMix(kind, alpha) };

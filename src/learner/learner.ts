@@ -471,7 +471,7 @@ export class Learner {
     let graphWarned = false;
     try {
       // (unclipped and unmixed unless a callback says so this fit)
-      nat.setOptions({ wd, maxGradNorm: 0, mix: { kind: 'none' } });
+      nat.setOptions({ wd, maxGradNorm: 0, mix: { kind: 'none' }, nAcc: 0 });
       if (this.#verbose) this.log(this.#deviceLine());
       for (const cb of cbs) await cb.beforeFit?.(this);
       table.header(['epoch', ...names, 'time']);
@@ -591,7 +591,7 @@ export class Learner {
     } finally {
       o.signal?.removeEventListener('abort', onAbort);
       // what the callbacks turned on ends with the fit, however it ends (lrFind and validation after it run plain)
-      if (this.#native) nat.setOptions({ maxGradNorm: 0, mix: { kind: 'none' } });
+      if (this.#native) nat.setOptions({ maxGradNorm: 0, mix: { kind: 'none' }, nAcc: 0 });
     }
     return { epochs, stopped, values: this.recorder.values, names, seconds: (Date.now() - t0) / 1000 };
   }
@@ -635,6 +635,12 @@ export class Learner {
   setMaxGradNorm(maxNorm: number): void {
     this.#refuseInEpoch('setMaxGradNorm');
     this.nat.setOptions({ maxGradNorm: maxNorm });
+  }
+
+  /** @internal Gradient accumulation over `nAcc` samples for the fit (the gradientAccumulation callback sets it; 0: off). */
+  setAccumulation(nAcc: number): void {
+    this.#refuseInEpoch('setAccumulation');
+    this.nat.setOptions({ nAcc });
   }
 
   /** @internal MixUp or CutMix of every training batch of the fit (the mixUp and cutMix callbacks set it). */
