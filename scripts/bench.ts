@@ -164,13 +164,27 @@ async function traced(learn: Learner, path: string) {
   }
 }
 
+/** Pseudo-random bytes (xorshift32, a fixed seed): the bench's images, uniform like PyTorch's torch.randint. */
+function randomPixels(bytes: number): Uint8Array {
+  const words = new Uint32Array(Math.ceil(bytes / 4));
+  let s = 0x9e3779b9;
+  for (let i = 0; i < words.length; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    words[i] = s >>> 0;
+  }
+  return new Uint8Array(words.buffer, 0, bytes);
+}
+
 async function trainBench() {
   for (const bs of cfg.bss) {
     for (const prec of cfg.precisions) for (const aug of augModes) {
       const n = bs * cfg.iters;
       const p = cfg.presize;
-      const images = new Uint8Array(n * p * p * 3);
-      for (let i = 0; i < images.length; i += 4096) images[i] = (i * 2654435761) >>> 24; // cheap non-constant fill
+      // uniformly random pixels, as PyTorch's side draws them: nearly constant images gave nearly constant
+      // activations and tiny gradients, whose subnormal floats slowed the CPU's arithmetic erratically
+      const images = randomPixels(n * p * p * 3);
       const labels = Int32Array.from({ length: n }, (_, i) => i % 2);
       const dls = ImageDataLoaders.fromArrays(images, labels, ['a', 'b'], { presize: p, size: cfg.size, bs, validPct: 0, augment: trainAug(aug) });
       // PyTorch's baseline first: a bench cut short by its time limit still has the number to compare with
@@ -284,7 +298,7 @@ async function inferenceBench() {
   if (sample) await sharp(sample).toFile(img);
   else await sharp({ create: { width: 1024, height: 1024, channels: 3, background: { r: 90, g: 90, b: 90 } } }).png().toFile(img);
   const n = 64;
-  const images = new Uint8Array(n * presize * presize * 3);
+  const images = randomPixels(n * presize * presize * 3);
   const dls = ImageDataLoaders.fromArrays(images, Int32Array.from({ length: n }, (_, i) => i % 2), ['a', 'b'], { presize, size, bs });
   const learn = await visionLearner(dls, cfg.arch as 'resnet50', { pretrained: false, verbose: false, device, seed: 0 });
   const path = await learn.export(join(tmp, 'export.safetensors'));
@@ -299,7 +313,7 @@ async function inferenceBench() {
   }
   ts.sort((a, b) => a - b);
   rows.push({ bench: 'predict latency (decode included)', impl: 'torchlearn', arch: cfg.arch, device, size, median_ms: ts[ts.length >> 1] });
-  const batch = new Uint8Array(bs * presize * presize * 3);
+  const batch = randomPixels(bs * presize * presize * 3);
   await inf.predictImages(batch, bs);
   const t = performance.now();
   for (let i = 0; i < iters; i++) await inf.predictImages(batch, bs);
