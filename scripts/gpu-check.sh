@@ -25,7 +25,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 prefix=$("$PYTHON" -c 'import torch; print(torch.utils.cmake_prefix_path)')
 t0=$(date +%s)
 cmake -S . -B /tmp/tlbuild -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=/tmp/tlbuild/Release > "$OUT/build.log" 2>&1 &&
+  -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=/tmp/tlbuild/Release -DTORCHLEARN_UNITY=OFF > "$OUT/build.log" 2>&1 &&
   cmake --build /tmp/tlbuild -j"$(nproc)" >> "$OUT/build.log" 2>&1
 rc=$?
 grep -E "torchlearn: |error" "$OUT/build.log" | head -20
@@ -40,7 +40,7 @@ failed() { grep -qE "$1:[0-9]+:[0-9]+: (fatal )?error" "$OUT/build.log"; }  # th
 [ $rc != 0 ] && failed "optimizer\.cpp" && flags="$flags -DTL_NO_FUSED_ADAM"  # (the rest of that file built there before the fused AdamW call)
 if [ $rc != 0 ] && [ -n "$flags" ]; then
   echo "build: a CUDA branch does not compile here; building without it ($flags)"
-  cmake -S . -B /tmp/tlbuild -DCMAKE_CXX_FLAGS="$flags" >> "$OUT/build.log" 2>&1 &&
+  cmake -S . -B /tmp/tlbuild -DCMAKE_CXX_FLAGS="$flags" -DTORCHLEARN_UNITY=OFF >> "$OUT/build.log" 2>&1 &&
     cmake --build /tmp/tlbuild -j"$(nproc)" >> "$OUT/build.log" 2>&1
   rc=$?
   echo "build without it: rc=$rc"

@@ -982,8 +982,9 @@ function loadBody(net: NativeNet, path: string, arch: Arch): void {
 }
 
 /**
- * fast.ai's vision_learner: a torchvision ResNet body, fast.ai's head on it, frozen when pretrained.
- * Asynchronous, as it may download torchvision's weights (`pretrained`, default true).
+ * fast.ai's vision_learner: a torchvision network's body (any name of `ARCHS`, cut and split as fast.ai's
+ * model_meta does) or a TorchScript body from PyTorch (`{ torchscript: 'body.pt' }`), fast.ai's head on it,
+ * frozen when pretrained. Asynchronous, as it may download torchvision's weights (`pretrained`, default true).
  *
  * @example
  * ```ts
