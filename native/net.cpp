@@ -402,31 +402,48 @@ Net::~Net() { memory_.release(Env()); }
 
 namespace tl {
 
+// What the two test hooks below share: the Net argument, a checked [batch, 3, height, width] batch on the
+// network's device, and a forward run without gradients in the given mode under the network's lock, the
+// mode put back however it ends.
+static std::shared_ptr<NetState> hookNet(const Napi::CallbackInfo& info, const std::string& what) {
+  if (!Net::isNet(info.Env(), info[0])) throw UserError(what + ": the first argument must be a Net");
+  auto s = Napi::ObjectWrap<Net>::Unwrap(info[0].As<Napi::Object>())->state();
+  s->check();
+  return s;
+}
+
+static torch::Tensor hookBatch(const js::Options& o, const NetState& s, const std::string& what) {
+  auto shape = toShape(o.value("shape"), (what + ": shape").c_str());
+  if (shape.size() != 4 || shape[1] != 3 || shape[0] < 1 || shape[2] < 32 || shape[3] < 32 || shape[0] * shape[2] * shape[3] > (1 << 22))
+    throw UserError(what + ": shape must be [batch, 3, height, width], at least 32x32 and at most 4M pixels");
+  return float32ArrayToTensor(o.value("data"), shape, (what + ": data").c_str()).to(s.device);
+}
+
+static torch::Tensor hookForward(NetState& s, const char* what, bool training, const std::function<torch::Tensor()>& run) {
+  auto lock = s.lockNow(what);
+  torch::NoGradGuard ng;
+  const bool was = s.module->is_training();
+  s.module->train(training);
+  torch::Tensor y;
+  try {
+    y = run().to(torch::kCPU, torch::kFloat32).contiguous();
+  } catch (...) {
+    s.module->train(was);
+    throw;
+  }
+  s.module->train(was);
+  return y;
+}
+
 // The hook bodyFeatures(net, { data, shape }) -> { data, shape }: the body's eval-mode output (what fast.ai's
-// head takes), without gradients, on the calling thread: the tests compare a TorchScript body with PyTorch.
+// head takes), on the calling thread: the tests compare a TorchScript body with PyTorch.
 Napi::Value BodyFeatures(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
-  if (!Net::isNet(env, info[0])) throw UserError("bodyFeatures: the first argument must be a Net");
-  auto s = Napi::ObjectWrap<Net>::Unwrap(info[0].As<Napi::Object>())->state();
-  s->check();
+  auto s = hookNet(info, "bodyFeatures");
   js::Options o(info[1], "bodyFeatures: options");
-  auto shape = toShape(o.value("shape"), "bodyFeatures: shape");
-  if (shape.size() != 4 || shape[1] != 3 || shape[0] < 1 || shape[2] < 32 || shape[3] < 32 || shape[0] * shape[2] * shape[3] > (1 << 22))
-    throw UserError("bodyFeatures: shape must be [batch, 3, height, width], at least 32x32 and at most 4M pixels");
-  auto x = float32ArrayToTensor(o.value("data"), shape, "bodyFeatures: data").to(s->device);
-  auto lock = s->lockNow("bodyFeatures");
-  torch::NoGradGuard ng;
-  const bool was = s->module->is_training();
-  s->module->eval();
-  torch::Tensor y;
-  try {
-    y = s->features(x).to(torch::kCPU, torch::kFloat32).contiguous();
-  } catch (...) {
-    s->module->train(was);
-    throw;
-  }
-  s->module->train(was);
+  auto x = hookBatch(o, *s, "bodyFeatures");
+  auto y = hookForward(*s, "bodyFeatures", false, [&] { return s->features(x); });
   auto r = Napi::Object::New(env);
   r.Set("data", tensorToFloat32Array(env, y));
   r.Set("shape", shapeToJs(env, y));
@@ -436,32 +453,18 @@ Napi::Value BodyFeatures(const Napi::CallbackInfo& info) {
 
 // The hook trainForward(net, { data, shape, seed }) -> Float32Array: one training-mode forward (BatchNorm on
 // batch statistics, updating the running ones; dropout and stochastic depth drawn after manual_seed(seed)),
-// without gradients, on the calling thread: the tests compare it with torchvision's train mode.
+// on the calling thread: the tests compare it with torchvision's train mode.
 Napi::Value TrainForward(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
-  if (!Net::isNet(env, info[0])) throw UserError("trainForward: the first argument must be a Net");
-  auto s = Napi::ObjectWrap<Net>::Unwrap(info[0].As<Napi::Object>())->state();
-  s->check();
+  auto s = hookNet(info, "trainForward");
   js::Options o(info[1], "trainForward: options");
-  auto shape = toShape(o.value("shape"), "trainForward: shape");
-  if (shape.size() != 4 || shape[1] != 3 || shape[0] < 1 || shape[2] < 32 || shape[3] < 32 || shape[0] * shape[2] * shape[3] > (1 << 22))
-    throw UserError("trainForward: shape must be [batch, 3, height, width], at least 32x32 and at most 4M pixels");
-  auto x = float32ArrayToTensor(o.value("data"), shape, "trainForward: data").to(s->device);
+  auto x = hookBatch(o, *s, "trainForward");
   const auto seed = static_cast<uint64_t>(o.integer("seed", 0, int64_t{1} << 53));
-  auto lock = s->lockNow("trainForward");
-  torch::NoGradGuard ng;
-  const bool was = s->module->is_training();
-  s->module->train();
-  torch::manual_seed(seed);
-  torch::Tensor y;
-  try {
-    y = s->forward(x).to(torch::kCPU, torch::kFloat32).contiguous();
-  } catch (...) {
-    s->module->train(was);
-    throw;
-  }
-  s->module->train(was);
+  auto y = hookForward(*s, "trainForward", true, [&] {
+    torch::manual_seed(seed);
+    return s->forward(x);
+  });
   s->weightsChanged();
   return tensorToFloat32Array(env, y);
   TL_CATCH(env)

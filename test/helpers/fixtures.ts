@@ -2,7 +2,8 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { ImageDataLoaders, type Learner } from '../../src/index.js';
+import { ImageDataLoaders, loadLearner, type Learner } from '../../src/index.js';
+import { maxRelError } from './python.js';
 
 /** Class 'horizontal' has horizontal stripes, 'vertical' vertical ones: flips and small rotations keep them apart. */
 export async function makeStripes(dir: string, perClass = 24, size = 48, seed = 1): Promise<void> {
@@ -87,4 +88,19 @@ export async function makeHalves(dir: string, n: number, size = 48, seed = 1): P
   }
   writeFileSync(join(dir, 'labels.csv'), 'file,labels,is_valid\n' + rows.map((r) => `${r.file},${r.labels.join(' ')},${r.valid}`).join('\n') + '\n');
   return rows;
+}
+
+/**
+ * Exports a learner to `path`, loads the export on the CPU and predicts `files` with both: the loaded
+ * export's architecture and, per file, the relative difference of its probabilities (floor 1e-3).
+ */
+export async function exportRoundTrip(learn: Learner, path: string, files: string[]): Promise<{ exported: string; arch: string; errors: number[] }> {
+  const exported = await learn.export(path);
+  const inf = loadLearner(exported, { device: 'cpu' });
+  const a = await learn.predictBatch(files);
+  const b = await inf.predictBatch(files);
+  const errors = files.map((_, i) => maxRelError(b[i].probs, a[i].probs, 1e-3));
+  const arch = inf.info.arch;
+  inf.dispose();
+  return { exported, arch, errors };
 }
