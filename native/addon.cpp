@@ -180,6 +180,10 @@ Napi::Value BatchNormCheck(const Napi::CallbackInfo& info);  // batchnorm_check.
 Napi::Value MixBatch(const Napi::CallbackInfo& info);        // mixup.cpp
 Napi::Value TrainForward(const Napi::CallbackInfo& info);    // net.cpp
 Napi::Value BodyFeatures(const Napi::CallbackInfo& info);    // net.cpp
+Napi::Value DistInit(const Napi::CallbackInfo& info);        // distributed.cpp
+Napi::Value DistInfo(const Napi::CallbackInfo& info);        // distributed.cpp
+Napi::Value DistAllreduce(const Napi::CallbackInfo& info);   // distributed.cpp
+Napi::Value DistShutdown(const Napi::CallbackInfo& info);    // distributed.cpp
 
 // threadInfo() -> { js, cpuWorker } (diagnostics: waits for the CPU worker): LibTorch's CPU thread count on the JavaScript thread (kept at one) and on
 // the thread CPU work runs on (the configured count): the single-OpenMP-team design, checked by the tests.
@@ -238,7 +242,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
     for (const auto& [name, fn] : fns) o.Set(name, Napi::Function::New(env, fn));
   };
   exports.Set("abiVersion", Napi::Number::New(env, TORCHLEARN_ABI_VERSION));
-  define(exports, {{"torchInfo", TorchInfo}, {"setNumThreads", SetNumThreads}, {"prepareExit", PrepareExit}, {"manualSeed", ManualSeed}, {"augmentImages", AugmentImagesJs}, {"architectures", Architectures}});
+  define(exports, {{"torchInfo", TorchInfo}, {"setNumThreads", SetNumThreads}, {"prepareExit", PrepareExit}, {"manualSeed", ManualSeed}, {"augmentImages", AugmentImagesJs}, {"architectures", Architectures},
+                    {"distInit", DistInit}, {"distInfo", DistInfo}, {"distAllreduce", DistAllreduce}, {"distShutdown", DistShutdown}});
   // For the tests and the bench (src/hooks.ts), not the library: internals run on given inputs, and
   // measurements.
   auto hooks = Napi::Object::New(env);

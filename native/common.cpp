@@ -1,4 +1,5 @@
 #include "common.h"
+#include "distributed.h"
 
 #include <algorithm>
 #include <cmath>
@@ -46,6 +47,8 @@ constexpr auto kExitWait = std::chrono::seconds(30);
 void onExit() {
   if (g_exiting.exchange(true)) return;  // the first of the registrations to run does the work
   Worker::waitAllIdle(std::chrono::duration_cast<std::chrono::milliseconds>(kExitWait));
+  // the heartbeat thread and the process group's connections go before LibTorch's static objects
+  dist::shutdown();
 }
 }  // namespace
 

@@ -16,6 +16,7 @@ Napi::Function Learner::Init(Napi::Env env) {
                       InstanceMethod("predict", &Learner::Predict), InstanceMethod("gradCam", &Learner::GradCam),
                       InstanceMethod("getState", &Learner::GetState),
                       InstanceMethod("setState", &Learner::SetState), InstanceMethod("requestStop", &Learner::RequestStop),
+                      InstanceMethod("gradients", &Learner::Gradients),
                       InstanceMethod("dispose", &Learner::Dispose)});
 }
 

@@ -37,6 +37,7 @@ class Learner : public Napi::ObjectWrap<Learner> {
   Napi::Value SetOptions(const Napi::CallbackInfo& info);
   Napi::Value FreezeTo(const Napi::CallbackInfo& info);
   Napi::Value TrainEpoch(const Napi::CallbackInfo& info);
+  Napi::Value Gradients(const Napi::CallbackInfo& info);  // (the tests' hook: train_epoch.cpp)
   Napi::Value Validate(const Napi::CallbackInfo& info);
   Napi::Value LrFind(const Napi::CallbackInfo& info);
   Napi::Value Predict(const Napi::CallbackInfo& info);

@@ -3,6 +3,7 @@
 // gradcam.cpp.
 #pragma once
 #include "autocast.h"
+#include "distributed.h"
 #include "learner.h"
 #include "mixup.h"
 #include "step_graph.h"
@@ -12,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <sstream>
 
 namespace tl {
 namespace F = torch::nn::functional;
@@ -137,8 +139,49 @@ struct Learner::Core {
 
   void backwardAndStep(torch::Tensor& loss, const std::vector<Hyper>& h) {
     loss.backward();
+    syncGrads();
     clipGrads();
     opt.step(net->params, h);
+  }
+
+  // Data-parallel training (distributed.h): the gradients averaged over the ranks before each optimizer
+  // step, last layers first (the order backward produces them, as DDP's buckets). Nothing without a group.
+  void syncGrads() {
+    if (!dist::active()) return;
+    std::vector<torch::Tensor> grads;
+    for (auto it = net->params.rbegin(); it != net->params.rend(); ++it)
+      if (it->tensor.grad().defined()) grads.push_back(it->tensor.grad());
+    dist::averageGradients(grads);
+  }
+
+  // Before training on several ranks: every rank must hold the same data, and starts from rank 0's weights
+  // and buffers (as DDP's constructor broadcasts them), whatever each loaded.
+  void syncStart() {
+    if (!dist::active()) return;
+    auto sizes = torch::tensor({train.size(), -train.size(), valid.size(), -valid.size()}, torch::kFloat64);
+    auto m = dist::allreduce(sizes, /*max=*/true);
+    auto v = m.accessor<double, 1>();
+    if (v[0] != -v[1] || v[2] != -v[3]) {
+      std::ostringstream o;
+      o << "distributed: the ranks hold different data (training sets of " << -v[1] << " to " << v[0] << " images, validation sets of " << -v[3] << " to " << v[2]
+        << "): every rank must load the same files with the same split and seed";
+      throw UserError(o.str());
+    }
+    std::vector<torch::Tensor> all;
+    for (auto& p : net->module->parameters()) all.push_back(p);
+    for (auto& b : net->module->buffers()) all.push_back(b);
+    dist::broadcastFromRank0(all);
+    net->weightsChanged();
+  }
+
+  // After an epoch on several ranks: BatchNorm's running statistics are rank 0's everywhere (each rank's
+  // moved with its own batches), so that validation and the saved model are the same on every rank.
+  void syncBuffers() {
+    if (!dist::active()) return;
+    std::vector<torch::Tensor> bufs;
+    for (auto& b : net->module->buffers()) bufs.push_back(b);
+    dist::broadcastFromRank0(bufs);
+    net->weightsChanged();
   }
 
   // PyTorch's clip_grad_norm_(params, maxGradNorm): the 2-norm of all gradients together, and every gradient
@@ -166,6 +209,7 @@ struct Learner::Core {
       loss = lossFn(net->forward(x), y, false);
     }
     loss.backward();
+    syncGrads();
     clipGrads();
     return loss;
   }
@@ -197,11 +241,20 @@ struct Learner::Core {
   }
 
   // Training batches for one pass: a fresh permutation, drop_last (fast.ai's train loader), except
-  // that a set smaller than one batch still gives one batch.
+  // that a set smaller than one batch still gives one batch. On several ranks, this rank's shard of the
+  // permutation as PyTorch's DistributedSampler takes it: padded with its first indices to a multiple of the
+  // world size, then every world-th index from the rank's own (the permutation is the same on every rank:
+  // the learners' generators start from one seed and draw alike).
   std::vector<torch::Tensor> trainBatches() {
-    const int64_t n = train.size();
+    int64_t n = train.size();
     if (n == 0) throw UserError("no training data: call setData first");
     auto perm = torch::randperm(n, gen, torch::kInt64);
+    if (dist::active()) {
+      const int64_t w = dist::world(), per = (n + w - 1) / w;
+      while (perm.size(0) < per * w) perm = torch::cat({perm, perm.narrow(0, 0, std::min(perm.size(0), per * w - perm.size(0)))});
+      perm = perm.slice(0, dist::rank(), per * w, w);
+      n = per;
+    }
     std::vector<torch::Tensor> out;
     const int64_t nb = std::max<int64_t>(1, n / bs);
     for (int64_t i = 0; i < nb; i++) out.push_back(perm.slice(0, i * bs, std::min(n, (i + 1) * bs)));

@@ -35,6 +35,7 @@ Napi::Value Learner::LrFind(const Napi::CallbackInfo& info) {
       [sched, numIt, stopDiv, progress](Core& core) {
         auto* c = &core;
         // Snapshot: every parameter and buffer, the optimizer state and the random state.
+        c->syncStart();
         NamedTensors snapshot;
         for (auto& kv : c->fullState(true)) snapshot.emplace_back(kv.first, kv.second.clone());
         LrFindResult r;
@@ -54,7 +55,9 @@ Napi::Value Learner::LrFind(const Napi::CallbackInfo& info) {
               auto h = c->hypers(sched, pos);
               auto [x, y] = c->trainBatch(idx);
               auto loss = c->forwardLoss(x, y);
-              const double l = loss.item<double>();
+              // on several ranks, the mean of the ranks' losses: every rank sees the same curve and stops together
+              const double l = dist::active() ? dist::allreduce(loss.detach().to(torch::kCPU, torch::kFloat64).reshape({1})).item<double>() / dist::world()
+                                              : loss.item<double>();
               it++;
               const double smooth = smoothLoss.add(l);
               r.lrs.push_back(h.back().lr);

@@ -53,10 +53,17 @@ Napi::Value Learner::Validate(const Napi::CallbackInfo& info) {
         c->net->module->eval();
         AutocastScope ac(c->bf16 && c->onCuda());
         std::vector<torch::Tensor> logits;
-        const int64_t nb = (n + c->bs - 1) / c->bs;
-        for (int64_t b = 0; b < nb; b++) {
+        // On several ranks each validates every world-th image from its own rank, and the logits are gathered:
+        // every rank scores the whole set. (Test-time augmentation draws from the generators, which must stay
+        // alike on every rank: there each rank does the whole set.)
+        const bool shard = dist::active() && !augment;
+        const int64_t w = shard ? dist::world() : 1, per = (n + w - 1) / w;
+        auto mine = shard ? torch::arange(dist::rank(), n, w, torch::kInt64) : torch::arange(n, torch::kInt64);
+        const int64_t m = mine.size(0);
+        const int64_t nb = std::max<int64_t>(1, (m + c->bs - 1) / c->bs);
+        for (int64_t b = 0; b < nb && b * c->bs < m; b++) {
           if (exiting()) throw UserError("the process is exiting");
-          auto idx = torch::arange(b * c->bs, std::min(n, (b + 1) * c->bs), torch::kInt64);
+          auto idx = mine.slice(0, b * c->bs, std::min(m, (b + 1) * c->bs));
           auto params = augment ? drawAugParams(idx.size(0), c->aug, c->gen) : identityAugParams(idx.size(0));
           auto x = c->inputs(data.images.index_select(0, toDevice(idx, c->net->device)), params);
           logits.push_back(c->net->forward(x).to(torch::kFloat32));
@@ -68,7 +75,9 @@ Napi::Value Learner::Validate(const Napi::CallbackInfo& info) {
             return e;
           });
         }
-        auto all = torch::cat(logits, 0);
+        auto all = logits.empty() ? torch::zeros({0, c->net->numClasses}) : torch::cat(logits, 0);
+        // (rank r's k-th row is image k * world + r: stacking the ranks then interleaving restores the order)
+        if (shard) all = dist::allgatherRows(all.to(torch::kFloat32), per).transpose(0, 1).reshape({per * w, -1}).narrow(0, 0, n).to(c->net->device);
         PredsResult r;
         r.losses = c->lossFn(all, data.labels, true).to(torch::kCPU);
         r.probs = c->activation(all).to(torch::kCPU);

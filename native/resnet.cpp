@@ -64,7 +64,11 @@ torch::Tensor ConvBn::forwardRelu(const torch::Tensor& x, const FoldState& fold,
 }
 
 torch::Tensor ConvBn::forward(const torch::Tensor& x, const FoldState& fold) {
-  if (!fold.on || bn->is_training()) {
+  // Folding computes the fused weights without gradients: only where none is wanted (an eval-mode BatchNorm
+  // whose convolution and affine parameters are frozen, or no autograd at all). A BatchNorm held in eval
+  // while its layer trains takes the plain path, so that its parameters still get their gradients.
+  const bool wantsGrad = torch::GradMode::is_enabled() && (conv->weight.requires_grad() || (bn->weight.defined() && bn->weight.requires_grad()));
+  if (!fold.on || bn->is_training() || wantsGrad) {
     if (w_.defined()) w_ = b_ = torch::Tensor();  // training (the weights will change) or folding off: no stale copies kept
     auto y = conv->forward(x);
     return bn->is_training() ? trainingBatchNorm(*bn, y, fold) : bn->forward(y);

@@ -175,6 +175,7 @@ static void eagerStep(Core& c, const torch::Tensor& x, const torch::Tensor& y, c
     (loss * (static_cast<double>(x.size(0)) / static_cast<double>(c.nAcc))).backward();
     clock.mark(r.tBackward);
     if (stepNow) {
+      c.syncGrads();
       c.clipGrads();
       c.opt.step(c.net->params, h);
       c.zeroGrad();
@@ -184,6 +185,7 @@ static void eagerStep(Core& c, const torch::Tensor& x, const torch::Tensor& y, c
   }
   if (profile) {
     loss.backward();
+    c.syncGrads();
     c.clipGrads();
     clock.mark(r.tBackward);
     c.opt.step(c.net->params, h);
@@ -239,9 +241,11 @@ static void stepLoop(Core& c, const EpochArgs& a, EpochResult& r, const std::vec
 
 static EpochResult runEpoch(Core& c, const EpochArgs& a, std::shared_ptr<ProgressSink> progress) {
   const double t0 = nowSeconds();
-  // Profile mode times the phases of ordinary steps; a graph is one launch. Accumulating gradients runs
-  // eager steps (the captured step is forward, backward and optimizer step together).
-  const bool useGraph = c.cudaGraph && !a.profile && c.nAcc == 0;
+  // Profile mode times the phases of ordinary steps; a graph is one launch. Accumulating gradients, and
+  // training on several ranks, run eager steps (the captured step is forward, backward and optimizer step
+  // together, with no place for the all-reduce).
+  const bool useGraph = c.cudaGraph && !a.profile && c.nAcc == 0 && !dist::active();
+  c.syncStart();
   StepGraphEpoch graphEpoch(useGraph ? &c.graph : nullptr, c.net->device);
   EpochResult r;
   r.smooth = a.smooth;
@@ -291,6 +295,7 @@ static EpochResult runEpoch(Core& c, const EpochArgs& a, std::shared_ptr<Progres
     }
     if (lastInput.defined()) r.inputChannelsLast = lastInput.is_contiguous(torch::MemoryFormat::ChannelsLast);
   }
+  if (!r.stopped) c.syncBuffers();
   // (accumulated gradients still waiting for their step carry over into the next epoch, as in fast.ai)
   if (c.nAcc == 0 || (a.epoch * r.nIter + r.done) % c.accBatches() == 0) c.zeroGrad();
   r.seconds = nowSeconds() - t0;
@@ -347,6 +352,37 @@ Napi::Value Learner::TrainEpoch(const Napi::CallbackInfo& info) {
   core_->requireOptimizer();
   core_->stopRequested = false;
   return onWorker<EpochResult>(env, core_, [args, progress](Core& c) { return runEpoch(c, *args, progress); }, epochResultToJs);
+  TL_CATCH(env)
+}
+
+// gradients(indices: Int32Array) -> Promise<Float32Array>: the tests' hook into one step: the training batch
+// of the given images, forward, backward and (on several ranks) the gradient all-reduce, without the optimizer
+// step; every trainable parameter's gradient, flattened and concatenated in parameter order. The gradients
+// are cleared afterwards. The indices are copied here and checked against the training set.
+Napi::Value Learner::Gradients(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  core_->check();
+  auto idx = js::copyTyped<int32_t>(info[0], "gradients: indices", torch::kInt32).to(torch::kInt64);
+  if (idx.numel() == 0) throw UserError("gradients: give at least one image index");
+  const int64_t n = core_->train.size();
+  if (idx.min().item<int64_t>() < 0 || idx.max().item<int64_t>() >= n) throw UserError("gradients: indices must be in [0, " + std::to_string(n) + ")");
+  core_->requireOptimizer();
+  return onWorker<torch::Tensor>(
+      env, core_,
+      [idx](Core& c) {
+        c.syncStart();
+        c.zeroGrad();
+        auto [x, y] = c.trainBatch(idx);
+        c.forwardLoss(x, y).backward();
+        c.syncGrads();
+        std::vector<torch::Tensor> parts;
+        for (auto& p : c.net->params)
+          if (p.tensor.grad().defined()) parts.push_back(p.tensor.grad().to(torch::kCPU, torch::kFloat32).reshape({-1}));
+        c.zeroGrad();
+        return parts.empty() ? torch::zeros({0}) : torch::cat(parts);
+      },
+      [](Napi::Env env, torch::Tensor& t) -> Napi::Value { return js::typed<float>(env, t); });
   TL_CATCH(env)
 }
 

@@ -13,7 +13,7 @@ run_example=1
 # Debian's PyTorch, torchvision, scikit-learn and protobuf, which the tests use as references. Installed only when
 # missing, and only where we can.
 need=()
-for pkg in libtorch-dev libopenblas0-pthread libblas3 python3-torch python3-torchvision python3-sklearn python3-protobuf cmake g++ make fonts-dejavu-core; do
+for pkg in libtorch-dev libgloo-dev libopenblas0-pthread libblas3 python3-torch python3-torchvision python3-sklearn python3-protobuf cmake g++ make fonts-dejavu-core; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -153,6 +153,8 @@ export interface NativeLearner {
   setData(split: 'train' | 'valid', images: Uint8Array, labels: Int32Array | Uint8Array, presize: number): void;
   setOptions(o: NativeLearnerOptions): void;
   freezeTo(n: number): void;
+  /** the tests' hook: one step's gradients (all-reduced on several ranks) for the given training images, no optimizer step */
+  gradients(indices: Int32Array): Promise<Float32Array>;
   trainEpoch(o: {
     schedule: NativeSchedule;
     epoch: number;
@@ -194,6 +196,11 @@ interface Addon {
   torchInfo(): TorchInfo;
   setNumThreads(n: number): void;
   manualSeed(seed: number): void;
+  /** joins c10d's process group (native/distributed.cpp); once per process */
+  distInit(o: { rank: number; worldSize: number; masterAddr: string; masterPort: number; timeoutMs: number; backend: string }): Promise<void>;
+  distInfo(): { compiled: boolean; nccl: boolean; rank: number; worldSize: number; backend: string; gradSeconds: number; gradReduces: number };
+  distAllreduce(values: Float64Array, op: 'sum' | 'max'): Promise<Float64Array>;
+  distShutdown(): void;
   /** the architecture names the addon builds (src/model.ts ARCHS, checked against it by the tests) */
   architectures(): string[];
   /** the tests' and the bench's entry points, typed in src/hooks.ts */
@@ -257,12 +264,15 @@ function loadAddon(): Addon {
   // LibTorch (its objects are destroyed next). The main thread's exit only: a worker thread's ending is not
   // the process's.
   if (isMainThread) process.once('exit', () => addon.prepareExit());
-  const threads = process.env.TORCHLEARN_THREADS;
-  if (threads !== undefined && threads !== '') {
+  // TORCHLEARN_THREADS, else OMP_NUM_THREADS (which PyTorch reads, and torchrun and `torchlearn launch` set
+  // for each rank), else every core
+  const threadsVar = process.env.TORCHLEARN_THREADS ? 'TORCHLEARN_THREADS' : process.env.OMP_NUM_THREADS ? 'OMP_NUM_THREADS' : null;
+  if (threadsVar) {
+    const threads = process.env[threadsVar];
     try {
       addon.setNumThreads(Number(threads));
     } catch (e) {
-      throw new Error(`torchlearn: TORCHLEARN_THREADS=${threads}: ${(e as Error).message}`);
+      throw new Error(`torchlearn: ${threadsVar}=${threads}: ${(e as Error).message}`);
     }
   }
   return addon;

@@ -2,6 +2,7 @@
 // torchlearn's command line:
 //   torchlearn predict model.safetensors images-or-folders... [--json] [--device cpu|cuda]
 //   torchlearn serve model.safetensors [--port 8080] [--host 127.0.0.1]
+//   torchlearn launch --nproc N script.js [args...]
 //   torchlearn info
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,13 +13,26 @@ const usage = `usage:
   torchlearn serve MODEL.safetensors [--port 8080] [--host 127.0.0.1]
   torchlearn weights list
   torchlearn weights get ARCH [--version IMAGENET1K_V1|IMAGENET1K_V2]
+  torchlearn launch --nproc N [--master-port P] SCRIPT.js|COMMAND [ARGS...]
   torchlearn info
   torchlearn --help | --version
 
   predict   the classes of images with a model written by learn.export()
   serve     an HTTP server for a model: POST /predict, GET /info, /health, and a page at / to try it
   weights   torchvision's ImageNet weights: which exist and which are in PyTorch's hub cache; download one
+  launch    a data-parallel run on this machine: N processes with torchrun's variables
   info      the LibTorch this addon runs on, its device and threads`;
+
+const launchUsage = `usage: torchlearn launch --nproc N [--master-port P] [--master-addr A] [--grace S] SCRIPT.js|COMMAND [ARGS...]
+
+  --nproc        processes (ranks) to start: one per GPU, or a few on the CPU
+  --master-port  rank 0's store port (default: a free one)
+  --master-addr  rank 0's address (default 127.0.0.1)
+  --grace        seconds the other ranks get to stop on their own after one fails (default 30)
+Each rank runs the script (with this Node when it ends in .js, .mjs or .cjs; otherwise the command as given,
+e.g. npx tsx train.ts) with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, as torchrun
+sets them; OMP_NUM_THREADS is the cores divided among the ranks unless set. The exit code is the first
+failing rank's (128 + the signal's number for a killed one), 0 when every rank succeeds.`;
 
 const predictUsage = `usage: torchlearn predict MODEL.safetensors IMAGE|FOLDER... [--json] [--device auto|cpu|cuda]
 
@@ -82,6 +96,51 @@ async function main(argv: string[]): Promise<number> {
     console.log(`device: ${i.cuda ? `cuda (${i.deviceCount} x ${i.deviceName ?? 'GPU'}), cuDNN ${i.cudnn ? 'yes' : 'no'}` : 'cpu (this LibTorch has no CUDA)'}`);
     console.log(`threads: ${i.threads}`);
     return 0;
+  }
+  if (cmd === 'launch') {
+    // (the launcher's own options come before the command: everything from the command on is the ranks')
+    const opts: Record<string, string> = {};
+    let i = 0;
+    for (; i < rest.length; i++) {
+      const a = rest[i];
+      if (a === '--') {
+        i++;
+        break;
+      }
+      if (a === '-h' || a === '--help') {
+        console.log(launchUsage);
+        return 0;
+      }
+      const m = /^--(nproc|master-port|master-addr|grace)(?:=(.*))?$/.exec(a);
+      if (!m) {
+        if (a.startsWith('-')) {
+          console.error(`torchlearn launch: unknown option ${a}\n\n${launchUsage}`);
+          return 2;
+        }
+        break;
+      }
+      const v = m[2] ?? rest[++i];
+      if (v === undefined) {
+        console.error(`torchlearn launch: ${a} needs a value\n\n${launchUsage}`);
+        return 2;
+      }
+      opts[m[1]] = v;
+    }
+    const command = rest.slice(i);
+    const num = (k: string, int: boolean) => {
+      if (opts[k] === undefined) return undefined;
+      const n = Number(opts[k]);
+      if (!(n > 0) || (int && !Number.isInteger(n))) throw new Error(`launch: --${k} must be a positive ${int ? 'integer' : 'number'}, got '${opts[k]}'`);
+      return n;
+    };
+    const nproc = num('nproc', true);
+    if (nproc === undefined || command.length === 0) {
+      console.error(launchUsage);
+      return 2;
+    }
+    const { launch } = await import('./distributed/launch.js');
+    const grace = num('grace', false);
+    return launch({ nproc, command, masterPort: num('master-port', true), masterAddr: opts['master-addr'], graceMs: grace === undefined ? undefined : grace * 1000 });
   }
   if (cmd === 'weights') {
     const { ARCHS } = await import('./model.js');

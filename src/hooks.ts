@@ -84,6 +84,12 @@ export function setBatchNormEval(learn: Learner, on: boolean): void {
   nativeLearnerOf(learn).setOptions({ batchNormEval: on });
 }
 
+/** One step's gradients for the given training images (averaged over the ranks in a distributed run), every
+ * trainable parameter's flattened in parameter order; no optimizer step. */
+export function gradients(learn: Learner, indices: number[]): Promise<Float32Array> {
+  return nativeLearnerOf(learn).gradients(Int32Array.from(indices));
+}
+
 /** The body's eval-mode output for a batch (what fast.ai's head takes), without gradients. */
 export function bodyFeatures(learn: Learner, o: { data: Float32Array; shape: number[] }): { data: Float32Array; shape: number[] } {
   return (native.hooks as { bodyFeatures(net: NativeNet, o: object): { data: Float32Array; shape: number[] } }).bodyFeatures(learn.net, o);

@@ -1,6 +1,7 @@
 // Callbacks around the epoch loop: user hooks, saveModel (best by a monitored value, loaded at the
 // end) and earlyStopping, with fast.ai's monitor/comparison rules, and csvLogger.
 import { appendFileSync, existsSync, rmSync, statSync } from 'node:fs';
+import { isMainProcess } from '../distributed/group.js';
 import type { Learner } from './learner.js';
 import { formatTime } from './progress.js';
 
@@ -128,11 +129,13 @@ export function earlyStopping(o: { monitor?: string; comp?: 'lower' | 'higher'; 
  */
 export function csvLogger(o: { fname?: string; append?: boolean } = {}): Callback {
   const fname = o.fname ?? 'history.csv';
+  // (in a distributed run rank 0 alone writes)
   return {
     beforeFit() {
-      if (!o.append) rmSync(fname, { force: true });
+      if (!o.append && isMainProcess()) rmSync(fname, { force: true });
     },
     afterEpoch(info) {
+      if (!isMainProcess()) return;
       if (!existsSync(fname) || statSync(fname).size === 0) appendFileSync(fname, ['epoch', ...Object.keys(info.values), 'time'].join(',') + '\n');
       const row = [String(info.epoch), ...Object.values(info.values).map((v) => (Number.isFinite(v) ? String(v) : '')), formatTime(info.seconds)];
       appendFileSync(fname, row.join(',') + '\n');

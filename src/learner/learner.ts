@@ -22,6 +22,8 @@ import { Recorder } from './recorder.js';
 import { lrPerGroup, type LrSpec } from './schedule.js';
 import { chromeTracePath, writeNativeTrace } from './trace.js';
 import { lossesFromProbs, ttaProbs, type TtaOptions } from '../tta.js';
+import { distributedEnv } from '../distributed/env.js';
+import { allreduceNumbers, isMainProcess, joinIfLaunched, numDistrib, requireJoinedIfLaunched } from '../distributed/group.js';
 
 /** The loss: cross-entropy with these options; for multi-label loaders, binary cross-entropy on each label
  * (fast.ai's BCEWithLogitsLossFlat), which takes `thresh` only. */
@@ -250,7 +252,8 @@ export class Learner {
     this.metrics = opts.metrics ?? [];
     this.wd = opts.wd ?? DEFAULTS.wd;
     if (!(this.wd >= 0)) throw new Error(`wd must be >= 0, got ${this.wd}`);
-    this.device = resolveDevice(opts.device ?? dls.device);
+    requireJoinedIfLaunched('new Learner');
+    this.device = distributedDevice(resolveDevice(opts.device ?? dls.device));
     const precision = opts.precision ?? 'auto';
     this.bf16 = usesBf16(this.device, precision);
     if (this.bf16 && !this.device.startsWith('cuda')) throw new Error("precision 'bf16' is for CUDA; on the CPU use 'fp32' (or 'auto')");
@@ -258,7 +261,8 @@ export class Learner {
     if (opts.fusedAdam && this.device.startsWith('cuda') && !torchInfo().fusedAdam)
       throw new Error(`fusedAdam: this addon was built without PyTorch's fused AdamW kernel (it needs LibTorch 2.1 or later; built against ${torchInfo().torchVersion}); leave the option off for the multi-tensor Adam`);
     this.modelDir = opts.modelDir ?? 'models';
-    this.#verbose = opts.verbose ?? true;
+    // (in a distributed run rank 0 alone prints, as in fast.ai)
+    this.#verbose = (opts.verbose ?? true) && isMainProcess();
     this.#logger = opts.logger ?? ((l) => console.log(l));
     this.#lossOpts = opts.lossFunc ?? {};
     this.multiLabel = dls.multiLabel;
@@ -442,7 +446,8 @@ export class Learner {
         throw new Error(`resume: the checkpoint '${o.resume}' is from a ${st.schedule.kind} fit of ${st.nEpoch} epochs; this call asks for ${schedule.kind} over ${nEpoch}`);
       ({ schedule, epochsDone: startEpoch, smoothVal, smoothCount, epochRng } = st);
       startBatch = st.batchesDone;
-      const nIter = Math.max(1, Math.floor(this.dls.train.n / this.#bs));
+      // (in a distributed run, batches of this rank's shard: DistributedSampler's ceil(n / world) images)
+      const nIter = Math.max(1, Math.floor(Math.ceil(this.dls.train.n / numDistrib()) / this.#bs));
       if (startBatch >= nIter) throw new Error(`resume: ${o.resume}: damaged fit state (batchesDone ${startBatch}, but an epoch has ${nIter} batches at batch size ${this.#bs})`);
       this.log(`resuming from '${o.resume}' at epoch ${startEpoch} of ${nEpoch}${startBatch ? `, batch ${startBatch}` : ''}`);
     }
@@ -810,6 +815,8 @@ export class Learner {
 
   async #save(name: string, withOpt: boolean, fit?: FitState, epochRng?: Uint8Array): Promise<string> {
     const path = this.#checkpointPath(name);
+    // in a distributed run rank 0 alone writes (every rank holds the same weights), as fast.ai's save
+    if (!isMainProcess()) return path;
     const tensors = await this.nat.getState(withOpt);
     if (epochRng) tensors.push({ name: 'rng.epochStart', dtype: 'U8', shape: [epochRng.length], data: epochRng });
     const meta: Record<string, string> = {
@@ -852,6 +859,7 @@ export class Learner {
    * image size, resize method, normalisation, versions); load it with loadLearner().
    */
   async export(path = 'export.safetensors'): Promise<string> {
+    if (!isMainProcess()) return path; // (rank 0 alone writes, as fast.ai's export)
     const d = this.dls;
     const tensors = await this.nat.getState(false);
     // a TorchScript body travels in the export: loadLearner builds the network from it
@@ -994,8 +1002,10 @@ function loadBody(net: NativeNet, path: string, arch: Arch): void {
  */
 export async function visionLearner(dls: ImageDataLoaders, arch: Arch | TorchScriptBody, opts: VisionLearnerOptions = {}): Promise<Learner> {
   // a TorchScript body brings its weights: pretrained (default true) only says whether it starts frozen
+  if (isTorchScriptBody(arch)) await joinIfLaunched(resolveDevice(opts.device ?? dls.device));
   if (isTorchScriptBody(arch)) return new Learner(dls, arch, { ...opts, pretrained: opts.pretrained ?? true });
   checkArch(arch);
+  await joinIfLaunched(resolveDevice(opts.device ?? dls.device));
   const p = opts.pretrained ?? true;
   let path: string | false = false;
   if (p === true || (typeof p === 'string' && (WEIGHTS_VERSIONS as readonly string[]).includes(p))) {
@@ -1004,6 +1014,8 @@ export async function visionLearner(dls: ImageDataLoaders, arch: Arch | TorchScr
     const bar = new ProgressBar(process.stdout, verbose && Boolean(process.stdout.isTTY));
     const log = opts.logger ?? ((l: string) => console.log(l));
     let announced = false;
+    // in a distributed run rank 0 downloads first and the others then find the file in the cache (fast.ai's rank0_first)
+    if (numDistrib() > 1 && !isMainProcess()) await allreduceNumbers([0]);
     path = await cachedWeightFile(file, {
       onProgress: (received, total) => {
         if (!announced && verbose) log(`torchlearn: downloading ${weightsBaseUrl()}${file} to ${hubCacheDir()}`);
@@ -1012,8 +1024,15 @@ export async function visionLearner(dls: ImageDataLoaders, arch: Arch | TorchScr
       },
     });
     bar.clear();
+    if (numDistrib() > 1 && isMainProcess()) await allreduceNumbers([0]);
   } else if (typeof p === 'string') {
     path = p;
   }
   return new Learner(dls, arch, { ...opts, pretrained: path });
+}
+
+/** In a distributed run on CUDA, each rank takes the GPU of its LOCAL_RANK (an explicit 'cuda:N' stays). */
+function distributedDevice(device: string): string {
+  const env = distributedEnv();
+  return device === 'cuda' && env && env.worldSize > 1 ? `cuda:${env.localRank}` : device;
 }

@@ -5,6 +5,7 @@
 // protobufjs encodes them and @node-rs/crc32 computes CRC-32C. Each record goes to the file in one write, so
 // a run that is killed leaves every record before the last one readable.
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { isMainProcess } from '../distributed/group.js';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32c } from '@node-rs/crc32';
@@ -142,6 +143,7 @@ export function tensorBoard(o: { logDir: string; images?: boolean }): Callback &
       return w?.path;
     },
     async beforeFit(learn: Learner) {
+      if (!isMainProcess()) return; // (in a distributed run rank 0 alone writes)
       w ??= new EventWriter(o.logDir);
       seen = 0;
       lrsWritten = 0;
@@ -155,6 +157,7 @@ export function tensorBoard(o: { logDir: string; images?: boolean }): Callback &
       w.flush();
     },
     afterBatch(info) {
+      if (!w) return;
       seen++;
       const step = base + seen;
       w?.scalar('train_loss', info.loss, step);

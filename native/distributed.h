@@ -1,0 +1,61 @@
+// Data-parallel training on LibTorch's own c10d: one process per device, a TCPStore rendezvous at
+// MASTER_ADDR:MASTER_PORT (hosted by rank 0), and a Gloo process group (CPU tensors, or CUDA tensors through
+// the host) or an NCCL one (CUDA, where LibTorch has it). One group per process, as torch.distributed has.
+//
+// The training loop calls the collectives below; without a group (or with a world of one) they do nothing,
+// so a single-process run takes no other path. A collective that fails (a rank died, hung past the timeout)
+// throws a UserError that names the rank, found through the heartbeats every rank writes to the store.
+#pragma once
+#include "common.h"
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace tl::dist {
+
+struct Config {
+  int rank = 0, world = 1;
+  std::string masterAddr = "127.0.0.1";
+  int masterPort = 29500;
+  // every wait: the rendezvous, and each collective (a hung rank is reported after it)
+  std::chrono::milliseconds timeout{300000};
+  std::string backend = "gloo";  // 'gloo' or 'nccl'
+};
+
+// built with c10d and Gloo's headers (CMakeLists.txt); otherwise init says how to get them
+bool compiled();
+// built with NCCL (a CUDA LibTorch that has it)
+bool ncclCompiled();
+
+// Joins the group: blocks until every rank has joined or the timeout passes. Once per process.
+void init(const Config& config);
+// a group of more than one rank exists
+bool active();
+int rank();
+int world();
+std::string backend();
+// Leaves the group (the heartbeat stops, connections close); the process's exit does it too.
+void shutdown();
+
+// The gradients averaged over the ranks, in place: flattened into buckets of about 25 MiB (in the order
+// given: the training loop passes the last layers first, as DDP's reducer fills its buckets), all buckets'
+// all-reduces in flight together, then each divided by the world size and copied back.
+void averageGradients(const std::vector<torch::Tensor>& grads);
+// Rank 0's values into every rank's tensors, in place (parameters and buffers at the start of training,
+// BatchNorm's running statistics after each epoch).
+void broadcastFromRank0(const std::vector<torch::Tensor>& tensors);
+// The element-wise sum (or maximum) over the ranks of a small CPU tensor.
+torch::Tensor allreduce(const torch::Tensor& t, bool max = false);
+// Every rank's `rows` ([k, ...], k <= maxRows, the same trailing shape on every rank), padded to maxRows and
+// gathered: [world, maxRows, ...] on every rank.
+torch::Tensor allgatherRows(const torch::Tensor& rows, int64_t maxRows);
+
+// Seconds spent waiting in gradient all-reduces, and how many there were, since the group began.
+struct Stats {
+  double gradSeconds = 0;
+  int64_t gradReduces = 0;
+};
+Stats stats();
+
+}  // namespace tl::dist

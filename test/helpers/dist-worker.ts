@@ -1,0 +1,42 @@
+// One rank of the distributed tests (test/distributed.test.ts), started with torchrun's variables; without
+// them, the single process the ranks are compared with. argv: mode, data folder, output prefix, batch size.
+//   join    joins the group and exits (the rendezvous errors)
+//   parity  one step's gradients of the given batch, then a short fit with BatchNorm in eval, no dropout
+//           and no augmentation: files `${out}.grads.${rank}.bin`, `${out}.weights.${rank}.safetensors`
+//   fit     a fit with everything on (augmentation, dropout, BatchNorm training): weights and the table's
+//           values per rank; `epochs` lines on stdout as epochs end
+import { writeFileSync } from 'node:fs';
+import { accuracy, ImageDataLoaders, initDistributed, numDistrib, rankDistrib, visionLearner, writeWeightFile } from '../../src/index.js';
+import { gradients, setBatchNormEval } from '../../src/hooks.js';
+
+const [mode, dir, out, bsArg, epochsArg] = process.argv.slice(2);
+const bs = Number(bsArg ?? 8);
+const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
+
+if (mode === 'join') {
+  const info = await initDistributed();
+  console.log(JSON.stringify(info));
+} else if (mode === 'parity') {
+  const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, presize: 32, bs, seed: 3, augment: false });
+  const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, head: { ps: 0 }, device: 'cpu' });
+  setBatchNormEval(learn, true);
+  const r = rankDistrib();
+  const g = await gradients(learn, range(r * bs, (r + 1) * bs));
+  writeFileSync(`${out}.grads.${r}.bin`, Buffer.from(g.buffer, g.byteOffset, g.byteLength));
+  await learn.fitOneCycle(2, { lrMax: 1e-3 });
+  writeWeightFile(`${out}.weights.${r}.safetensors`, await learn.state(false), {});
+  writeFileSync(`${out}.values.${r}.json`, JSON.stringify(learn.recorder.values));
+} else if (mode === 'fit') {
+  const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, presize: 40, bs, seed: 3 });
+  const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, metrics: [accuracy()], device: 'cpu' });
+  const validSizes: number[] = [];
+  await learn.fitOneCycle(Number(epochsArg ?? 3), {
+    lrMax: 3e-3,
+    cbs: [{ afterEpoch: (e) => void (validSizes.push(e.preds!.targets.length), console.log(`rank ${rankDistrib()} epoch ${e.epoch} done`)) }],
+  });
+  const r = rankDistrib();
+  writeWeightFile(`${out}.weights.${r}.safetensors`, await learn.state(false), {});
+  writeFileSync(`${out}.values.${r}.json`, JSON.stringify({ values: learn.recorder.values, names: ['train_loss', 'valid_loss', 'accuracy'], validSizes, validN: dls.valid.n, world: numDistrib() }));
+} else {
+  throw new Error(`dist-worker: unknown mode ${mode}`);
+}
