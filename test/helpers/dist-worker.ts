@@ -5,6 +5,8 @@
 //           and no augmentation: files `${out}.grads.${rank}.bin`, `${out}.weights.${rank}.safetensors`
 //   fit     a fit with everything on (augmentation, dropout, BatchNorm training): weights and the table's
 //           values per rank; `epochs` lines on stdout as epochs end
+//   full | stop | resume   a 3-epoch fit with a checkpoint in `${out}-models`: whole; stopped after its first
+//           epoch; resumed from the checkpoint rank 0 wrote (weights per rank)
 import { writeFileSync } from 'node:fs';
 import { accuracy, ImageDataLoaders, initDistributed, numDistrib, rankDistrib, visionLearner, writeWeightFile } from '../../src/index.js';
 import { gradients, setBatchNormEval } from '../../src/hooks.js';
@@ -37,6 +39,15 @@ if (mode === 'join') {
   const r = rankDistrib();
   writeWeightFile(`${out}.weights.${r}.safetensors`, await learn.state(false), {});
   writeFileSync(`${out}.values.${r}.json`, JSON.stringify({ values: learn.recorder.values, names: ['train_loss', 'valid_loss', 'accuracy'], validSizes, validN: dls.valid.n, world: numDistrib() }));
+} else if (mode === 'full' || mode === 'stop' || mode === 'resume') {
+  const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, presize: 40, bs, seed: 3 });
+  const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, device: 'cpu', modelDir: `${out}-models` });
+  await learn.fitOneCycle(3, {
+    lrMax: 3e-3,
+    ...(mode === 'resume' ? { resume: 'run' } : { checkpoint: 'run' }),
+    cbs: mode === 'stop' ? [{ afterEpoch: (e) => e.epoch === 0 }] : [],
+  });
+  writeWeightFile(`${out}.${mode}.${rankDistrib()}.safetensors`, await learn.state(false), {});
 } else {
   throw new Error(`dist-worker: unknown mode ${mode}`);
 }

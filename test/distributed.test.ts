@@ -1,0 +1,214 @@
+// Data-parallel training on c10d's Gloo process group: 2 ranks of 1 thread each on 127.0.0.1, started as
+// torchrun starts them (test/helpers/dist-worker.ts), against one process doing the same work; the faults
+// (a rank killed, a world that never assembles, a port in use) and the launcher's exit codes.
+import { spawn } from 'node:child_process';
+import { createServer, type Server } from 'node:net';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { readWeightFile, type NamedTensor } from '../src/index.js';
+import { freePort } from '../src/distributed/launch.js';
+import { makeStripes } from './helpers/fixtures.js';
+import { tempDir } from './helpers/python.js';
+
+const ROOT = join(__dirname, '..');
+const WORKER = join(ROOT, 'test', 'helpers', 'dist-worker.ts');
+const CLI = join(ROOT, 'src', 'cli.ts');
+let dir: string;
+let data: string;
+
+interface Run {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+// One Node process (node --import tsx, so that a signal reaches the script itself), one thread of LibTorch.
+function node(args: string[], env: NodeJS.ProcessEnv = {}, onStdout?: (all: string) => void): { done: Promise<Run>; pid: number } {
+  const base = { ...process.env };
+  delete base.TORCHLEARN_THREADS;
+  for (const k of ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT']) delete base[k];
+  const child = spawn(process.execPath, ['--import', 'tsx', ...args], { cwd: ROOT, env: { ...base, OMP_NUM_THREADS: '1', ...env } });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => {
+    stdout += d;
+    onStdout?.(stdout);
+  });
+  child.stderr.on('data', (d) => (stderr += d));
+  const done = new Promise<Run>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal, stdout, stderr })));
+  return { done, pid: child.pid! };
+}
+
+// `world` ranks of the worker with torchrun's variables, each its own process.
+async function ranks(world: number, args: string[], env: NodeJS.ProcessEnv = {}, onStdout?: (rank: number, all: string) => void) {
+  const port = await freePort();
+  return Array.from({ length: world }, (_, r) =>
+    node([WORKER, ...args], { RANK: String(r), LOCAL_RANK: String(r), WORLD_SIZE: String(world), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), ...env }, (all) => onStdout?.(r, all)),
+  );
+}
+
+function ok(r: Run): Run {
+  if (r.code !== 0) throw new Error(`exit ${r.code ?? r.signal}:\n${r.stderr}`);
+  return r;
+}
+
+const f32 = (t: NamedTensor) => new Float32Array(t.data.slice().buffer);
+const floats = (path: string) => {
+  const b = readFileSync(path);
+  return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+};
+// ||a - b|| / ||b|| over every float tensor of two weight files
+function weightsRel(a: string, b: string): number {
+  const ta = readWeightFile(a).tensors;
+  const tb = readWeightFile(b).tensors;
+  expect(ta.map((t) => t.name)).toEqual(tb.map((t) => t.name));
+  let num = 0;
+  let den = 0;
+  ta.forEach((t, i) => {
+    if (t.dtype !== 'F32') return;
+    const x = f32(t);
+    const y = f32(tb[i]);
+    for (let k = 0; k < x.length; k++) {
+      num += (x[k] - y[k]) ** 2;
+      den += y[k] ** 2;
+    }
+  });
+  return Math.sqrt(num / den);
+}
+function sameBytes(a: string, b: string): boolean {
+  const tb = readWeightFile(b).tensors;
+  return readWeightFile(a).tensors.every((t, i) => t.name === tb[i].name && Buffer.compare(Buffer.from(t.data), Buffer.from(tb[i].data)) === 0);
+}
+
+beforeAll(async () => {
+  dir = tempDir();
+  data = join(dir, 's');
+  // 38 training images (an even number: the two shards of a batch are the single process's batch) and 10
+  // validating, 48 px
+  await makeStripes(data, 24, 48);
+});
+
+describe('distributed data-parallel training (Gloo, 2 ranks x 1 thread)', () => {
+  it('2 ranks at batch 8 give the gradients of one process at batch 16, and after a fit its weights and validation', async () => {
+    const single = join(dir, 'single');
+    const multi = join(dir, 'multi');
+    ok(await node([WORKER, 'parity', data, single, '16']).done);
+    (await Promise.all((await ranks(2, ['parity', data, multi, '8'])).map((p) => p.done))).forEach(ok);
+    const g = floats(`${single}.grads.0.bin`);
+    const g0 = floats(`${multi}.grads.0.bin`);
+    const g1 = floats(`${multi}.grads.1.bin`);
+    // (the body's gradients too: BatchNorm held in eval must not cut them)
+    expect(g.length).toBeGreaterThan(11_000_000);
+    expect(g0.length).toBe(g.length);
+    let num = 0;
+    let den = 0;
+    let rankDiff = 0;
+    for (let i = 0; i < g.length; i++) {
+      num += (g0[i] - g[i]) ** 2;
+      den += g[i] ** 2;
+      rankDiff = Math.max(rankDiff, Math.abs(g0[i] - g1[i]));
+    }
+    expect(Math.sqrt(num / den)).toBeLessThan(1e-5);
+    expect(rankDiff).toBe(0); // every rank steps with the same all-reduced gradients
+    // 2 epochs of 2 steps: the weights and the validation (gathered from both ranks) of the single process
+    expect(weightsRel(`${multi}.weights.0.safetensors`, `${single}.weights.0.safetensors`)).toBeLessThan(1e-5);
+    expect(sameBytes(`${multi}.weights.0.safetensors`, `${multi}.weights.1.safetensors`)).toBe(true);
+    const vs = JSON.parse(readFileSync(`${single}.values.0.json`, 'utf8')) as number[][];
+    for (const r of [0, 1]) {
+      const vm = JSON.parse(readFileSync(`${multi}.values.${r}.json`, 'utf8')) as number[][];
+      vm.forEach((row, e) => expect(Math.abs(row[1] - vs[e][1]) / vs[e][1]).toBeLessThan(1e-5));
+    }
+  });
+
+  it('a fit with augmentation, dropout and BatchNorm: identical weights on both ranks, the whole validation set scored, the stripes learned', async () => {
+    const out = join(dir, 'fit');
+    // through the launcher, as a user starts it
+    const r = ok(await node([CLI, 'launch', '--nproc', '2', process.execPath, '--import', 'tsx', WORKER, 'fit', data, out, '8', '5']).done);
+    expect(r.stdout).toMatch(/rank 0 epoch 4 done/);
+    expect(r.stdout).toMatch(/rank 1 epoch 4 done/);
+    expect(sameBytes(`${out}.weights.0.safetensors`, `${out}.weights.1.safetensors`)).toBe(true);
+    const v0 = JSON.parse(readFileSync(`${out}.values.0.json`, 'utf8'));
+    const v1 = JSON.parse(readFileSync(`${out}.values.1.json`, 'utf8'));
+    expect(v0.world).toBe(2);
+    expect(v0.validSizes).toEqual(Array(5).fill(v0.validN));
+    // the validation columns are the same on both ranks (the train loss is each rank's own, as in fast.ai)
+    expect(v1.values.map((row: number[]) => row.slice(1))).toEqual(v0.values.map((row: number[]) => row.slice(1)));
+    const last = v0.values[v0.values.length - 1];
+    expect(last[2]).toBeGreaterThanOrEqual(0.8);
+    expect(last[1]).toBeLessThan(v0.values[0][1]);
+  });
+
+  it("a distributed fit stopped after its first epoch resumes from rank 0's checkpoint to the weights of the fit that ran through", async () => {
+    const out = join(dir, 'resume');
+    for (const mode of ['full', 'stop', 'resume']) (await Promise.all((await ranks(2, [mode, data, out, '8'])).map((p) => p.done))).forEach(ok);
+    expect(weightsRel(`${out}.resume.0.safetensors`, `${out}.full.0.safetensors`)).toBeLessThan(1e-6);
+    expect(weightsRel(`${out}.stop.0.safetensors`, `${out}.full.0.safetensors`)).toBeGreaterThan(1e-3); // (the stop did stop early)
+    expect(sameBytes(`${out}.resume.0.safetensors`, `${out}.resume.1.safetensors`)).toBe(true);
+  });
+
+  it('a rank killed with SIGKILL makes the other stop within seconds, with an error that names it', async () => {
+    let killedAt = 0;
+    let victim = 0;
+    // 500 epochs: it never ends by itself; rank 1 is killed once rank 0 has finished an epoch
+    const procs = await ranks(2, ['fit', data, join(dir, 'kill'), '8', '500'], {}, (rank, all) => {
+      if (rank === 0 && !killedAt && /epoch 0 done/.test(all)) {
+        killedAt = Date.now();
+        process.kill(victim, 'SIGKILL');
+      }
+    });
+    victim = procs[1].pid;
+    const [r0, r1] = await Promise.all(procs.map((p) => p.done));
+    const waited = (Date.now() - killedAt) / 1000;
+    expect(r1.signal).toBe('SIGKILL');
+    expect(r0.code).not.toBe(0);
+    expect(r0.stderr).toMatch(/distributed training stopped on rank 0 of 2 .*(rank 1 is gone|no heartbeat from rank 1)/);
+    // Gloo's own timeout is 300 s: the heartbeats end the wait (10 s of silence at most, then the diagnosis)
+    expect(waited).toBeLessThan(60);
+  });
+
+  it('the launcher passes exit codes through: the first failing rank decides, a killed one as 128 + signal', async () => {
+    const script = join(dir, 'exit.mjs');
+    writeFileSync(script, [
+      "const r = process.env.RANK;",
+      "console.log(JSON.stringify({ r, w: process.env.WORLD_SIZE, lr: process.env.LOCAL_RANK, port: process.env.MASTER_PORT, omp: process.env.OMP_NUM_THREADS }));",
+      "const mode = process.argv[2];",
+      "if (mode === 'fail' && r === '1') process.exit(3);",
+      "if (mode === 'kill' && r === '1') process.kill(process.pid, 'SIGKILL');",
+      "if (mode !== 'ok' && r === '0') setTimeout(() => {}, 60000); // hangs: the launcher stops it after the grace",
+    ].join('\n'));
+    const okRun = await node([CLI, 'launch', '--nproc', '2', script, 'ok']).done;
+    expect(okRun.code).toBe(0);
+    const seen = okRun.stdout.trim().split('\n').map((l) => JSON.parse(l)).sort((a, b) => a.r.localeCompare(b.r));
+    expect(seen.map((s) => [s.r, s.w, s.lr])).toEqual([['0', '2', '0'], ['1', '2', '1']]);
+    expect(seen[0].port).toBe(seen[1].port);
+    expect(Number(seen[0].omp)).toBeGreaterThanOrEqual(1);
+    const fail = await node([CLI, 'launch', '--nproc', '2', '--grace', '1', script, 'fail']).done;
+    expect(fail.code).toBe(3);
+    expect(fail.stderr).toMatch(/rank 1 \(pid \d+\) exited with code 3/);
+    const kill = await node([CLI, 'launch', '--nproc', '2', '--grace', '1', script, 'kill']).done;
+    expect(kill.code).toBe(128 + 9);
+    expect(kill.stderr).toMatch(/rank 1 \(pid \d+\) was killed by SIGKILL/);
+  });
+
+  it('a world that never assembles, a port in use and wrong variables get errors that say what to do', async () => {
+    // one rank of two, a 2-second wait
+    const port = await freePort();
+    const lone = await node([WORKER, 'join'], { RANK: '0', LOCAL_RANK: '0', WORLD_SIZE: '2', MASTER_PORT: String(port), TORCHLEARN_DIST_TIMEOUT: '2' }).done;
+    expect(lone.code).not.toBe(0);
+    expect(lone.stderr).toMatch(/only 1 of WORLD_SIZE=2 ranks joined at 127\.0\.0\.1:\d+ within 2 s/);
+    const busy: Server = createServer();
+    await new Promise<void>((res) => busy.listen(0, '127.0.0.1', () => res()));
+    try {
+      const taken = (busy.address() as { port: number }).port;
+      const r = await node([WORKER, 'join'], { RANK: '0', LOCAL_RANK: '0', WORLD_SIZE: '2', MASTER_PORT: String(taken), TORCHLEARN_DIST_TIMEOUT: '2' }).done;
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(new RegExp(`rank 0 cannot listen at MASTER_ADDR:MASTER_PORT = 127\\.0\\.0\\.1:${taken}: the port is in use`));
+    } finally {
+      busy.close();
+    }
+    const bad = await node([WORKER, 'join'], { RANK: '5', WORLD_SIZE: '2' }).done;
+    expect(bad.stderr).toMatch(/RANK=5 must be an integer in \[0, 1\]/);
+  });
+});
