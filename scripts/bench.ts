@@ -4,8 +4,8 @@
 //   --python PATH       PyTorch for the baseline (default /usr/bin/python3 on the CPU, python3 on CUDA)
 //   --quick             fewer iterations
 //   --profile           time the phases of each train step (data, forward, backward, optimizer) on both sides
-//   --only LIST         some of: decode,augment,inference,train,e2e,serve (default: all; on CUDA all but serve,
-//                       which takes minutes of load testing: ask for it)
+//   --only LIST         some of: decode,augment,inference,train,e2e,serve,scaling (default: all; on CUDA all but
+//                       serve, which takes minutes of load testing, and scaling, the CPU's 2 ranks x 1 thread)
 //   --trace DIR         operator tables of the unfrozen train step (and of one batched inference call) on
 //                       both sides, written to DIR, and the operators where they differ most printed side by side
 //   --graph off|on|both torchlearn's train step with the cudaGraph option off, on, or both (default: both
@@ -36,6 +36,8 @@ import { decodeAll } from '../src/data/images.js';
 import { foldBatchNormDefault } from '../src/info.js';
 import { checkArch } from '../src/model.js';
 import { servingBench } from './bench/serving.js';
+import { randomPixels } from './bench/pixels.js';
+import { scalingBench } from './bench/scaling.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -164,26 +166,12 @@ async function traced(learn: Learner, path: string) {
   }
 }
 
-/** Pseudo-random bytes (xorshift32, a fixed seed): the bench's images, uniform like PyTorch's torch.randint. */
-function randomPixels(bytes: number): Uint8Array {
-  const words = new Uint32Array(Math.ceil(bytes / 4));
-  let s = 0x9e3779b9;
-  for (let i = 0; i < words.length; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    words[i] = s >>> 0;
-  }
-  return new Uint8Array(words.buffer, 0, bytes);
-}
 
 async function trainBench() {
   for (const bs of cfg.bss) {
     for (const prec of cfg.precisions) for (const aug of augModes) {
       const n = bs * cfg.iters;
       const p = cfg.presize;
-      // uniformly random pixels, as PyTorch's side draws them: nearly constant images gave nearly constant
-      // activations and tiny gradients, whose subnormal floats slowed the CPU's arithmetic erratically
       const images = randomPixels(n * p * p * 3);
       const labels = Int32Array.from({ length: n }, (_, i) => i % 2);
       const dls = ImageDataLoaders.fromArrays(images, labels, ['a', 'b'], { presize: p, size: cfg.size, bs, validPct: 0, augment: trainAug(aug) });
@@ -356,7 +344,7 @@ async function inferenceBench() {
 }
 
 log(`torchlearn bench on ${device} (${info.deviceName ?? `${info.threads} CPU threads`}), LibTorch ${info.torchVersion}`);
-const only = new Set((args.only ?? (cuda ? 'decode,augment,inference,train,e2e' : 'decode,augment,inference,train,e2e,serve')).split(','));
+const only = new Set((args.only ?? (cuda ? 'decode,augment,inference,train,e2e' : 'decode,augment,inference,train,e2e,serve,scaling')).split(','));
 if (!cuda && only.has('decode')) await decodeBench();
 if (only.has('augment')) augmentBench();
 if (only.has('inference')) await inferenceBench();
@@ -369,6 +357,8 @@ if (!args.images && only.has('e2e') && existsSync(join(args.data!, 'metadata.csv
   segregateByLabel(readCovidMetadata(join(args.data!, 'metadata.csv')).items, args.images);
 }
 if (args.images && only.has('e2e')) await endToEndBench();
+// data-parallel training: 2 ranks x 1 thread against 1 process x 1 thread, the train rows' work per rank
+if (!cuda && only.has('scaling')) scalingBench(rows, { arch: cfg.arch, size: cfg.size, presize: cfg.presize, bs: cfg.bss[0], iters: cfg.iters, log });
 if (only.has('serve')) {
   const csv = join(args.data!, 'metadata.csv');
   await servingBench(rows, { device, quick: args.quick!, log, sample: existsSync(csv) ? readCovidMetadata(csv).items[0].path : null });
@@ -385,7 +375,7 @@ const fmt = (x: unknown) => (typeof x === 'number' ? (x > 100 ? x.toFixed(0) : x
 console.log('\n| bench | impl | config | images/s (or ms) | peak device MB | peak RSS MB | vs PyTorch | vs fastest PyTorch (mode) |');
 console.log('|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
-  const config = r.bench !== 'train step' && r.arch ? `${r.arch} ${r.bs ? `bs ${r.bs} ` : ''}${r.size}px${r.precision ? ` ${r.precision}` : ''}` : r.bench === 'train step' ? `${r.arch} bs ${r.bs} ${r.size}px ${r.precision}${r.frozen ? ' frozen' : ' unfrozen'}${r.aug ? `, ${r.aug} aug` : ''}` : r.bs ? `bs ${r.bs} ${r.size}px` : `${r.images} files to ${r.presize}px`;
+  const config = r.bench === 'data-parallel scaling' ? `${r.arch} bs ${r.bs} per rank ${r.size}px unfrozen` : r.bench !== 'train step' && r.arch ? `${r.arch} ${r.bs ? `bs ${r.bs} ` : ''}${r.size}px${r.precision ? ` ${r.precision}` : ''}` : r.bench === 'train step' ? `${r.arch} bs ${r.bs} ${r.size}px ${r.precision}${r.frozen ? ' frozen' : ' unfrozen'}${r.aug ? `, ${r.aug} aug` : ''}` : r.bs ? `bs ${r.bs} ${r.size}px` : `${r.images} files to ${r.presize}px`;
   const sameStep = (q: Record<string, unknown>) => q.bench === 'train step' && r.bench === 'train step' && String(q.impl).startsWith('pytorch') && q.bs === r.bs && q.frozen === r.frozen && q.precision === r.precision && q.aug === r.aug;
   const twin = rows.find((q) => sameStep(q) && q.impl === 'pytorch eager');
   const fastest = rows.filter((q) => sameStep(q) && q.impl !== 'pytorch eager').sort((a, b) => (b.images_per_s as number) - (a.images_per_s as number))[0];
@@ -400,6 +390,8 @@ for (const r of rows) {
   if (e2eTwin) ratio += `; ${((r.images_per_s_with_validation as number) / (e2eTwin.images_per_s_with_validation as number)).toFixed(2)}x PyTorch's epoch`;
   if (r.added_ms !== undefined) ratio = `+${fmt(r.added_ms)} ms a batch (pipeline ${fmt(r.pipeline_ms)} ms)${r.share_of_step !== undefined ? ` = ${((r.share_of_step as number) * 100).toFixed(2)}% of the train step` : ''}`;
   if (r.requests_per_s !== undefined) ratio = `${r.connections} conn: p50 ${r.p50_ms} / p90 ${r.p90_ms} / p99 ${r.p99_ms} ms, ${r.errors} errors`;
+  const alone = r.allreduce_share !== undefined ? rows.find((q) => q.bench === r.bench && q.world === 1 && q.threads === 1) : undefined;
+  if (alone && r !== alone) ratio = `${((r.images_per_s as number) / (alone.images_per_s as number)).toFixed(2)}x 1 process x 1 thread${(r.world as number) > 1 ? `; all-reduce ${((r.allreduce_share as number) * 100).toFixed(1)}% of a step` : ''}`;
   if (r.vs_sequential !== undefined) ratio = `${fmt(r.vs_sequential)}x sequential, ${((r.vs_predict_batch as number) * 100).toFixed(0)}% of predictBatch`;
   const speed = r.added_ms !== undefined ? `${fmt(r.added_ms)} ms` : r.median_ms !== undefined ? `${fmt(r.median_ms)} ms` : r.requests_per_s !== undefined ? `${fmt(r.requests_per_s)} req/s` : fmt(r.images_per_s);
   console.log(`| ${r.bench} | ${r.impl} | ${config} | ${speed} | ${r.peak_device_bytes ? ((r.peak_device_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${r.peak_rss_bytes ? ((r.peak_rss_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${ratio} | ${vsFastest} |`);

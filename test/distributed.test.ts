@@ -122,7 +122,7 @@ describe('distributed data-parallel training (Gloo, 2 ranks x 1 thread)', () => 
     }
   });
 
-  it('a fit with augmentation, dropout and BatchNorm: identical weights on both ranks, the whole validation set scored, the stripes learned', async () => {
+  it('lrFind and a fit with augmentation, dropout and BatchNorm: the same suggestion and identical weights on both ranks, the whole validation set scored, the stripes learned', async () => {
     const out = join(dir, 'fit');
     // through the launcher, as a user starts it
     const r = ok(await node([CLI, 'launch', '--nproc', '2', process.execPath, '--import', 'tsx', WORKER, 'fit', data, out, '8', '5']).done);
@@ -135,6 +135,10 @@ describe('distributed data-parallel training (Gloo, 2 ranks x 1 thread)', () => 
     expect(v0.validSizes).toEqual(Array(5).fill(v0.validN));
     // the validation columns are the same on both ranks (the train loss is each rank's own, as in fast.ai)
     expect(v1.values.map((row: number[]) => row.slice(1))).toEqual(v0.values.map((row: number[]) => row.slice(1)));
+    // lrFind on both ranks: the same curve (the ranks' mean loss) and the same suggestion
+    expect(v0.lrFindLosses.length).toBeGreaterThan(5);
+    expect(v1.lrFindLosses).toEqual(v0.lrFindLosses);
+    expect(v1.suggestions).toEqual(v0.suggestions);
     const last = v0.values[v0.values.length - 1];
     expect(last[2]).toBeGreaterThanOrEqual(0.8);
     expect(last[1]).toBeLessThan(v0.values[0][1]);

@@ -32,13 +32,14 @@ if (mode === 'join') {
   const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, presize: 40, bs, seed: 3 });
   const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, metrics: [accuracy()], device: 'cpu' });
   const validSizes: number[] = [];
+  const { suggestions, losses } = await learn.lrFind({ numIt: 12 });
   await learn.fitOneCycle(Number(epochsArg ?? 3), {
     lrMax: 3e-3,
     cbs: [{ afterEpoch: (e) => void (validSizes.push(e.preds!.targets.length), console.log(`rank ${rankDistrib()} epoch ${e.epoch} done`)) }],
   });
   const r = rankDistrib();
   writeWeightFile(`${out}.weights.${r}.safetensors`, await learn.state(false), {});
-  writeFileSync(`${out}.values.${r}.json`, JSON.stringify({ values: learn.recorder.values, names: ['train_loss', 'valid_loss', 'accuracy'], validSizes, validN: dls.valid.n, world: numDistrib() }));
+  writeFileSync(`${out}.values.${r}.json`, JSON.stringify({ values: learn.recorder.values, names: ['train_loss', 'valid_loss', 'accuracy'], validSizes, validN: dls.valid.n, world: numDistrib(), suggestions, lrFindLosses: losses }));
 } else if (mode === 'full' || mode === 'stop' || mode === 'resume') {
   const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, presize: 40, bs, seed: 3 });
   const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, device: 'cpu', modelDir: `${out}-models` });
