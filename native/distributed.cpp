@@ -47,18 +47,20 @@ std::vector<uint8_t> bytesOf(const std::string& s) { return {s.begin(), s.end()}
 std::string stringOf(const std::vector<uint8_t>& b) { return {b.begin(), b.end()}; }
 std::string key(const char* what, int r) { return std::string("torchlearn/") + what + "/" + std::to_string(r); }
 
-c10::intrusive_ptr<c10d::TCPStore> connectStore(const Config& c, bool server, std::chrono::milliseconds timeout) {
+c10::intrusive_ptr<c10d::Store> connectStore(const Config& c, bool server, std::chrono::milliseconds timeout) {
   c10d::TCPStoreOptions o;
   o.port = static_cast<std::uint16_t>(c.masterPort);
-  o.isServer = server;
+  o.isServer = server && c.agentStorePrefix.empty();
   o.waitWorkers = false;  // (joining is counted below, so that a short world is reported with its count)
   o.timeout = timeout;
-  return c10::make_intrusive<c10d::TCPStore>(c.masterAddr, o);
+  auto tcp = c10::make_intrusive<c10d::TCPStore>(c.masterAddr, o);
+  if (c.agentStorePrefix.empty()) return tcp;
+  return c10::make_intrusive<c10d::PrefixStore>(c.agentStorePrefix, tcp);
 }
 
 struct State {
   Config cfg;
-  c10::intrusive_ptr<c10d::TCPStore> store;
+  c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<Backend> pg;
   torch::Device commDevice = torch::kCPU;  // where the small collectives' tensors go (the GPU for NCCL)
   std::atomic<int64_t> seq{0};             // collectives this rank has begun
@@ -258,7 +260,7 @@ void init(const Config& c) {
   try {
     st->store = connectStore(c, c.rank == 0, c.timeout);
   } catch (const std::exception& e) {
-    if (c.rank == 0)
+    if (c.rank == 0 && c.agentStorePrefix.empty())
       throw UserError("distributed: rank 0 cannot listen at MASTER_ADDR:MASTER_PORT = " + where +
                       ": the port is in use, or the address is not one of this machine's. Choose a free port (MASTER_PORT), or let `torchlearn launch` pick one. (" +
                       firstLine(e.what()) + ")");
@@ -486,6 +488,8 @@ Napi::Value DistInit(const Napi::CallbackInfo& info) {
   c.masterPort = static_cast<int>(o.integer("masterPort", 1, 65535));
   c.timeout = std::chrono::milliseconds(o.integer("timeoutMs", 1, int64_t{1} << 40));
   c.backend = o.string("backend");
+  c.agentStorePrefix = o.optString("agentStorePrefix").value_or("");
+  if (c.agentStorePrefix.size() > 256) throw UserError("distInit: agentStorePrefix is too long");
   static Worker joiner;  // (not the CPU worker: a learner's work there must not wait behind a rendezvous)
   return runAsync<bool>(
       env, joiner, [c]() { dist::init(c); return true; }, [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });

@@ -21,6 +21,10 @@ struct Config {
   // every wait: the rendezvous, and each collective (a hung rank is reported after it)
   std::chrono::milliseconds timeout{300000};
   std::string backend = "gloo";  // 'gloo' or 'nccl'
+  // Under torchrun's elastic agent (TORCHELASTIC_USE_AGENT_STORE=True) the agent hosts the store and every
+  // rank is a client, its keys under this prefix ("/worker/attempt_<restart count>"), as PyTorch's env://
+  // rendezvous does; empty: rank 0 hosts the store.
+  std::string agentStorePrefix;
 };
 
 // built with c10d and Gloo's headers (CMakeLists.txt); otherwise init says how to get them

@@ -197,7 +197,7 @@ interface Addon {
   setNumThreads(n: number): void;
   manualSeed(seed: number): void;
   /** joins c10d's process group (native/distributed.cpp); once per process */
-  distInit(o: { rank: number; worldSize: number; masterAddr: string; masterPort: number; timeoutMs: number; backend: string }): Promise<void>;
+  distInit(o: { rank: number; worldSize: number; masterAddr: string; masterPort: number; timeoutMs: number; backend: string; agentStorePrefix?: string }): Promise<void>;
   distInfo(): { compiled: boolean; nccl: boolean; rank: number; worldSize: number; backend: string; gradSeconds: number; gradReduces: number };
   distAllreduce(values: Float64Array, op: 'sum' | 'max'): Promise<Float64Array>;
   distShutdown(): void;

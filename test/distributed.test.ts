@@ -196,6 +196,36 @@ describe('distributed data-parallel training (Gloo, 2 ranks x 1 thread)', () => 
     expect(kill.stderr).toMatch(/rank 1 \(pid \d+\) was killed by SIGKILL/);
   });
 
+  it("under torchrun's elastic agent the ranks join through the agent's store, their keys under its attempt's prefix", async () => {
+    // (Debian's torchrun 1.13 does not start under Python 3.11; its agent's part, the store, is played by
+    // PyTorch's TCPStore in Python, and the variables are the ones the agent sets)
+    const port = await freePort();
+    const host = spawn('/usr/bin/python3', ['-c', [
+      'import sys, time, torch.distributed as d',
+      `s = d.TCPStore('127.0.0.1', ${port}, None, True, wait_for_workers=False)`,
+      "print('up', flush=True)",
+      "k = '/worker/attempt_3/torchlearn/joined'",
+      'while s.add(k, 0) < 2: time.sleep(0.05)',
+      "print('joined', s.add(k, 0), flush=True)",
+      'time.sleep(5)',
+    ].join('\n')]);
+    let out = '';
+    await new Promise<void>((res, rej) => {
+      host.stdout.on('data', (d) => ((out += d), out.includes('up') && res()));
+      host.once('exit', (code) => rej(new Error(`the store's host exited (${code})`)));
+    });
+    try {
+      const agentEnv = { TORCHELASTIC_USE_AGENT_STORE: 'True', TORCHELASTIC_RESTART_COUNT: '3', WORLD_SIZE: '2', MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) };
+      const runs = await Promise.all([0, 1].map((r) => node([WORKER, 'join'], { ...agentEnv, RANK: String(r), LOCAL_RANK: String(r) }).done));
+      runs.forEach(ok);
+      expect(runs.map((r) => JSON.parse(r.stdout.trim()).agentStorePrefix)).toEqual(['/worker/attempt_3', '/worker/attempt_3']);
+      await new Promise((res) => setTimeout(res, 200));
+      expect(out).toMatch(/joined 2/);
+    } finally {
+      host.kill();
+    }
+  });
+
   it('a world that never assembles, a port in use and wrong variables get errors that say what to do', async () => {
     // one rank of two, a 2-second wait
     const port = await freePort();

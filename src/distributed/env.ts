@@ -13,6 +13,9 @@ export interface DistributedEnv {
   masterAddr: string;
   /** the port of rank 0's store (MASTER_PORT) */
   masterPort: number;
+  /** under torchrun's elastic agent, which hosts the store (TORCHELASTIC_USE_AGENT_STORE=True): the prefix of
+   * this attempt's keys, as PyTorch's env:// rendezvous uses them; otherwise absent (rank 0 hosts the store) */
+  agentStorePrefix?: string;
 }
 
 function integer(env: NodeJS.ProcessEnv, name: string, lo: number, hi: number, fallback?: number): number {
@@ -37,7 +40,9 @@ export function distributedEnv(env: NodeJS.ProcessEnv = process.env): Distribute
   const localRank = integer(env, 'LOCAL_RANK', 0, 1 << 16, 0);
   const masterAddr = env.MASTER_ADDR || '127.0.0.1';
   const masterPort = integer(env, 'MASTER_PORT', 1, 65535, 29500);
-  return { rank, worldSize, localRank, masterAddr, masterPort };
+  const agent = env.TORCHELASTIC_USE_AGENT_STORE === 'True';
+  const attempt = agent ? integer(env, 'TORCHELASTIC_RESTART_COUNT', 0, 1 << 20, 0) : 0;
+  return { rank, worldSize, localRank, masterAddr, masterPort, ...(agent ? { agentStorePrefix: `/worker/attempt_${attempt}` } : {}) };
 }
 
 /** The wait for the other ranks and for each collective, in milliseconds (TORCHLEARN_DIST_TIMEOUT, seconds). */
