@@ -9,6 +9,11 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <unordered_map>
+#include <unordered_set>
 #if TORCHLEARN_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
@@ -37,7 +42,8 @@ using Backend = c10d::ProcessGroup;
 
 namespace {
 
-constexpr int64_t kBucketBytes = 25 << 20;  // DDP's default bucket_cap_mb
+constexpr int64_t kBucketBytes = 25 << 20;      // DDP's default bucket_cap_mb
+constexpr int64_t kFirstBucketBytes = 1 << 20;  // DDP's first bucket: small, so that the first all-reduce starts early
 constexpr auto kBeatEvery = std::chrono::milliseconds(1000);
 // A rank whose heartbeat has not changed for this long is taken for dead while others wait on it: Gloo
 // itself notices a vanished peer only when its timeout passes.
@@ -64,7 +70,7 @@ struct State {
   c10::intrusive_ptr<Backend> pg;
   torch::Device commDevice = torch::kCPU;  // where the small collectives' tensors go (the GPU for NCCL)
   std::atomic<int64_t> seq{0};             // collectives this rank has begun
-  std::atomic<int64_t> gradNs{0}, gradReduces{0};
+  std::atomic<int64_t> gradNs{0}, gradReduces{0}, bucketsEarly{0}, buckets{0};
   std::string failure;  // once a collective failed, the group is broken: every later one throws this
   std::mutex failureMutex;
 
@@ -197,7 +203,7 @@ std::shared_ptr<State> gState;
 
 std::shared_ptr<State> current() {
   std::lock_guard<std::mutex> lock(gMutex);
-  return gState && gState->cfg.world > 1 ? gState : nullptr;
+  return gState && gState->pg ? gState : nullptr;
 }
 
 // Runs one collective; a failure is explained (which rank) and breaks the group for good, so that no rank
@@ -253,10 +259,6 @@ void init(const Config& c) {
   auto st = std::make_shared<State>();
   st->cfg = c;
   const std::string where = c.masterAddr + ":" + std::to_string(c.masterPort);
-  if (c.world == 1) {  // nothing to talk to: no store, no group
-    gState = st;
-    return;
-  }
   try {
     st->store = connectStore(c, c.rank == 0, c.timeout);
   } catch (const std::exception& e) {
@@ -369,6 +371,150 @@ void averageGradients(const std::vector<torch::Tensor>& grads) {
   });
 }
 
+struct GradReducer::Impl : std::enable_shared_from_this<GradReducer::Impl> {
+  std::mutex m;
+  std::vector<torch::Tensor> params;  // trainable, in the order backward produces their gradients
+  std::unordered_map<const void*, size_t> indexOf;
+  std::vector<std::vector<size_t>> buckets;
+  std::vector<size_t> bucketOf;
+  // the accumulators the hooks live on, kept alive (autograd itself holds them only while a graph does)
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
+  std::unordered_set<const void*> hooked;
+  // one armed backward
+  std::shared_ptr<State> state;
+  bool armed = false;
+  std::vector<char> isReady;
+  std::vector<size_t> pending;
+  size_t next = 0;
+  std::vector<torch::Tensor> flats;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  std::string error;
+
+  void rebucket(const std::vector<torch::Tensor>& trainable) {
+    params = trainable;
+    indexOf.clear();
+    buckets.clear();
+    bucketOf.assign(params.size(), 0);
+    int64_t bytes = 0;
+    for (size_t i = 0; i < params.size(); i++) {
+      const auto& p = params[i];
+      indexOf[p.unsafeGetTensorImpl()] = i;
+      const int64_t cap = buckets.size() <= 1 ? kFirstBucketBytes : kBucketBytes;
+      const bool fresh = buckets.empty() || bytes >= cap || params[buckets.back().front()].scalar_type() != p.scalar_type() ||
+                         params[buckets.back().front()].device() != p.device();
+      if (fresh) {
+        buckets.emplace_back();
+        bytes = 0;
+      }
+      buckets.back().push_back(i);
+      bucketOf[i] = buckets.size() - 1;
+      bytes += p.numel() * static_cast<int64_t>(p.element_size());
+      const void* key = p.unsafeGetTensorImpl();
+      if (hooked.count(key)) continue;
+      auto acc = torch::autograd::impl::grad_accumulator(p);
+      if (!acc) continue;  // (not a leaf that requires grad: finish reduces it after backward)
+      std::weak_ptr<Impl> self = weak_from_this();
+      acc->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+          [self, key](const torch::autograd::variable_list& outputs, const torch::autograd::variable_list&) {
+            if (auto impl = self.lock()) impl->ready(key);
+            return outputs;
+          }));
+      accumulators.push_back(std::move(acc));
+      hooked.insert(key);
+    }
+  }
+
+  // (under m) the bucket's gradients, flattened, and its all-reduce started
+  void launch(size_t b, bool duringBackward) {
+    state->buckets++;
+    if (duringBackward) state->bucketsEarly++;
+    std::vector<torch::Tensor> parts;
+    for (size_t i : buckets[b]) {
+      const auto g = params[i].grad();
+      parts.push_back(g.defined() ? g.detach().reshape({-1}) : torch::zeros({params[i].numel()}, params[i].options().requires_grad(false)));
+    }
+    std::vector<torch::Tensor> one{torch::cat(parts)};
+    flats[b] = one[0];
+    if (!error.empty()) return;
+    try {
+      state->seq++;
+      works[b] = state->pg->allreduce(one);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+
+  // a gradient accumulator's hook: this parameter's gradient is final for this backward
+  void ready(const void* key) {
+    std::lock_guard<std::mutex> lock(m);
+    if (!armed) return;
+    auto it = indexOf.find(key);
+    if (it == indexOf.end() || isReady[it->second]) return;
+    isReady[it->second] = 1;
+    if (--pending[bucketOf[it->second]] > 0) return;
+    while (next < buckets.size() && pending[next] == 0) launch(next++, true);
+  }
+};
+
+GradReducer::GradReducer() : impl_(std::make_shared<Impl>()) {}
+
+void GradReducer::prepare(const std::vector<torch::Tensor>& trainable) {
+  auto st = current();
+  if (!st) return;
+  auto& r = *impl_;
+  std::lock_guard<std::mutex> lock(r.m);
+  bool same = trainable.size() == r.params.size();
+  for (size_t i = 0; same && i < trainable.size(); i++) same = trainable[i].unsafeGetTensorImpl() == r.params[i].unsafeGetTensorImpl();
+  if (!same) r.rebucket(trainable);
+  r.state = st;
+  r.isReady.assign(r.params.size(), 0);
+  r.pending.clear();
+  for (auto& b : r.buckets) r.pending.push_back(b.size());
+  r.next = 0;
+  r.flats.assign(r.buckets.size(), torch::Tensor());
+  r.works.assign(r.buckets.size(), c10::intrusive_ptr<c10d::Work>());
+  r.error.clear();
+  r.armed = true;
+}
+
+void GradReducer::finish(const std::vector<torch::Tensor>& trainable) {
+  auto s = current();
+  if (!s) return;
+  auto& r = *impl_;
+  {
+    std::lock_guard<std::mutex> lock(r.m);
+    if (!r.armed || r.state != s) {
+      r.armed = false;
+      std::vector<torch::Tensor> grads;
+      for (const auto& p : trainable)
+        if (p.grad().defined()) grads.push_back(p.grad());
+      averageGradients(grads);
+      return;
+    }
+    while (r.next < r.buckets.size()) r.launch(r.next++, false);  // (buckets whose gradients did not all arrive)
+    r.armed = false;
+  }
+  collective(*s, "the gradient all-reduce", [&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (!r.error.empty()) throw std::runtime_error(r.error);
+    torch::NoGradGuard ng;
+    for (size_t b = 0; b < r.buckets.size(); b++) {
+      s->wait(r.works[b]);
+      r.flats[b].div_(s->cfg.world);
+      int64_t off = 0;
+      for (size_t i : r.buckets[b]) {
+        auto& p = r.params[i];
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+        p.grad().copy_(r.flats[b].narrow(0, off, p.numel()).view(p.grad().sizes()));
+        off += p.numel();
+      }
+    }
+    r.flats.assign(r.buckets.size(), torch::Tensor());
+    s->gradNs += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+    s->gradReduces++;
+  });
+}
+
 void broadcastFromRank0(const std::vector<torch::Tensor>& tensors) {
   auto s = current();
   if (!s || tensors.empty()) return;
@@ -435,6 +581,8 @@ Stats stats() {
   if (auto s = current()) {
     out.gradSeconds = static_cast<double>(s->gradNs.load()) * 1e-9;
     out.gradReduces = s->gradReduces.load();
+    out.bucketsDuringBackward = s->bucketsEarly.load();
+    out.buckets = s->buckets.load();
   }
   return out;
 }
@@ -448,6 +596,10 @@ namespace {
 }
 }  // namespace
 
+struct GradReducer::Impl {};
+GradReducer::GradReducer() = default;
+void GradReducer::prepare(const std::vector<torch::Tensor>&) {}
+void GradReducer::finish(const std::vector<torch::Tensor>&) {}
 bool compiled() { return false; }
 bool ncclCompiled() { return false; }
 void init(const Config& c) {
@@ -496,7 +648,7 @@ Napi::Value DistInit(const Napi::CallbackInfo& info) {
   TL_CATCH(env)
 }
 
-// distInfo() -> { compiled, nccl, rank, worldSize, backend, gradSeconds, gradReduces }
+// distInfo() -> { compiled, nccl, rank, worldSize, backend, gradSeconds, gradReduces, bucketsDuringBackward, buckets }
 Napi::Value DistInfo(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   TL_TRY
@@ -509,6 +661,8 @@ Napi::Value DistInfo(const Napi::CallbackInfo& info) {
   const auto s = dist::stats();
   o.Set("gradSeconds", s.gradSeconds);
   o.Set("gradReduces", Napi::Number::New(env, static_cast<double>(s.gradReduces)));
+  o.Set("bucketsDuringBackward", Napi::Number::New(env, static_cast<double>(s.bucketsDuringBackward)));
+  o.Set("buckets", Napi::Number::New(env, static_cast<double>(s.buckets)));
   return o;
   TL_CATCH(env)
 }

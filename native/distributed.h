@@ -34,7 +34,8 @@ bool ncclCompiled();
 
 // Joins the group: blocks until every rank has joined or the timeout passes. Once per process.
 void init(const Config& config);
-// a group of more than one rank exists
+// a group exists (of one rank too, when joined explicitly: its collectives then run and change nothing,
+// which is how the overhead of the distributed step is measured)
 bool active();
 int rank();
 int world();
@@ -46,6 +47,26 @@ void shutdown();
 // given: the training loop passes the last layers first, as DDP's reducer fills its buckets), all buckets'
 // all-reduces in flight together, then each divided by the world size and copied back.
 void averageGradients(const std::vector<torch::Tensor>& grads);
+// The gradients averaged over the ranks while backward still runs, as DDP's reducer does: each trainable
+// parameter's gradient accumulator gets a hook; once every gradient of a bucket (about 25 MiB; the first
+// 1 MiB, so that communication starts early) has been accumulated, that bucket's all-reduce starts,
+// buckets starting in one fixed order on every rank. One per learner.
+class GradReducer {
+ public:
+  GradReducer();
+  // Before a backward whose gradients the optimizer will step with: buckets the trainable parameters (in
+  // the order backward produces their gradients: last layers first) when they changed, and arms the buckets.
+  void prepare(const std::vector<torch::Tensor>& trainable);
+  // After that backward: starts the buckets not started yet, waits for them all and writes the averages
+  // into the gradients (an undefined gradient counts as zeros, so every rank reduces the same sizes).
+  // Without prepare, all of it happens here, after backward.
+  void finish(const std::vector<torch::Tensor>& trainable);
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
 // Rank 0's values into every rank's tensors, in place (parameters and buffers at the start of training,
 // BatchNorm's running statistics after each epoch).
 void broadcastFromRank0(const std::vector<torch::Tensor>& tensors);
@@ -55,10 +76,14 @@ torch::Tensor allreduce(const torch::Tensor& t, bool max = false);
 // gathered: [world, maxRows, ...] on every rank.
 torch::Tensor allgatherRows(const torch::Tensor& rows, int64_t maxRows);
 
-// Seconds spent waiting in gradient all-reduces, and how many there were, since the group began.
+// Seconds spent waiting for gradient all-reduces after backward, and how many steps' there were, since the
+// group began.
+// Of the gradient buckets, how many started during backward (from the accumulators' hooks) and how many
+// in all.
 struct Stats {
   double gradSeconds = 0;
   int64_t gradReduces = 0;
+  int64_t bucketsDuringBackward = 0, buckets = 0;
 };
 Stats stats();
 

@@ -138,6 +138,7 @@ struct Learner::Core {
   }
 
   void backwardAndStep(torch::Tensor& loss, const std::vector<Hyper>& h) {
+    beginSync();
     loss.backward();
     syncGrads();
     clipGrads();
@@ -145,13 +146,22 @@ struct Learner::Core {
   }
 
   // Data-parallel training (distributed.h): the gradients averaged over the ranks before each optimizer
-  // step, last layers first (the order backward produces them, as DDP's buckets). Nothing without a group.
-  void syncGrads() {
-    if (!dist::active()) return;
-    std::vector<torch::Tensor> grads;
+  // step. beginSync() before the backward of such a step lets the all-reduces start while backward runs;
+  // syncGrads() after it finishes them (or does all of it, when beginSync was not called). Nothing
+  // without a group.
+  dist::GradReducer reducer;
+  // the trainable parameters, last layers first (the order backward produces their gradients)
+  std::vector<torch::Tensor> trainableLastFirst() const {
+    std::vector<torch::Tensor> out;
     for (auto it = net->params.rbegin(); it != net->params.rend(); ++it)
-      if (it->tensor.grad().defined()) grads.push_back(it->tensor.grad());
-    dist::averageGradients(grads);
+      if (it->tensor.requires_grad()) out.push_back(it->tensor);
+    return out;
+  }
+  void beginSync() {
+    if (dist::active()) reducer.prepare(trainableLastFirst());
+  }
+  void syncGrads() {
+    if (dist::active()) reducer.finish(trainableLastFirst());
   }
 
   // Before training on several ranks: every rank must hold the same data, and starts from rank 0's weights
@@ -208,6 +218,7 @@ struct Learner::Core {
       AutocastScope ac(bf16 && onCuda());
       loss = lossFn(net->forward(x), y, false);
     }
+    beginSync();
     loss.backward();
     syncGrads();
     clipGrads();

@@ -172,6 +172,7 @@ static void eagerStep(Core& c, const torch::Tensor& x, const torch::Tensor& y, c
   if (c.nAcc > 0) {
     // fast.ai's after_loss: the gradient of this batch's loss divided by nAcc / (its size); the logged
     // loss stays the batch's own
+    if (stepNow) c.beginSync();
     (loss * (static_cast<double>(x.size(0)) / static_cast<double>(c.nAcc))).backward();
     clock.mark(r.tBackward);
     if (stepNow) {
@@ -184,6 +185,7 @@ static void eagerStep(Core& c, const torch::Tensor& x, const torch::Tensor& y, c
     return;
   }
   if (profile) {
+    c.beginSync();
     loss.backward();
     c.syncGrads();
     c.clipGrads();
@@ -374,7 +376,9 @@ Napi::Value Learner::Gradients(const Napi::CallbackInfo& info) {
         c.syncStart();
         c.zeroGrad();
         auto [x, y] = c.trainBatch(idx);
-        c.forwardLoss(x, y).backward();
+        auto loss = c.forwardLoss(x, y);
+        c.beginSync();
+        loss.backward();
         c.syncGrads();
         std::vector<torch::Tensor> parts;
         for (auto& p : c.net->params)

@@ -38,9 +38,12 @@ failed() { grep -qE "$1:[0-9]+:[0-9]+: (fatal )?error" "$OUT/build.log"; }  # th
 [ $rc != 0 ] && failed "step_graph\.cpp" && flags="$flags -DTL_NO_CUDA_GRAPH"
 [ $rc != 0 ] && failed "batchnorm_cudnn\.cpp" && flags="$flags -DTL_NO_CUDNN_BN"
 [ $rc != 0 ] && failed "optimizer\.cpp" && flags="$flags -DTL_NO_FUSED_ADAM"  # (the rest of that file built there before the fused AdamW call)
+# data-parallel training (c10d), written against 1.13's headers: without it if 2.x's differ
+cmakeopts=
+[ $rc != 0 ] && failed "distributed\.cpp" && cmakeopts="-DTORCHLEARN_NO_DISTRIBUTED=ON" && flags="$flags "
 if [ $rc != 0 ] && [ -n "$flags" ]; then
-  echo "build: a CUDA branch does not compile here; building without it ($flags)"
-  cmake -S . -B /tmp/tlbuild -DCMAKE_CXX_FLAGS="$flags" -DTORCHLEARN_UNITY=OFF >> "$OUT/build.log" 2>&1 &&
+  echo "build: a CUDA branch (or c10d) does not compile here; building without it ($flags $cmakeopts)"
+  cmake -S . -B /tmp/tlbuild -DCMAKE_CXX_FLAGS="$flags" $cmakeopts -DTORCHLEARN_UNITY=OFF >> "$OUT/build.log" 2>&1 &&
     cmake --build /tmp/tlbuild -j"$(nproc)" >> "$OUT/build.log" 2>&1
   rc=$?
   echo "build without it: rc=$rc"

@@ -198,7 +198,7 @@ interface Addon {
   manualSeed(seed: number): void;
   /** joins c10d's process group (native/distributed.cpp); once per process */
   distInit(o: { rank: number; worldSize: number; masterAddr: string; masterPort: number; timeoutMs: number; backend: string; agentStorePrefix?: string }): Promise<void>;
-  distInfo(): { compiled: boolean; nccl: boolean; rank: number; worldSize: number; backend: string; gradSeconds: number; gradReduces: number };
+  distInfo(): { compiled: boolean; nccl: boolean; rank: number; worldSize: number; backend: string; gradSeconds: number; gradReduces: number; bucketsDuringBackward: number; buckets: number };
   distAllreduce(values: Float64Array, op: 'sum' | 'max'): Promise<Float64Array>;
   distShutdown(): void;
   /** the architecture names the addon builds (src/model.ts ARCHS, checked against it by the tests) */

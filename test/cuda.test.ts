@@ -343,6 +343,20 @@ describe.skipIf(!cuda)('CUDA', () => {
     learn.dispose();
   });
 
+  it("NCCL: a world of one on the GPU trains with its gradients all-reduced through c10d's ProcessGroupNCCL", async () => {
+    const dir = tempDir();
+    await makeStripes(join(dir, 's'), 24, 48);
+    const { spawnSync } = await import('node:child_process');
+    const { freePort } = await import('../src/distributed/launch.js');
+    const env = { ...process.env, RANK: '0', LOCAL_RANK: '0', WORLD_SIZE: '1', MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(await freePort()) };
+    const r = spawnSync(process.execPath, ['--import', 'tsx', join(__dirname, 'helpers', 'dist-worker.ts'), 'nccl1', join(dir, 's'), join(dir, 'out'), '8'], { cwd: join(__dirname, '..'), env, encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    expect(out.info.backend).toBe('nccl');
+    expect(out.info.gradReduces).toBeGreaterThanOrEqual(2 * 4); // (every step of 2 epochs of 4 or more batches)
+    expect(out.values.flat().every(Number.isFinite)).toBe(true);
+  });
+
   it('out of memory names the batch size, and the learner goes on with a smaller batch', async () => {
     const p = 224;
     const n = 6144;

@@ -115,6 +115,10 @@ describe('distributed data-parallel training (Gloo, 2 ranks x 1 thread)', () => 
     // 2 epochs of 2 steps: the weights and the validation (gathered from both ranks) of the single process
     expect(weightsRel(`${multi}.weights.0.safetensors`, `${single}.weights.0.safetensors`)).toBeLessThan(1e-5);
     expect(sameBytes(`${multi}.weights.0.safetensors`, `${multi}.weights.1.safetensors`)).toBe(true);
+    // the all-reduces started while backward ran: every bucket from the gradient accumulators' hooks
+    const info = JSON.parse(readFileSync(`${multi}.info.0.json`, 'utf8'));
+    expect(info.buckets).toBeGreaterThan(5); // (the gradients step of 1 + the fit's 4 steps, several buckets each)
+    expect(info.bucketsDuringBackward).toBe(info.buckets);
     const vs = JSON.parse(readFileSync(`${single}.values.0.json`, 'utf8')) as number[][];
     for (const r of [0, 1]) {
       const vm = JSON.parse(readFileSync(`${multi}.values.${r}.json`, 'utf8')) as number[][];

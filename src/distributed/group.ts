@@ -17,9 +17,12 @@ export interface InitDistributedOptions {
 
 export interface DistributedInfo extends DistributedEnv {
   backend: DistributedBackend;
-  /** seconds this rank has waited in gradient all-reduces, and how many there were */
+  /** seconds this rank has waited for gradient all-reduces after backward, and in how many steps */
   gradSeconds: number;
   gradReduces: number;
+  /** gradient buckets whose all-reduce started while backward ran, and all buckets */
+  bucketsDuringBackward: number;
+  buckets: number;
 }
 
 let joining: Promise<void> | null = null;
@@ -55,7 +58,7 @@ export async function initDistributed(o: InitDistributedOptions = {}): Promise<D
 export function distributedInfo(): DistributedInfo | null {
   if (!joined) return null;
   const s = native.distInfo();
-  return { ...joined, gradSeconds: s.gradSeconds, gradReduces: s.gradReduces };
+  return { ...joined, gradSeconds: s.gradSeconds, gradReduces: s.gradReduces, bucketsDuringBackward: s.bucketsDuringBackward, buckets: s.buckets };
 }
 
 /** fast.ai's rank_distrib: this process's rank (0 when not distributed). */

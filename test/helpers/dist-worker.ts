@@ -7,8 +7,9 @@
 //           values per rank; `epochs` lines on stdout as epochs end
 //   full | stop | resume   a 3-epoch fit with a checkpoint in `${out}-models`: whole; stopped after its first
 //           epoch; resumed from the checkpoint rank 0 wrote (weights per rank)
+//   nccl1   a world of one joined explicitly with NCCL, a short fit on CUDA (test/cuda.test.ts)
 import { writeFileSync } from 'node:fs';
-import { accuracy, ImageDataLoaders, initDistributed, numDistrib, rankDistrib, visionLearner, writeWeightFile } from '../../src/index.js';
+import { accuracy, distributedInfo, ImageDataLoaders, initDistributed, numDistrib, rankDistrib, visionLearner, writeWeightFile } from '../../src/index.js';
 import { gradients, setBatchNormEval } from '../../src/hooks.js';
 
 const [mode, dir, out, bsArg, epochsArg] = process.argv.slice(2);
@@ -28,6 +29,7 @@ if (mode === 'join') {
   await learn.fitOneCycle(2, { lrMax: 1e-3 });
   writeWeightFile(`${out}.weights.${r}.safetensors`, await learn.state(false), {});
   writeFileSync(`${out}.values.${r}.json`, JSON.stringify(learn.recorder.values));
+  if (numDistrib() > 1) writeFileSync(`${out}.info.${r}.json`, JSON.stringify(distributedInfo()));
 } else if (mode === 'fit') {
   const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, presize: 40, bs, seed: 3 });
   const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, metrics: [accuracy()], device: 'cpu' });
@@ -49,6 +51,12 @@ if (mode === 'join') {
     cbs: mode === 'stop' ? [{ afterEpoch: (e) => e.epoch === 0 }] : [],
   });
   writeWeightFile(`${out}.${mode}.${rankDistrib()}.safetensors`, await learn.state(false), {});
+} else if (mode === 'nccl1') {
+  await initDistributed({ backend: 'nccl' });
+  const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, presize: 40, bs, seed: 3 });
+  const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, metrics: [accuracy()], device: 'cuda' });
+  await learn.fitOneCycle(2, { lrMax: 3e-3 });
+  console.log(JSON.stringify({ info: distributedInfo(), values: learn.recorder.values, device: learn.device }));
 } else {
   throw new Error(`dist-worker: unknown mode ${mode}`);
 }
