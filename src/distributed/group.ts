@@ -3,8 +3,10 @@
 import { native } from '../binding.js';
 import { distributedEnv, distributedTimeoutMs, type DistributedEnv } from './env.js';
 
+/** c10d's process group: Gloo (CPU tensors, and CUDA through the host) or NCCL (CUDA). */
 export type DistributedBackend = 'gloo' | 'nccl';
 
+/** How `initDistributed` joins the run (every field has a default from the environment). */
 export interface InitDistributedOptions {
   /** 'gloo' (CPU tensors; the default on the CPU) or 'nccl' (CUDA; the default on CUDA when LibTorch has it).
    * TORCHLEARN_DIST_BACKEND overrides the default. */

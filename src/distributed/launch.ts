@@ -6,6 +6,7 @@ import { availableParallelism } from 'node:os';
 import { createServer } from 'node:net';
 import { constants } from 'node:os';
 
+/** What `launch` starts (`torchlearn launch` on the command line). */
 export interface LaunchOptions {
   /** processes to start (ranks 0..nproc-1) */
   nproc: number;
