@@ -358,7 +358,7 @@ if (!args.images && only.has('e2e') && existsSync(join(args.data!, 'metadata.csv
 }
 if (args.images && only.has('e2e')) await endToEndBench();
 // data-parallel training: 2 ranks x 1 thread against 1 process x 1 thread, the train rows' work per rank
-if (!cuda && only.has('scaling')) scalingBench(rows, { arch: cfg.arch, size: cfg.size, presize: cfg.presize, bs: cfg.bss[0], iters: cfg.iters, log });
+if (!cuda && only.has('scaling')) scalingBench(rows, { arch: cfg.arch, size: cfg.size, presize: cfg.presize, bs: cfg.bss[0], iters: cfg.iters, rounds: args.quick ? 1 : 3, log });
 if (only.has('serve')) {
   const csv = join(args.data!, 'metadata.csv');
   await servingBench(rows, { device, quick: args.quick!, log, sample: existsSync(csv) ? readCovidMetadata(csv).items[0].path : null });

@@ -176,6 +176,15 @@ describe('distributed data-parallel training (Gloo, 2 ranks x 1 thread)', () => 
     expect(waited).toBeLessThan(60);
   });
 
+  it('a rank that hangs (alive, its heartbeat going on) makes the other stop after the timeout, naming it', async () => {
+    const procs = await ranks(2, ['hang'], { TORCHLEARN_DIST_TIMEOUT: '4' });
+    const r0 = await procs[0].done;
+    process.kill(procs[1].pid, 'SIGKILL');
+    await procs[1].done;
+    expect(r0.code).not.toBe(0);
+    expect(r0.stderr).toMatch(/stopped on rank 0 of 2 during an all-reduce \(sum\): rank 1 did not reach this collective within 4 s \(alive, but hung/);
+  });
+
   it('the launcher passes exit codes through: the first failing rank decides, a killed one as 128 + signal', async () => {
     const script = join(dir, 'exit.mjs');
     writeFileSync(script, [

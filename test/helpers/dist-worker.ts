@@ -7,9 +7,11 @@
 //           values per rank; `epochs` lines on stdout as epochs end
 //   full | stop | resume   a 3-epoch fit with a checkpoint in `${out}-models`: whole; stopped after its first
 //           epoch; resumed from the checkpoint rank 0 wrote (weights per rank)
+//   hang    rank 1 joins, then blocks its JavaScript thread (its native heartbeat goes on); rank 0 waits
+//           in an all-reduce for it
 //   nccl1   a world of one joined explicitly with NCCL, a short fit on CUDA (test/cuda.test.ts)
 import { writeFileSync } from 'node:fs';
-import { accuracy, distributedInfo, ImageDataLoaders, initDistributed, numDistrib, rankDistrib, visionLearner, writeWeightFile } from '../../src/index.js';
+import { accuracy, allreduceNumbers, distributedInfo, ImageDataLoaders, initDistributed, numDistrib, rankDistrib, visionLearner, writeWeightFile } from '../../src/index.js';
 import { gradients, setBatchNormEval } from '../../src/hooks.js';
 
 const [mode, dir, out, bsArg, epochsArg] = process.argv.slice(2);
@@ -51,6 +53,13 @@ if (mode === 'join') {
     cbs: mode === 'stop' ? [{ afterEpoch: (e) => e.epoch === 0 }] : [],
   });
   writeWeightFile(`${out}.${mode}.${rankDistrib()}.safetensors`, await learn.state(false), {});
+} else if (mode === 'hang') {
+  await initDistributed();
+  if (rankDistrib() === 1) {
+    const end = Date.now() + 120_000;
+    while (Date.now() < end); // (hung: the test kills it)
+  }
+  await allreduceNumbers([1]);
 } else if (mode === 'nccl1') {
   await initDistributed({ backend: 'nccl' });
   const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, presize: 40, bs, seed: 3 });
