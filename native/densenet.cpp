@@ -1,5 +1,6 @@
 // torchvision's DenseNets (densenet121/161/169/201) with its parameter names, and fast.ai's split of them.
 #include "backbone.h"
+#include "sync_batchnorm.h"
 
 namespace tl {
 namespace nn = torch::nn;
@@ -34,8 +35,8 @@ struct DenseLayerImpl : nn::Module {
     conv2 = register_module("conv2", nn::Conv2d(nn::Conv2dOptions(kBnSize * growth, growth, 3).padding(1).bias(false)));
   }
   torch::Tensor forward(const std::vector<torch::Tensor>& inputs) {
-    auto x = conv1->forward(norm1->forward(torch::cat(inputs, 1)).relu_());
-    return conv2->forward(norm2->forward(x).relu_());
+    auto x = conv1->forward(batchNorm(*norm1, torch::cat(inputs, 1)).relu_());
+    return conv2->forward(batchNorm(*norm2, x).relu_());
   }
   nn::BatchNorm2d norm1{nullptr}, norm2{nullptr};
   nn::Conv2d conv1{nullptr}, conv2{nullptr};
@@ -64,7 +65,7 @@ struct TransitionImpl : nn::Module {
     conv = register_module("conv", nn::Conv2d(nn::Conv2dOptions(in, out, 1).bias(false)));
     register_module("pool", nn::AvgPool2d(nn::AvgPool2dOptions(2).stride(2)));
   }
-  torch::Tensor forward(const torch::Tensor& x) { return torch::avg_pool2d(conv->forward(norm->forward(x).relu_()), {2, 2}, {2, 2}); }
+  torch::Tensor forward(const torch::Tensor& x) { return torch::avg_pool2d(conv->forward(batchNorm(*norm, x).relu_()), {2, 2}, {2, 2}); }
   nn::BatchNorm2d norm{nullptr};
   nn::Conv2d conv{nullptr};
 };
@@ -91,12 +92,12 @@ struct DenseFeaturesImpl : nn::Module {
     numFeatures = n;
   }
   torch::Tensor forward(torch::Tensor x) {
-    x = torch::max_pool2d(norm0->forward(conv0->forward(x)).relu_(), {3, 3}, {2, 2}, {1, 1});
+    x = torch::max_pool2d(batchNorm(*norm0, conv0->forward(x)).relu_(), {3, 3}, {2, 2}, {1, 1});
     for (size_t i = 0; i < blocks.size(); i++) {
       x = blocks[i]->forward(x);
       if (i < transitions.size()) x = transitions[i]->forward(x);
     }
-    return norm5->forward(x);
+    return batchNorm(*norm5, x);
   }
   nn::Conv2d conv0{nullptr};
   nn::BatchNorm2d norm0{nullptr}, norm5{nullptr};

@@ -40,7 +40,8 @@ using Backend = c10d::Backend;
 using Backend = c10d::ProcessGroup;
 #endif
 
-namespace {
+// (a named namespace rather than an anonymous one: GradReducer::Impl, declared in the header, holds a State)
+namespace detail {
 
 constexpr int64_t kBucketBytes = 25 << 20;      // DDP's default bucket_cap_mb
 constexpr int64_t kFirstBucketBytes = 1 << 20;  // DDP's first bucket: small, so that the first all-reduce starts early
@@ -182,7 +183,12 @@ struct State {
         work->wait(std::chrono::milliseconds(200));
         return;
       } catch (...) {
-        if (work->isCompleted()) throw;  // (a real error; otherwise only this short wait ran out)
+        // The short wait ran out (LibTorch throws for that too), or the collective failed. Completed by now,
+        // it is one or the other: a wait without limit returns, or rethrows the collective's own error.
+        if (work->isCompleted()) {
+          work->wait();
+          return;
+        }
       }
       if (std::chrono::steady_clock::now() - lastLook < kBeatEvery) continue;
       lastLook = std::chrono::steady_clock::now();
@@ -234,7 +240,8 @@ std::shared_ptr<::gloo::transport::Device> glooDevice(const Config& c) {
   return c10d::ProcessGroupGloo::createDefaultDevice();
 }
 
-}  // namespace
+}  // namespace detail
+using namespace detail;
 
 bool compiled() { return true; }
 bool ncclCompiled() {

@@ -1,6 +1,7 @@
 // torchvision's EfficientNets (efficientnet_b0 ... b7) with its parameter names: MBConv blocks with
 // squeeze-and-excitation and stochastic depth.
 #include "backbone.h"
+#include "sync_batchnorm.h"
 
 namespace tl {
 namespace nn = torch::nn;
@@ -42,7 +43,7 @@ struct ConvNormActImpl : nn::Module {
     if (act == Act::SiLU) register_module("2", nn::SiLU());
   }
   torch::Tensor forward(const torch::Tensor& x) {
-    auto y = bn->forward(conv->forward(x));
+    auto y = batchNorm(*bn, conv->forward(x));
     return act == Act::SiLU ? torch::silu_(y) : y;
   }
   nn::Conv2d conv{nullptr};

@@ -133,6 +133,7 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
   const auto maxGradNorm = o.optNumber("maxGradNorm", 0, 1e12);
   const auto nAcc = o.optInteger("nAcc", 0, js::kMaxCount);
   const auto batchNormEval = o.optBoolean("batchNormEval");
+  const auto syncBatchNorm = o.optBoolean("syncBatchNorm");
   std::optional<MixOptions> mix;
   if (o.has("mix")) {
     js::Options m(o.value("mix"), "setOptions: mix", "mix");
@@ -175,6 +176,7 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
     c.zeroGrad();  // (a fit starts accumulating from nothing)
   }
   if (batchNormEval) c.batchNormEval = *batchNormEval;
+  if (syncBatchNorm) c.syncBatchNorm = *syncBatchNorm;
   if (mix) c.mix = *mix;
   if (bs) c.bs = *bs;
   if (size) c.size = *size;

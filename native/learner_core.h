@@ -6,6 +6,7 @@
 #include "distributed.h"
 #include "learner.h"
 #include "mixup.h"
+#include "sync_batchnorm.h"
 #include "step_graph.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -46,6 +47,9 @@ struct Learner::Core {
   // BatchNorm layers run in eval mode during training (running statistics, none updated): the tests'
   // hook for comparing accumulated gradients with one big batch's, as fast.ai's BnFreeze does for frozen layers
   bool batchNormEval = false;
+  // on several ranks, training-mode BatchNorms normalise with the whole global batch's statistics
+  // (PyTorch's SyncBatchNorm; sync_batchnorm.h)
+  bool syncBatchNorm = false;
   int frozenIdx = 0;
   bool cudaGraph = false;  // train with the step captured as a CUDA graph (step_graph.h)
   StepGraph graph;
@@ -134,6 +138,7 @@ struct Learner::Core {
         if (m->as<torch::nn::BatchNorm2d>() || m->as<torch::nn::BatchNorm1d>()) m->eval();
     if (nAcc == 0) zeroGrad();
     AutocastScope ac(bf16 && onCuda());
+    SyncBatchNormScope sync(syncBatchNorm && dist::active());
     return lossFn(net->forward(x), y, false);
   }
 
@@ -216,6 +221,7 @@ struct Learner::Core {
     torch::Tensor loss;
     {
       AutocastScope ac(bf16 && onCuda());
+      SyncBatchNormScope sync(syncBatchNorm && dist::active());
       loss = lossFn(net->forward(x), y, false);
     }
     beginSync();

@@ -204,7 +204,7 @@ Net::Net(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Net>(info) {
     s->module = m.ptr();
     s->forward = [m](const torch::Tensor& x) mutable { return m->forward(x); };
     s->features = [m](const torch::Tensor& x) mutable { return m->body->features(x); };
-    s->classify = [m](const torch::Tensor& a) mutable { return m->head->forward(a); };
+    s->classify = [m](const torch::Tensor& a) mutable { return headForward(m->head, a); };
     s->setFoldBatchNorm = [m](bool on) mutable { m->body->setFoldBatchNorm(on); };
     s->setTrainBatchNorm = [m](TrainBn impl) mutable { m->body->setTrainBatchNorm(impl); };
     s->weightsChanged = [m]() mutable { m->body->weightsChanged(); };

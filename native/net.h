@@ -8,7 +8,7 @@ namespace tl {
 // (for freezing and discriminative learning rates): the body's (BackboneImpl::numBodyGroups), then the head.
 struct ClassifierImpl : torch::nn::Module {
   ClassifierImpl(std::shared_ptr<BackboneImpl> body, const HeadOptions& head);
-  torch::Tensor forward(torch::Tensor x) { return head->forward(body->features(x)); }
+  torch::Tensor forward(torch::Tensor x) { return headForward(head, body->features(x)); }
   std::shared_ptr<BackboneImpl> body;
   torch::nn::Sequential head{nullptr};
 };

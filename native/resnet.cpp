@@ -1,4 +1,5 @@
 #include "resnet.h"
+#include "sync_batchnorm.h"
 
 #include "batchnorm_cudnn.h"
 
@@ -23,7 +24,7 @@ static torch::Tensor trainBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch:
   const auto& o = bn.options;
   // what cuDNN's call takes: a bf16 CUDA batch, fp32 weight, bias and running statistics (autocast keeps the
   // parameters fp32), a residual of the batch's shape
-  if (fold.trainBn == TrainBn::Aten || refused || !bn.is_training() || !y.is_cuda() || y.scalar_type() != torch::kBFloat16 || !o.affine() ||
+  if (fold.trainBn == TrainBn::Aten || refused || syncBatchNormOn() || !bn.is_training() || !y.is_cuda() || y.scalar_type() != torch::kBFloat16 || !o.affine() ||
       !o.track_running_stats() || !o.momentum().has_value() || bn.weight.scalar_type() != torch::kFloat32 ||
       bn.running_mean.scalar_type() != torch::kFloat32 || (residual.defined() && residual.sizes() != y.sizes()))
     return {};
@@ -42,13 +43,13 @@ static torch::Tensor trainBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch:
 
 torch::Tensor trainingBatchNorm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& y, const FoldState& fold) {
   auto out = trainBatchNorm(bn, y, fold, false, torch::Tensor());
-  return out.defined() ? out : bn.forward(y);
+  return out.defined() ? out : batchNorm(bn, y);
 }
 
 torch::Tensor trainingBatchNormRelu(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& y, const FoldState& fold, const torch::Tensor& residual) {
   auto out = trainBatchNorm(bn, y, fold, true, residual);
   if (out.defined()) return out;
-  out = bn.forward(y);
+  out = batchNorm(bn, y);
   if (residual.defined()) out += residual;  // in place, as torchvision: no fresh activation-sized tensor per block
   return torch::relu_(out);
 }
@@ -253,6 +254,14 @@ nn::Sequential makeHead(const HeadOptions& o) {
     }
   }
   return head;
+}
+
+torch::Tensor headForward(nn::Sequential& head, torch::Tensor x) {
+  for (auto& layer : *head) {
+    if (auto* bn = layer.ptr()->as<nn::BatchNorm1d>()) x = batchNorm(*bn, x);
+    else x = layer.forward(x);
+  }
+  return x;
 }
 
 static void collect(const nn::Module& m, const std::string& prefix, NamedTensors& out) {

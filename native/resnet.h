@@ -128,6 +128,8 @@ struct HeadOptions {
   bool linearBias = false;  // fast.ai v1 used biased linears
 };
 torch::nn::Sequential makeHead(const HeadOptions& opts);
+// the head's forward, its BatchNorms through batchNorm() (sync_batchnorm.h)
+torch::Tensor headForward(torch::nn::Sequential& head, torch::Tensor x);
 
 struct AdaptiveConcatPool2dImpl : torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);

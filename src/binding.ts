@@ -136,6 +136,8 @@ export interface NativeLearnerOptions {
   nAcc?: number;
   /** the tests' hook: BatchNorm layers in eval mode during training */
   batchNormEval?: boolean;
+  /** training-mode BatchNorms synchronised over the ranks of a distributed run */
+  syncBatchNorm?: boolean;
   classWeights?: Float32Array | null;
   mean?: number[];
   std?: number[];

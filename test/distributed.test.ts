@@ -49,6 +49,20 @@ async function ranks(world: number, args: string[], env: NodeJS.ProcessEnv = {},
   );
 }
 
+// ||a - b|| / ||b|| of two gradient files
+function gradsRel(a: string, b: string): number {
+  const x = floats(a);
+  const y = floats(b);
+  expect(x.length).toBe(y.length);
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < y.length; i++) {
+    num += (x[i] - y[i]) ** 2;
+    den += y[i] ** 2;
+  }
+  return Math.sqrt(num / den);
+}
+
 function ok(r: Run): Run {
   if (r.code !== 0) throw new Error(`exit ${r.code ?? r.signal}:\n${r.stderr}`);
   return r;
@@ -91,7 +105,7 @@ beforeAll(async () => {
 });
 
 describe('distributed data-parallel training (Gloo, 2 ranks x 1 thread)', () => {
-  it('2 ranks at batch 8 give the gradients of one process at batch 16, and after a fit its weights and validation', async () => {
+  it('2 ranks at batch 8 give the gradients of one process at batch 16, and after a fit its weights and validation; with syncBatchNorm also on batch statistics', async () => {
     const single = join(dir, 'single');
     const multi = join(dir, 'multi');
     ok(await node([WORKER, 'parity', data, single, '16']).done);
@@ -124,19 +138,30 @@ describe('distributed data-parallel training (Gloo, 2 ranks x 1 thread)', () => 
       const vm = JSON.parse(readFileSync(`${multi}.values.${r}.json`, 'utf8')) as number[][];
       vm.forEach((row, e) => expect(Math.abs(row[1] - vs[e][1]) / vs[e][1]).toBeLessThan(1e-5));
     }
+    // syncBatchNorm, BatchNorm on batch statistics: the 16 images' statistics on both ranks, so one process's
+    // gradients and running statistics again. Gradients through training-mode BatchNorm are sensitive to
+    // rounding: one process's own differ by about 2e-5 between 1 and 2 threads, hence 1e-4 here. Without the
+    // option each rank normalises with its own 8 images' statistics, and the gradients are far off.
+    const sbn = gradsRel(`${multi}.sbn.grads.0.bin`, `${single}.sbn.grads.0.bin`);
+    const nosync = gradsRel(`${multi}.nosync.grads.0.bin`, `${single}.nosync.grads.0.bin`);
+    console.log(`syncBatchNorm: gradients ${sbn.toExponential(2)} from one process at batch 16 (without it: ${nosync.toExponential(2)})`);
+    expect(sbn).toBeLessThan(1e-4);
+    expect(nosync).toBeGreaterThan(1e-2);
+    expect(weightsRel(`${multi}.sbn.state.0.safetensors`, `${single}.sbn.state.0.safetensors`)).toBeLessThan(1e-5);
+    expect(sameBytes(`${multi}.sbn.state.0.safetensors`, `${multi}.sbn.state.1.safetensors`)).toBe(true);
   });
 
   it('lrFind and a fit with augmentation, dropout and BatchNorm: the same suggestion and identical weights on both ranks, the whole validation set scored, the stripes learned', async () => {
     const out = join(dir, 'fit');
     // through the launcher, as a user starts it
-    const r = ok(await node([CLI, 'launch', '--nproc', '2', process.execPath, '--import', 'tsx', WORKER, 'fit', data, out, '8', '5']).done);
-    expect(r.stdout).toMatch(/rank 0 epoch 4 done/);
-    expect(r.stdout).toMatch(/rank 1 epoch 4 done/);
+    const r = ok(await node([CLI, 'launch', '--nproc', '2', process.execPath, '--import', 'tsx', WORKER, 'fit', data, out, '8', '3']).done);
+    expect(r.stdout).toMatch(/rank 0 epoch 2 done/);
+    expect(r.stdout).toMatch(/rank 1 epoch 2 done/);
     expect(sameBytes(`${out}.weights.0.safetensors`, `${out}.weights.1.safetensors`)).toBe(true);
     const v0 = JSON.parse(readFileSync(`${out}.values.0.json`, 'utf8'));
     const v1 = JSON.parse(readFileSync(`${out}.values.1.json`, 'utf8'));
     expect(v0.world).toBe(2);
-    expect(v0.validSizes).toEqual(Array(5).fill(v0.validN));
+    expect(v0.validSizes).toEqual(Array(3).fill(v0.validN));
     // the validation columns are the same on both ranks (the train loss is each rank's own, as in fast.ai)
     expect(v1.values.map((row: number[]) => row.slice(1))).toEqual(v0.values.map((row: number[]) => row.slice(1)));
     // lrFind on both ranks: the same curve (the ranks' mean loss) and the same suggestion
@@ -177,12 +202,12 @@ describe('distributed data-parallel training (Gloo, 2 ranks x 1 thread)', () => 
   });
 
   it('a rank that hangs (alive, its heartbeat going on) makes the other stop after the timeout, naming it', async () => {
-    const procs = await ranks(2, ['hang'], { TORCHLEARN_DIST_TIMEOUT: '4' });
+    const procs = await ranks(2, ['hang'], { TORCHLEARN_DIST_TIMEOUT: '2' });
     const r0 = await procs[0].done;
     process.kill(procs[1].pid, 'SIGKILL');
     await procs[1].done;
     expect(r0.code).not.toBe(0);
-    expect(r0.stderr).toMatch(/stopped on rank 0 of 2 during an all-reduce \(sum\): rank 1 did not reach this collective within 4 s \(alive, but hung/);
+    expect(r0.stderr).toMatch(/stopped on rank 0 of 2 during an all-reduce \(sum\): rank 1 did not reach this collective within 2 s \(alive, but hung/);
   });
 
   it('the launcher passes exit codes through: the first failing rank decides, a killed one as 128 + signal', async () => {

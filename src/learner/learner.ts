@@ -62,6 +62,10 @@ export interface VisionLearnerOptions {
    * replay it for every batch (default: on CUDA, where it saves the host's kernel launches; off on the CPU,
    * where the same step would run without capture). Measured gains: docs/performance.md */
   cudaGraph?: boolean;
+  /** in a distributed run, BatchNorm in training normalises with the statistics of every rank's batch
+   * (PyTorch's SyncBatchNorm), for small batches per device; slower: an all-reduce per BatchNorm, forward
+   * and backward. Default false (each rank's own batch, as DDP without convert_sync_batchnorm) */
+  syncBatchNorm?: boolean;
   /** validation and prediction run each BatchNorm of the body folded into its convolution (same results to
    * float rounding; default: on the CPU, where it is faster, off on CUDA); training is never folded */
   foldBatchNorm?: boolean;
@@ -254,6 +258,9 @@ export class Learner {
     if (!(this.wd >= 0)) throw new Error(`wd must be >= 0, got ${this.wd}`);
     requireJoinedIfLaunched('new Learner');
     this.device = distributedDevice(resolveDevice(opts.device ?? dls.device));
+    if (opts.syncBatchNorm !== undefined && typeof opts.syncBatchNorm !== 'boolean') throw new Error(`syncBatchNorm must be true or false, got ${JSON.stringify(opts.syncBatchNorm)}`);
+    if (opts.syncBatchNorm && isTorchScriptBody(arch))
+      throw new Error("syncBatchNorm: a TorchScript body's BatchNorms run inside TorchScript, where they cannot be synchronised; leave the option off for this body");
     const precision = opts.precision ?? 'auto';
     this.bf16 = usesBf16(this.device, precision);
     if (this.bf16 && !this.device.startsWith('cuda')) throw new Error("precision 'bf16' is for CUDA; on the CPU use 'fp32' (or 'auto')");
@@ -312,6 +319,7 @@ export class Learner {
       sqrMom: DEFAULTS.sqrMom,
       eps: DEFAULTS.eps,
       cudaGraph: this.cudaGraph,
+      syncBatchNorm: opts.syncBatchNorm ?? false,
       foldBatchNorm: opts.foldBatchNorm ?? foldBatchNormDefault(this.device),
       fusedAdam: opts.fusedAdam ?? (this.device.startsWith('cuda') && torchInfo().fusedAdam),
     });

@@ -2,10 +2,12 @@
 // them, the single process the ranks are compared with. argv: mode, data folder, output prefix, batch size.
 //   join    joins the group and exits (the rendezvous errors)
 //   parity  one step's gradients of the given batch, then a short fit with BatchNorm in eval, no dropout
-//           and no augmentation: files `${out}.grads.${rank}.bin`, `${out}.weights.${rank}.safetensors`
+//           and no augmentation: files `${out}.grads.${rank}.bin`, `${out}.weights.${rank}.safetensors`;
+//           then one step's gradients and the state after it with BatchNorm on batch statistics,
+//           syncBatchNorm on and off: `${out}.sbn.*`, `${out}.nosync.*`
 //   fit     a fit with everything on (augmentation, dropout, BatchNorm training): weights and the table's
 //           values per rank; `epochs` lines on stdout as epochs end
-//   full | stop | resume   a 3-epoch fit with a checkpoint in `${out}-models`: whole; stopped after its first
+//   full | stop | resume   a 2-epoch fit with a checkpoint in `${out}-models`: whole; stopped after its first
 //           epoch; resumed from the checkpoint rank 0 wrote (weights per rank)
 //   hang    rank 1 joins, then blocks its JavaScript thread (its native heartbeat goes on); rank 0 waits
 //           in an all-reduce for it
@@ -32,6 +34,17 @@ if (mode === 'join') {
   writeWeightFile(`${out}.weights.${r}.safetensors`, await learn.state(false), {});
   writeFileSync(`${out}.values.${r}.json`, JSON.stringify(learn.recorder.values));
   if (numDistrib() > 1) writeFileSync(`${out}.info.${r}.json`, JSON.stringify(distributedInfo()));
+  learn.dispose();
+  // then one step's gradients with BatchNorm on batch statistics, syncBatchNorm on and off (no difference in
+  // one process), and the state after it (the running statistics it moved)
+  for (const sync of [true, false]) {
+    const l = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, head: { ps: 0 }, device: 'cpu', syncBatchNorm: sync });
+    const gs = await gradients(l, range(r * bs, (r + 1) * bs));
+    const tag = sync ? 'sbn' : 'nosync';
+    writeFileSync(`${out}.${tag}.grads.${r}.bin`, Buffer.from(gs.buffer, gs.byteOffset, gs.byteLength));
+    writeWeightFile(`${out}.${tag}.state.${r}.safetensors`, await l.state(false), {});
+    l.dispose();
+  }
 } else if (mode === 'fit') {
   const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, presize: 40, bs, seed: 3 });
   const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, metrics: [accuracy()], device: 'cpu' });
@@ -47,7 +60,7 @@ if (mode === 'join') {
 } else if (mode === 'full' || mode === 'stop' || mode === 'resume') {
   const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, presize: 40, bs, seed: 3 });
   const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, device: 'cpu', modelDir: `${out}-models` });
-  await learn.fitOneCycle(3, {
+  await learn.fitOneCycle(2, {
     lrMax: 3e-3,
     ...(mode === 'resume' ? { resume: 'run' } : { checkpoint: 'run' }),
     cbs: mode === 'stop' ? [{ afterEpoch: (e) => e.epoch === 0 }] : [],
