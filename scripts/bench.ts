@@ -5,7 +5,8 @@
 //   --quick             fewer iterations
 //   --profile           time the phases of each train step (data, forward, backward, optimizer) on both sides
 //   --only LIST         some of: decode,augment,inference,train,e2e,serve,scaling (default: all; on CUDA all but
-//                       serve, which takes minutes of load testing, and scaling, the CPU's 2 ranks x 1 thread)
+//                       serve, which takes minutes of load testing, and scaling: the plain learner, a world of one
+//                       with NCCL and one rank per GPU)
 //   --trace DIR         operator tables of the unfrozen train step (and of one batched inference call) on
 //                       both sides, written to DIR, and the operators where they differ most printed side by side
 //   --graph off|on|both torchlearn's train step with the cudaGraph option off, on, or both (default: both
@@ -357,8 +358,10 @@ if (!args.images && only.has('e2e') && existsSync(join(args.data!, 'metadata.csv
   segregateByLabel(readCovidMetadata(join(args.data!, 'metadata.csv')).items, args.images);
 }
 if (args.images && only.has('e2e')) await endToEndBench();
-// data-parallel training: 2 ranks x 1 thread against 1 process x 1 thread, the train rows' work per rank
-if (!cuda && only.has('scaling')) scalingBench(rows, { arch: cfg.arch, size: cfg.size, presize: cfg.presize, bs: cfg.bss[0], iters: cfg.iters, rounds: args.quick ? 1 : 3, log });
+// data-parallel training, the train rows' work per rank: on the CPU 2 ranks x 1 thread against 1 process x 1
+// thread; on CUDA the plain learner, a world of one with NCCL, and one rank per GPU
+if (only.has('scaling'))
+  await scalingBench(rows, { device: cuda ? 'cuda' : 'cpu', gpus: info.deviceCount, arch: cfg.arch, size: cfg.size, presize: cfg.presize, bs: cfg.bss[0], iters: cfg.iters, rounds: args.quick || cuda ? 1 : 3, log });
 if (only.has('serve')) {
   const csv = join(args.data!, 'metadata.csv');
   await servingBench(rows, { device, quick: args.quick!, log, sample: existsSync(csv) ? readCovidMetadata(csv).items[0].path : null });
@@ -390,8 +393,8 @@ for (const r of rows) {
   if (e2eTwin) ratio += `; ${((r.images_per_s_with_validation as number) / (e2eTwin.images_per_s_with_validation as number)).toFixed(2)}x PyTorch's epoch`;
   if (r.added_ms !== undefined) ratio = `+${fmt(r.added_ms)} ms a batch (pipeline ${fmt(r.pipeline_ms)} ms)${r.share_of_step !== undefined ? ` = ${((r.share_of_step as number) * 100).toFixed(2)}% of the train step` : ''}`;
   if (r.requests_per_s !== undefined) ratio = `${r.connections} conn: p50 ${r.p50_ms} / p90 ${r.p90_ms} / p99 ${r.p99_ms} ms, ${r.errors} errors`;
-  const alone = r.allreduce_share !== undefined ? rows.find((q) => q.bench === r.bench && q.world === 1 && q.threads === 1) : undefined;
-  if (alone && r !== alone) ratio = `${((r.images_per_s as number) / (alone.images_per_s as number)).toFixed(2)}x 1 process x 1 thread${(r.world as number) > 1 ? `; all-reduce ${((r.allreduce_share as number) * 100).toFixed(1)}% of a step` : ''}`;
+  const alone = r.allreduce_share !== undefined ? rows.find((q) => q.bench === r.bench && q.world === 1 && (q.device === 'cuda' ? String(q.impl).includes('plain') : q.threads === 1)) : undefined;
+  if (alone && r !== alone) ratio = `${((r.images_per_s as number) / (alone.images_per_s as number)).toFixed(2)}x ${r.device === 'cuda' ? 'the plain learner' : '1 process x 1 thread'}${(r.world as number) > 1 ? `; all-reduce ${((r.allreduce_share as number) * 100).toFixed(1)}% of a step` : ''}`;
   if (r.vs_sequential !== undefined) ratio = `${fmt(r.vs_sequential)}x sequential, ${((r.vs_predict_batch as number) * 100).toFixed(0)}% of predictBatch`;
   const speed = r.added_ms !== undefined ? `${fmt(r.added_ms)} ms` : r.median_ms !== undefined ? `${fmt(r.median_ms)} ms` : r.requests_per_s !== undefined ? `${fmt(r.requests_per_s)} req/s` : fmt(r.images_per_s);
   console.log(`| ${r.bench} | ${r.impl} | ${config} | ${speed} | ${r.peak_device_bytes ? ((r.peak_device_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${r.peak_rss_bytes ? ((r.peak_rss_bytes as number) / 2 ** 20).toFixed(0) : ''} | ${ratio} | ${vsFastest} |`);
