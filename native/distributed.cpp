@@ -336,48 +336,6 @@ void shutdown() {
   if (st) st->stopBeat();
 }
 
-void averageGradients(const std::vector<torch::Tensor>& grads) {
-  auto s = current();
-  if (!s || grads.empty()) return;
-  collective(*s, "the gradient all-reduce", [&] {
-    const auto t0 = std::chrono::steady_clock::now();
-    torch::NoGradGuard ng;
-    // buckets of consecutive gradients of one dtype and device, about kBucketBytes each
-    std::vector<std::vector<torch::Tensor>> buckets;
-    int64_t bytes = 0;
-    for (const auto& g : grads) {
-      const bool fresh = buckets.empty() || bytes >= kBucketBytes || buckets.back().front().scalar_type() != g.scalar_type() ||
-                         buckets.back().front().device() != g.device();
-      if (fresh) {
-        buckets.emplace_back();
-        bytes = 0;
-      }
-      buckets.back().push_back(g);
-      bytes += g.numel() * static_cast<int64_t>(g.element_size());
-    }
-    std::vector<torch::Tensor> flats;
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
-    for (auto& b : buckets) {
-      std::vector<torch::Tensor> parts;
-      for (auto& g : b) parts.push_back(g.reshape({-1}));
-      std::vector<torch::Tensor> one{torch::cat(parts)};
-      works.push_back(s->pg->allreduce(one));  // every bucket in flight at once
-      flats.push_back(one[0]);
-    }
-    for (size_t i = 0; i < buckets.size(); i++) {
-      s->wait(works[i]);
-      flats[i].div_(s->cfg.world);
-      int64_t off = 0;
-      for (auto& g : buckets[i]) {
-        g.copy_(flats[i].narrow(0, off, g.numel()).view(g.sizes()));
-        off += g.numel();
-      }
-    }
-    s->gradNs += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
-    s->gradReduces++;
-  });
-}
-
 struct GradReducer::Impl : std::enable_shared_from_this<GradReducer::Impl> {
   std::mutex m;
   std::vector<torch::Tensor> params;  // trainable, in the order backward produces their gradients
@@ -451,6 +409,23 @@ struct GradReducer::Impl : std::enable_shared_from_this<GradReducer::Impl> {
     }
   }
 
+  // (under m) buckets for these trainable parameters (again only when they changed), all waiting for their
+  // gradients
+  void arm(std::shared_ptr<State> st, const std::vector<torch::Tensor>& trainable) {
+    bool same = trainable.size() == params.size();
+    for (size_t i = 0; same && i < trainable.size(); i++) same = trainable[i].unsafeGetTensorImpl() == params[i].unsafeGetTensorImpl();
+    if (!same) rebucket(trainable);
+    state = std::move(st);
+    isReady.assign(params.size(), 0);
+    pending.clear();
+    for (auto& b : buckets) pending.push_back(b.size());
+    next = 0;
+    flats.assign(buckets.size(), torch::Tensor());
+    works.assign(buckets.size(), c10::intrusive_ptr<c10d::Work>());
+    error.clear();
+    armed = true;
+  }
+
   // a gradient accumulator's hook: this parameter's gradient is final for this backward
   void ready(const void* key) {
     std::lock_guard<std::mutex> lock(m);
@@ -468,20 +443,8 @@ GradReducer::GradReducer() : impl_(std::make_shared<Impl>()) {}
 void GradReducer::prepare(const std::vector<torch::Tensor>& trainable) {
   auto st = current();
   if (!st) return;
-  auto& r = *impl_;
-  std::lock_guard<std::mutex> lock(r.m);
-  bool same = trainable.size() == r.params.size();
-  for (size_t i = 0; same && i < trainable.size(); i++) same = trainable[i].unsafeGetTensorImpl() == r.params[i].unsafeGetTensorImpl();
-  if (!same) r.rebucket(trainable);
-  r.state = st;
-  r.isReady.assign(r.params.size(), 0);
-  r.pending.clear();
-  for (auto& b : r.buckets) r.pending.push_back(b.size());
-  r.next = 0;
-  r.flats.assign(r.buckets.size(), torch::Tensor());
-  r.works.assign(r.buckets.size(), c10::intrusive_ptr<c10d::Work>());
-  r.error.clear();
-  r.armed = true;
+  std::lock_guard<std::mutex> lock(impl_->m);
+  impl_->arm(std::move(st), trainable);
 }
 
 void GradReducer::finish(const std::vector<torch::Tensor>& trainable) {
@@ -490,14 +453,7 @@ void GradReducer::finish(const std::vector<torch::Tensor>& trainable) {
   auto& r = *impl_;
   {
     std::lock_guard<std::mutex> lock(r.m);
-    if (!r.armed || r.state != s) {
-      r.armed = false;
-      std::vector<torch::Tensor> grads;
-      for (const auto& p : trainable)
-        if (p.grad().defined()) grads.push_back(p.grad());
-      averageGradients(grads);
-      return;
-    }
+    if (!r.armed || r.state != s) r.arm(s, trainable);  // (no prepare before this backward: every bucket starts now)
     while (r.next < r.buckets.size()) r.launch(r.next++, false);  // (buckets whose gradients did not all arrive)
     r.armed = false;
   }
@@ -617,7 +573,6 @@ int rank() { return 0; }
 int world() { return 1; }
 std::string backend() { return ""; }
 void shutdown() {}
-void averageGradients(const std::vector<torch::Tensor>&) {}
 void broadcastFromRank0(const std::vector<torch::Tensor>&) {}
 torch::Tensor allreduce(const torch::Tensor& t, bool) { return t; }
 torch::Tensor allgatherRows(const torch::Tensor& rows, int64_t) { return rows.unsqueeze(0); }

@@ -43,10 +43,6 @@ std::string backend();
 // Leaves the group (the heartbeat stops, connections close); the process's exit does it too.
 void shutdown();
 
-// The gradients averaged over the ranks, in place: flattened into buckets of about 25 MiB (in the order
-// given: the training loop passes the last layers first, as DDP's reducer fills its buckets), all buckets'
-// all-reduces in flight together, then each divided by the world size and copied back.
-void averageGradients(const std::vector<torch::Tensor>& grads);
 // The gradients averaged over the ranks while backward still runs, as DDP's reducer does: each trainable
 // parameter's gradient accumulator gets a hook; once every gradient of a bucket (about 25 MiB; the first
 // 1 MiB, so that communication starts early) has been accumulated, that bucket's all-reduce starts,
