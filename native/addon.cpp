@@ -10,6 +10,7 @@
 
 #include "augment.h"
 #include "common.h"
+#include "host_malloc.h"
 #include "learner.h"
 #include "mixup.h"
 #include "net.h"
@@ -39,6 +40,7 @@ static Napi::Value TorchInfo(const Napi::CallbackInfo& info) {
   if (cuda) o.Set("deviceName", at::cuda::getDeviceProperties(0)->name);
 #endif
   o.Set("threads", configuredThreads());
+  o.Set("hostMalloc", hostMallocState());
   o.Set("fusedAdam", FastAdam::fusedCudaCompiled());
   // the newest TorchScript file format this LibTorch loads (a TorchScript body from a newer PyTorch is refused
   // before loading, with both versions)
@@ -197,6 +199,25 @@ static Napi::Value ThreadInfo(const Napi::CallbackInfo& info) {
   TL_CATCH(env)
 }
 
+// tuneHostMalloc('tuned' | 'system') -> what is in force (native/host_malloc.h); the binding calls it once,
+// from TORCHLEARN_MALLOC.
+static Napi::Value TuneHostMalloc(const Napi::CallbackInfo& info) {
+  TL_TRY
+  const auto v = info[0];
+  const std::string mode = v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
+  if (mode != "tuned" && mode != "system")
+    throw UserError("the host allocator's mode must be 'tuned' or 'system', got " + (v.IsString() ? "'" + mode + "'" : std::string("a non-string")));
+  return Napi::String::New(info.Env(), tuneHostMalloc(mode));
+  TL_CATCH(info.Env())
+}
+
+// hooks.hostMallocSettings() -> { MALLOC_MMAP_THRESHOLD_: bytes, ... }: the bench's PyTorch row under the same settings
+static Napi::Value HostMallocSettings(const Napi::CallbackInfo& info) {
+  auto o = Napi::Object::New(info.Env());
+  for (const auto& [name, value] : tunedMallocSettings()) o.Set(name, Napi::Number::New(info.Env(), value));
+  return o;
+}
+
 // prepareExit(): the process is exiting (the main thread's 'exit' event, src/binding.ts): stop every loop
 // and wait, bounded, for the native workers to go idle.
 static Napi::Value PrepareExit(const Napi::CallbackInfo& info) {
@@ -242,12 +263,12 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
     for (const auto& [name, fn] : fns) o.Set(name, Napi::Function::New(env, fn));
   };
   exports.Set("abiVersion", Napi::Number::New(env, TORCHLEARN_ABI_VERSION));
-  define(exports, {{"torchInfo", TorchInfo}, {"setNumThreads", SetNumThreads}, {"prepareExit", PrepareExit}, {"manualSeed", ManualSeed}, {"augmentImages", AugmentImagesJs}, {"architectures", Architectures},
+  define(exports, {{"torchInfo", TorchInfo}, {"setNumThreads", SetNumThreads}, {"prepareExit", PrepareExit}, {"manualSeed", ManualSeed}, {"augmentImages", AugmentImagesJs}, {"architectures", Architectures}, {"tuneHostMalloc", TuneHostMalloc},
                     {"distInit", DistInit}, {"distInfo", DistInfo}, {"distAllreduce", DistAllreduce}, {"distShutdown", DistShutdown}});
   // For the tests and the bench (src/hooks.ts), not the library: internals run on given inputs, and
   // measurements.
   auto hooks = Napi::Object::New(env);
-  define(hooks, {{"threadInfo", ThreadInfo}, {"fastAdamSteps", FastAdamSteps}, {"scheduleValues", ScheduleValues}, {"cudaMemory", CudaMemory}, {"benchAugment", BenchAugment}, {"drawAugParams", DrawAugParamsJs}, {"batchNormCheck", BatchNormCheck}, {"mixBatch", MixBatch}, {"trainForward", TrainForward}, {"bodyFeatures", BodyFeatures}});
+  define(hooks, {{"threadInfo", ThreadInfo}, {"fastAdamSteps", FastAdamSteps}, {"scheduleValues", ScheduleValues}, {"cudaMemory", CudaMemory}, {"benchAugment", BenchAugment}, {"drawAugParams", DrawAugParamsJs}, {"batchNormCheck", BatchNormCheck}, {"mixBatch", MixBatch}, {"trainForward", TrainForward}, {"bodyFeatures", BodyFeatures}, {"hostMallocSettings", HostMallocSettings}});
   exports.Set("hooks", hooks);
   exports.Set("Net", Net::Init(env));
   exports.Set("Learner", Learner::Init(env));

@@ -1,5 +1,6 @@
 #include "common.h"
 #include "distributed.h"
+#include "host_malloc.h"
 
 #include <algorithm>
 #include <cmath>
@@ -43,6 +44,10 @@ std::atomic<int> g_hooks{0};
 constexpr int kMaxHooks = 24;
 // How long the hook waits for a batch in flight to end (a large network's CPU batch takes seconds).
 constexpr auto kExitWait = std::chrono::seconds(30);
+// How long a worker waits, idle after work, before it gives kept memory back (host_malloc.h): longer than the
+// pause between two epochs of a fit or two requests of a busy server, short enough that memory comes back
+// soon after a fit ends.
+constexpr auto kReleaseAfterIdle = std::chrono::seconds(1);
 
 void onExit() {
   if (g_exiting.exchange(true)) return;  // the first of the registrations to run does the work
@@ -86,19 +91,33 @@ void Worker::waitAllIdle(std::chrono::milliseconds limit) {
 void Worker::post(std::function<void()> task) {
   std::call_once(started_, [this] {
     std::thread([q = queue_]() {
+      bool worked = false;  // since the last releaseHostMemory
       for (;;) {
         std::function<void()> task;
         {
           std::unique_lock<std::mutex> lock(q->m);
           q->running = false;
           q->idleCv.notify_all();
-          q->cv.wait(lock, [&] { return q->stop || !q->tasks.empty(); });
+          const auto ready = [&] { return q->stop || !q->tasks.empty(); };
+          // Idle for a while after work: the memory the allocator keeps for the next step goes back to the
+          // system (host_malloc.h). Marked running meanwhile, so that waitAllIdle waits for it.
+          if (worked && !q->cv.wait_for(lock, kReleaseAfterIdle, ready)) {
+            q->running = true;
+            lock.unlock();
+            releaseHostMemory();
+            lock.lock();
+            q->running = false;
+            q->idleCv.notify_all();
+          }
+          worked = false;
+          q->cv.wait(lock, ready);
           if (q->tasks.empty()) return;  // stopped and drained
           task = std::move(q->tasks.front());
           q->tasks.pop_front();
           q->running = true;
         }
         task();  // runAsync's tasks catch everything they throw
+        worked = true;
         armExitHook();  // (after the task: LibTorch's lazily made objects now have their destructors registered)
       }
     }).detach();

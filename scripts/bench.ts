@@ -18,9 +18,11 @@
 //   --adam LIST         torchlearn's Adam step on CUDA, some of foreach,fused (or all): the multi-tensor kernels
 //                       (inside the CUDA graph) or PyTorch's fused AdamW kernel (fusedAdam; the learner's
 //                       default where LibTorch has it, which the rows without --adam run)
-//   --pt LIST           how the PyTorch baseline runs the train step, some of eager,cudagraph,compile,compile-max-autotune
-//                       (default: all on CUDA, eager on the CPU): eager; the whole step captured as one CUDA graph;
-//                       the model under torch.compile (mode default or max-autotune; compile time reported apart)
+//   --pt LIST           how the PyTorch baseline runs the train step, some of eager,eager-malloc,cudagraph,compile,
+//                       compile-max-autotune (default: eager,eager-malloc on the CPU, all but eager-malloc on CUDA):
+//                       eager; eager under the glibc malloc settings torchlearn applies to its own process
+//                       (TORCHLEARN_MALLOC); the whole step captured as one CUDA graph; the model under
+//                       torch.compile (mode default or max-autotune; compile time reported apart)
 //   --arch NAME         the architecture of the train-step, e2e and inference rows, on both sides (default resnet50)
 //   --pt-timeout S      seconds one PyTorch baseline process may take (default 900; max-autotune compiles for minutes)
 //   --aug full|affine|both  the train step's augmentation, the same on both sides: fast.ai's whole
@@ -29,7 +31,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { hooks, setBatchNormKernels, type BatchNormKernels } from '../src/hooks.js';
+import { hooks, hostMallocSettings, setBatchNormKernels, type BatchNormKernels } from '../src/hooks.js';
 import { augTransforms, imagenetStats, ImageDataLoaders, loadLearner, torchInfo, visionLearner, type Learner } from '../src/index.js';
 import { compareTraces, readTrace } from '../src/bench.js';
 import { readCovidMetadata } from '../src/datasets/covid.js';
@@ -102,9 +104,12 @@ const adamModes: (boolean | undefined)[] = !args.adam ? [undefined] : (args.adam
   if (fused && why) log(`--adam fused skipped: ${why}`);
   return !fused || !why;
 });
-const ptModes = (args.pt ?? (cuda ? 'eager,cudagraph,compile,compile-max-autotune' : 'eager')).split(',');
-for (const m of ptModes) if (!['eager', 'cudagraph', 'compile', 'compile-max-autotune'].includes(m)) throw new Error(`--pt takes eager, cudagraph, compile, compile-max-autotune (a comma-separated list), got '${m}'`);
-const ptName: Record<string, string> = { eager: 'pytorch eager', cudagraph: 'pytorch eager + CUDA graph', compile: 'pytorch torch.compile (default)', 'compile-max-autotune': 'pytorch torch.compile (max-autotune)' };
+const ptModes = (args.pt ?? (cuda ? 'eager,cudagraph,compile,compile-max-autotune' : 'eager,eager-malloc')).split(',');
+for (const m of ptModes) if (!['eager', 'eager-malloc', 'cudagraph', 'compile', 'compile-max-autotune'].includes(m)) throw new Error(`--pt takes eager, eager-malloc, cudagraph, compile, compile-max-autotune (a comma-separated list), got '${m}'`);
+const ptName: Record<string, string> = { eager: 'pytorch eager', 'eager-malloc': 'pytorch eager, tuned malloc', cudagraph: 'pytorch eager + CUDA graph', compile: 'pytorch torch.compile (default)', 'compile-max-autotune': 'pytorch torch.compile (max-autotune)' };
+// 'eager-malloc': PyTorch under the glibc malloc settings torchlearn applies in its own process
+// (native/host_malloc.cpp), given through glibc's variables: what a PyTorch user gets by setting them
+const tunedMallocEnv = Object.fromEntries(Object.entries(hostMallocSettings()).map(([k, v]) => [k, String(v)]));
 // affine: every image flipped or not, rotated and zoomed (as the PyTorch side's affine-only pipeline); no warp, no lighting
 const trainAug = (aug: string) => (aug === 'full' ? augTransforms() : augTransforms({ maxWarp: 0, maxLighting: 0, pAffine: 1 }));
 const implName = (graph: boolean) => (graph ? (cuda ? 'torchlearn (CUDA graph)' : 'torchlearn (graph step, no capture)') : 'torchlearn');
@@ -129,9 +134,9 @@ function rowMemory(): { done: () => { peak_rss_bytes: number; rss_at_start_bytes
   return { done: () => ({ peak_rss_bytes: kb('VmHWM'), rss_at_start_bytes: start }) };
 }
 
-function pytorch(extra: string[]): Record<string, unknown>[] {
+function pytorch(extra: string[], env?: Record<string, string>): Record<string, unknown>[] {
   try {
-    const out = execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', cfg.arch, '--size', String(cfg.size), '--presize', String(cfg.presize), ...extra], { encoding: 'utf8', maxBuffer: 1 << 24, timeout: Number(args['pt-timeout']) * 1000, killSignal: 'SIGKILL' });
+    const out = execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', cfg.arch, '--size', String(cfg.size), '--presize', String(cfg.presize), ...extra], { encoding: 'utf8', maxBuffer: 1 << 24, timeout: Number(args['pt-timeout']) * 1000, killSignal: 'SIGKILL', env: { ...process.env, ...env } });
     return out.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
   } catch (e) {
     const err = e as Error & { signal?: string };
@@ -179,7 +184,7 @@ async function trainBench() {
       // PyTorch's baseline first: a bench cut short by its time limit still has the number to compare with
       const ptTrace = args.trace ? ['--trace', join(args.trace, `pytorch-bs${bs}-${prec}-${aug}.json`)] : [];
       // one process per mode, so that each row's peak memory is its own
-      for (const mode of ptModes) for (const r of pytorch(['--mode', mode, '--images', String(n), '--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec, '--frozen', frozenArg, '--aug', aug, ...(args.profile ? ['--profile'] : []), ...(mode === 'eager' ? ptTrace : [])])) {
+      for (const mode of ptModes) for (const r of pytorch(['--mode', mode === 'eager-malloc' ? 'eager' : mode, '--images', String(n), '--bs', String(bs), '--iters', String(cfg.iters), '--warmup', cuda ? '5' : '1', '--precisions', prec, '--frozen', frozenArg, '--aug', aug, ...(args.profile ? ['--profile'] : []), ...(mode === 'eager' ? ptTrace : [])], mode === 'eager-malloc' ? tunedMallocEnv : undefined)) {
         if (r.profile_ms) log(`profile pytorch bs ${bs} ${prec} ${r.frozen ? 'frozen' : 'unfrozen'}: ms per step: ${JSON.stringify(r.profile_ms)}`);
         rows.push({ bench: 'train step', ...r, impl: ptName[mode], precision: prec });
         log(JSON.stringify(r));

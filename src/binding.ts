@@ -35,6 +35,12 @@ export interface TorchInfo {
   fusedAdam: boolean;
   /** the newest TorchScript file format (the `version` record of a torch.jit.save file) this LibTorch loads */
   torchscriptFormat: number;
+  /**
+   * The C library's allocator: 'tuned' (glibc kept from giving memory back on every free while work runs;
+   * docs/design.md, "Host memory"), or 'system' with the reason (TORCHLEARN_MALLOC=system, glibc's own
+   * MALLOC_* or GLIBC_TUNABLES variables set, or not glibc).
+   */
+  hostMalloc: string;
 }
 
 /** What loading a weight file matched: keys missing from the file, keys the network does not have, keys whose shapes differ, and the number loaded. */
@@ -203,6 +209,8 @@ interface Addon {
   distInfo(): { compiled: boolean; nccl: boolean; rank: number; worldSize: number; backend: string; gradSeconds: number; gradReduces: number; bucketsDuringBackward: number; buckets: number };
   distAllreduce(values: Float64Array, op: 'sum' | 'max'): Promise<Float64Array>;
   distShutdown(): void;
+  /** sets the C library's allocator for tensor work (native/host_malloc.h); returns what is in force */
+  tuneHostMalloc(mode: 'tuned' | 'system'): string;
   /** the architecture names the addon builds (src/model.ts ARCHS, checked against it by the tests) */
   architectures(): string[];
   /** the tests' and the bench's entry points, typed in src/hooks.ts */
@@ -266,6 +274,13 @@ function loadAddon(): Addon {
   // LibTorch (its objects are destroyed next). The main thread's exit only: a worker thread's ending is not
   // the process's.
   if (isMainThread) process.once('exit', () => addon.prepareExit());
+  // TORCHLEARN_MALLOC: 'tuned' (the default) or 'system' (glibc's defaults; native/host_malloc.cpp says why
+  // the default differs)
+  const mallocMode = process.env.TORCHLEARN_MALLOC || 'tuned';
+  if (mallocMode !== 'tuned' && mallocMode !== 'system') {
+    throw new Error(`torchlearn: TORCHLEARN_MALLOC=${mallocMode}: use 'tuned' (the default) or 'system' (the C library's own settings)`);
+  }
+  if (isMainThread) addon.tuneHostMalloc(mallocMode);
   // TORCHLEARN_THREADS, else OMP_NUM_THREADS (which PyTorch reads, and torchrun and `torchlearn launch` set
   // for each rank), else every core
   const threadsVar = process.env.TORCHLEARN_THREADS ? 'TORCHLEARN_THREADS' : process.env.OMP_NUM_THREADS ? 'OMP_NUM_THREADS' : null;

@@ -95,6 +95,12 @@ export function bodyFeatures(learn: Learner, o: { data: Float32Array; shape: num
   return (native.hooks as { bodyFeatures(net: NativeNet, o: object): { data: Float32Array; shape: number[] } }).bodyFeatures(learn.net, o);
 }
 
+/** The glibc malloc settings torchlearn applies by default, as glibc's variables name them (the bench runs a
+ * PyTorch row under them too). */
+export function hostMallocSettings(): Record<string, number> {
+  return (native.hooks as { hostMallocSettings(): Record<string, number> }).hostMallocSettings();
+}
+
 /** Sets the kernels of a learner's training-mode BatchNorm on bf16 CUDA batches: 'cudnn-fused' (the default) or ATen's. */
 export function setBatchNormKernels(learn: Learner, kernels: BatchNormKernels): void {
   const nat: NativeLearner = nativeLearnerOf(learn);
