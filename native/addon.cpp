@@ -211,6 +211,14 @@ static Napi::Value TuneHostMalloc(const Napi::CallbackInfo& info) {
   TL_CATCH(info.Env())
 }
 
+// releaseHostMemory() -> Promise<void>: gives the memory the allocator keeps back to the system, on the CPU
+// worker (a fit calls it as it starts, so that what earlier work freed does not add to the fit's peak).
+static Napi::Value ReleaseHostMemory(const Napi::CallbackInfo& info) {
+  TL_TRY
+  return runAsync<bool>(info.Env(), cpuWorker(), [] { releaseHostMemory(); return true; }, [](Napi::Env env, bool&) { return env.Undefined(); });
+  TL_CATCH(info.Env())
+}
+
 // hooks.hostMallocSettings() -> { MALLOC_MMAP_THRESHOLD_: bytes, ... }: the bench's PyTorch row under the same settings
 static Napi::Value HostMallocSettings(const Napi::CallbackInfo& info) {
   auto o = Napi::Object::New(info.Env());
@@ -263,7 +271,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
     for (const auto& [name, fn] : fns) o.Set(name, Napi::Function::New(env, fn));
   };
   exports.Set("abiVersion", Napi::Number::New(env, TORCHLEARN_ABI_VERSION));
-  define(exports, {{"torchInfo", TorchInfo}, {"setNumThreads", SetNumThreads}, {"prepareExit", PrepareExit}, {"manualSeed", ManualSeed}, {"augmentImages", AugmentImagesJs}, {"architectures", Architectures}, {"tuneHostMalloc", TuneHostMalloc},
+  define(exports, {{"torchInfo", TorchInfo}, {"setNumThreads", SetNumThreads}, {"prepareExit", PrepareExit}, {"manualSeed", ManualSeed}, {"augmentImages", AugmentImagesJs}, {"architectures", Architectures}, {"tuneHostMalloc", TuneHostMalloc}, {"releaseHostMemory", ReleaseHostMemory},
                     {"distInit", DistInit}, {"distInfo", DistInfo}, {"distAllreduce", DistAllreduce}, {"distShutdown", DistShutdown}});
   // For the tests and the bench (src/hooks.ts), not the library: internals run on given inputs, and
   // measurements.

@@ -268,8 +268,9 @@ async function endToEndBench() {
     if (!graph) {
       // PyTorch on the same files and settings, in its own process (decode with PIL, the same split sizes,
       // augmentation and validation)
-      for (const r of pytorch(['--e2e', args.images!, '--epochs', '3', '--bs', String(bs), '--precisions', prec, '--aug', 'full']))
-        rows.push({ bench: 'fitOneCycle epoch (real files)', ...r, impl: 'pytorch eager', precision: prec, frozen: false });
+      for (const mode of ptModes.filter((m) => m === 'eager' || m === 'eager-malloc'))
+        for (const r of pytorch(['--e2e', args.images!, '--epochs', '3', '--bs', String(bs), '--precisions', prec, '--aug', 'full'], mode === 'eager-malloc' ? tunedMallocEnv : undefined))
+          rows.push({ bench: 'fitOneCycle epoch (real files)', ...r, impl: ptName[mode], precision: prec, frozen: false });
     }
     // one more epoch, traced: beside the bare step's trace, it shows what a whole epoch adds (in the Chrome
     // trace, as gaps on the GPU timeline)
@@ -324,8 +325,8 @@ async function inferenceBench() {
   }
   // the same work in PyTorch (uint8 images in host memory to probabilities in host memory), and, as a ceiling,
   // PyTorch's forward alone on an input already on the device
-  const ptInference = (mode: string, extra: string[] = []) =>
-    JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', cfg.arch, '--size', String(size), '--presize', String(presize), mode, '--bs', String(bs), '--iters', String(iters), '--precisions', cuda ? 'bf16' : 'fp32', ...extra], { encoding: 'utf8' }).trim().split('\n').pop()!);
+  const ptInference = (mode: string, extra: string[] = [], env?: Record<string, string>) =>
+    JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', cfg.arch, '--size', String(size), '--presize', String(presize), mode, '--bs', String(bs), '--iters', String(iters), '--precisions', cuda ? 'bf16' : 'fp32', ...extra], { encoding: 'utf8', env: { ...process.env, ...env } }).trim().split('\n').pop()!);
   const ours = args.trace ? join(args.trace, `torchlearn-inference-bs${bs}.json`) : undefined;
   const theirs = args.trace ? join(args.trace, `pytorch-inference-bs${bs}.json`) : undefined;
   if (ours) {
@@ -337,11 +338,20 @@ async function inferenceBench() {
   }
   inf.dispose();
   try {
-    const lat = JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', cfg.arch, '--size', String(size), '--presize', String(presize), '--latency', img, '--iters', cuda ? '20' : '5'], { encoding: 'utf8' }).trim());
+    const latency = (env?: Record<string, string>) =>
+      JSON.parse(execFileSync(python, ['scripts/bench/pytorch_train.py', ...ptThreads, '--device', device, '--arch', cfg.arch, '--size', String(size), '--presize', String(presize), '--latency', img, '--iters', cuda ? '20' : '5'], { encoding: 'utf8', env: { ...process.env, ...env } }).trim());
+    const lat = latency();
     rows.push({ bench: 'predict latency (decode included)', impl: 'pytorch eager + PIL', arch: cfg.arch, device, size, threads: lat.threads, median_ms: lat.median_ms });
     const host = ptInference('--inference-host', theirs ? ['--trace', theirs] : []);
     if (ours && theirs && existsSync(ours) && existsSync(theirs)) log(`\noperators per predictImages call of ${bs} images (largest differences first):\n${compareTraces(readTrace(ours), readTrace(theirs))}\n`);
     rows.push({ bench: 'inference throughput', impl: 'pytorch eager', arch: cfg.arch, device, bs, size, precision: cuda ? 'bf16' : 'fp32', threads: host.threads, images_per_s: host.images_per_s });
+    // (after the plain rows: each torchlearn row's ratio is to the first PyTorch row of its kind)
+    if (ptModes.includes('eager-malloc')) {
+      const latM = latency(tunedMallocEnv);
+      rows.push({ bench: 'predict latency (decode included)', impl: 'pytorch eager + PIL, tuned malloc', arch: cfg.arch, device, size, threads: latM.threads, median_ms: latM.median_ms });
+      const hostM = ptInference('--inference-host', [], tunedMallocEnv);
+      rows.push({ bench: 'inference throughput', impl: 'pytorch eager, tuned malloc', arch: cfg.arch, device, bs, size, precision: cuda ? 'bf16' : 'fp32', threads: hostM.threads, images_per_s: hostM.images_per_s });
+    }
     const thr = ptInference('--inference');
     rows.push({ bench: 'inference, forward only (input on the device)', impl: 'pytorch eager', arch: cfg.arch, device, bs, size, precision: cuda ? 'bf16' : 'fp32', threads: thr.threads, images_per_s: thr.images_per_s });
   } catch (e) {

@@ -211,6 +211,8 @@ interface Addon {
   distShutdown(): void;
   /** sets the C library's allocator for tensor work (native/host_malloc.h); returns what is in force */
   tuneHostMalloc(mode: 'tuned' | 'system'): string;
+  /** gives the memory the allocator keeps back to the system (a fit's start; native/host_malloc.h) */
+  releaseHostMemory(): Promise<void>;
   /** the architecture names the addon builds (src/model.ts ARCHS, checked against it by the tests) */
   architectures(): string[];
   /** the tests' and the bench's entry points, typed in src/hooks.ts */

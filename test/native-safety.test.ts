@@ -335,6 +335,8 @@ describe('fuzzing the raw binding (bounded time): always an Error or a result, n
         'forward': (a, b) => net.forward(a, b),
         'to': (a) => net.to(a),
         'setNumThreads': (a) => native.setNumThreads(a),
+        'tuneHostMalloc': (a) => native.tuneHostMalloc(a),
+        'releaseHostMemory': (a) => native.releaseHostMemory(a),
         'manualSeed': (a) => native.manualSeed(a),
         'augmentImages': (a, b, c, d, e) => native.augmentImages(a, b, c, d, e),
         'scheduleValues': (a, b, c) => hooks.scheduleValues(a, b, c),

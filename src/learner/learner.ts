@@ -459,6 +459,9 @@ export class Learner {
       if (startBatch >= nIter) throw new Error(`resume: ${o.resume}: damaged fit state (batchesDone ${startBatch}, but an epoch has ${nIter} batches at batch size ${this.#bs})`);
       this.log(`resuming from '${o.resume}' at epoch ${startEpoch} of ${nEpoch}${startBatch ? `, batch ${startBatch}` : ''}`);
     }
+    // what earlier work freed (decoding, inference) and the allocator kept goes back before the fit builds
+    // its own peak (docs/design.md, "Host memory")
+    await native.releaseHostMemory();
     const checkpoint = o.checkpoint ?? o.resume;
     const nat = this.nat;
     const cbs = o.cbs ?? [];
