@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { hooks, setBatchNormKernels, type BatchNormKernels } from '../src/hooks.js';
-import { accuracy, DEFAULTS, ImageDataLoaders, loadLearner, readWeightFile, resnet50, torchInfo, visionLearner, type Prediction } from '../src/index.js';
+import { accuracy, DEFAULTS, ImageDataLoaders, loadLearner, readWeightFile, resnet50, torchInfo, visionLearner, type Arch, type Prediction } from '../src/index.js';
 import { readTrace } from '../src/bench.js';
 import { adamCase } from './helpers/adam.js';
 import { finiteWeights, makeStripes } from './helpers/fixtures.js';
@@ -19,6 +19,21 @@ const STRIPES_ACCURACY = 0.9;
 function worstDiff(a: Prediction[], b: Prediction[]): number {
   let worst = 0;
   a.forEach((p, i) => p.probs.forEach((v, k) => (worst = Math.max(worst, Math.abs(v - b[i].probs[k])))));
+  return worst;
+}
+// The largest difference between the validation probabilities of a checkpoint loaded on the CPU and on CUDA
+// in fp32
+async function cpuVsCudaFp32(dls: ImageDataLoaders, arch: Arch, ckpt: string): Promise<number> {
+  const onCpu = await visionLearner(dls, arch, { pretrained: false, verbose: false, device: 'cpu' });
+  const onGpu = await visionLearner(dls, arch, { pretrained: false, verbose: false, device: 'cuda', precision: 'fp32' });
+  await onCpu.load(ckpt);
+  await onGpu.load(ckpt);
+  const a = await onCpu.getPreds();
+  const b = await onGpu.getPreds();
+  let worst = 0;
+  a.probs.forEach((p, i) => (worst = Math.max(worst, Math.abs(p - b.probs[i]))));
+  onCpu.dispose();
+  onGpu.dispose();
   return worst;
 }
 if (!cuda) console.log('CUDA tests skipped: this LibTorch has no CUDA (they run in scripts/gpu-check.sh on a GPU machine)');
@@ -64,18 +79,10 @@ describe.skipIf(!cuda)('CUDA', () => {
     const r = await learn.fitOneCycle(8, { lrMax: 5e-3 });
     console.log(`CUDA stripes accuracy ${r.values.at(-1)![2]}`);
     expect(r.values.at(-1)![2]).toBeGreaterThanOrEqual(STRIPES_ACCURACY);
-    const ckpt = await learn.save(join(dir, 'ck.safetensors'));
-    const onCpu = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, device: 'cpu' });
-    const onGpu = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, device: 'cuda', precision: 'fp32' });
-    await onCpu.load(ckpt);
-    await onGpu.load(ckpt);
-    const a = await onCpu.getPreds();
-    const b = await onGpu.getPreds();
-    let worst = 0;
-    a.probs.forEach((p, i) => (worst = Math.max(worst, Math.abs(p - b.probs[i]))));
+    const worst = await cpuVsCudaFp32(dls, 'resnet18', await learn.save(join(dir, 'ck.safetensors')));
     console.log(`CPU vs CUDA fp32 probabilities: max abs difference ${worst.toExponential(2)}`);
     expect(worst).toBeLessThan(1e-2);
-    for (const l of [learn, onCpu, onGpu]) l.dispose();
+    learn.dispose();
   });
 
   it('every family beyond ResNet trains on CUDA (bf16, channels_last, the captured step), and fp32 CUDA predictions of the trained weights agree with the CPU', async () => {
@@ -96,18 +103,10 @@ describe.skipIf(!cuda)('CUDA', () => {
       expect(losses.every(Number.isFinite), `${arch}: losses ${losses.join(' ')}`).toBe(true);
       expect(maxRelError(await firstConv(), before), `${arch}: the first convolution moved`).toBeGreaterThan(0);
       expect(await finiteWeights(learn), arch).toBe(true);
-      const ckpt = await learn.save(join(dir, `${arch}.safetensors`));
-      const onCpu = await visionLearner(dls, arch, { pretrained: false, verbose: false, device: 'cpu' });
-      const onGpu = await visionLearner(dls, arch, { pretrained: false, verbose: false, device: 'cuda', precision: 'fp32' });
-      await onCpu.load(ckpt);
-      await onGpu.load(ckpt);
-      const a = await onCpu.getPreds();
-      const b = await onGpu.getPreds();
-      let worst = 0;
-      a.probs.forEach((p, i) => (worst = Math.max(worst, Math.abs(p - b.probs[i]))));
+      const worst = await cpuVsCudaFp32(dls, arch, await learn.save(join(dir, `${arch}.safetensors`)));
       console.log(`${arch} on CUDA: losses ${losses[0].toFixed(3)} .. ${losses.at(-1)!.toFixed(3)}; CPU vs CUDA fp32 probabilities: max abs difference ${worst.toExponential(2)}`);
       expect(worst, arch).toBeLessThan(1e-2); // (cuDNN may use TF32, as in the ResNet test above)
-      for (const l of [learn, onCpu, onGpu]) l.dispose();
+      learn.dispose();
     }
   });
 
