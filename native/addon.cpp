@@ -10,6 +10,7 @@
 
 #include "augment.h"
 #include "common.h"
+#include "image_store.h"
 #include "host_malloc.h"
 #include "learner.h"
 #include "mixup.h"
@@ -280,6 +281,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("hooks", hooks);
   exports.Set("Net", Net::Init(env));
   exports.Set("Learner", Learner::Init(env));
+  exports.Set("ImageStore", ImageStore::Init(env));
   return exports;
 }
 

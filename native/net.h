@@ -56,6 +56,7 @@ struct NetState : std::enable_shared_from_this<NetState> {
 // What the addon keeps per JavaScript environment (napi instance data, freed with the environment).
 struct AddonData {
   Napi::FunctionReference netConstructor;
+  Napi::FunctionReference imageStoreConstructor;
 };
 
 class Net : public Napi::ObjectWrap<Net> {

@@ -1,5 +1,6 @@
 // The inference half of the native Learner: validation passes (probabilities, targets, losses) and
 // predictions on decoded images.
+#include "image_store.h"
 #include "learner_core.h"
 #include "js.h"
 #include "trace.h"
@@ -89,7 +90,7 @@ Napi::Value Learner::Validate(const Napi::CallbackInfo& info) {
   TL_CATCH(env)
 }
 
-// predict(images: Uint8Array [N*P*P*3], n, presize, { augment, trace }) -> { probs, ops? }
+// predict(images: ImageStore or Uint8Array [N*P*P*3], n, presize, { augment, trace }) -> { probs, ops? }
 // trace: a Chrome trace path; the call's operators (its copy into page-locked memory included) are tallied
 // and returned as ops, as trainEpoch does for training steps.
 Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
@@ -108,7 +109,17 @@ Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
   // Copied here, on the JavaScript thread: the caller's array may be changed, transferred (detached) or
   // collected as soon as this call returns, and a worker thread reading it then read freed memory. On CUDA
   // the copy goes straight into page-locked memory, the copy the device reads anyway.
-  auto src = uint8ImagesView(info[0], n, p, "images");
+  torch::Tensor src;
+  if (ImageStore::isStore(env, info[0])) {
+    // a test set's images, in native memory: sealed (no writes while the worker reads them)
+    src = ImageStore::images(info[0]);
+    if (src.size(0) != n || src.size(1) != p)
+      throw UserError("predict: the image store holds " + std::to_string(src.size(0)) + " images of " + std::to_string(src.size(1)) + " px, the call says " +
+                      std::to_string(n) + " of " + std::to_string(p));
+    ImageStore::seal(info[0]);
+  } else {
+    src = uint8ImagesView(info[0], n, p, "images");
+  }
   // On the CPU into the learner's staging buffer when no other prediction holds it: memory already
   // touched, so the copy is a memcpy rather than a page fault per 4 KiB of a fresh allocation (which made
   // the copy of 256 images take a fifth of a second).

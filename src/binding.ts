@@ -6,6 +6,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMainThread } from 'node:worker_threads';
 import type { AugOptions } from './data/transforms.js';
+import type { ImageStore } from './data/store.js';
 
 /** A tensor element type, named as in .safetensors files. */
 export type DType = 'F32' | 'F64' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
@@ -158,7 +159,7 @@ export interface NativeLearnerOptions {
 
 export interface NativeLearner {
   /** labels: class indices, or (multi-label) a Uint8Array of n * classes 0/1 values */
-  setData(split: 'train' | 'valid', images: Uint8Array, labels: Int32Array | Uint8Array, presize: number): void;
+  setData(split: 'train' | 'valid', images: ImageStore | Uint8Array, labels: Int32Array | Uint8Array, presize: number): void;
   setOptions(o: NativeLearnerOptions): void;
   freezeTo(n: number): void;
   /** the tests' hook: one step's gradients (all-reduced on several ranks) for the given training images, no optimizer step */
@@ -190,7 +191,7 @@ export interface NativeLearner {
     mom: number;
     onProgress?: (e: { iter: number; total: number; smoothLoss: number; lr: number }) => void;
   }): Promise<{ lrs: Float64Array; losses: Float64Array }>;
-  predict(images: Uint8Array, n: number, presize: number, o?: { augment?: boolean; trace?: string }): Promise<NativePreds>;
+  predict(images: ImageStore | Uint8Array, n: number, presize: number, o?: { augment?: boolean; trace?: string }): Promise<NativePreds>;
   gradCam(image: Uint8Array, presize: number, classIdx: number): Promise<{ map: Float32Array; h: number; w: number; probs: Float32Array }>;
   getState(withOpt: boolean): Promise<NamedTensor[]>;
   setState(t: NamedTensor[], withOpt: boolean): Promise<void>;
@@ -235,6 +236,7 @@ interface Addon {
     head?: { hidden?: number; ps?: number; concatPool?: boolean; linearBias?: boolean };
   }) => NativeNet;
   Learner: new (net: NativeNet, o: { device: string; seed?: number; channelsLast?: boolean }) => NativeLearner;
+  ImageStore: new (n: number, presize: number, pixels?: Uint8Array) => ImageStore;
 }
 
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');

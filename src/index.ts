@@ -23,6 +23,7 @@ export type { WeightFile } from './weights/index.js';
 export { PRETRAINED, WEIGHTS_VERSIONS, TORCHVISION_WEIGHTS_URL, cachedWeightFile, hubCacheDir, pretrainedFileName, weightsBaseUrl } from './weights/pretrained.js';
 export type { WeightsVersion, DownloadOptions } from './weights/pretrained.js';
 export { ImageDataLoaders, DataSplit, TestSet, folderItems } from './data/loaders.js';
+export type { ImageStore } from './data/store.js';
 export type { TableOptions, Column } from './data/sources.js';
 export type { DataLoadersOptions, Item, Skipped } from './data/loaders.js';
 export { augTransforms, imagenetStats, defaultPresize, DATA_DEFAULTS } from './data/transforms.js';

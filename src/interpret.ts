@@ -99,7 +99,7 @@ export class ClassificationInterpretation {
     const tiles: Tile[] = [];
     const c = this.numClasses;
     for (const i of indices) {
-      const rgb = valid.images.subarray(i * p * p * 3, (i + 1) * p * p * 3);
+      const rgb = valid.image(i);
       let actual: number;
       let title: string;
       if (this.learn.multiLabel) {

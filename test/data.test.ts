@@ -4,7 +4,7 @@ import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../src/binding.js';
-import { augTransforms, ImageDataLoaders } from '../src/index.js';
+import { augTransforms, ImageDataLoaders, visionLearner } from '../src/index.js';
 import { withItemTfms } from '../src/data/transforms.js';
 import { hooks } from '../src/hooks.js';
 import { isCovidFinding, readCovidMetadata, segregateByLabel } from '../src/datasets/covid.js';
@@ -203,6 +203,136 @@ describe('ImageDataLoaders', () => {
     await expect(ImageDataLoaders.fromItems([{ path: 'a', label: 'x' }], { validPct: 1 })).rejects.toThrow(/validPct must be in \[0, 1\)/);
     await expect(ImageDataLoaders.fromItems([{ path: 'a', label: 'x' }], { bs: 0 })).rejects.toThrow(/bs must be a positive integer/);
     await expect(ImageDataLoaders.fromItems([{ path: 'a', label: 'x' }], { size: 0 })).rejects.toThrow(/size must be an integer of at least 32/);
+  });
+});
+
+describe('decoding in worker processes (numWorkers)', () => {
+  // 34 generated images (stripes in two classes), a grey and an RGBA one, and a corrupt file
+  let dir: string;
+  beforeAll(async () => {
+    dir = tempDir();
+    await makeStripes(dir, 17, 40, 3);
+    await png(join(dir, 'horizontal', 'grey.png'), 40, 90, 1);
+    await png(join(dir, 'vertical', 'rgba.png'), 40, 90, 4);
+    writeFileSync(join(dir, 'vertical', 'corrupt.png'), 'not an image');
+  });
+  const load = (o: { numWorkers?: number; onProgress?: (done: number, total: number) => void } = {}) => ImageDataLoaders.fromFolder(dir, { size: 32, presize: 40, quiet: true, ...o });
+  const sameData = (a: ImageDataLoaders, b: ImageDataLoaders) => {
+    for (const k of ['train', 'valid'] as const) {
+      expect(b[k].items.map((i) => i.path)).toEqual(a[k].items.map((i) => i.path));
+      expect(Buffer.from(b[k].images).equals(Buffer.from(a[k].images))).toBe(true);
+      expect([...b[k].labels]).toEqual([...a[k].labels]);
+    }
+  };
+  const withEnv = async <T>(name: string, value: string, f: () => Promise<T>): Promise<T> => {
+    const old = process.env[name];
+    process.env[name] = value;
+    try {
+      return await f();
+    } finally {
+      if (old === undefined) delete process.env[name];
+      else process.env[name] = old;
+    }
+  };
+
+  it('one or two workers give the bytes, labels, split and skipped files of decoding in this process, with progress', async () => {
+    const inProcess = await load({ numWorkers: 0 });
+    expect(inProcess.skipped.map((s) => basename(s.path))).toEqual(['corrupt.png']);
+    for (const numWorkers of [1, 2]) {
+      const progress: [number, number][] = [];
+      const dls = await load({ numWorkers, onProgress: (d, t) => progress.push([d, t]) });
+      sameData(inProcess, dls);
+      expect(dls.skipped).toEqual(inProcess.skipped);
+      expect(progress.map(([d]) => d)).toEqual(Array.from({ length: 37 }, (_, i) => i + 1));
+      expect(progress.every(([, t]) => t === 37)).toBe(true);
+    }
+    const test = await inProcess.testDl(join(dir, 'vertical'), { numWorkers: 1, quiet: true });
+    const ref = await inProcess.testDl(join(dir, 'vertical'), { numWorkers: 0, quiet: true });
+    expect(Buffer.from(test.images).equals(Buffer.from(ref.images))).toBe(true);
+  });
+
+  it('a file that kills the decoder costs that file: skipped and counted with the reason, the rest decoded as in this process', async () => {
+    const inProcess = await load({ numWorkers: 0 });
+    const victim = readdirSync(join(dir, 'horizontal')).sort()[5];
+    const dls = await withEnv('TORCHLEARN_TEST_CRASH_DECODER_ON', victim, () => load({ numWorkers: 2 }));
+    expect(dls.skipped.map((s) => basename(s.path)).sort()).toEqual(['corrupt.png', victim].sort());
+    expect(dls.skipped.find((s) => s.path.endsWith(victim))!.reason).toMatch(/the decoder process died on this file \(SIGSEGV\)/);
+    // the same split of the remaining images: compare image by image
+    const pixels = (d: ImageDataLoaders) => {
+      const m = new Map<string, string>();
+      const p = d.presize * d.presize * 3;
+      for (const k of ['train', 'valid'] as const) d[k].items.forEach((it, i) => m.set(it.path, Buffer.from(d[k].images.subarray(i * p, (i + 1) * p)).toString('base64')));
+      return m;
+    };
+    const got = pixels(dls);
+    const want = pixels(inProcess);
+    expect(got.size).toBe(want.size - 1);
+    for (const [path, px] of got) expect(px, path).toBe(want.get(path));
+  });
+
+  it('from 64 images a data set is decoded in a worker by default; numWorkers out of range is refused naming it', async () => {
+    const big = tempDir();
+    await makeStripes(big, 32, 32, 4);
+    const victim = readdirSync(join(big, 'vertical')).sort()[0];
+    // the crash hook acts only inside a worker process: a skipped victim shows the decode ran in one
+    const dls = await withEnv('TORCHLEARN_TEST_CRASH_DECODER_ON', victim, () => ImageDataLoaders.fromFolder(big, { size: 32, quiet: true }));
+    expect(dls.skipped.map((s) => basename(s.path))).toEqual([victim]);
+    await expect(load({ numWorkers: -1 })).rejects.toThrow(/numWorkers must be an integer from 0 \(decode in this process\) to \d+/);
+    await expect(load({ numWorkers: 1.5 })).rejects.toThrow(/numWorkers/);
+  });
+
+  it('a worker that cannot start is reported, and the images are decoded in this process instead', async () => {
+    const inProcess = await load({ numWorkers: 0 });
+    const warnings: string[] = [];
+    const orig = console.warn;
+    console.warn = (m: string) => warnings.push(m);
+    const dls = await withEnv('NODE_OPTIONS', '--require /nonexistent/torchlearn-test.cjs', () => ImageDataLoaders.fromFolder(dir, { size: 32, presize: 40, numWorkers: 1 })).finally(() => (console.warn = orig));
+    sameData(inProcess, dls);
+    expect(warnings.some((w) => /a decoding worker process did not start \(exit code \d+: Error: Cannot find module '\/nonexistent\/torchlearn-test\.cjs'\); decoding in this process instead/.test(w))).toBe(true);
+  });
+});
+
+describe('the image store (the decoded images, held once in native memory)', () => {
+  it('holds what is written (grey repeated into RGB), reads copies, gathers in order, and refuses what does not fit', () => {
+    const p = 4;
+    const st = new native.ImageStore(3, p);
+    expect([st.n, st.presize, st.sealed]).toEqual([3, p, false]);
+    expect(Buffer.from(st.read(0, 3)).equals(Buffer.alloc(3 * p * p * 3))).toBe(true);
+    const rgb = Uint8Array.from({ length: p * p * 3 }, (_, i) => i % 251);
+    const grey = Uint8Array.from({ length: p * p }, (_, i) => 100 + i);
+    st.set(0, rgb, 3);
+    st.set(2, grey, 1);
+    const back = st.read(0, 3);
+    expect([...back.subarray(0, p * p * 3)]).toEqual([...rgb]);
+    expect([...back.subarray(2 * p * p * 3)]).toEqual([...grey].flatMap((v) => [v, v, v]));
+    // a copy: writing to what read returned changes nothing in the store
+    back.fill(7);
+    expect([...st.read(0, 1)]).toEqual([...rgb]);
+    const g = st.gather(Int32Array.from([2, 0, 0]));
+    expect(g.n).toBe(3);
+    expect(Buffer.from(g.read(0, 3)).equals(Buffer.concat([st.read(2, 1), st.read(0, 1), st.read(0, 1)]))).toBe(true);
+    expect(() => st.set(3, rgb, 3)).toThrow(/ImageStore.set: index must be an integer in \[0, 2\]/);
+    expect(() => st.set(0, rgb.subarray(1), 3)).toThrow(/ImageStore.set: pixels must hold 48 values, got 47/);
+    expect(() => st.set(0, rgb, 2 as 3)).toThrow(/channels must be 1 or 3/);
+    expect(() => st.read(2, 2)).toThrow(/ImageStore.read: count/);
+    expect(() => st.gather(Int32Array.from([0, 3]))).toThrow(/index 3 is outside the store's 3 images/);
+    expect(() => new native.ImageStore(2, p, new Uint8Array(5))).toThrow(/ImageStore: pixels must hold 96 values, got 5/);
+  });
+
+  it("every learner on the loaders trains from the loaders' images without a copy: the store is sealed, and the learners agree", async () => {
+    const dir = tempDir();
+    await makeStripes(dir, 6, 32, 2);
+    const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, bs: 4, quiet: true });
+    const before = dls.train.images;
+    const a = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 1 });
+    const b = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 1 });
+    expect(dls.train.store.sealed && dls.valid.store.sealed).toBe(true);
+    expect(() => dls.train.store.set(0, new Uint8Array(40 * 40 * 3), 3)).toThrow(/in use by a learner and no longer take writes/);
+    const [pa, pb] = [await a.getPreds(), await b.getPreds()];
+    expect([...pa.probs]).toEqual([...pb.probs]);
+    expect(Buffer.from(dls.train.images).equals(Buffer.from(before))).toBe(true);
+    a.dispose();
+    b.dispose();
   });
 });
 

@@ -307,12 +307,19 @@ describe('fuzzing the raw binding (bounded time): always an Error or a result, n
       nl.setData('train', new Uint8Array(8 * p * p * 3), new Int32Array(8), p);
       nl.setData('valid', new Uint8Array(4 * p * p * 3), new Int32Array(4), p);
       nl.setOptions({ bs: 4, size: 32 });
+      const st = new native.ImageStore(4, 8);
       const calls = {
         'Net': (a, b) => new native.Net(a, b),
         'Net fields': () => new native.Net({ arch: pick(), kind: pick(), numClasses: pick(), head: pick() }),
         'Net torchscript': () => new native.Net({ arch: 'torchscript', kind: 'fastai', numClasses: 2, torchscript: pick(), source: pick(), groupStarts: pick() }),
         'Learner': (a, b) => new native.Learner(a, b),
         'setData': (a, b, c, d) => nl.setData(a, b, c, d),
+        'setData store': (a, b, c) => nl.setData(a, st, b, c),
+        'ImageStore': (a, b, c) => new native.ImageStore(a, b, c),
+        'ImageStore.set': (a, b, c) => st.set(a, b, c),
+        'ImageStore.read': (a, b) => st.read(a, b),
+        'ImageStore.gather': (a) => st.gather(a),
+        'predict store': (a, b, c) => nl.predict(st, a, b, c),
         'setOptions': (a) => nl.setOptions(a),
         'setOptions fields': () => nl.setOptions({ [['bs', 'size', 'wd', 'aug', 'mean', 'classWeights', 'labelSmoothing', 'seed', 'cudaGraph', 'batchNorm', 'sqrMom', 'nAcc', 'batchNormEval', 'syncBatchNorm'][Math.floor(rand() * 14)]]: pick() }),
         'freezeTo': (a) => nl.freezeTo(a),

@@ -4,7 +4,8 @@ import { readdirSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { native } from '../binding.js';
 import { writeGrid } from '../plot/grid.js';
-import { decodeAll } from './images.js';
+import { decodeFiles, decodeWorkers } from './workers.js';
+import { imageStore, type ImageStore } from './store.js';
 import { csvItems, grandparentItems, isValidCell, nameFuncItems, pathReItems, tableItems, type Sourced, type TableOptions } from './sources.js';
 import { groupSplit, randomSplit, rng, shuffle } from './split.js';
 import { augTransforms, DATA_DEFAULTS, defaultPresize, imagenetStats, withItemTfms, type AugOptions, type ItemTransforms, type ResizeMethod } from './transforms.js';
@@ -46,6 +47,12 @@ export interface DataLoadersOptions {
   onProgress?: (done: number, total: number) => void;
   /** Silence the per-file warnings for skipped images (they are still counted in `skipped`). */
   quiet?: boolean;
+  /**
+   * How many child processes decode the images (fast.ai's num_workers): 0 decodes in this process. Default: 1
+   * from 64 images, else 0. A worker's decoder memory goes when it exits instead of staying resident through
+   * training, and a file that crashes the decoder is skipped and counted like any unreadable image.
+   */
+  numWorkers?: number;
   /** Where a learner built on these loaders trains and keeps the image cache: 'auto' (default), 'cpu', 'cuda', 'cuda:N'. */
   device?: string;
 }
@@ -62,13 +69,21 @@ export class DataSplit {
     readonly items: Item[],
     /** each image's class index (multi-label: -1, the labels being in `multiHot`) */
     readonly labels: Int32Array,
-    /** uint8 [n, presize, presize, 3] */
-    readonly images: Uint8Array,
+    /** the images, uint8 [n, presize, presize, 3], in native memory (every learner on these loaders trains from them) */
+    readonly store: ImageStore,
     readonly bs: number,
     readonly train: boolean,
     /** multi-label classification: 1 where image i has label k, at i * vocab.length + k; null for one label per image */
     readonly multiHot: Uint8Array | null = null,
   ) {}
+  /** A copy of image `i`: uint8 [presize, presize, 3]. */
+  image(i: number): Uint8Array {
+    return this.store.read(i, 1);
+  }
+  /** A copy of all the images, uint8 [n, presize, presize, 3], made on each access (`image(i)` reads one). */
+  get images(): Uint8Array {
+    return this.store.read(0, this.store.n);
+  }
   /** What the loss and the metrics compare with: the class indices, or the multi-hot rows as 0/1 (n * c). */
   get targets(): Int32Array {
     return this.multiHot ? Int32Array.from(this.multiHot) : this.labels;
@@ -97,7 +112,7 @@ export class TestSet extends DataSplit {
   constructor(
     items: Item[],
     labels: Int32Array,
-    images: Uint8Array,
+    store: ImageStore,
     bs: number,
     /** every image has a label of the vocab */
     readonly labelled: boolean,
@@ -107,7 +122,7 @@ export class TestSet extends DataSplit {
     readonly presize: number,
     multiHot: Uint8Array | null = null,
   ) {
-    super(items, labels, images, bs, false, multiHot);
+    super(items, labels, store, bs, false, multiHot);
   }
 }
 
@@ -266,6 +281,7 @@ export class ImageDataLoaders {
     if (!(validPct >= 0 && validPct < 1)) throw new Error(`validPct must be in [0, 1), got ${validPct}`);
     if (!['crop', 'squish', 'pad'].includes(method)) throw new Error(`method must be 'crop', 'squish' or 'pad', got '${method}'`);
     if (items.length === 0) throw new Error('no images: the item list is empty');
+    const numWorkers = decodeWorkers(opts.numWorkers, items.length);
     const augment = withItemTfms(opts.augment === false || opts.augment === null ? null : (opts.augment ?? augTransforms()), opts.itemTfms);
     const normalize = { mean: [...(opts.normalize ?? imagenetStats).mean], std: [...(opts.normalize ?? imagenetStats).std] };
 
@@ -273,7 +289,12 @@ export class ImageDataLoaders {
     if (opts.validIdx !== undefined) {
       for (const i of opts.validIdx) if (!(Number.isInteger(i) && i >= 0 && i < items.length)) throw new Error(`validIdx: ${i} is not an index of the ${items.length} items`);
     }
-    const decoded = await decodeAll(items.map((i) => i.path), presize, method, opts.onProgress);
+    const decoded = await decodeFiles(
+      items.map((i) => i.path),
+      presize,
+      method,
+      { numWorkers, onProgress: opts.onProgress, quiet: opts.quiet },
+    );
     const skipped: Skipped[] = [];
     const good: { item: Item; data: Buffer; index: number }[] = [];
     decoded.forEach((d, i) => {
@@ -339,9 +360,9 @@ export class ImageDataLoaders {
     }
     if (!opts.quiet) for (const w of warnings) console.warn(`torchlearn: ${w}`);
     const make = (idx: number[], train: boolean) => {
-      const img = new Uint8Array(idx.length * presize * presize * 3);
-      idx.forEach((i, k) => img.set(good[i].data, k * presize * presize * 3));
-      return new DataSplit(idx.map((i) => good[i].item), Int32Array.from(idx.map((i) => labels[i])), img, bs, train, hot ? Uint8Array.from(idx.flatMap((i) => hot[i])) : null);
+      const store = imageStore(idx.length, presize);
+      idx.forEach((i, k) => store.set(k, good[i].data, 3));
+      return new DataSplit(idx.map((i) => good[i].item), Int32Array.from(idx.map((i) => labels[i])), store, bs, train, hot ? Uint8Array.from(idx.flatMap((i) => hot[i])) : null);
     };
     return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, presize, method, augment, normalize, seed, skipped, groups, opts.device ?? 'auto', warnings);
   }
@@ -354,7 +375,7 @@ export class ImageDataLoaders {
     images: Uint8Array,
     labels: Int32Array,
     vocab: string[],
-    opts: Omit<DataLoadersOptions, 'splitBy' | 'method' | 'onProgress' | 'quiet' | 'vocab'> & { presize: number },
+    opts: Omit<DataLoadersOptions, 'splitBy' | 'method' | 'onProgress' | 'quiet' | 'vocab' | 'numWorkers'> & { presize: number },
   ): ImageDataLoaders {
     const size = opts.size ?? DATA_DEFAULTS.size;
     const bs = opts.bs ?? DATA_DEFAULTS.bs;
@@ -366,11 +387,8 @@ export class ImageDataLoaders {
     });
     const split = randomSplit(labels.length, opts.validPct ?? 0.2, opts.seed ?? 42);
     const items = Array.from(labels, (l, i) => ({ path: `#${i}`, label: vocab[l] }));
-    const make = (idx: number[], train: boolean) => {
-      const img = new Uint8Array(idx.length * p * p * 3);
-      idx.forEach((i, k) => img.set(images.subarray(i * p * p * 3, (i + 1) * p * p * 3), k * p * p * 3));
-      return new DataSplit(idx.map((i) => items[i]), Int32Array.from(idx.map((i) => labels[i])), img, bs, train);
-    };
+    const all = imageStore(labels.length, p, images);
+    const make = (idx: number[], train: boolean) => new DataSplit(idx.map((i) => items[i]), Int32Array.from(idx.map((i) => labels[i])), all.gather(Int32Array.from(idx)), bs, train);
     const augment = withItemTfms(opts.augment === false || opts.augment === null ? null : (opts.augment ?? augTransforms()), opts.itemTfms);
     const normalize = { mean: [...(opts.normalize ?? imagenetStats).mean], std: [...(opts.normalize ?? imagenetStats).std] };
     return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, p, 'crop', augment, normalize, opts.seed ?? 42, [], null, opts.device ?? 'auto');
@@ -389,9 +407,10 @@ export class ImageDataLoaders {
   /**
    * fast.ai's test_dl: images to predict with a learner trained on these loaders (a folder, as `folderItems`
    * reads it, or a list of paths or `{ path, label }` items), decoded and resized as the validation set.
-   * Unreadable images are skipped and counted; labels outside the vocab are refused.
+   * Unreadable images are skipped and counted; labels outside the vocab are refused. `numWorkers` as the
+   * loaders' option of that name.
    */
-  async testDl(src: string | readonly (string | { path: string; label?: string; labels?: string[] })[], o: { quiet?: boolean } = {}): Promise<TestSet> {
+  async testDl(src: string | readonly (string | { path: string; label?: string; labels?: string[] })[], o: { quiet?: boolean; numWorkers?: number } = {}): Promise<TestSet> {
     const list: { path: string; label?: string; labels?: string[] }[] = typeof src === 'string' ? folderItems(src).items : src.map((s) => (typeof s === 'string' ? { path: s } : s));
     if (list.length === 0) throw new Error(`testDl: no images${typeof src === 'string' ? ` in ${src}` : ' (the list is empty)'}`);
     // multi-label loaders: labelled items carry `labels` (a folder's class names are single labels)
@@ -401,7 +420,12 @@ export class ImageDataLoaders {
       for (const i of list)
         for (const l of labelsOf(i)!) if (!this.vocab.includes(l)) throw new Error(`testDl: ${i.path} has the label '${l}', not one of the vocab [${this.vocab.join(', ')}]`);
     const p = this.presize;
-    const decoded = await decodeAll(list.map((i) => i.path), p, this.method);
+    const decoded = await decodeFiles(
+      list.map((i) => i.path),
+      p,
+      this.method,
+      { numWorkers: decodeWorkers(o.numWorkers, list.length), quiet: o.quiet },
+    );
     const skipped: Skipped[] = [];
     const ok: number[] = [];
     decoded.forEach((d, k) => {
@@ -412,8 +436,8 @@ export class ImageDataLoaders {
       }
     });
     if (ok.length === 0) throw new Error(`testDl: none of the ${list.length} images could be read (first: ${skipped[0].path}: ${skipped[0].reason})`);
-    const images = new Uint8Array(ok.length * p * p * 3);
-    ok.forEach((k, j) => images.set((decoded[k] as { data: Buffer }).data, j * p * p * 3));
+    const images = imageStore(ok.length, p);
+    ok.forEach((k, j) => images.set(j, (decoded[k] as { data: Buffer }).data, 3));
     const items = ok.map((k) => ({ ...list[k], label: list[k].label ?? list[k].labels?.join(';') ?? '' }));
     const labels = Int32Array.from(items, (i) => (labelled && !this.multiLabel ? this.vocab.indexOf(i.label) : -1));
     const hot = this.multiLabel && labelled ? Uint8Array.from(ok.flatMap((k) => this.vocab.map((v) => +list[k].labels!.includes(v)))) : null;
@@ -432,7 +456,7 @@ export class ImageDataLoaders {
     // a random batch from the training set (seeded), the first items of the validation set
     const pick = split.train ? shuffle([...Array(split.n).keys()], rng(o.seed ?? this.seed)).slice(0, n) : [...Array(n).keys()];
     const imgs = new Uint8Array(n * p * p * 3);
-    pick.forEach((j, k) => imgs.set(split.images.subarray(j * p * p * 3, (j + 1) * p * p * 3), k * p * p * 3));
+    pick.forEach((j, k) => imgs.set(split.image(j), k * p * p * 3));
     const augment = (o.augment ?? split.train) && this.augment;
     const out = native.augmentImages(imgs, n, p, this.size, augment ? { aug: this.augment, seed: o.seed ?? this.seed } : {});
     const s = this.size;

@@ -323,8 +323,8 @@ export class Learner {
       foldBatchNorm: opts.foldBatchNorm ?? foldBatchNormDefault(this.device),
       fusedAdam: opts.fusedAdam ?? (this.device.startsWith('cuda') && torchInfo().fusedAdam),
     });
-    this.#native.setData('train', dls.train.images, dls.train.multiHot ?? dls.train.labels, dls.presize);
-    if (dls.valid.n) this.#native.setData('valid', dls.valid.images, dls.valid.multiHot ?? dls.valid.labels, dls.presize);
+    this.#native.setData('train', dls.train.store, dls.train.multiHot ?? dls.train.labels, dls.presize);
+    if (dls.valid.n) this.#native.setData('valid', dls.valid.store, dls.valid.multiHot ?? dls.valid.labels, dls.presize);
     if (this.pretrained) this.freeze();
     else this.#native.freezeTo(0);
   }
@@ -640,8 +640,8 @@ export class Learner {
       throw new Error(`learn.dls =: the new loaders' classes [${d.vocab.join(', ')}] are not the learner's [${this.#dls.vocab.join(', ')}]`);
     if (d.multiLabel !== this.multiLabel) throw new Error(`learn.dls =: the new loaders are ${d.multiLabel ? '' : 'not '}multi-label and the learner's are ${this.multiLabel ? '' : 'not'}`);
     this.nat.setOptions({ bs: d.bs, size: d.size, aug: d.augment, mean: d.normalize.mean, std: d.normalize.std });
-    this.nat.setData('train', d.train.images, d.train.multiHot ?? d.train.labels, d.presize);
-    this.nat.setData('valid', d.valid.images, d.valid.multiHot ?? d.valid.labels, d.presize);
+    this.nat.setData('train', d.train.store, d.train.multiHot ?? d.train.labels, d.presize);
+    this.nat.setData('valid', d.valid.store, d.valid.multiHot ?? d.valid.labels, d.presize);
     this.#dls = d;
     this.#bs = d.bs;
   }
@@ -717,7 +717,7 @@ export class Learner {
     if (dl.presize !== this.dls.presize) throw new Error(`getPreds: this test set was decoded at ${dl.presize} px, the learner's loaders at ${this.dls.presize}: make it again with learn.dls.testDl(...)`);
     this.#enter();
     try {
-      const r = await this.nat.predict(dl.images, dl.n, dl.presize);
+      const r = await this.nat.predict(dl.store, dl.n, dl.presize);
       if (!dl.labelled) return { probs: r.probs, numClasses: r.numClasses };
       return { probs: r.probs, numClasses: r.numClasses, targets: dl.targets, losses: lossesFromProbs(r.probs, dl.targets, r.numClasses, this.multiLabel) };
     } finally {
@@ -913,7 +913,7 @@ export class Learner {
     if (n === 0) throw new Error('showResults: the validation set is empty');
     const p = this.dls.presize;
     const s = this.dls.size;
-    const imgs = valid.images.subarray(0, n * p * p * 3);
+    const imgs = valid.store.read(0, n);
     this.#enter();
     let preds: Prediction[];
     try {

@@ -1,0 +1,105 @@
+#include "image_store.h"
+
+#include <cstring>
+
+#include "js.h"
+#include "net.h"
+
+namespace tl {
+
+Napi::Function ImageStore::Init(Napi::Env env) {
+  auto fn = DefineClass(env, "ImageStore",
+                        {InstanceMethod("set", &ImageStore::Set), InstanceMethod("read", &ImageStore::Read), InstanceMethod("gather", &ImageStore::Gather),
+                         InstanceAccessor("n", &ImageStore::Count, nullptr), InstanceAccessor("presize", &ImageStore::Presize, nullptr),
+                         InstanceAccessor("sealed", &ImageStore::Sealed, nullptr)});
+  auto* data = env.GetInstanceData<AddonData>();
+  if (data == nullptr) {
+    data = new AddonData();
+    env.SetInstanceData<AddonData>(data);
+  }
+  data->imageStoreConstructor = Napi::Persistent(fn);
+  return fn;
+}
+
+bool ImageStore::isStore(Napi::Env env, const Napi::Value& v) {
+  auto* data = env.GetInstanceData<AddonData>();
+  return data != nullptr && !data->imageStoreConstructor.IsEmpty() && v.IsObject() && v.As<Napi::Object>().InstanceOf(data->imageStoreConstructor.Value());
+}
+
+torch::Tensor ImageStore::images(const Napi::Value& v) { return Napi::ObjectWrap<ImageStore>::Unwrap(v.As<Napi::Object>())->images_; }
+void ImageStore::seal(const Napi::Value& v) { Napi::ObjectWrap<ImageStore>::Unwrap(v.As<Napi::Object>())->sealed_ = true; }
+
+// new ImageStore(n, presize, pixels?: Uint8Array of n*presize*presize*3 bytes): zeros, or a copy of `pixels`
+ImageStore::ImageStore(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ImageStore>(info) {
+  auto env = info.Env();
+  TL_TRY
+  const int64_t n = js::integer(info[0], "ImageStore: n", 0, js::kMaxCount);
+  const int64_t p = js::integer(info[1], "ImageStore: presize", 1, js::kMaxSide);
+  const int64_t bytes = js::imageBytes(n, p);
+  if (info.Length() > 2 && !info[2].IsUndefined()) {
+    auto a = js::typedArray<uint8_t>(info[2], "ImageStore: pixels", bytes);
+    images_ = torch::empty({n, p, p, 3}, torch::kUInt8);
+    if (bytes > 0) std::memcpy(images_.data_ptr(), a.Data(), static_cast<size_t>(bytes));
+  } else {
+    images_ = torch::zeros({n, p, p, 3}, torch::kUInt8);
+  }
+  memory_.set(env, bytes);
+  TL_CATCH(env)
+}
+
+ImageStore::~ImageStore() { memory_.release(Env()); }
+
+// set(i, pixels: Uint8Array of presize*presize*channels bytes, channels: 1 (grey, repeated) or 3)
+Napi::Value ImageStore::Set(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  if (sealed_) throw UserError("ImageStore.set: these images are in use by a learner and no longer take writes (make a new store)");
+  const int64_t n = images_.size(0), p = images_.size(1);
+  if (n == 0) throw UserError("ImageStore.set: the store holds no images");
+  const int64_t i = js::integer(info[0], "ImageStore.set: index", 0, n - 1);
+  const int64_t channels = js::integer(info[2], "ImageStore.set: channels", 1, 3);
+  if (channels == 2) throw UserError("ImageStore.set: channels must be 1 or 3, got 2");
+  auto a = js::typedArray<uint8_t>(info[1], "ImageStore.set: pixels", p * p * channels);
+  auto dst = images_[i];
+  if (channels == 3) std::memcpy(dst.data_ptr(), a.Data(), static_cast<size_t>(p * p * 3));
+  else dst.copy_(torch::from_blob(a.Data(), {p, p, 1}, torch::kUInt8).expand({p, p, 3}));
+  return env.Undefined();
+  TL_CATCH(env)
+}
+
+// read(start, count) -> a Buffer holding a copy of images [start, start + count)
+Napi::Value ImageStore::Read(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  const int64_t n = images_.size(0), p = images_.size(1);
+  const int64_t start = js::integer(info[0], "ImageStore.read: start", 0, n);
+  const int64_t count = js::integer(info[1], "ImageStore.read: count", 0, n - start);
+  const auto per = p * p * 3;
+  return Napi::Buffer<uint8_t>::Copy(env, images_.data_ptr<uint8_t>() + start * per, static_cast<size_t>(count * per));
+  TL_CATCH(env)
+}
+
+// gather(indices: Int32Array) -> a new store of those images, in that order (a data set's split)
+Napi::Value ImageStore::Gather(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  TL_TRY
+  const int64_t n = images_.size(0);
+  auto idx = js::copyTyped<int32_t>(info[0], "ImageStore.gather: indices", torch::kInt32);
+  if (idx.numel() > 0) {
+    const auto lo = idx.min().item<int32_t>(), hi = idx.max().item<int32_t>();
+    if (lo < 0 || hi >= n) throw UserError("ImageStore.gather: index " + std::to_string(lo < 0 ? lo : hi) + " is outside the store's " + std::to_string(n) + " images");
+  }
+  auto* data = env.GetInstanceData<AddonData>();
+  auto out = data->imageStoreConstructor.New({Napi::Number::New(env, 0), Napi::Number::New(env, static_cast<double>(images_.size(1)))});
+  auto* s = Napi::ObjectWrap<ImageStore>::Unwrap(out);
+  s->images_ = images_.index_select(0, idx.to(torch::kInt64));
+  s->memory_.set(env, static_cast<int64_t>(s->images_.nbytes()));
+  return out;
+  TL_CATCH(env)
+}
+
+Napi::Value ImageStore::Count(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(images_.size(0))); }
+Napi::Value ImageStore::Presize(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(images_.size(1))); }
+Napi::Value ImageStore::Sealed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), sealed_); }
+
+}  // namespace tl
