@@ -36,6 +36,7 @@ import { augTransforms, imagenetStats, ImageDataLoaders, loadLearner, torchInfo,
 import { compareTraces, readTrace } from '../src/bench.js';
 import { readCovidMetadata } from '../src/datasets/covid.js';
 import { decodeAll } from '../src/data/images.js';
+import { decodeWorkers } from '../src/data/workers.js';
 import { foldBatchNormDefault } from '../src/info.js';
 import { checkArch } from '../src/model.js';
 import { servingBench } from './bench/serving.js';
@@ -256,7 +257,7 @@ async function endToEndBench() {
     const nTrain = dls.train.length * bs;
     const row = {
       bench: 'fitOneCycle epoch (real files)', impl: implName(graph), arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen: false,
-      images: dls.train.n + dls.valid.n, decode_s: decodeS,
+      images: dls.train.n + dls.valid.n, decode_s: decodeS, decode_workers: decodeWorkers(undefined, dls.train.n + dls.valid.n + dls.skipped.length),
       images_per_s: nTrain / learn.recorder.trainSeconds[2],
       images_per_s_with_validation: nTrain / learn.recorder.epochSeconds[2],
       peak_device_bytes: hooks.cudaMemory().peakAllocated,
