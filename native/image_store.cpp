@@ -9,7 +9,7 @@ namespace tl {
 
 Napi::Function ImageStore::Init(Napi::Env env) {
   auto fn = DefineClass(env, "ImageStore",
-                        {InstanceMethod("set", &ImageStore::Set), InstanceMethod("read", &ImageStore::Read), InstanceMethod("gather", &ImageStore::Gather),
+                        {InstanceMethod("set", &ImageStore::Set), InstanceMethod("read", &ImageStore::Read),
                          InstanceAccessor("n", &ImageStore::Count, nullptr), InstanceAccessor("presize", &ImageStore::Presize, nullptr),
                          InstanceAccessor("sealed", &ImageStore::Sealed, nullptr)});
   auto* data = env.GetInstanceData<AddonData>();
@@ -29,20 +29,14 @@ bool ImageStore::isStore(Napi::Env env, const Napi::Value& v) {
 torch::Tensor ImageStore::images(const Napi::Value& v) { return Napi::ObjectWrap<ImageStore>::Unwrap(v.As<Napi::Object>())->images_; }
 void ImageStore::seal(const Napi::Value& v) { Napi::ObjectWrap<ImageStore>::Unwrap(v.As<Napi::Object>())->sealed_ = true; }
 
-// new ImageStore(n, presize, pixels?: Uint8Array of n*presize*presize*3 bytes): zeros, or a copy of `pixels`
+// new ImageStore(n, presize): n images of presize x presize x 3, zeros until set
 ImageStore::ImageStore(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ImageStore>(info) {
   auto env = info.Env();
   TL_TRY
   const int64_t n = js::integer(info[0], "ImageStore: n", 0, js::kMaxCount);
   const int64_t p = js::integer(info[1], "ImageStore: presize", 1, js::kMaxSide);
   const int64_t bytes = js::imageBytes(n, p);
-  if (info.Length() > 2 && !info[2].IsUndefined()) {
-    auto a = js::typedArray<uint8_t>(info[2], "ImageStore: pixels", bytes);
-    images_ = torch::empty({n, p, p, 3}, torch::kUInt8);
-    if (bytes > 0) std::memcpy(images_.data_ptr(), a.Data(), static_cast<size_t>(bytes));
-  } else {
-    images_ = torch::zeros({n, p, p, 3}, torch::kUInt8);
-  }
+  images_ = torch::zeros({n, p, p, 3}, torch::kUInt8);
   memory_.set(env, bytes);
   TL_CATCH(env)
 }
@@ -76,25 +70,6 @@ Napi::Value ImageStore::Read(const Napi::CallbackInfo& info) {
   const int64_t count = js::integer(info[1], "ImageStore.read: count", 0, n - start);
   const auto per = p * p * 3;
   return Napi::Buffer<uint8_t>::Copy(env, images_.data_ptr<uint8_t>() + start * per, static_cast<size_t>(count * per));
-  TL_CATCH(env)
-}
-
-// gather(indices: Int32Array) -> a new store of those images, in that order (a data set's split)
-Napi::Value ImageStore::Gather(const Napi::CallbackInfo& info) {
-  auto env = info.Env();
-  TL_TRY
-  const int64_t n = images_.size(0);
-  auto idx = js::copyTyped<int32_t>(info[0], "ImageStore.gather: indices", torch::kInt32);
-  if (idx.numel() > 0) {
-    const auto lo = idx.min().item<int32_t>(), hi = idx.max().item<int32_t>();
-    if (lo < 0 || hi >= n) throw UserError("ImageStore.gather: index " + std::to_string(lo < 0 ? lo : hi) + " is outside the store's " + std::to_string(n) + " images");
-  }
-  auto* data = env.GetInstanceData<AddonData>();
-  auto out = data->imageStoreConstructor.New({Napi::Number::New(env, 0), Napi::Number::New(env, static_cast<double>(images_.size(1)))});
-  auto* s = Napi::ObjectWrap<ImageStore>::Unwrap(out);
-  s->images_ = images_.index_select(0, idx.to(torch::kInt64));
-  s->memory_.set(env, static_cast<int64_t>(s->images_.nbytes()));
-  return out;
   TL_CATCH(env)
 }
 

@@ -24,7 +24,6 @@ class ImageStore : public Napi::ObjectWrap<ImageStore> {
  private:
   Napi::Value Set(const Napi::CallbackInfo& info);
   Napi::Value Read(const Napi::CallbackInfo& info);
-  Napi::Value Gather(const Napi::CallbackInfo& info);
   Napi::Value Count(const Napi::CallbackInfo& info);
   Napi::Value Presize(const Napi::CallbackInfo& info);
   Napi::Value Sealed(const Napi::CallbackInfo& info);

@@ -25,6 +25,8 @@
 //                       torch.compile (mode default or max-autotune; compile time reported apart)
 //   --arch NAME         the architecture of the train-step, e2e and inference rows, on both sides (default resnet50)
 //   --pt-timeout S      seconds one PyTorch baseline process may take (default 900; max-autotune compiles for minutes)
+//   --decode-workers N  the e2e row's numWorkers (default: the loaders' own, one worker process from 64 images; 0
+//                       decodes in the bench's process, whose decoder memory then stays resident through the fit)
 //   --aug full|affine|both  the train step's augmentation, the same on both sides: fast.ai's whole
 //                       aug_transforms() (default), or flip/rotate/zoom only (the PyTorch reference of ../shared/device)
 import { execFileSync } from 'node:child_process';
@@ -64,6 +66,7 @@ const { values: args } = parseArgs({
     adam: { type: 'string' },
     pt: { type: 'string' },
     'pt-timeout': { type: 'string', default: '900' },
+    'decode-workers': { type: 'string' },
     arch: { type: 'string' },
   },
 });
@@ -246,7 +249,8 @@ async function endToEndBench() {
   const bs = cuda ? 256 : 16;
   const memory = rowMemory(); // (decoding included: the whole fitOneCycle's peak, one row per graph mode after the first)
   const t = performance.now();
-  const dls = await ImageDataLoaders.fromFolder(args.images!, { size: cfg.size, presize: cfg.presize, bs, quiet: true });
+  const numWorkers = args['decode-workers'] === undefined ? undefined : Number(args['decode-workers']);
+  const dls = await ImageDataLoaders.fromFolder(args.images!, { size: cfg.size, presize: cfg.presize, bs, quiet: true, numWorkers });
   const decodeS = (performance.now() - t) / 1000;
   const prec = cuda ? 'bf16' : 'fp32';
   for (const graph of graphModes) {
@@ -257,7 +261,7 @@ async function endToEndBench() {
     const nTrain = dls.train.length * bs;
     const row = {
       bench: 'fitOneCycle epoch (real files)', impl: implName(graph), arch: cfg.arch, device, bs, size: cfg.size, precision: prec, frozen: false,
-      images: dls.train.n + dls.valid.n, decode_s: decodeS, decode_workers: decodeWorkers(undefined, dls.train.n + dls.valid.n + dls.skipped.length),
+      images: dls.train.n + dls.valid.n, decode_s: decodeS, decode_workers: decodeWorkers(numWorkers, dls.train.n + dls.valid.n + dls.skipped.length),
       images_per_s: nTrain / learn.recorder.trainSeconds[2],
       images_per_s_with_validation: nTrain / learn.recorder.epochSeconds[2],
       peak_device_bytes: hooks.cudaMemory().peakAllocated,

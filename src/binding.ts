@@ -236,7 +236,7 @@ interface Addon {
     head?: { hidden?: number; ps?: number; concatPool?: boolean; linearBias?: boolean };
   }) => NativeNet;
   Learner: new (net: NativeNet, o: { device: string; seed?: number; channelsLast?: boolean }) => NativeLearner;
-  ImageStore: new (n: number, presize: number, pixels?: Uint8Array) => ImageStore;
+  ImageStore: new (n: number, presize: number) => ImageStore;
 }
 
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');

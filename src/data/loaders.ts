@@ -387,8 +387,11 @@ export class ImageDataLoaders {
     });
     const split = randomSplit(labels.length, opts.validPct ?? 0.2, opts.seed ?? 42);
     const items = Array.from(labels, (l, i) => ({ path: `#${i}`, label: vocab[l] }));
-    const all = imageStore(labels.length, p, images);
-    const make = (idx: number[], train: boolean) => new DataSplit(idx.map((i) => items[i]), Int32Array.from(idx.map((i) => labels[i])), all.gather(Int32Array.from(idx)), bs, train);
+    const make = (idx: number[], train: boolean) => {
+      const store = imageStore(idx.length, p);
+      idx.forEach((i, k) => store.set(k, images.subarray(i * p * p * 3, (i + 1) * p * p * 3), 3));
+      return new DataSplit(idx.map((i) => items[i]), Int32Array.from(idx.map((i) => labels[i])), store, bs, train);
+    };
     const augment = withItemTfms(opts.augment === false || opts.augment === null ? null : (opts.augment ?? augTransforms()), opts.itemTfms);
     const normalize = { mean: [...(opts.normalize ?? imagenetStats).mean], std: [...(opts.normalize ?? imagenetStats).std] };
     return new ImageDataLoaders(vocab, make(split.train, true), make(split.valid, false), size, bs, p, 'crop', augment, normalize, opts.seed ?? 42, [], null, opts.device ?? 'auto');

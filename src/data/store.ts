@@ -17,11 +17,9 @@ export interface ImageStore {
   set(i: number, pixels: Uint8Array, channels: 1 | 3): void;
   /** A copy of images [start, start + count). */
   read(start: number, count: number): Uint8Array;
-  /** A new store of the images at `indices`, in that order. */
-  gather(indices: Int32Array): ImageStore;
 }
 
-/** A store of `n` images of `presize` px: zeros, or a copy of `pixels` (uint8 [n, presize, presize, 3]). */
-export function imageStore(n: number, presize: number, pixels?: Uint8Array): ImageStore {
-  return new native.ImageStore(n, presize, pixels);
+/** A store of `n` images of `presize` px (zeros until `set`). */
+export function imageStore(n: number, presize: number): ImageStore {
+  return new native.ImageStore(n, presize);
 }
