@@ -14,8 +14,8 @@ export interface DecodeJob {
   announce: boolean;
 }
 
-/** What the child sends back: one message per file, and `begin` markers when the job asks for them. */
-export type DecodeMessage = { i: number; ok: true; data: Uint8Array } | { i: number; ok: false; reason: string } | { begin: number };
+/** What the child sends back: `ready` once it listens, then one message per file, and `begin` markers when the job asks for them. */
+export type DecodeMessage = { ready: true } | { i: number; ok: true; data: Uint8Array } | { i: number; ok: false; reason: string } | { begin: number };
 
 // For the test of the parent's recovery only: a decoder that dies on a file (as a native crash in a decoding
 // library would) is played by this process killing itself when a path contains this text.
@@ -37,3 +37,6 @@ process.once('message', (job: DecodeJob) => {
   };
   void Promise.all(Array.from({ length: Math.max(1, Math.min(job.inflight, job.paths.length)) }, worker));
 });
+// A message that arrives before a listener exists is dropped, and module loading under a loader is
+// asynchronous: the parent sends the job only once it hears this.
+process.send!({ ready: true } satisfies DecodeMessage);

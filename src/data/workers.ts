@@ -119,7 +119,11 @@ function runWorker(job: DecodeJob, onResult: (m: Extract<DecodeMessage, { i: num
       if (stderr.length < 16384) stderr += t;
     });
     child.on('message', (m: DecodeMessage) => {
-      if ('begin' in m) begun = m.begin;
+      if ('ready' in m)
+        child.send(job, (e) => {
+          if (e) spawnError ??= e;
+        });
+      else if ('begin' in m) begun = m.begin;
       else {
         onResult(m);
         // every result in: the worker is done (disconnecting ends it)
@@ -152,9 +156,6 @@ function runWorker(job: DecodeJob, onResult: (m: Extract<DecodeMessage, { i: num
     });
     child.on('exit', (code, signal) => ((ended = [code, signal]), settle()));
     child.on('disconnect', () => ((disconnected = true), settle()));
-    child.send(job, (e) => {
-      if (e) spawnError ??= e;
-    });
   });
 }
 
