@@ -71,6 +71,17 @@ torch::Tensor uint8ImagesView(const Napi::Value& v, int64_t n, int64_t p, const 
 
 torch::Tensor uint8Images(const Napi::Value& v, int64_t n, int64_t p, const char* what) { return uint8ImagesView(v, n, p, what).clone(); }
 
+torch::Tensor imagesArg(Napi::Env env, const Napi::Value& v, int64_t n, int64_t p, const char* who, bool* view) {
+  *view = !ImageStore::isStore(env, v);
+  if (*view) return uint8ImagesView(v, n, p, "images");
+  auto images = ImageStore::images(v);
+  if (images.size(0) != n || images.size(1) != p)
+    throw UserError(std::string(who) + ": the image store holds " + std::to_string(images.size(0)) + " images of " + std::to_string(images.size(1)) +
+                    " px, the call says " + std::to_string(n) + " of " + std::to_string(p));
+  ImageStore::seal(v);
+  return images;
+}
+
 torch::Tensor pinnedCopy(const torch::Tensor& view) { return torch::empty(view.sizes(), view.options().pinned_memory(true)).copy_(view); }
 
 // setData(split, images: ImageStore or Uint8Array [N*P*P*3], labels: Int32Array, presize P)
@@ -103,17 +114,10 @@ Napi::Value Learner::SetData(const Napi::CallbackInfo& info) {
     labels = labels32.to(torch::kInt64);
   }
   int64_t p = js::integer(info[3], "setData: presize", 1, js::kMaxSide);
-  torch::Tensor images;
-  if (ImageStore::isStore(env, info[1])) {
-    // the loaders' own images: trained from where they are (on the CPU), not copied
-    images = ImageStore::images(info[1]);
-    if (images.size(0) != n || images.size(1) != p)
-      throw UserError("setData: the image store holds " + std::to_string(images.size(0)) + " images of " + std::to_string(images.size(1)) + " px, the call says " +
-                      std::to_string(n) + " of " + std::to_string(p));
-    ImageStore::seal(info[1]);
-  } else {
-    images = uint8Images(info[1], n, p, "images");
-  }
+  // the loaders' own images (a store) are trained from where they are on the CPU, not copied
+  bool view = false;
+  auto images = imagesArg(env, info[1], n, p, "setData", &view);
+  if (view) images = images.clone();
   auto lock = core_->net->lockNow("setData");
   auto& c = core_->cache(split);
   // Resident on the training device: no per-batch host-to-device image traffic.

@@ -1,6 +1,5 @@
 // The inference half of the native Learner: validation passes (probabilities, targets, losses) and
 // predictions on decoded images.
-#include "image_store.h"
 #include "learner_core.h"
 #include "js.h"
 #include "trace.h"
@@ -109,17 +108,8 @@ Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
   // Copied here, on the JavaScript thread: the caller's array may be changed, transferred (detached) or
   // collected as soon as this call returns, and a worker thread reading it then read freed memory. On CUDA
   // the copy goes straight into page-locked memory, the copy the device reads anyway.
-  torch::Tensor src;
-  if (ImageStore::isStore(env, info[0])) {
-    // a test set's images, in native memory: sealed (no writes while the worker reads them)
-    src = ImageStore::images(info[0]);
-    if (src.size(0) != n || src.size(1) != p)
-      throw UserError("predict: the image store holds " + std::to_string(src.size(0)) + " images of " + std::to_string(src.size(1)) + " px, the call says " +
-                      std::to_string(n) + " of " + std::to_string(p));
-    ImageStore::seal(info[0]);
-  } else {
-    src = uint8ImagesView(info[0], n, p, "images");
-  }
+  bool fromJs = false;  // (copied below either way: the store's tensor into the staging buffer too)
+  auto src = imagesArg(env, info[0], n, p, "predict", &fromJs);
   // On the CPU into the learner's staging buffer when no other prediction holds it: memory already
   // touched, so the copy is a memcpy rather than a page fault per 4 KiB of a fresh allocation (which made
   // the copy of 256 images take a fifth of a second).
