@@ -12,12 +12,7 @@ Napi::Function ImageStore::Init(Napi::Env env) {
                         {InstanceMethod("set", &ImageStore::Set), InstanceMethod("read", &ImageStore::Read),
                          InstanceAccessor("n", &ImageStore::Count, nullptr), InstanceAccessor("presize", &ImageStore::Presize, nullptr),
                          InstanceAccessor("sealed", &ImageStore::Sealed, nullptr)});
-  auto* data = env.GetInstanceData<AddonData>();
-  if (data == nullptr) {
-    data = new AddonData();
-    env.SetInstanceData<AddonData>(data);
-  }
-  data->imageStoreConstructor = Napi::Persistent(fn);
+  addonData(env).imageStoreConstructor = Napi::Persistent(fn);
   return fn;
 }
 

@@ -72,8 +72,9 @@ torch::Tensor uint8ImagesView(const Napi::Value& v, int64_t n, int64_t p, const 
 torch::Tensor uint8Images(const Napi::Value& v, int64_t n, int64_t p, const char* what) { return uint8ImagesView(v, n, p, what).clone(); }
 
 torch::Tensor imagesArg(Napi::Env env, const Napi::Value& v, int64_t n, int64_t p, const char* who, bool* view) {
-  *view = !ImageStore::isStore(env, v);
-  if (*view) return uint8ImagesView(v, n, p, "images");
+  const bool fromJs = !ImageStore::isStore(env, v);
+  if (view) *view = fromJs;
+  if (fromJs) return uint8ImagesView(v, n, p, "images");
   auto images = ImageStore::images(v);
   if (images.size(0) != n || images.size(1) != p)
     throw UserError(std::string(who) + ": the image store holds " + std::to_string(images.size(0)) + " images of " + std::to_string(images.size(1)) +

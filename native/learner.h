@@ -22,8 +22,8 @@ torch::Tensor uint8ImagesView(const Napi::Value& v, int64_t n, int64_t p, const 
 // The same copied into a tensor the worker owns.
 torch::Tensor uint8Images(const Napi::Value& v, int64_t n, int64_t p, const char* what);
 // The images of setData and predict: an ImageStore's tensor (the store sealed: a native thread reads it
-// next), or a view of a Uint8Array's memory (`*view` set: the caller copies it before returning).
-torch::Tensor imagesArg(Napi::Env env, const Napi::Value& v, int64_t n, int64_t p, const char* who, bool* view);
+// next), or a view of a Uint8Array's memory (`*view` set, where given: the caller copies it before returning).
+torch::Tensor imagesArg(Napi::Env env, const Napi::Value& v, int64_t n, int64_t p, const char* who, bool* view = nullptr);
 // A page-locked copy (images bound for the GPU: the copy there reads it directly).
 torch::Tensor pinnedCopy(const torch::Tensor& view);
 

@@ -139,16 +139,17 @@ Napi::Function Net::Init(Napi::Env env) {
                          InstanceMethod("setTraining", &Net::SetTraining), InstanceMethod("isTraining", &Net::IsTraining),
                          InstanceMethod("device", &Net::Device), InstanceMethod("paramTable", &Net::ParamTable),
                          InstanceMethod("dispose", &Net::Dispose)});
-  // Per environment (the main thread and each worker_threads Worker load the addon into their own): a
-  // process-wide static would be overwritten by the last environment to load, and the others' checks
-  // would then fail (or read a reference of an environment already gone).
+  addonData(env).netConstructor = Napi::Persistent(fn);
+  return fn;
+}
+
+AddonData& addonData(Napi::Env env) {
   auto* data = env.GetInstanceData<AddonData>();
   if (data == nullptr) {
     data = new AddonData();
     env.SetInstanceData<AddonData>(data);
   }
-  data->netConstructor = Napi::Persistent(fn);
-  return fn;
+  return *data;
 }
 
 // new Net({ arch, kind: 'torchvision' | 'fastai', numClasses, head?: { hidden, ps, concatPool, linearBias },

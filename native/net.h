@@ -54,10 +54,15 @@ struct NetState : std::enable_shared_from_this<NetState> {
 };
 
 // What the addon keeps per JavaScript environment (napi instance data, freed with the environment).
+// Per environment (the main thread and each worker_threads Worker load the addon into their own): a
+// process-wide static would be overwritten by the last environment to load, and the others' checks would
+// then fail (or read a reference of an environment already gone).
 struct AddonData {
   Napi::FunctionReference netConstructor;
   Napi::FunctionReference imageStoreConstructor;
 };
+// This environment's AddonData, made on first use.
+AddonData& addonData(Napi::Env env);
 
 class Net : public Napi::ObjectWrap<Net> {
  public:

@@ -108,8 +108,7 @@ Napi::Value Learner::Predict(const Napi::CallbackInfo& info) {
   // Copied here, on the JavaScript thread: the caller's array may be changed, transferred (detached) or
   // collected as soon as this call returns, and a worker thread reading it then read freed memory. On CUDA
   // the copy goes straight into page-locked memory, the copy the device reads anyway.
-  bool fromJs = false;  // (copied below either way: the store's tensor into the staging buffer too)
-  auto src = imagesArg(env, info[0], n, p, "predict", &fromJs);
+  auto src = imagesArg(env, info[0], n, p, "predict");  // (a store's images are copied below too)
   // On the CPU into the learner's staging buffer when no other prediction holds it: memory already
   // touched, so the copy is a memcpy rather than a page fault per 4 KiB of a fresh allocation (which made
   // the copy of 256 images take a fifth of a second).
