@@ -215,20 +215,78 @@ struct Learner::Core {
   }
 
   // The step a CUDA graph captures: forwardLoss and backward, without the gradient reset (StepGraph
-  // decides when gradients start from None).
-  torch::Tensor forwardBackward(const torch::Tensor& x, const torch::Tensor& y) {
+  // decides when gradients start from None). With a tail (graphTail), the graph ends at backward, the loss
+  // scaled as eagerStep scales it when accumulating; otherwise clipping is captured too.
+  torch::Tensor forwardBackward(const torch::Tensor& x, const torch::Tensor& y, bool tail) {
     net->module->train();
+    if (batchNormEval)
+      for (auto& m : net->module->modules(/*include_self=*/false))
+        if (m->as<torch::nn::BatchNorm2d>() || m->as<torch::nn::BatchNorm1d>()) m->eval();
     torch::Tensor loss;
     {
       AutocastScope ac(bf16 && onCuda());
-      SyncBatchNormScope sync(syncBatchNorm && dist::active());
       loss = lossFn(net->forward(x), y, false);
     }
-    beginSync();
-    loss.backward();
+    if (nAcc > 0)
+      (loss * (static_cast<double>(x.size(0)) / static_cast<double>(nAcc))).backward();
+    else
+      loss.backward();
+    if (!tail) clipGrads();
+    return loss;
+  }
+
+  // Whether a graph step needs a tail after each replay (StepGraph::step): PyTorch's fused Adam takes a
+  // host scalar; accumulating, the optimizer steps only every few batches; on several ranks the gradients
+  // are all-reduced from the host. (SyncBatchNorm's collectives run inside the forward: runEpoch takes
+  // ordinary steps then.)
+  bool graphTail() const { return nAcc > 0 || dist::active() || opt.fusedOn(net->device); }
+
+  // Accumulating with the graph: the graph writes each batch's gradients into its own memory, so the sums
+  // live in accGrads (one per parameter) while graph steps run; ordinary steps keep them in the parameters'
+  // gradients, as autograd accumulates them. holdAcc moves them into accGrads before a graph step,
+  // releaseAcc back before an ordinary step and at the end of an epoch.
+  std::vector<torch::Tensor> accGrads;
+  bool accHeld = false;
+  void holdAcc() {
+    if (nAcc == 0 || accHeld) return;
+    accGrads.assign(net->params.size(), torch::Tensor());
+    for (size_t i = 0; i < net->params.size(); i++) {
+      accGrads[i] = net->params[i].tensor.grad();
+      net->params[i].tensor.mutable_grad() = torch::Tensor();
+    }
+    accHeld = true;
+  }
+  void releaseAcc() {
+    if (!accHeld) return;
+    for (size_t i = 0; i < net->params.size(); i++) net->params[i].tensor.mutable_grad() = accGrads[i];
+    accGrads.clear();
+    accHeld = false;
+  }
+
+  // After a graph step's forward and backward (the parameters' gradients are this batch's): what an
+  // ordinary step does next. Accumulating, the batch's gradients are added to the sums and the optimizer
+  // steps with those where `stepNow` says; then the all-reduce, clipping and the optimizer step.
+  void graphTail(const std::vector<Hyper>& h, bool stepNow) {
+    if (nAcc > 0) {
+      torch::NoGradGuard ng;
+      for (size_t i = 0; i < net->params.size(); i++) {
+        const auto g = net->params[i].tensor.grad();
+        if (!g.defined()) continue;
+        if (accGrads[i].defined())
+          accGrads[i].add_(g);
+        else
+          accGrads[i] = g.clone();  // (g may be the graph's memory, which the next replay rewrites)
+      }
+      if (!stepNow) return;
+      for (size_t i = 0; i < net->params.size(); i++) {
+        net->params[i].tensor.mutable_grad() = accGrads[i];
+        accGrads[i] = torch::Tensor();
+      }
+    }
     syncGrads();
     clipGrads();
-    return loss;
+    opt.step(net->params, h);
+    if (nAcc > 0) zeroGrad();
   }
 
   // Everything a captured step depends on besides the values of the tensors: when it changes, the graph
@@ -245,7 +303,7 @@ struct Learner::Core {
     s.insert(s.end(), x.strides().begin(), x.strides().end());
     s.insert(s.end(), y.sizes().begin(), y.sizes().end());
     s.insert(s.end(), {static_cast<int64_t>(x.scalar_type()), x.device().index(), bf16, bits(labelSmoothing), address(classWeights), multiLabel, bits(maxGradNorm),
-                       opt.generation(), bits(opt.sqrMom), bits(opt.eps)});
+                       opt.generation(), bits(opt.sqrMom), bits(opt.eps), graphTail(), nAcc, batchNormEval});
     for (auto& p : net->params) s.insert(s.end(), {address(p.tensor), p.tensor.requires_grad()});
     for (auto& b : net->module->buffers()) s.push_back(address(b));
     return s;

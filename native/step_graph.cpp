@@ -107,10 +107,11 @@ void StepGraph::reset() {
 #endif
   signature_.clear();
   warm_ = 0;
-  ready_ = captured_ = eagerAdam_ = false;
+  ready_ = captured_ = tail_ = false;
   plan_.clear();
   x_ = y_ = scalars_ = loss_ = table_ = torch::Tensor();
   grads_.clear();
+  gradOf_.clear();
 }
 
 void StepGraph::release() {
@@ -128,20 +129,14 @@ void StepGraph::release() {
 
 torch::Tensor StepGraph::run(FastAdam& opt, const std::vector<ParamInfo>& params, const ForwardBackward& fb) {
   auto loss = fb(x_, y_);
-  if (!eagerAdam_) opt.stepWith(params, plan_, scalars_);
+  if (!tail_) opt.stepWith(params, plan_, scalars_);
   return loss.detach();
-}
-
-void StepGraph::adamAfter(FastAdam& opt, const std::vector<ParamInfo>& params, const std::vector<std::vector<Hyper>>& hypers, size_t batch) {
-  if (eagerAdam_)
-    opt.step(params, hypers.at(batch));  // the fused kernel, after the replay, with this step's scalars
-  else
-    opt.advance(params, plan_);  // the graph stepped; the host counts
 }
 
 torch::Tensor StepGraph::step(FastAdam& opt, const std::vector<ParamInfo>& params, const std::vector<int64_t>& signature,
                               const torch::Tensor& x, const torch::Tensor& y, const std::vector<std::vector<Hyper>>& hypers,
-                              size_t batch, const ForwardBackward& forwardBackward, const std::function<void()>& zeroGrad) {
+                              size_t batch, const ForwardBackward& forwardBackward, const std::function<void()>& zeroGrad,
+                              const std::function<void()>& tail) {
   if (!error.empty()) return {};
   if (signature != signature_) {
     reset();
@@ -151,16 +146,23 @@ torch::Tensor StepGraph::step(FastAdam& opt, const std::vector<ParamInfo>& param
     warm_++;
     return {};
   }
+  // after a step of the graph, the tail, or the host's count of the steps the graph's Adam took
+  auto after = [&]() {
+    if (tail_)
+      tail();
+    else
+      opt.advance(params, plan_);
+  };
   if (!ready_) {
-    eagerAdam_ = opt.fusedOn(x.device());
-    if (!eagerAdam_) {
+    tail_ = static_cast<bool>(tail);
+    if (!tail_) {
       plan_ = opt.plan(params);  // the buckets and state the warm-up steps made
       scalars_ = torch::empty({static_cast<int64_t>(plan_.size()), kNumAdamScalars}, x.options().dtype(torch::kFloat32));
     }
     x_ = torch::empty_like(x);
     y_ = torch::empty_like(y);
   }
-  if (!eagerAdam_ && (!table_.defined() || batch < tableFrom_ || batch >= hypers.size())) {
+  if (!tail_ && (!table_.defined() || batch < tableFrom_ || batch >= hypers.size())) {
     table_ = opt.scalarTable(params, plan_, hypers, batch).to(x.device());  // once per epoch: one copy
     tableFrom_ = batch;
   }
@@ -168,7 +170,7 @@ torch::Tensor StepGraph::step(FastAdam& opt, const std::vector<ParamInfo>& param
     torch::NoGradGuard ng;
     x_.copy_(x);
     y_.copy_(y);
-    if (!eagerAdam_) scalars_.copy_(table_[static_cast<int64_t>(batch - tableFrom_)]);
+    if (!tail_) scalars_.copy_(table_[static_cast<int64_t>(batch - tableFrom_)]);
   }
 #ifdef TL_CUDA_GRAPH
   if (cuda_ && cuda_->onStream) {
@@ -202,12 +204,20 @@ torch::Tensor StepGraph::step(FastAdam& opt, const std::vector<ParamInfo>& param
         return {};
       }
       at::autocast::set_autocast_cache_enabled(cacheWas);
-      for (auto& p : params)
-        if (p.tensor.grad().defined()) grads_.push_back(p.tensor.grad());
+      for (size_t i = 0; i < params.size(); i++)
+        if (params[i].tensor.grad().defined()) {
+          grads_.push_back(params[i].tensor.grad());
+          gradOf_.push_back(i);
+        }
       ready_ = captured_ = true;
     }
     cuda_->graph->replay();  // (the capture only recorded: the batch it saw runs now)
-    adamAfter(opt, params, hypers, batch);
+    if (tail_) {
+      // the tail sees the gradients this replay wrote (it may have pointed the parameters elsewhere)
+      zeroGrad();
+      for (size_t k = 0; k < grads_.size(); k++) params[gradOf_[k]].tensor.mutable_grad() = grads_[k];
+    }
+    after();
     replays++;
     return loss_;
   }
@@ -216,7 +226,7 @@ torch::Tensor StepGraph::step(FastAdam& opt, const std::vector<ParamInfo>& param
   ready_ = true;
   zeroGrad();
   loss_ = run(opt, params, forwardBackward);
-  adamAfter(opt, params, hypers, batch);
+  after();
   replays++;
   return loss_;
 }

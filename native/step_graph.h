@@ -1,7 +1,10 @@
 // The training step as one CUDA graph (the learner option cudaGraph): forward, loss, backward and
-// fast.ai's Adam (with the fusedAdam option: all but the Adam step, which follows each replay) captured
-// once, then replayed for every batch of the same shape, so that the host launches one graph per batch
-// instead of about two thousand kernels.
+// fast.ai's Adam captured once, then replayed for every batch of the same shape, so that the host launches
+// one graph per batch instead of about two thousand kernels. Where the step cannot be replayed whole, the
+// graph holds the forward and backward only and a tail runs eagerly after each replay: the fusedAdam
+// option (PyTorch's fused kernel takes the momentum as a host scalar), gradient accumulation (the
+// optimizer steps every few batches) and several ranks (the all-reduce, from the host, between backward
+// and the step).
 //
 // PyTorch's recipe for whole-network capture (torch.cuda.graphs, "whole network capture"): a few eager
 // warm-up steps on the capture stream (cuDNN's autotuning, lazy workspaces and the optimizer state all
@@ -35,10 +38,14 @@ class StepGraph {
 
   // Training step `batch` of an epoch whose hyper-parameters are `hypers` (one entry per batch).
   // Returns the loss, or an undefined tensor when the caller is to run the ordinary step instead (the
-  // warm-up, or after a capture failed: `error` then says why).
+  // warm-up, or after a capture failed: `error` then says why). With a `tail`, the graph is forward and
+  // backward only; after each replay the parameters' gradients are the ones it wrote, and the tail runs
+  // (whatever comes between backward and the next batch: the all-reduce, accumulation, the optimizer
+  // step). Whether there is a tail belongs in the signature.
   torch::Tensor step(FastAdam& opt, const std::vector<ParamInfo>& params, const std::vector<int64_t>& signature,
                      const torch::Tensor& x, const torch::Tensor& y, const std::vector<std::vector<Hyper>>& hypers,
-                     size_t batch, const ForwardBackward& forwardBackward, const std::function<void()>& zeroGrad);
+                     size_t batch, const ForwardBackward& forwardBackward, const std::function<void()>& zeroGrad,
+                     const std::function<void()>& tail = {});
 
   // An epoch's stretch of steps: on CUDA they run on the graph's own stream (a capture cannot use the
   // default stream), with the device synchronised at both ends.
@@ -58,16 +65,15 @@ class StepGraph {
   std::vector<int64_t> signature_;
   int warm_ = 0;
   bool ready_ = false, captured_ = false;
-  // The optimizer runs eagerly after each replay instead of inside the graph (FastAdam::fusedOn: PyTorch's
-  // fused kernel takes the momentum as a host scalar): the graph is the forward and backward only.
-  bool eagerAdam_ = false;
+  // The graph is the forward and backward only, a tail following each replay (see step).
+  bool tail_ = false;
   AdamPlan plan_;
   torch::Tensor x_, y_, scalars_, loss_;
   torch::Tensor table_;       // scalars for the steps [tableFrom_, hypers.size()) of this epoch
   size_t tableFrom_ = 0;
   std::vector<torch::Tensor> grads_;  // the gradients the graph writes (its memory)
+  std::vector<size_t> gradOf_;        // grads_[k] is the gradient of params[gradOf_[k]]
   torch::Tensor run(FastAdam& opt, const std::vector<ParamInfo>& params, const ForwardBackward& fb);
-  void adamAfter(FastAdam& opt, const std::vector<ParamInfo>& params, const std::vector<std::vector<Hyper>>& hypers, size_t batch);
 };
 
 // RAII for beginEpoch/endEpoch.

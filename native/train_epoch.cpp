@@ -224,16 +224,22 @@ static void stepLoop(Core& c, const EpochArgs& a, EpochResult& r, const std::vec
     auto [x, y] = c.trainBatch(batches[static_cast<size_t>(i)]);
     clock.mark(r.tData);
     if (a.profile) lastInput = x;
+    const bool stepNow = (a.epoch * r.nIter + i + 1) % acc == 0;
     torch::Tensor graphLoss;
-    if (useGraph)
+    if (useGraph) {
+      const bool tail = c.graphTail();
+      if (tail) c.holdAcc();
       graphLoss = c.graph.step(
           c.opt, c.net->params, c.graphSignature(x, y), x, y, hs, static_cast<size_t>(i),
-          [&c](const torch::Tensor& gx, const torch::Tensor& gy) { return c.forwardBackward(gx, gy); }, [&c]() { c.zeroGrad(); });
+          [&c, tail](const torch::Tensor& gx, const torch::Tensor& gy) { return c.forwardBackward(gx, gy, tail); }, [&c]() { c.zeroGrad(); },
+          tail ? std::function<void()>([&c, &h, stepNow]() { c.graphTail(h, stepNow); }) : std::function<void()>());
+    }
     if (graphLoss.defined()) {
       log.record(i, graphLoss);
       if (!cuda) log.readTo(i + 1);  // (after the step: a captured step has no place to stop before it)
     } else {
-      eagerStep(c, x, y, h, i, log, clock, r, a.profile, (a.epoch * r.nIter + i + 1) % acc == 0);  // (also the graph's warm-up steps)
+      c.releaseAcc();
+      eagerStep(c, x, y, h, i, log, clock, r, a.profile, stepNow);  // (also the graph's warm-up steps)
     }
     r.done = i + 1;
     if (cuda && (i + 1) % readEvery == 0) log.readTo(i + 1);
@@ -243,10 +249,9 @@ static void stepLoop(Core& c, const EpochArgs& a, EpochResult& r, const std::vec
 
 static EpochResult runEpoch(Core& c, const EpochArgs& a, std::shared_ptr<ProgressSink> progress) {
   const double t0 = nowSeconds();
-  // Profile mode times the phases of ordinary steps; a graph is one launch. Accumulating gradients, and
-  // training on several ranks, run eager steps (the captured step is forward, backward and optimizer step
-  // together, with no place for the all-reduce).
-  const bool useGraph = c.cudaGraph && !a.profile && c.nAcc == 0 && !dist::active();
+  // Profile mode times the phases of ordinary steps; a graph is one launch. SyncBatchNorm on several ranks
+  // runs collectives from the host inside the forward, which a graph cannot hold: ordinary steps then.
+  const bool useGraph = c.cudaGraph && !a.profile && !(c.syncBatchNorm && dist::active());
   c.syncStart();
   StepGraphEpoch graphEpoch(useGraph ? &c.graph : nullptr, c.net->device);
   EpochResult r;
@@ -264,7 +269,9 @@ static EpochResult runEpoch(Core& c, const EpochArgs& a, std::shared_ptr<Progres
   TraceScope traceScope(a.trace, c.onCuda());
   try {
     stepLoop(c, a, r, batches, end, useGraph, log, lastInput);
+    c.releaseAcc();  // (the sums waiting for their step go back to the gradients, as between ordinary steps)
   } catch (...) {
+    c.releaseAcc();
     if (useGraph) {
       try {
         c.graph.release();  // (an out-of-memory error, say: its memory pool goes too)

@@ -75,18 +75,29 @@ describe('callbacks', () => {
 
   it('gradientAccumulation: bs 8 accumulating 32 samples trains to the weights of bs 32 (BatchNorm in eval, no dropout), the schedule counting optimizer steps', async () => {
     // no augmentation (its draws are per batch), the same seed: the same 32 images in the same order
-    const weights = async (bs: number, nAcc?: number) => {
+    const weights = async (bs: number, nAcc?: number, cudaGraph = false) => {
       const d = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 32, bs, seed: 3, augment: false });
-      const l = await visionLearner(d, 'resnet18', { pretrained: false, ...quiet, seed: 0, head: { ps: 0 } });
+      const l = await visionLearner(d, 'resnet18', { pretrained: false, ...quiet, seed: 0, head: { ps: 0 }, cudaGraph });
       setBatchNormEval(l, true);
       await l.fitOneCycle(2, { lrMax: 1e-3, cbs: nAcc ? [gradientAccumulation({ nAcc })] : [] });
       const lrs = l.recorder.lrs.map((r) => r.at(-1)!);
       const w = (await l.state(false)).filter((t) => t.dtype === 'F32').map((t) => ({ name: t.name, v: new Float32Array(t.data.slice().buffer) }));
+      const graphs = l.recorder.graphs;
       l.dispose();
-      return { w, lrs };
+      return { w, lrs, graphs };
     };
     const big = await weights(32);
     const small = await weights(8, 32);
+    // The graph step (run without capture on the CPU): its tail adds each batch's gradients to sums of its
+    // own. With 24 samples (3 batches) a step, sums are handed over mid-step from the ordinary warm-up steps
+    // to the graph's and carried across the epoch's end: the same arithmetic as ordinary accumulation.
+    const eager24 = await weights(8, 24);
+    const graphed = await weights(8, 24, true);
+    expect(graphed.graphs.map((g) => g.steps)).toEqual([1, 4]); // 3 ordinary warm-up steps, then the graph's
+    let graphWorst = 0;
+    eager24.w.forEach((t, i) => (graphWorst = Math.max(graphWorst, maxRelError(graphed.w[i].v, t.v, 1e-3))));
+    expect(graphWorst).toBeLessThan(1e-6);
+    expect(graphed.lrs).toEqual(eager24.lrs);
     expect(big.lrs.length).toBe(2);
     expect(small.lrs.length).toBe(8);
     // each group of 4 batches runs at the learning rate of its optimizer step, the big batch's

@@ -173,6 +173,20 @@ describe('distributed data-parallel training (Gloo, 2 ranks x 1 thread)', () => 
     expect(last[1]).toBeLessThan(v0.values[0][1]);
   });
 
+  it('the graph step on 2 ranks (the all-reduce, and accumulation, in its tail) trains to the weights of ordinary steps', async () => {
+    const out = join(dir, 'graph');
+    (await Promise.all((await ranks(2, ['graph', data, out, '8'])).map((p) => p.done))).forEach(ok);
+    // 19 images a rank, 2 batches an epoch: 3 ordinary warm-up steps, then the graph's
+    expect(JSON.parse(readFileSync(`${out}.steps.0.json`, 'utf8'))).toEqual({ plain: [], graph: [0, 1, 2, 2], 'plain-acc': [], 'graph-acc': [0, 1, 2, 2] });
+    for (const acc of ['', '-acc']) {
+      // (LibTorch's kernels on the same inputs: the same numbers, whatever the order of the steps' parts)
+      expect(weightsRel(`${out}.graph${acc}.0.safetensors`, `${out}.plain${acc}.0.safetensors`)).toBeLessThan(1e-6);
+      expect(sameBytes(`${out}.graph${acc}.0.safetensors`, `${out}.graph${acc}.1.safetensors`)).toBe(true);
+    }
+    // (accumulating does change the training)
+    expect(weightsRel(`${out}.plain-acc.0.safetensors`, `${out}.plain.0.safetensors`)).toBeGreaterThan(1e-3);
+  });
+
   it("a distributed fit stopped after its first epoch resumes from rank 0's checkpoint to the weights of the fit that ran through", async () => {
     const out = join(dir, 'resume');
     for (const mode of ['full', 'stop', 'resume']) (await Promise.all((await ranks(2, [mode, data, out, '8'])).map((p) => p.done))).forEach(ok);

@@ -7,13 +7,17 @@
 //           syncBatchNorm on and off: `${out}.sbn.*`, `${out}.nosync.*`
 //   fit     a fit with everything on (augmentation, dropout, BatchNorm training): weights and the table's
 //           values per rank; `epochs` lines on stdout as epochs end
+//   graph   the same 4-epoch fit (augmentation, dropout, BatchNorm training) with ordinary steps and with
+//           the graph step (without capture on the CPU), each also accumulating 16 samples: weights
+//           `${out}.${plain|graph|plain-acc|graph-acc}.${rank}.safetensors` and the graph's steps per epoch
 //   full | stop | resume   a 2-epoch fit with a checkpoint in `${out}-models`: whole; stopped after its first
 //           epoch; resumed from the checkpoint rank 0 wrote (weights per rank)
 //   hang    rank 1 joins, then blocks its JavaScript thread (its native heartbeat goes on); rank 0 waits
 //           in an all-reduce for it
-//   nccl1   a world of one joined explicitly with NCCL, a short fit on CUDA (test/cuda.test.ts)
+//   nccl1   a world of one joined explicitly with NCCL, a short fit on CUDA with ordinary steps and one with
+//           the graph step (test/cuda.test.ts)
 import { writeFileSync } from 'node:fs';
-import { accuracy, allreduceNumbers, distributedInfo, ImageDataLoaders, initDistributed, numDistrib, rankDistrib, visionLearner, writeWeightFile } from '../../src/index.js';
+import { accuracy, allreduceNumbers, distributedInfo, gradientAccumulation, ImageDataLoaders, initDistributed, numDistrib, rankDistrib, visionLearner, writeWeightFile } from '../../src/index.js';
 import { gradients, setBatchNormEval } from '../../src/hooks.js';
 
 const [mode, dir, out, bsArg, epochsArg] = process.argv.slice(2);
@@ -57,6 +61,19 @@ if (mode === 'join') {
   const r = rankDistrib();
   writeWeightFile(`${out}.weights.${r}.safetensors`, await learn.state(false), {});
   writeFileSync(`${out}.values.${r}.json`, JSON.stringify({ values: learn.recorder.values, names: ['train_loss', 'valid_loss', 'accuracy'], validSizes, validN: dls.valid.n, world: numDistrib(), suggestions, lrFindLosses: losses }));
+} else if (mode === 'graph') {
+  const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, presize: 40, bs, seed: 3 });
+  const steps: Record<string, number[]> = {};
+  for (const acc of [false, true])
+    for (const cudaGraph of [false, true]) {
+      const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, device: 'cpu', cudaGraph });
+      await learn.fitOneCycle(4, { lrMax: 3e-3, cbs: acc ? [gradientAccumulation({ nAcc: 16 })] : [] });
+      const tag = `${cudaGraph ? 'graph' : 'plain'}${acc ? '-acc' : ''}`;
+      writeWeightFile(`${out}.${tag}.${rankDistrib()}.safetensors`, await learn.state(false), {});
+      steps[tag] = learn.recorder.graphs.map((g) => g.steps);
+      learn.dispose();
+    }
+  writeFileSync(`${out}.steps.${rankDistrib()}.json`, JSON.stringify(steps));
 } else if (mode === 'full' || mode === 'stop' || mode === 'resume') {
   const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, presize: 40, bs, seed: 3 });
   const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, device: 'cpu', modelDir: `${out}-models` });
@@ -76,9 +93,15 @@ if (mode === 'join') {
 } else if (mode === 'nccl1') {
   await initDistributed({ backend: 'nccl' });
   const dls = await ImageDataLoaders.fromFolder(dir, { size: 32, presize: 40, bs, seed: 3 });
-  const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, metrics: [accuracy()], device: 'cuda' });
+  // ordinary steps (the all-reduces started from backward's hooks), then the graph step (the all-reduce in
+  // its tail, after each replay)
+  const plain = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, metrics: [accuracy()], device: 'cuda', cudaGraph: false });
+  await plain.fitOneCycle(2, { lrMax: 3e-3 });
+  const infoPlain = distributedInfo();
+  plain.dispose();
+  const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, metrics: [accuracy()], device: 'cuda', cudaGraph: true });
   await learn.fitOneCycle(2, { lrMax: 3e-3 });
-  console.log(JSON.stringify({ info: distributedInfo(), values: learn.recorder.values, device: learn.device }));
+  console.log(JSON.stringify({ info: infoPlain, values: plain.recorder.values, device: learn.device, infoAfterGraph: distributedInfo(), graphValues: learn.recorder.values, graphs: learn.recorder.graphs }));
 } else {
   throw new Error(`dist-worker: unknown mode ${mode}`);
 }
