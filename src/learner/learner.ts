@@ -60,7 +60,9 @@ export interface VisionLearnerOptions {
   channelsLast?: boolean;
   /** capture the training step (forward, backward, optimizer) as one CUDA graph after 3 warm-up steps and
    * replay it for every batch (default: on CUDA, where it saves the host's kernel launches; off on the CPU,
-   * where the same step would run without capture). Measured gains: docs/performance.md */
+   * where the same step would run without capture). Accumulating gradients, on several ranks and with
+   * fusedAdam, the graph holds the forward and backward, and the rest of the step follows each replay;
+   * with syncBatchNorm on several ranks the steps are ordinary. Measured gains: docs/performance.md */
   cudaGraph?: boolean;
   /** in a distributed run, BatchNorm in training normalises with the statistics of every rank's batch
    * (PyTorch's SyncBatchNorm), for small batches per device; slower: an all-reduce per BatchNorm, forward
