@@ -50,7 +50,7 @@ void Learner::reportMemory(Napi::Env env) {
   auto& c = *core_;
   int64_t bytes = 0;
   for (auto* cache : {&c.train, &c.valid})
-    if (cache->images.defined()) bytes += static_cast<int64_t>(cache->images.nbytes() + cache->labels.nbytes());
+    if (cache->images.defined()) bytes += static_cast<int64_t>((cache->fromStore ? 0 : cache->images.nbytes()) + cache->labels.nbytes());
   for (const auto& p : c.net->params) bytes += 2 * static_cast<int64_t>(p.tensor.nbytes());
   memory_.set(env, bytes);
 }
@@ -124,6 +124,7 @@ Napi::Value Learner::SetData(const Napi::CallbackInfo& info) {
   // Resident on the training device: no per-batch host-to-device image traffic.
   c.images = images.to(core_->net->device);
   c.labels = labels.to(core_->net->device);
+  c.fromStore = !view && c.images.data_ptr() == images.data_ptr();
   reportMemory(env);
   return env.Undefined();
   TL_CATCH(env)

@@ -13,6 +13,7 @@ namespace tl {
 struct ImageCache {
   torch::Tensor images;  // uint8 [N, P, P, 3] on the training device
   torch::Tensor labels;  // on the training device: int64 [N] class indices, or float [N, C] multi-hot (multi-label)
+  bool fromStore = false;  // `images` is an ImageStore's own tensor (a CPU learner): the store reports its memory
   int64_t size() const { return images.defined() ? images.size(0) : 0; }
 };
 
