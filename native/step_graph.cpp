@@ -222,10 +222,30 @@ torch::Tensor StepGraph::step(FastAdam& opt, const std::vector<ParamInfo>& param
     return loss_;
   }
 #endif
-  // No capture: the same step, eagerly. Gradients start from None each time, as in the captured step.
+  // No capture: the same step, eagerly. Gradients start from None each time, as in the captured step. With
+  // a tail, they are then copied into the gradients of this graph's first step and the parameters pointed at
+  // those, as after a replay: the tail meets the graph's memory, the same tensors rewritten every step (a
+  // tail that kept a reference to them instead of their values fails the CPU tests too).
   ready_ = true;
   zeroGrad();
   loss_ = run(opt, params, forwardBackward);
+  if (tail_ && grads_.empty()) {
+    for (size_t i = 0; i < params.size(); i++)
+      if (params[i].tensor.grad().defined()) {
+        grads_.push_back(params[i].tensor.grad());
+        gradOf_.push_back(i);
+      }
+  } else if (tail_) {
+    torch::NoGradGuard ng;
+    for (size_t k = 0; k < grads_.size(); k++) {
+      auto& p = params[gradOf_[k]].tensor;
+      if (p.grad().defined())
+        grads_[k].copy_(p.grad());
+      else
+        grads_[k].zero_();
+      p.mutable_grad() = grads_[k];
+    }
+  }
   after();
   replays++;
   return loss_;
