@@ -188,10 +188,7 @@ Napi::Value Learner::SetOptions(const Napi::CallbackInfo& info) {
   auto& c = *core_;
   if (multiLabel) c.multiLabel = *multiLabel;
   if (maxGradNorm) c.maxGradNorm = *maxGradNorm;
-  if (nAcc) {
-    c.nAcc = *nAcc;
-    c.zeroGrad();  // (a fit starts accumulating from nothing)
-  }
+  if (nAcc) c.nAcc = *nAcc;
   if (batchNormEval) c.batchNormEval = *batchNormEval;
   if (syncBatchNorm) c.syncBatchNorm = *syncBatchNorm;
   if (mix) c.mix = *mix;

@@ -341,6 +341,10 @@ struct Learner::Core {
     for (auto& kv : stateDict(*net->module)) out.emplace_back("model." + kv.first, kv.second.contiguous());
     if (withOpt) {
       for (auto& kv : opt.state(net->params)) out.push_back(kv);
+      // gradients accumulated for a step still to come (gradient accumulation between epochs or parts of
+      // one): a run resumed from here takes that step with them (outside accumulation there are none)
+      for (auto& p : net->params)
+        if (p.tensor.grad().defined()) out.emplace_back("grad." + p.name, p.tensor.grad().contiguous());
       out.emplace_back("rng.learner", gen.get_state());
       // LibTorch's global CPU generator draws the dropout masks of CPU training
       out.emplace_back("rng.torch", at::detail::getDefaultCPUGenerator().get_state());
@@ -351,14 +355,33 @@ struct Learner::Core {
   void loadFullState(const NamedTensors& tensors, bool withOpt) {
     NamedTensors model;
     torch::Tensor rng, rngTorch;
+    std::unordered_map<std::string, torch::Tensor> grads;
     for (auto& kv : tensors) {
       if (kv.first.rfind("model.", 0) == 0) model.emplace_back(kv.first.substr(6), kv.second);
+      if (kv.first.rfind("grad.", 0) == 0) grads[kv.first.substr(5)] = kv.second;
       if (kv.first == "rng.learner") rng = kv.second;
       if (kv.first == "rng.torch") rngTorch = kv.second;
+    }
+    // the waiting gradients, checked before anything changes: one per parameter of this network, its shape,
+    // floating point and finite (a file could hold anything)
+    std::vector<torch::Tensor> gradOf(net->params.size());
+    if (withOpt) {
+      for (size_t i = 0; i < net->params.size(); i++) {
+        auto it = grads.find(net->params[i].name);
+        if (it == grads.end()) continue;
+        const auto& p = net->params[i].tensor;
+        const auto& g = it->second;
+        if (g.sizes() != p.sizes() || !g.is_floating_point() || !torch::isfinite(g).all().item<bool>())
+          throw UserError("the checkpoint's waiting gradient of '" + net->params[i].name + "' is not a finite float tensor of the parameter's shape: the checkpoint is for another network, or damaged");
+        gradOf[i] = g.to(p.device(), p.scalar_type()).contiguous(p.suggest_memory_format());
+        grads.erase(it);
+      }
+      if (!grads.empty()) throw UserError("the checkpoint holds a gradient of '" + grads.begin()->first + "', which this network does not have: it is for another network");
     }
     loadNamed(*net->module, model, true, {}, "the checkpoint");
     net->weightsChanged();
     if (withOpt) {
+      for (size_t i = 0; i < net->params.size(); i++) net->params[i].tensor.mutable_grad() = gradOf[i];
       opt.loadState(net->params, tensors);
       if (rng.defined()) gen.set_state(rng);
       if (rngTorch.defined()) {

@@ -253,6 +253,8 @@ static EpochResult runEpoch(Core& c, const EpochArgs& a, std::shared_ptr<Progres
   // runs collectives from the host inside the forward, which a graph cannot hold: ordinary steps then.
   const bool useGraph = c.cudaGraph && !a.profile && !(c.syncBatchNorm && dist::active());
   c.syncStart();
+  // a fit starts accumulating from nothing; one resumed later on, from the checkpoint's waiting gradients
+  if (a.epoch == 0 && a.startBatch == 0) c.zeroGrad();
   StepGraphEpoch graphEpoch(useGraph ? &c.graph : nullptr, c.net->device);
   EpochResult r;
   r.smooth = a.smooth;
@@ -306,7 +308,12 @@ static EpochResult runEpoch(Core& c, const EpochArgs& a, std::shared_ptr<Progres
   }
   if (!r.stopped) c.syncBuffers();
   // (accumulated gradients still waiting for their step carry over into the next epoch, as in fast.ai)
-  if (c.nAcc == 0 || (a.epoch * r.nIter + r.done) % c.accBatches() == 0) c.zeroGrad();
+  if (c.nAcc == 0 || (a.epoch * r.nIter + r.done) % c.accBatches() == 0)
+    c.zeroGrad();
+  else if (!r.stopped)
+    // on several ranks, every rank's waiting sums become their mean: the step averages them all the same,
+    // and rank 0's checkpoint then holds what every rank holds
+    c.syncGrads();
   r.seconds = nowSeconds() - t0;
   return r;
 }

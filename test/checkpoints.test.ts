@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { ImageDataLoaders, readWeightFile, visionLearner } from '../src/index.js';
+import { gradientAccumulation, ImageDataLoaders, readWeightFile, visionLearner, writeWeightFile } from '../src/index.js';
 import { finiteWeights, stripesLoaders } from './helpers/fixtures.js';
 import { tempDir } from './helpers/python.js';
 
@@ -82,6 +82,47 @@ describe('checkpoints and resume', () => {
     const sc = (await c.state(false));
     expect(sc.map((t) => t.name)).toEqual(sa.map((t) => t.name));
     sc.forEach((t, i) => expect(Buffer.from(t.data).equals(Buffer.from(sa[i].data)), t.name).toBe(true));
+    a.dispose();
+    c.dispose();
+  });
+
+  it('accumulating gradients, a fit stopped with a step half accumulated resumes to the weights of the fit that ran through', async () => {
+    // 4 batches an epoch, an optimizer step every 3: the first epoch ends with one batch's gradients waiting
+    // for the next epoch's step, and the checkpoint written then must carry them
+    const cbs = () => [gradientAccumulation({ nAcc: 24 })];
+    const a = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0, modelDir: join(dir, 'acc-a') });
+    await a.fitOneCycle(2, { checkpoint: 'x', cbs: cbs() });
+    const b = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 0, modelDir: join(dir, 'acc-b') });
+    const rb = await b.fitOneCycle(2, { checkpoint: 'x', cbs: [...cbs(), { afterEpoch: () => true }] });
+    expect(rb.epochs).toBe(1);
+    b.dispose();
+    const saved = readWeightFile(join(dir, 'acc-b', 'x.safetensors')).tensors;
+    expect(saved.some((t) => t.name.startsWith('grad.'))).toBe(true);
+    const c = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 9, modelDir: join(dir, 'acc-b') });
+    await c.fitOneCycle(2, { resume: 'x', cbs: cbs() });
+    const sa = await a.state(false);
+    const sc = await c.state(false);
+    sc.forEach((t, i) => expect(Buffer.from(t.data).equals(Buffer.from(sa[i].data)), t.name).toBe(true));
+    // the fit that ran through ends with two batches waiting, which its checkpoint holds; a learner that has
+    // none writes none, and loading that clears the waiting ones
+    const grads = (ts: { name: string }[]) => ts.filter((t) => t.name.startsWith('grad.')).length;
+    expect(grads(readWeightFile(join(dir, 'acc-a', 'x.safetensors')).tensors)).toBeGreaterThan(0);
+    const fresh = await visionLearner(dls, 'resnet18', { pretrained: false, ...quiet, seed: 1, modelDir: join(dir, 'acc-a') });
+    await fresh.save('none');
+    fresh.dispose();
+    expect(grads(readWeightFile(join(dir, 'acc-a', 'none.safetensors')).tensors)).toBe(0);
+    expect(grads(await a.state(true))).toBeGreaterThan(0);
+    await a.load('none');
+    expect(grads(await a.state(true))).toBe(0);
+    // a waiting gradient that does not fit the network is refused, naming it, and changes nothing
+    const f = readWeightFile(join(dir, 'acc-a', 'x.safetensors'));
+    const k = f.tensors.findIndex((t) => t.name.startsWith('grad.'));
+    const bad = f.tensors.map((t, i) => (i === k ? { ...t, shape: [t.data.byteLength / 4], data: t.data } : t));
+    writeWeightFile(join(dir, 'acc-a', 'bad.safetensors'), bad, f.metadata);
+    const before = await a.state(true);
+    await expect(a.load('bad')).rejects.toThrow(new RegExp(`waiting gradient of '${f.tensors[k].name.slice(5).replace(/\./g, '\\.')}' is not a finite float tensor of the parameter's shape`));
+    const after = await a.state(true);
+    after.forEach((t, i) => expect(Buffer.from(t.data).equals(Buffer.from(before[i].data)), t.name).toBe(true));
     a.dispose();
     c.dispose();
   });

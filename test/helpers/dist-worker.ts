@@ -10,8 +10,9 @@
 //   graph   the same 4-epoch fit (augmentation, dropout, BatchNorm training) with ordinary steps and with
 //           the graph step (without capture on the CPU), each also accumulating 16 samples: weights
 //           `${out}.${plain|graph|plain-acc|graph-acc}.${rank}.safetensors` and the graph's steps per epoch
-//   full | stop | resume   a 2-epoch fit with a checkpoint in `${out}-models`: whole; stopped after its first
-//           epoch; resumed from the checkpoint rank 0 wrote (weights per rank)
+//   full | stop | resume   a 2-epoch fit accumulating 3 batches a step, with a checkpoint in `${out}-models`:
+//           whole; stopped after its first epoch (a step half accumulated); resumed from the checkpoint rank 0
+//           wrote (weights per rank)
 //   hang    rank 1 joins, then blocks its JavaScript thread (its native heartbeat goes on); rank 0 waits
 //           in an all-reduce for it
 //   nccl1   a world of one joined explicitly with NCCL, a short fit on CUDA with ordinary steps and one with
@@ -80,7 +81,7 @@ if (mode === 'join') {
   await learn.fitOneCycle(2, {
     lrMax: 3e-3,
     ...(mode === 'resume' ? { resume: 'run' } : { checkpoint: 'run' }),
-    cbs: mode === 'stop' ? [{ afterEpoch: (e) => e.epoch === 0 }] : [],
+    cbs: [gradientAccumulation({ nAcc: 3 * bs }), ...(mode === 'stop' ? [{ afterEpoch: (e: { epoch: number }) => e.epoch === 0 }] : [])],
   });
   writeWeightFile(`${out}.${mode}.${rankDistrib()}.safetensors`, await learn.state(false), {});
 } else if (mode === 'hang') {
