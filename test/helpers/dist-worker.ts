@@ -7,7 +7,7 @@
 //           syncBatchNorm on and off: `${out}.sbn.*`, `${out}.nosync.*`
 //   fit     a fit with everything on (augmentation, dropout, BatchNorm training): weights and the table's
 //           values per rank; `epochs` lines on stdout as epochs end
-//   graph   the same 4-epoch fit (augmentation, dropout, BatchNorm training) with ordinary steps and with
+//   graph   the same 3-epoch fit (augmentation, dropout, BatchNorm training) with ordinary steps and with
 //           the graph step (without capture on the CPU), each also accumulating 16 samples: weights
 //           `${out}.${plain|graph|plain-acc|graph-acc}.${rank}.safetensors` and the graph's steps per epoch
 //   full | stop | resume   a 2-epoch fit accumulating 3 batches a step, with a checkpoint in `${out}-models`:
@@ -68,7 +68,7 @@ if (mode === 'join') {
   for (const acc of [false, true])
     for (const cudaGraph of [false, true]) {
       const learn = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, device: 'cpu', cudaGraph });
-      await learn.fitOneCycle(4, { lrMax: 3e-3, cbs: acc ? [gradientAccumulation({ nAcc: 16 })] : [] });
+      await learn.fitOneCycle(3, { lrMax: 3e-3, cbs: acc ? [gradientAccumulation({ nAcc: 16 })] : [] });
       const tag = `${cudaGraph ? 'graph' : 'plain'}${acc ? '-acc' : ''}`;
       writeWeightFile(`${out}.${tag}.${rankDistrib()}.safetensors`, await learn.state(false), {});
       steps[tag] = learn.recorder.graphs.map((g) => g.steps);
