@@ -77,7 +77,8 @@ describe('callbacks', () => {
     // no augmentation (its draws are per batch), the same seed: the same 32 images in the same order
     const weights = async (bs: number, nAcc?: number, cudaGraph = false) => {
       const d = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 32, bs, seed: 3, augment: false });
-      const l = await visionLearner(d, 'resnet18', { pretrained: false, ...quiet, seed: 0, head: { ps: 0 }, cudaGraph });
+      // (on the CPU on every machine: fp32 arithmetic repeated exactly; test/cuda.test.ts compares CUDA's graph step)
+      const l = await visionLearner(d, 'resnet18', { pretrained: false, ...quiet, seed: 0, head: { ps: 0 }, cudaGraph, device: 'cpu' });
       setBatchNormEval(l, true);
       await l.fitOneCycle(2, { lrMax: 1e-3, cbs: nAcc ? [gradientAccumulation({ nAcc })] : [] });
       const lrs = l.recorder.lrs.map((r) => r.at(-1)!);
