@@ -139,4 +139,28 @@ describe('tensorBoard', () => {
     learn.dispose();
     expect(() => tensorBoard({ logDir: '' })).toThrow(/logDir must be a folder path/);
   });
+
+  it('a fit resumed from a checkpoint continues the steps of the one that was interrupted', async () => {
+    const dir = tempDir();
+    await makeStripes(join(dir, 's'), 16, 40, 9);
+    const dls = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 32, bs: 8, seed: 2 });
+    const nb = dls.train.length;
+    const first = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 0, modelDir: join(dir, 'models') });
+    const tb1 = tensorBoard({ logDir: join(dir, 'runs'), images: false });
+    // stopped after its first epoch, as a killed run would have left it
+    await first.fitOneCycle(3, { checkpoint: 'run', cbs: [tb1, { afterEpoch: () => true }] });
+    first.dispose();
+    const resumed = await visionLearner(dls, 'resnet18', { pretrained: false, verbose: false, seed: 1, modelDir: join(dir, 'models') });
+    const tb2 = tensorBoard({ logDir: join(dir, 'runs'), images: false });
+    const seenPath: string[] = [];
+    await resumed.fitOneCycle(3, { resume: 'run', cbs: [tb2, { afterEpoch: () => void seenPath.push(tb2.path!) }] });
+    const r = JSON.parse(runPython(READER, [seenPath[0]])) as Read;
+    const byTag = (tag: string) => r.events.flatMap((e) => e.values.filter((v) => v.tag === tag).map((v) => ({ step: e.step, ...v })));
+    const after = Array.from({ length: 2 * nb }, (_v, i) => nb + i + 1); // epochs 2 and 3
+    expect(byTag('train_loss').map((x) => x.step)).toEqual(after);
+    expect(byTag('lr/group0').map((x) => x.step)).toEqual(after);
+    expect(byTag('lr/group0').map((x) => x.value)).toEqual(resumed.recorder.lrs.map((l) => Math.fround(l[0])));
+    expect(byTag('valid_loss').map((x) => x.step)).toEqual([2 * nb, 3 * nb]);
+    resumed.dispose();
+  });
 });

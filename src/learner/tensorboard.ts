@@ -119,15 +119,19 @@ export class EventWriter {
  * DIR` shows it). Per batch the training loss (raw and smoothed) and each layer group's learning rate; per
  * epoch the validation loss and the metrics; the run's settings as text; with `images` (default true) a
  * `showBatch` grid before training and, after it, the confusion matrix (one label per image) of the last
- * epoch's validation pass. Steps count training batches, continuing across the fits this callback sees.
+ * epoch's validation pass. Steps count training batches, continuing across the fits this callback sees; a
+ * fit resumed from a checkpoint continues the steps where the interrupted one stopped.
  */
 export function tensorBoard(o: { logDir: string; images?: boolean }): Callback & { readonly path: string | undefined } {
   if (typeof o?.logDir !== 'string' || o.logDir === '') throw new Error('tensorBoard: logDir must be a folder path');
   const images = o.images ?? true;
   let w: EventWriter | null = null;
-  let base = 0; // batches of earlier fits
-  let seen = 0; // batches of this fit
+  let base = 0; // steps of earlier fits
+  // this fit's batches, in order, as steps: its position (epoch * batches an epoch + batch + 1) after base, so
+  // that a resumed fit, which starts later in its schedule, continues the interrupted one's steps
+  let steps: number[] = [];
   let lrsWritten = 0; // of this fit's recorder.lrs
+  const last = () => steps[steps.length - 1] ?? base;
   let lastPreds: EpochInfo['preds']; // the last epoch's validation pass
   const png = async (draw: (path: string) => Promise<{ width: number; height: number }>) => {
     const p = join(tmpdir(), `torchlearn-tb-${process.pid}-${Math.random().toString(36).slice(2)}.png`);
@@ -145,7 +149,7 @@ export function tensorBoard(o: { logDir: string; images?: boolean }): Callback &
     async beforeFit(learn: Learner) {
       if (!isMainProcess()) return; // (in a distributed run rank 0 alone writes)
       w ??= new EventWriter(o.logDir);
-      seen = 0;
+      steps = [];
       lrsWritten = 0;
       const d = learn.dls;
       const settings = { arch: learn.arch, device: learn.device, precision: learn.bf16 ? 'bf16' : 'fp32', bs: learn.bs, size: d.size, presize: d.presize, wd: learn.wd, multiLabel: learn.multiLabel, vocab: d.vocab, train: d.train.n, valid: d.valid.n };
@@ -158,19 +162,20 @@ export function tensorBoard(o: { logDir: string; images?: boolean }): Callback &
     },
     afterBatch(info) {
       if (!w) return;
-      seen++;
-      const step = base + seen;
-      w?.scalar('train_loss', info.loss, step);
-      w?.scalar('smooth_loss', info.smoothLoss, step);
+      const step = base + info.epoch * info.total + info.iter + 1;
+      steps.push(step);
+      w.scalar('train_loss', info.loss, step);
+      w.scalar('smooth_loss', info.smoothLoss, step);
     },
     afterEpoch(info, learn: Learner) {
       if (!w) return;
       // the epoch's learning rates, per batch and group (the recorder has them once the epoch is done)
       const lrs = learn.recorder.lrs;
-      for (let k = lrsWritten; k < lrs.length; k++) lrs[k].forEach((lr, g) => w!.scalar(`lr/group${g}`, lr, base + k + 1));
-      lrsWritten = lrs.length;
+      // (afterBatch saw each batch once, in the recorder's order)
+      for (let k = lrsWritten; k < lrs.length && k < steps.length; k++) lrs[k].forEach((lr, g) => w!.scalar(`lr/group${g}`, lr, steps[k]));
+      lrsWritten = Math.min(lrs.length, steps.length);
       lastPreds = info.preds;
-      for (const [name, v] of Object.entries(info.values)) if (name !== 'train_loss' && Number.isFinite(v)) w.scalar(name, v, base + seen);
+      for (const [name, v] of Object.entries(info.values)) if (name !== 'train_loss' && Number.isFinite(v)) w.scalar(name, v, last());
       w.flush();
     },
     async afterFit(learn: Learner) {
@@ -179,10 +184,10 @@ export function tensorBoard(o: { logDir: string; images?: boolean }): Callback &
         // from the last epoch's validation pass (the fit is still running: no new pass can start)
         const p = lastPreds;
         const g = await png((path) => renderChart(confusionSpec(learn.dls.vocab, confusionMatrix(p.probs, p.targets, p.numClasses)), path));
-        w.image('confusion_matrix', g.data, g.width, g.height, base + seen);
+        w.image('confusion_matrix', g.data, g.width, g.height, last());
       }
       lastPreds = undefined;
-      base += seen;
+      base = last();
       w.close();
       w = null;
     },
