@@ -161,10 +161,13 @@ AdamPlan FastAdam::plan(const std::vector<ParamInfo>& params) const {
   std::map<std::tuple<int, bool, int64_t>, AdamBucket> buckets;
   for (size_t i = 0; i < params.size(); i++) {
     const auto& p = params[i];
-    if (!p.tensor.requires_grad() || !p.tensor.grad().defined()) continue;
+    // Every trainable parameter an ordinary step gave state to (one that had a gradient then). Not "has a
+    // gradient now": the end of an epoch clears them, so a capture that comes first in an epoch would find
+    // none and step nothing. (The state is made by an ordinary step first: creating it inside a capture would
+    // zero it at every replay.)
+    if (!p.tensor.requires_grad()) continue;
     auto st = step_.find(p.name);
-    // the state is made by an ordinary step first: creating it inside a capture would zero it at every replay
-    if (st == step_.end() || !gradAvg_.count(p.name)) throw std::logic_error("FastAdam::plan: no state for " + p.name + " (run a step first)");
+    if (st == step_.end() || !gradAvg_.count(p.name)) continue;
     auto& b = buckets[{p.group, !p.noDecay, st->second}];
     b.group = p.group;
     b.decays = !p.noDecay;

@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { hooks, setBatchNormEval, setBatchNormKernels, type BatchNormKernels } from '../src/hooks.js';
-import { accuracy, DEFAULTS, gradientAccumulation, ImageDataLoaders, loadLearner, readWeightFile, resnet50, torchInfo, visionLearner, type Arch, type Prediction } from '../src/index.js';
+import { accuracy, DEFAULTS, gradientAccumulation, gradientClip, ImageDataLoaders, loadLearner, readWeightFile, resnet50, torchInfo, visionLearner, type Arch, type Prediction } from '../src/index.js';
 import { readTrace } from '../src/bench.js';
 import { adamCase } from './helpers/adam.js';
 import { finiteWeights, makeStripes } from './helpers/fixtures.js';
@@ -427,6 +427,35 @@ describe.skipIf(!cuda)('CUDA', () => {
     const bound = Math.max(3 * dPlain, 1e-4);
     expect(dGraph).toBeLessThanOrEqual(bound);
     expect(dOther).toBeGreaterThan(bound); // (the comparison can fail: on the CPU nAcc 16 lands 2e-2 away)
+  });
+
+  it("gradientClip with the graph step (the clip captured with Adam, or in the tail with fusedAdam): every step's gradient clipped to maxNorm", async () => {
+    const dir = tempDir();
+    await makeStripes(join(dir, 's'), 16, 40, 3);
+    // one batch an epoch (every training image), no augmentation, no dropout, learning rate 1e-12 (the weights
+    // stay): every step's gradient is the same batch's, and fast.ai's gradient average after n steps of
+    // momentum 0.9 is (1 - 0.9^n) times it, whatever kernels round it
+    const one = await ImageDataLoaders.fromFolder(join(dir, 's'), { size: 32, presize: 32, bs: 64, seed: 3, augment: false });
+    expect(one.train.length).toBe(1);
+    const avgNorm = async (epochs: number, fusedAdam: boolean, maxNorm?: number) => {
+      const l = await visionLearner(one, 'resnet18', { pretrained: false, verbose: false, seed: 0, device: 'cuda', precision: 'fp32', head: { ps: 0 }, fusedAdam });
+      await l.fit(epochs, { lr: 1e-12, cbs: maxNorm ? [gradientClip({ maxNorm })] : [] });
+      const st = (await l.state(true)).filter((t) => t.name.endsWith('.grad_avg'));
+      const graphs = l.recorder.graphs.slice();
+      l.dispose();
+      let sq = 0;
+      for (const t of st) for (const v of new Float32Array(t.data.slice().buffer)) sq += v * v;
+      return { norm: Math.sqrt(sq) / (1 - 0.9 ** epochs), graphs };
+    };
+    const plain = await avgNorm(1, false);
+    const maxNorm = plain.norm / 4;
+    for (const fusedAdam of [false, true]) {
+      const clipped = await avgNorm(6, fusedAdam, maxNorm); // 3 ordinary warm-up steps, then 3 graph steps
+      console.log(`gradientClip with the graph step (fusedAdam ${fusedAdam}): ${JSON.stringify(clipped.graphs)}; gradient norm ${clipped.norm.toExponential(4)} for maxNorm ${maxNorm.toExponential(4)} (unclipped ${plain.norm.toExponential(4)})`);
+      expect(clipped.graphs.reduce((n, g) => n + g.steps, 0)).toBe(3);
+      expect(clipped.graphs.filter((g) => g.steps > 0).every((g) => g.captured && !g.error)).toBe(true);
+      expect(Math.abs(clipped.norm - maxNorm) / maxNorm).toBeLessThan(1e-3);
+    }
   });
 
   it('out of memory names the batch size, and the learner goes on with a smaller batch', async () => {

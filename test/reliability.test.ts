@@ -67,10 +67,11 @@ function rssOfChild(helper: string, nodeFlags: string[] = [], pinMalloc = true):
 describe('concurrency and lifetime', () => {
   it('a process that loads the addon and exits at once exits cleanly (its native workers finish before LibTorch is torn down)', () => {
     // the CPU worker applies the thread count as the addon loads; a process that exited meanwhile tore
-    // LibTorch's thread pool down under it: 8 crashes and 1 hang in 30 runs before the exit hook (addon.cpp)
+    // LibTorch's thread pool down under it: 8 crashes and 1 hang in 30 runs before the exit hook (addon.cpp),
+    // so 15 clean runs by chance about once in 200
     const addon = process.env.TORCHLEARN_ADDON ?? join(__dirname, '..', 'build', 'Release', 'torchlearn.node');
     const failures: string[] = [];
-    for (let i = 0; i < 20; i++) {
+    for (let i = 0; i < 15; i++) {
       try {
         const out = execFileSync(process.execPath, ['-e', `console.log(require(${JSON.stringify(addon)}).torchInfo().threads)`], { encoding: 'utf8', timeout: 30_000, stdio: 'pipe' });
         if (!/^\d+\s*$/.test(out)) failures.push(`run ${i}: printed ${JSON.stringify(out)}`);
