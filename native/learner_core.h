@@ -132,14 +132,25 @@ struct Learner::Core {
   // Forward + loss in training mode; the caller checks the loss, then calls backwardAndStep. The gradients
   // start from zero, except while accumulating.
   torch::Tensor forwardLoss(const torch::Tensor& x, const torch::Tensor& y) {
-    net->module->train();
-    if (batchNormEval)
-      for (auto& m : net->module->modules(/*include_self=*/false))
-        if (m->as<torch::nn::BatchNorm2d>() || m->as<torch::nn::BatchNorm1d>()) m->eval();
+    trainMode();
     if (nAcc == 0) zeroGrad();
     AutocastScope ac(bf16 && onCuda());
     SyncBatchNormScope sync(syncBatchNorm && dist::active());
     return lossFn(net->forward(x), y, false);
+  }
+
+  // The network in training mode (BatchNorms held in eval under the tests' batchNormEval hook).
+  void trainMode() {
+    net->module->train();
+    if (batchNormEval)
+      for (auto& m : net->module->modules(/*include_self=*/false))
+        if (m->as<torch::nn::BatchNorm2d>() || m->as<torch::nn::BatchNorm1d>()) m->eval();
+  }
+
+  // Accumulating, a batch's loss as its gradient enters the sums: fast.ai's after_loss, divided by
+  // nAcc / (the batch's size); the logged loss stays the batch's own.
+  torch::Tensor accumulationScaled(const torch::Tensor& loss, int64_t batchSize) const {
+    return nAcc > 0 ? loss * (static_cast<double>(batchSize) / static_cast<double>(nAcc)) : loss;
   }
 
   void backwardAndStep(torch::Tensor& loss, const std::vector<Hyper>& h) {
@@ -218,19 +229,13 @@ struct Learner::Core {
   // decides when gradients start from None). With a tail (graphTail), the graph ends at backward, the loss
   // scaled as eagerStep scales it when accumulating; otherwise clipping is captured too.
   torch::Tensor forwardBackward(const torch::Tensor& x, const torch::Tensor& y, bool tail) {
-    net->module->train();
-    if (batchNormEval)
-      for (auto& m : net->module->modules(/*include_self=*/false))
-        if (m->as<torch::nn::BatchNorm2d>() || m->as<torch::nn::BatchNorm1d>()) m->eval();
+    trainMode();
     torch::Tensor loss;
     {
       AutocastScope ac(bf16 && onCuda());
       loss = lossFn(net->forward(x), y, false);
     }
-    if (nAcc > 0)
-      (loss * (static_cast<double>(x.size(0)) / static_cast<double>(nAcc))).backward();
-    else
-      loss.backward();
+    accumulationScaled(loss, x.size(0)).backward();
     if (!tail) clipGrads();
     return loss;
   }
@@ -269,14 +274,18 @@ struct Learner::Core {
   void graphTail(const std::vector<Hyper>& h, bool stepNow) {
     if (nAcc > 0) {
       torch::NoGradGuard ng;
+      std::vector<torch::Tensor> sums, adds;  // (one multi-tensor add per batch, not one kernel per parameter)
       for (size_t i = 0; i < net->params.size(); i++) {
         const auto g = net->params[i].tensor.grad();
         if (!g.defined()) continue;
-        if (accGrads[i].defined())
-          accGrads[i].add_(g);
-        else
+        if (accGrads[i].defined()) {
+          sums.push_back(accGrads[i]);
+          adds.push_back(g);
+        } else {
           accGrads[i] = g.clone();  // (g may be the graph's memory, which the next replay rewrites)
+        }
       }
+      if (!sums.empty()) at::_foreach_add_(sums, adds);
       if (!stepNow) return;
       for (size_t i = 0; i < net->params.size(); i++) {
         net->params[i].tensor.mutable_grad() = accGrads[i];

@@ -127,6 +127,14 @@ void StepGraph::release() {
 #endif
 }
 
+void StepGraph::keepGrads(const std::vector<ParamInfo>& params) {
+  for (size_t i = 0; i < params.size(); i++)
+    if (params[i].tensor.grad().defined()) {
+      grads_.push_back(params[i].tensor.grad());
+      gradOf_.push_back(i);
+    }
+}
+
 torch::Tensor StepGraph::run(FastAdam& opt, const std::vector<ParamInfo>& params, const ForwardBackward& fb) {
   auto loss = fb(x_, y_);
   if (!tail_) opt.stepWith(params, plan_, scalars_);
@@ -204,11 +212,7 @@ torch::Tensor StepGraph::step(FastAdam& opt, const std::vector<ParamInfo>& param
         return {};
       }
       at::autocast::set_autocast_cache_enabled(cacheWas);
-      for (size_t i = 0; i < params.size(); i++)
-        if (params[i].tensor.grad().defined()) {
-          grads_.push_back(params[i].tensor.grad());
-          gradOf_.push_back(i);
-        }
+      keepGrads(params);
       ready_ = captured_ = true;
     }
     cuda_->graph->replay();  // (the capture only recorded: the batch it saw runs now)
@@ -230,11 +234,7 @@ torch::Tensor StepGraph::step(FastAdam& opt, const std::vector<ParamInfo>& param
   zeroGrad();
   loss_ = run(opt, params, forwardBackward);
   if (tail_ && grads_.empty()) {
-    for (size_t i = 0; i < params.size(); i++)
-      if (params[i].tensor.grad().defined()) {
-        grads_.push_back(params[i].tensor.grad());
-        gradOf_.push_back(i);
-      }
+    keepGrads(params);
   } else if (tail_) {
     torch::NoGradGuard ng;
     for (size_t k = 0; k < grads_.size(); k++) {

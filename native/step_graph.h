@@ -74,6 +74,8 @@ class StepGraph {
   std::vector<torch::Tensor> grads_;  // the gradients the graph writes (its memory)
   std::vector<size_t> gradOf_;        // grads_[k] is the gradient of params[gradOf_[k]]
   torch::Tensor run(FastAdam& opt, const std::vector<ParamInfo>& params, const ForwardBackward& fb);
+  // grads_ and gradOf_: the parameters' gradients as they are now (after the capture, or the first step without one)
+  void keepGrads(const std::vector<ParamInfo>& params);
 };
 
 // RAII for beginEpoch/endEpoch.

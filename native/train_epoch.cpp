@@ -170,10 +170,8 @@ static void eagerStep(Core& c, const torch::Tensor& x, const torch::Tensor& y, c
   }
   clock.mark(r.tForward);
   if (c.nAcc > 0) {
-    // fast.ai's after_loss: the gradient of this batch's loss divided by nAcc / (its size); the logged
-    // loss stays the batch's own
     if (stepNow) c.beginSync();
-    (loss * (static_cast<double>(x.size(0)) / static_cast<double>(c.nAcc))).backward();
+    c.accumulationScaled(loss, x.size(0)).backward();
     clock.mark(r.tBackward);
     if (stepNow) {
       c.syncGrads();
